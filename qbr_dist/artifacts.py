@@ -1,0 +1,106 @@
+"""Run directory, stage manifests and atomic writes.
+
+A run lives in `<root>/<name>/`, one folder per stage. A stage is done when its folder holds a
+`manifest.json` whose key (stage, config hash, input fingerprints, package version) matches what
+the stage would compute now and whose outputs all exist. Every file is written under a temporary
+name and renamed into place, so a killed process never leaves a file that looks complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+from qbr_dist import __version__
+
+MANIFEST = "manifest.json"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | Path, payload) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def file_fingerprint(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def code_version() -> dict:
+    """Package version, plus the git commit when the code runs from a checkout."""
+    version = {"package": __version__}
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode == 0:
+            version["git"] = commit.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return version
+
+
+def stage_key(stage: str, config_hash: str, inputs: dict[str, str]) -> dict:
+    """What must match for a finished stage to be reused."""
+    return {"stage": stage, "config_hash": config_hash, "inputs": inputs, "package": __version__}
+
+
+def read_manifest(stage_dir: str | Path) -> dict | None:
+    path = Path(stage_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def stage_is_current(stage_dir: str | Path, key: dict) -> bool:
+    manifest = read_manifest(stage_dir)
+    if manifest is None or manifest.get("key") != key:
+        return False
+    return all((Path(stage_dir) / name).exists() for name in manifest.get("outputs", []))
+
+
+def write_manifest(stage_dir: str | Path, key: dict, *, outputs: list[str], rows: dict, extra: dict | None = None) -> dict:
+    manifest = {
+        "key": key,
+        "outputs": outputs,
+        "rows": rows,
+        "code_version": code_version(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(extra or {}),
+    }
+    write_json(Path(stage_dir) / MANIFEST, manifest)
+    return manifest
+
+
+def manifest_fingerprint(stage_dir: str | Path) -> str:
+    """Fingerprint of a finished stage, used as an input of the stages after it."""
+    return file_fingerprint(Path(stage_dir) / MANIFEST)[:16]
+
+
+def _fsync(path: Path) -> None:
+    if path.is_file():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())

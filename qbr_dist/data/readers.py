@@ -1,0 +1,153 @@
+"""Readers into the catalog and interaction tables of the design (pyarrow).
+
+Interactions: user_id (string), item_id (string), timestamp (float64).
+Catalog: item_id (string), text (string), plus the source's other fields as strings.
+A missing file or a header without a required field stops at once with a one-line error;
+a malformed row is skipped and recorded in the quarantine.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from qbr_dist.data.quarantine import Quarantine
+
+INTERACTION_FIELDS = ("user_id", "item_id", "timestamp")
+INTERACTIONS_SCHEMA = pa.schema(
+    [("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.float64())]
+)
+
+
+class DataError(ValueError):
+    """A file that cannot be read as the expected table; the message names the file and field."""
+
+
+def read_interactions(path: str | Path, quarantine: Quarantine) -> pa.Table:
+    """Interactions from a RecBole `.inter` file or a parquet file, by extension."""
+    path = _existing(path)
+    if path.suffix == ".parquet":
+        return _interactions_from_parquet(path, quarantine)
+    rows = {name: [] for name in INTERACTION_FIELDS}
+    for line_no, record in _atomic_records(path, INTERACTION_FIELDS, quarantine):
+        timestamp = _as_float(record["timestamp"])
+        problem = _interaction_problem(record["user_id"], record["item_id"], timestamp)
+        if problem:
+            quarantine.add(source=str(path), where=f"line {line_no}", field=problem[0], reason=problem[1])
+            continue
+        rows["user_id"].append(record["user_id"])
+        rows["item_id"].append(record["item_id"])
+        rows["timestamp"].append(timestamp)
+    return pa.table(rows, schema=INTERACTIONS_SCHEMA)
+
+
+def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantine) -> pa.Table:
+    """Catalog from a RecBole `.item` file or a parquet file; `text` joins the named fields."""
+    path = _existing(path)
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+        _require(path, table.schema.names, ("item_id", *text_fields))
+        columns = {name: table.column(name).cast(pa.string()).to_pylist() for name in table.schema.names}
+        records = ((i + 1, {k: v[i] for k, v in columns.items()}) for i in range(table.num_rows))
+    else:
+        records = _atomic_records(path, ("item_id", *text_fields), quarantine)
+    seen: set[str] = set()
+    rows: list[dict] = []
+    for where, record in records:
+        item_id = record["item_id"]
+        if not item_id:
+            quarantine.add(source=str(path), where=f"row {where}", field="item_id", reason="empty item id")
+            continue
+        if item_id in seen:
+            quarantine.add(source=str(path), where=f"row {where}", field="item_id", reason="duplicate item id")
+            continue
+        seen.add(item_id)
+        record["text"] = ". ".join(record[f] for f in text_fields if record.get(f))
+        rows.append(record)
+    names = ["item_id", "text"] + [n for n in (rows[0] if rows else {}) if n not in ("item_id", "text")]
+    return pa.table({n: pa.array([r.get(n) for r in rows], pa.string()) for n in names})
+
+
+def _interactions_from_parquet(path: Path, quarantine: Quarantine) -> pa.Table:
+    table = pq.read_table(path)
+    _require(path, table.schema.names, INTERACTION_FIELDS)
+    users = table.column("user_id").cast(pa.string()).to_pylist()
+    items = table.column("item_id").cast(pa.string()).to_pylist()
+    try:
+        stamps = table.column("timestamp").cast(pa.float64()).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        raise DataError(f"{path}: field 'timestamp' must be numeric ({err})") from None
+    keep = []
+    for row, (user, item, stamp) in enumerate(zip(users, items, stamps)):
+        problem = _interaction_problem(user, item, stamp)
+        if problem:
+            quarantine.add(source=str(path), where=f"row {row}", field=problem[0], reason=problem[1])
+        else:
+            keep.append(row)
+    return pa.table(
+        {
+            "user_id": pa.array([users[i] for i in keep], pa.string()),
+            "item_id": pa.array([items[i] for i in keep], pa.string()),
+            "timestamp": pa.array([stamps[i] for i in keep], pa.float64()),
+        }
+    )
+
+
+def _interaction_problem(user, item, timestamp) -> tuple[str, str] | None:
+    if not user:
+        return "user_id", "empty user id"
+    if not item:
+        return "item_id", "empty item id"
+    if timestamp is None or not math.isfinite(timestamp):
+        return "timestamp", "timestamp is not a finite number"
+    return None
+
+
+def _atomic_records(path: Path, required: tuple[str, ...], quarantine: Quarantine) -> Iterator[tuple[int, dict]]:
+    """Rows of a RecBole atomic file (tab-separated, header `name:type`), as string dicts by field name."""
+    with open(path, "rb") as handle:
+        try:
+            header = handle.readline().decode("utf-8").rstrip("\r\n").split("\t")
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: header is not UTF-8 text") from None
+        names = [column.split(":", 1)[0] for column in header]
+        _require(path, names, required)
+        for line_no, raw in enumerate(handle, start=2):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                quarantine.add(source=str(path), where=f"line {line_no}", field="*", reason="not UTF-8 text")
+                continue
+            values = line.rstrip("\r\n").split("\t")
+            if values == [""]:
+                continue
+            if len(values) != len(names):
+                quarantine.add(
+                    source=str(path), where=f"line {line_no}", field="*",
+                    reason=f"expected {len(names)} tab-separated fields, got {len(values)}",
+                )
+                continue
+            yield line_no, dict(zip(names, values))
+
+
+def _as_float(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _require(path: Path, names, required) -> None:
+    missing = [field for field in required if field not in names]
+    if missing:
+        raise DataError(f"{path}: missing field '{missing[0]}' (expected fields {', '.join(required)}; found {', '.join(names)})")
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    return path

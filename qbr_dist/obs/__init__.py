@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics defined in one place."""

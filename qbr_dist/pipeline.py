@@ -1,0 +1,194 @@
+"""`qbr run`: the stages of a run, each skipped when its manifest matches.
+
+ingest -> popularity -> bert4rec -> report. Stages meet only at files in the run directory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from qbr_dist import artifacts
+from qbr_dist.config import Config
+from qbr_dist.data.fetch import fetch
+from qbr_dist.data.quarantine import Quarantine
+from qbr_dist.data.readers import read_catalog, read_interactions
+from qbr_dist.data.split import build_sequences, item_index
+from qbr_dist.obs.metrics import quarantined_records
+
+log = logging.getLogger("qbr")
+
+ITEMS, SEQUENCES, QUARANTINE, METRICS = "items.parquet", "sequences.parquet", "quarantine.jsonl", "metrics.json"
+
+
+def run_dir(cfg: Config) -> Path:
+    return Path(cfg.run.root) / cfg.run.name
+
+
+MODEL_STAGES = ("popularity", "bert4rec")
+
+
+def run_pipeline(cfg: Config) -> dict:
+    """Every stage in order; returns the report."""
+    from qbr_dist.report import write_report
+
+    root = run_dir(cfg)
+    ingest_dir = ingest(cfg, root)
+    model_dirs = {"popularity": popularity(cfg, root, ingest_dir), "bert4rec": bert4rec(cfg, root, ingest_dir)}
+    return write_report(cfg, root, model_dirs, ingest_dir)
+
+
+def report_only(cfg: Config) -> dict:
+    """The report of a run whose stages have all finished."""
+    from qbr_dist.report import write_report
+
+    root = run_dir(cfg)
+    missing = [name for name in ("ingest", *MODEL_STAGES) if artifacts.read_manifest(root / name) is None]
+    if missing:
+        raise FileNotFoundError(f"{root}: stage(s) {', '.join(missing)} not finished; run `qbr run` first")
+    return write_report(cfg, root, {name: root / name for name in MODEL_STAGES}, root / "ingest")
+
+
+def _stage(name: str, root: Path, key: dict) -> tuple[Path, bool]:
+    stage_dir = root / name
+    current = artifacts.stage_is_current(stage_dir, key)
+    log.info("stage %s: %s", name, "up to date, skipped" if current else "running")
+    return stage_dir, current
+
+
+def raw_inputs(cfg: Config) -> dict[str, Path]:
+    """The raw files a run reads: fetched into the cache for a named dataset, else from the config."""
+    if cfg.data.dataset != "files":
+        folder = fetch(cfg.data.dataset, cfg.run.cache_dir)
+        return {"interactions": folder / f"{cfg.data.dataset}.inter", "catalog": folder / f"{cfg.data.dataset}.item"}
+    inputs = {"interactions": Path(cfg.data.interactions)}
+    if cfg.data.catalog:
+        inputs["catalog"] = Path(cfg.data.catalog)
+    return inputs
+
+
+def ingest(cfg: Config, root: Path) -> Path:
+    inputs = raw_inputs(cfg)
+    for path in inputs.values():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: file not found")
+    key = artifacts.stage_key(
+        "ingest", cfg.section_hash("data"), {k: artifacts.file_fingerprint(p) for k, p in inputs.items()}
+    )
+    stage_dir, current = _stage("ingest", root, key)
+    if current:
+        return stage_dir
+    (stage_dir / QUARANTINE).unlink(missing_ok=True)
+    with Quarantine(stage_dir / QUARANTINE) as quarantine:
+        interactions = read_interactions(inputs["interactions"], quarantine)
+        if "catalog" in inputs:
+            catalog = read_catalog(inputs["catalog"], cfg.data.text_fields, quarantine)
+        else:
+            seen = list(dict.fromkeys(interactions.column("item_id").to_pylist()))
+            catalog = pa.table({"item_id": pa.array(seen, pa.string()), "text": pa.array([""] * len(seen))})
+        sequences, summary = build_sequences(
+            interactions, item_index(catalog), k_core=cfg.data.k_core, quarantine=quarantine,
+            source=str(inputs["interactions"]),
+        )
+    quarantined_records.labels(stage="ingest", run=cfg.run.name).inc(quarantine.total)
+    if sequences.num_rows == 0:
+        raise ValueError(f"{inputs['interactions']}: no user has the {3} interactions a leave-one-out split needs")
+    for name, table in ((ITEMS, catalog), (SEQUENCES, sequences)):
+        with artifacts.atomic_path(stage_dir / name) as tmp:
+            pq.write_table(table, tmp)
+    rows = {**summary.as_dict(), "quarantined": dict(quarantine.counts)}
+    outputs = [ITEMS, SEQUENCES] + ([QUARANTINE] if quarantine.total else [])
+    artifacts.write_manifest(stage_dir, key, outputs=outputs, rows=rows)
+    log.info("ingest: %d users, %d items, %d interactions, %d quarantined",
+             summary.users, summary.items, summary.interactions, quarantine.total)
+    return stage_dir
+
+
+def load_sequences(ingest_dir: Path) -> list[np.ndarray]:
+    return [np.asarray(items, dtype=np.int64) for items in pq.read_table(ingest_dir / SEQUENCES).column("items").to_pylist()]
+
+
+def num_items(ingest_dir: Path) -> int:
+    return artifacts.read_manifest(ingest_dir)["rows"]["items"]
+
+
+def popularity(cfg: Config, root: Path, ingest_dir: Path) -> Path:
+    from qbr_dist.seqrec.popularity import evaluate_popularity, training_counts
+
+    key = artifacts.stage_key("popularity", cfg.section_hash("eval"), {"ingest": artifacts.manifest_fingerprint(ingest_dir)})
+    stage_dir, current = _stage("popularity", root, key)
+    if current:
+        return stage_dir
+    started = time.perf_counter()
+    sequences = load_sequences(ingest_dir)
+    counts = training_counts(sequences, num_items(ingest_dir))
+    metrics = {
+        split: evaluate_popularity(sequences, counts, split=split, chunk_size=cfg.eval.chunk_size,
+                                   exclude_history=cfg.eval.exclude_history)
+        for split in ("valid", "test")
+    }
+    metrics.update(train_wall_s=round(time.perf_counter() - started, 3), epochs=0)
+    artifacts.write_json(stage_dir / METRICS, metrics)
+    artifacts.write_manifest(stage_dir, key, outputs=[METRICS], rows={"users": len(sequences)})
+    return stage_dir
+
+
+def bert4rec(cfg: Config, root: Path, ingest_dir: Path) -> Path:
+    import ray.data
+
+    from qbr_dist.seqrec.examples import eval_inputs, training_windows
+    from qbr_dist.seqrec.train_loop import bert4rec_worker
+    from qbr_dist.train.runtime import TrainJob, fit, start_ray
+
+    config_hash = cfg.section_hash("model", "train", "eval", "runtime") + f"-seed{cfg.run.seed}"
+    key = artifacts.stage_key("bert4rec", config_hash, {"ingest": artifacts.manifest_fingerprint(ingest_dir)})
+    stage_dir, current = _stage("bert4rec", root, key)
+    if current:
+        return stage_dir
+    items = num_items(ingest_dir)
+    start_ray(cfg.runtime)
+    sequences = ray.data.read_parquet(str((ingest_dir / SEQUENCES).resolve()))
+    history_len = _longest_sequence(ingest_dir) if cfg.eval.exclude_history else 0
+    eval_kwargs = dict(max_len=cfg.model.max_len, mask_token=items + 1, history_len=history_len)
+    datasets = {
+        "train": sequences.map_batches(training_windows, fn_kwargs=dict(max_len=cfg.model.max_len, stride=cfg.train.window_stride)),
+        "valid": sequences.map_batches(eval_inputs, fn_kwargs=dict(split="valid", **eval_kwargs)),
+        "test": sequences.map_batches(eval_inputs, fn_kwargs=dict(split="test", **eval_kwargs)),
+    }
+    loop_config = {
+        "model": cfg.model.__dict__, "train": cfg.train.__dict__, "eval": cfg.eval.__dict__,
+        "seed": cfg.run.seed, "num_items": items, "run_name": cfg.run.name,
+    }
+    started = time.perf_counter()
+    # The Ray Train run name carries the config hash: a rerun resumes only a run of the same config.
+    job = TrainJob(name=f"bert4rec-{config_hash}", storage_path=stage_dir / "ray", loop=bert4rec_worker,
+                   loop_config=loop_config, datasets=datasets)
+    result = fit(job, cfg.runtime)
+    if result.error is not None:
+        raise RuntimeError(f"bert4rec training failed: {result.error}")
+    final = result.metrics
+    metrics = {
+        split: {k.split("/", 1)[1]: v for k, v in final.items() if k.startswith(f"{split}/")}
+        for split in ("valid", "test")
+    }
+    metrics.update(
+        train_wall_s=round(time.perf_counter() - started, 1),
+        epochs=final["epochs"], steps=final["step"], curve=final["curve"], best={"phase": final["best_phase"], "epoch": final["best_epoch"]},
+        checkpoint=result.checkpoint.path if result.checkpoint else None,
+    )
+    artifacts.write_json(stage_dir / METRICS, metrics)
+    artifacts.write_manifest(stage_dir, key, outputs=[METRICS], rows={"steps": final["step"]})
+    return stage_dir
+
+
+def _longest_sequence(ingest_dir: Path) -> int:
+    return max(len(items) for items in load_sequences(ingest_dir))
+
+
+def read_metrics(stage_dir: Path) -> dict:
+    return json.loads((stage_dir / METRICS).read_text())

@@ -1,0 +1,50 @@
+"""Model inputs built from user sequences, as Ray Data batch functions.
+
+Input batches carry `items` (each user's time-ordered item indices). Training yields windows of
+`max_len` items over the training part, one every `stride` items counted back from the newest,
+so every training item appears in some window. Evaluation yields the history before the target
+(newest `max_len - 1` items) followed by the mask token, and the target; with `history_len` > 0
+also the whole history, left-padded to that length, for leaving seen items out of the ranking.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from qbr_dist.data.split import test_part, train_part, valid_part
+
+
+def left_pad(items: np.ndarray, length: int) -> np.ndarray:
+    items = np.asarray(items, dtype=np.int64)[max(len(items) - length, 0):]
+    return np.concatenate([np.zeros(length - len(items), dtype=np.int64), items])
+
+
+def window_ends(length: int, max_len: int, stride: int) -> list[int]:
+    """End offsets of the windows over a sequence of `length` items, newest first."""
+    ends = []
+    for end in range(length, 0, -stride):
+        ends.append(end)
+        if end <= max_len:
+            break
+    return ends
+
+
+def training_windows(batch: dict, *, max_len: int, stride: int) -> dict:
+    rows = []
+    for items in batch["items"]:
+        part = train_part(np.asarray(items))
+        rows.extend(left_pad(part[max(0, end - max_len):end], max_len) for end in window_ends(len(part), max_len, stride))
+    return {"seq": np.stack(rows) if rows else np.zeros((0, max_len), dtype=np.int64)}
+
+
+def eval_inputs(batch: dict, *, split: str, max_len: int, mask_token: int, history_len: int = 0) -> dict:
+    pick = {"valid": valid_part, "test": test_part}[split]
+    seqs, targets, histories = [], [], []
+    for items in batch["items"]:
+        history, target = pick(np.asarray(items))
+        seqs.append(left_pad(np.append(history[-(max_len - 1):], mask_token), max_len))
+        targets.append(target)
+        histories.append(left_pad(history, history_len))
+    out = {"seq": np.stack(seqs), "target": np.asarray(targets, dtype=np.int64)}
+    if history_len:
+        out["history"] = np.stack(histories)
+    return out

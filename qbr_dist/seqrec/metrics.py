@@ -1,0 +1,75 @@
+"""Full-ranking metrics over the whole catalog, shared by every model compared.
+
+The rank of the target is 1 + (items scoring higher) + (other items scoring equal): ties count
+against the target, so a model that scores everything alike ranks every target last.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+KS = (5, 10, 20)
+METRIC_NAMES = tuple(f"HR@{k}" for k in KS) + tuple(f"NDCG@{k}" for k in KS) + ("MRR",)
+
+ScoreChunk = Callable[[int, int], torch.Tensor]
+"""score_chunk(start, end) -> (users, end - start) scores of items start..end-1."""
+
+
+def target_ranks(
+    score_chunk: ScoreChunk,
+    targets: torch.Tensor,
+    *,
+    first_item: int,
+    end_item: int,
+    chunk_size: int,
+    history: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """1-based rank of each target among items [first_item, end_item), scoring `chunk_size` items at a time.
+
+    Two passes over the catalog: the first reads each target's score out of the same chunked
+    product that the second compares against, so rounding can never split a target from itself.
+    With `history` (users, length) given, those items (except the target) are left out of the ranking.
+    """
+    if len(targets) and not bool(((targets >= first_item) & (targets < end_item)).all()):
+        raise ValueError(f"every target must be an item in [{first_item}, {end_item})")
+    chunks = [(s, min(s + chunk_size, end_item)) for s in range(first_item, end_item, chunk_size)]
+    rows = torch.arange(len(targets))
+    target_score = torch.empty(len(targets))
+    for start, end in chunks:
+        inside = (targets >= start) & (targets < end)
+        if inside.any():
+            scores = score_chunk(start, end)
+            target_score[inside] = scores[rows[inside], targets[inside] - start].float()
+    better = torch.zeros(len(targets), dtype=torch.long)
+    for start, end in chunks:
+        scores = score_chunk(start, end).float()
+        if history is not None:
+            scores = _drop_history(scores, history, targets, start, end)
+        better += (scores > target_score[:, None]).sum(1)
+        better += (scores == target_score[:, None]).sum(1)
+    return better  # the target matched itself once as "equal", which is its own place in the 1-based rank
+
+
+def _drop_history(scores, history, targets, start, end):
+    in_chunk = (history >= start) & (history < end) & (history != targets[:, None])
+    rows = torch.arange(len(targets))[:, None].expand_as(history)
+    scores = scores.clone()
+    scores[rows[in_chunk], history[in_chunk] - start] = float("-inf")
+    return scores
+
+
+def metric_sums(ranks: torch.Tensor) -> dict[str, float]:
+    """Per-metric sums over users; divide by the user count (after summing across ranks) for means."""
+    ranks = ranks.double()
+    sums = {f"HR@{k}": float((ranks <= k).sum()) for k in KS}
+    gain = 1.0 / torch.log2(ranks + 1.0)
+    sums.update({f"NDCG@{k}": float(torch.where(ranks <= k, gain, 0.0).sum()) for k in KS})
+    sums["MRR"] = float((1.0 / ranks).sum())
+    return sums
+
+
+def metric_means(sums: dict[str, float], users: int) -> dict[str, float]:
+    if users <= 0:
+        raise ValueError("no users to evaluate")
+    return {name: sums[name] / users for name in METRIC_NAMES}

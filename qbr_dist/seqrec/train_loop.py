@@ -1,0 +1,183 @@
+"""BERT4Rec training loop, run by every Ray Train worker: pretrain with random item masking,
+then fine-tune with the last item masked; validation NDCG@10 selects the model.
+
+Masks and dropout are seeded from (seed, phase, epoch, batch), and the data order from
+(seed, epoch), so the loop state in a checkpoint is all a restart needs to continue exactly.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import ray.train
+import torch
+
+from qbr_dist.config import EvalConfig, ModelConfig, TrainConfig
+from qbr_dist.obs.metrics import TrainMeter
+from qbr_dist.seqrec.bert4rec import BERT4Rec
+from qbr_dist.seqrec.masking import last_item_mask, random_item_mask
+from qbr_dist.seqrec.metrics import metric_means, metric_sums, target_ranks
+from qbr_dist.train import runtime as rt
+
+PHASES = ("pretrain", "finetune")
+log = logging.getLogger("qbr.bert4rec")
+
+
+@dataclass
+class LoopState:
+    phase: int = 0
+    epoch: int = 0  # epochs finished in the current phase
+    batch: int = 0  # batches finished in the current epoch
+    step: int = 0  # optimizer steps over the whole run
+    epochs: int = 0  # epochs over the whole run
+    bad_evals: int = 0
+    best: dict = field(default_factory=lambda: {"valid": {"NDCG@10": -1.0}})
+    curve: list = field(default_factory=list)
+    done: bool = False
+
+
+def bert4rec_worker(loop_config: dict) -> None:
+    runtime = rt.worker_runtime(loop_config)
+    rt.prepare_worker(runtime)
+    model_cfg = ModelConfig(**loop_config["model"])
+    train_cfg = TrainConfig(**loop_config["train"])
+    eval_cfg = EvalConfig(**loop_config["eval"])
+    seed, num_items = loop_config["seed"], loop_config["num_items"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+
+    torch.manual_seed(seed)
+    model = BERT4Rec(num_items=num_items, hidden=model_cfg.hidden, layers=model_cfg.layers,
+                     heads=model_cfg.heads, max_len=model_cfg.max_len, dropout=model_cfg.dropout)
+    engine = rt.init_engine(model, runtime=runtime, micro_batch=train_cfg.batch_size // world,
+                            lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    if runtime.zero_stage == 3:
+        import deepspeed
+
+        for param in model.tied_parameters():
+            deepspeed.zero.register_external_parameter(model, param)
+    restored = rt.restore_checkpoint(engine)
+    state = LoopState(**restored) if restored else LoopState()
+    meter = TrainMeter(stage="bert4rec", rank=rank, run=loop_config["run_name"])
+    shards = {name: ray.train.get_dataset_shard(name) for name in ("train", "valid", "test")}
+
+    eval_batches: dict[str, list] = {}
+
+    def evaluate(split: str) -> dict:
+        if split not in eval_batches:
+            eval_batches[split] = _rank_eval_batches(shards[split], eval_cfg, rank=rank, world=world)
+        return _evaluate(model, eval_batches[split], eval_cfg)
+
+    while state.phase < len(PHASES) and not state.done:
+        phase = PHASES[state.phase]
+        epochs = train_cfg.pretrain_epochs if phase == "pretrain" else train_cfg.finetune_epochs
+        rt.set_lr(engine, train_cfg.lr if phase == "pretrain" else train_cfg.finetune_lr)
+        while state.epoch < epochs and state.bad_evals < train_cfg.patience:
+            _train_epoch(engine, model, shards["train"], state, train_cfg, runtime, meter,
+                         phase=phase, seed=seed, rank=rank, world=world)
+            state.epoch, state.epochs = state.epoch + 1, state.epochs + 1
+            meter.epoch.set(state.epoch)
+            if state.epoch % train_cfg.eval_every == 0 or state.epoch == epochs:
+                _select(state, evaluate, phase, meter)
+        state.phase, state.epoch, state.batch, state.bad_evals = state.phase + 1, 0, 0, 0
+    state.done = True
+    rt.save_checkpoint(engine, _report_metrics(state), asdict(state))
+    rt.finish_worker()
+
+
+def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runtime, meter, *,
+                 phase: str, seed: int, rank: int, world: int) -> None:
+    batches = shard.iter_torch_batches(
+        batch_size=cfg.batch_size, drop_last=True, dtypes=torch.long,
+        local_shuffle_buffer_size=cfg.shuffle_buffer, local_shuffle_seed=(seed * 1_000 + state.phase) * 100_003 + state.epoch,
+    )
+    epoch_started, losses = time.perf_counter(), []
+    for index, batch in enumerate(batches):
+        if index < state.batch:
+            continue  # resumed mid-epoch: these batches were trained before the checkpoint
+        started = time.perf_counter()
+        stream = (seed, state.phase, state.epoch, index)
+        generator = torch.Generator().manual_seed(hash(stream) & (2**62))
+        seq = batch["seq"]
+        if phase == "pretrain":
+            inputs, labels = random_item_mask(seq, ratio=cfg.mask_ratio, mask_token=model.mask_token, generator=generator)
+        else:
+            inputs, labels = last_item_mask(seq, mask_token=model.mask_token)
+        targets = int((labels > 0).sum())
+        torch.manual_seed(hash((*stream, rank)) & (2**62))  # dropout
+        loss_sum = engine(rt.my_slice(inputs, rank, world), rt.my_slice(labels, rank, world))
+        # DeepSpeed averages gradients over ranks: scale so the result is the mean over the global batch.
+        loss = loss_sum * world / max(targets, 1)
+        engine.backward(loss)
+        engine.step()
+        state.batch, state.step = index + 1, state.step + 1
+        losses.append(float(loss) / world)
+        meter.step(loss=losses[-1], samples=len(seq) // world, seconds=time.perf_counter() - started,
+                   lr=engine.get_lr()[0], grad_norm=engine.get_global_grad_norm())
+        if state.step % runtime.checkpoint_every == 0:
+            _checkpoint(engine, state, meter, phase, losses[-1])
+    state.batch = 0
+    if rank == 0 and losses:
+        seconds = time.perf_counter() - epoch_started
+        log.info("%s epoch %d: %d steps, rank-0 loss %.4f, %.0f sequences/s over all ranks",
+                 phase, state.epoch + 1, len(losses), sum(losses) / len(losses), len(losses) * cfg.batch_size / seconds)
+
+
+def _checkpoint(engine, state: LoopState, meter, phase: str, loss: float) -> None:
+    started = time.perf_counter()
+    rt.save_checkpoint(engine, {"phase": phase, "step": state.step, "loss": loss, "done": False}, asdict(state))
+    meter.checkpoint_seconds.observe(time.perf_counter() - started)
+
+
+def _select(state: LoopState, evaluate, phase: str, meter) -> None:
+    """Validation decides: a new best also records test metrics of these same weights."""
+    valid = evaluate("valid")
+    meter.valid_ndcg10.set(valid["NDCG@10"])
+    log.info("%s epoch %d step %d: valid NDCG@10 %.4f HR@10 %.4f", phase, state.epoch, state.step,
+             valid["NDCG@10"], valid["HR@10"])
+    state.curve.append({"phase": phase, "epoch": state.epoch, "step": state.step, "valid_NDCG@10": valid["NDCG@10"]})
+    if valid["NDCG@10"] > state.best["valid"]["NDCG@10"]:
+        state.best = {"valid": valid, "test": evaluate("test"), "phase": phase, "epoch": state.epoch, "step": state.step}
+        state.bad_evals = 0
+    else:
+        state.bad_evals += 1
+
+
+def _rank_eval_batches(shard, cfg: EvalConfig, *, rank: int, world: int) -> list[dict]:
+    """This rank's share of an evaluation split, streamed once and then kept in memory."""
+    kept = []
+    for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, dtypes=torch.long):
+        mine = {name: rt.my_slice(column, rank, world) for name, column in batch.items()}
+        if len(mine["seq"]):
+            kept.append(mine)
+    return kept
+
+
+@torch.no_grad()
+def _evaluate(model: BERT4Rec, batches: list[dict], cfg: EvalConfig) -> dict:
+    """Full-ranking metrics over every rank's users (sums all-reduced, then averaged)."""
+    model.eval()
+    names = sorted(metric_sums(torch.ones(1)))
+    totals = dict.fromkeys(names, 0.0)
+    users = 0
+    with rt.full_parameters(model):
+        for batch in batches:
+            hidden = model.encode(batch["seq"])[:, -1]
+            ranks = target_ranks(
+                lambda start, end: model.score_items(hidden, start, end), batch["target"],
+                first_item=1, end_item=model.num_items + 1, chunk_size=cfg.chunk_size, history=batch.get("history"),
+            )
+            for name, value in metric_sums(ranks).items():
+                totals[name] += value
+            users += len(ranks)
+    model.train()
+    summed = rt.all_reduce_sum([totals[n] for n in names] + [users])
+    return metric_means(dict(zip(names, summed[:-1])), int(summed[-1]))
+
+
+def _report_metrics(state: LoopState) -> dict:
+    best = state.best
+    return {"done": True, "step": state.step, "epochs": state.epochs, "best_phase": best.get("phase"), "best_epoch": best.get("epoch"), "curve": state.curve,
+            **{f"valid/{k}": v for k, v in best["valid"].items()},
+            **{f"test/{k}": v for k, v in best.get("test", {}).items()}}

@@ -1,0 +1,1 @@
+"""Distributed runtime: Ray Train workers, each driving a DeepSpeed engine."""

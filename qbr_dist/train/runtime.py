@@ -1,0 +1,194 @@
+"""Run a training function in Ray Train workers, each with a DeepSpeed ZeRO engine.
+
+Driver side: `start_ray` (embedded one-node Ray, or the cluster named by RAY_ADDRESS) and `fit`
+(TorchTrainer with scaling, failure and checkpoint settings from RuntimeConfig).
+Worker side: `init_engine`, `save_checkpoint`, `restore_checkpoint`, `all_reduce_sum`.
+
+Every worker streams the same ordered datasets (nothing is split by Ray Data) and keeps its
+own slice of each global batch: data order is then fixed by the seed alone, so a run is
+reproducible across worker counts and resumes mid-epoch exactly.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import ray
+import ray.data
+import torch
+
+from qbr_dist.config import RuntimeConfig
+
+CHECKPOINT_TAG = "state"
+
+
+def start_ray(runtime: RuntimeConfig) -> None:
+    """Connect to the cluster in RAY_ADDRESS (as `ray.init` reads it), else start an embedded one."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Per-operator progress bars of every worker's stream drown the log; the loop logs its own progress.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(
+        num_cpus=runtime.ray_num_cpus or os.cpu_count(),
+        object_store_memory=runtime.object_store_mb * 1024**2,
+        include_dashboard=False,
+        log_to_driver=True,
+    )
+
+
+@dataclass
+class TrainJob:
+    name: str  # Ray Train run name: rerunning the same name in the same storage resumes it
+    storage_path: Path
+    loop: Callable[[dict], None]
+    loop_config: dict
+    datasets: dict
+
+
+def fit(job: TrainJob, runtime: RuntimeConfig):
+    """Run `job.loop` on `runtime.num_workers` workers; returns Ray Train's Result."""
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": runtime.cpus_per_worker}
+    if runtime.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        job.loop,
+        train_loop_config={**job.loop_config, "runtime": runtime.__dict__},
+        scaling_config=ScalingConfig(
+            num_workers=runtime.num_workers, use_gpu=runtime.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=job.name,
+            storage_path=str(Path(job.storage_path).resolve()),
+            failure_config=FailureConfig(max_failures=runtime.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=runtime.keep_checkpoints),
+        ),
+        datasets=job.datasets,
+        dataset_config=DataConfig(
+            datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
+        ),
+    )
+    return trainer.fit()
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def worker_runtime(loop_config: dict) -> RuntimeConfig:
+    return RuntimeConfig(**loop_config["runtime"])
+
+
+def prepare_worker(runtime: RuntimeConfig) -> None:
+    """Thread count and DeepSpeed accelerator; must run before DeepSpeed is imported."""
+    torch.set_num_threads(runtime.threads_per_worker)
+    if not runtime.use_gpu:
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+def deepspeed_config(runtime: RuntimeConfig, *, micro_batch: int) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": runtime.grad_clip,
+        "zero_optimization": {"stage": runtime.zero_stage},
+        "bf16": {"enabled": runtime.precision == "bf16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def init_engine(model: torch.nn.Module, *, runtime: RuntimeConfig, micro_batch: int, lr: float, weight_decay: float):
+    """DeepSpeed engine around `model` with torch's AdamW (DeepSpeed's own Adam compiles C++ first)."""
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=deepspeed_config(runtime, micro_batch=micro_batch)
+    )
+    return engine
+
+
+def set_lr(engine, lr: float) -> None:
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+
+
+def save_checkpoint(engine, metrics: dict, state: dict) -> None:
+    """Every rank saves its ZeRO shard and reports it; Ray Train gathers them into one checkpoint.
+
+    Each rank also writes the sha256 of the parameters it holds, so a checkpoint shows whether
+    the ranks were in sync (`params-rank<N>.sha256`).
+    """
+    from ray.train import Checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine.save_checkpoint(tmp, tag=CHECKPOINT_TAG, client_state={"loop_state": state})
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        (Path(tmp) / f"params-rank{rank}.sha256").write_text(parameter_digest(engine.module) + "\n")
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def parameter_digest(module: torch.nn.Module) -> str:
+    """sha256 over every parameter's name and bytes (under ZeRO-3, the gathered full tensors)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with full_parameters(module):
+        for name, param in sorted(module.named_parameters()):
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def full_parameters(module: torch.nn.Module):
+    """Gather ZeRO-3 partitioned parameters for the block; a no-op for the other stages."""
+    import contextlib
+
+    params = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params)
+
+
+def restore_checkpoint(engine) -> dict | None:
+    """Loop state of the latest checkpoint of this run (after a restart or a rerun), else None."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        _, client_state = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+    return client_state["loop_state"]
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def my_slice(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's contiguous share of a global batch (the last ranks may get fewer rows)."""
+    size = -(-len(batch) // world)
+    return batch[rank * size:(rank + 1) * size]
+
+
+def finish_worker() -> None:
+    """Tear the process group down: ZeRO-3 workers otherwise abort at exit on some torch releases."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

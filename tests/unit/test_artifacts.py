@@ -1,0 +1,71 @@
+import json
+
+import pytest
+
+from qbr_dist import __version__
+from qbr_dist.artifacts import atomic_path, code_version, stage_is_current, stage_key, write_json, write_manifest
+
+
+def test_atomic_path_renames_on_success(tmp_path):
+    target = tmp_path / "sub" / "out.txt"
+    with atomic_path(target) as tmp:
+        assert tmp != target and tmp.parent == target.parent
+        tmp.write_text("done")
+        assert not target.exists()
+    assert target.read_text() == "done"
+    assert [p.name for p in target.parent.iterdir()] == ["out.txt"]
+
+
+def test_atomic_path_leaves_nothing_when_the_block_raises(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_keeps_the_old_file_when_the_block_raises(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("new")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_write_json_round_trips(tmp_path):
+    payload = {"b": [1, 2.5, None], "a": {"nested": "ü"}}
+    write_json(tmp_path / "x.json", payload)
+    assert json.loads((tmp_path / "x.json").read_text()) == payload
+
+
+def finished_stage(tmp_path, key):
+    stage = tmp_path / "stage"
+    (stage / "part").mkdir(parents=True)
+    (stage / "a.txt").write_text("a")
+    (stage / "part" / "b.txt").write_text("b")
+    write_manifest(stage, key, outputs=["a.txt", "part/b.txt"], rows={"a.txt": 1})
+    return stage
+
+
+def test_stage_is_current_when_key_matches_and_outputs_exist(tmp_path):
+    key = stage_key("split", "cfg1", {"inter": "abc"})
+    stage = finished_stage(tmp_path, key)
+    assert stage_is_current(stage, key)
+    assert not stage_is_current(stage, stage_key("split", "cfg2", {"inter": "abc"}))
+    assert not stage_is_current(stage, stage_key("split", "cfg1", {"inter": "xyz"}))
+    (stage / "part" / "b.txt").unlink()
+    assert not stage_is_current(stage, key)
+
+
+def test_stage_without_manifest_is_not_current(tmp_path):
+    (tmp_path / "stage").mkdir()
+    assert not stage_is_current(tmp_path / "stage", stage_key("split", "cfg", {}))
+    assert not stage_is_current(tmp_path / "missing", stage_key("split", "cfg", {}))
+
+
+def test_code_version_names_the_package():
+    assert code_version()["package"] == __version__

@@ -1,0 +1,68 @@
+import pytest
+
+from qbr_dist.config import Config, ConfigError, load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_load_without_file():
+    cfg = load_config(None)
+    assert isinstance(cfg, Config)
+    assert cfg.runtime.zero_stage == 2
+
+
+def test_file_values_and_overrides(tmp_path):
+    path = write(tmp_path, "[train]\nlr = 0.01\n[run]\nname = 'x'\n")
+    cfg = load_config(path, ["train.lr=3e-4", "run.name=demo", "model.layers=3", "data.text_fields=['a','b']"])
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.run.name == "demo"
+    assert cfg.model.layers == 3
+    assert cfg.data.text_fields == ["a", "b"]
+
+
+def test_int_accepted_for_float():
+    cfg = load_config(None, ["train.lr=1"])
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.lrr=1", "unknown config key 'train.lrr'"),
+        ("nosuch.key=1", "unknown config section 'nosuch'"),
+        ("train.batch_size=abc", "config key 'train.batch_size': expected an integer"),
+        ("train.batch_size=1.5", "config key 'train.batch_size': expected an integer"),
+        ("runtime.zero_stage=4", "config key 'runtime.zero_stage'"),
+        ("runtime.use_gpu=1", "config key 'runtime.use_gpu': expected true or false"),
+        ("runtime.precision='fp16'", "config key 'runtime.precision'"),
+        ("train.mask_ratio=1.5", "config key 'train.mask_ratio'"),
+        ("noequals", "expected section.key=value"),
+    ],
+)
+def test_bad_values_are_one_line_errors_naming_the_key(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "none.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[train\n"))
+
+
+def test_section_hash_tracks_only_named_sections():
+    a, b = load_config(None), load_config(None, ["train.lr=0.5"])
+    assert a.section_hash("data") == b.section_hash("data")
+    assert a.section_hash("train") != b.section_hash("train")
+
+
+def test_demo_config_is_valid():
+    cfg = load_config("launch/configs/ml100k.toml")
+    assert cfg.run.name == "ml100k" and cfg.runtime.num_workers == 2 and cfg.runtime.zero_stage == 2

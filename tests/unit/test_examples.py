@@ -1,0 +1,37 @@
+import numpy as np
+
+from qbr_dist.seqrec.examples import eval_inputs, left_pad, training_windows, window_ends
+
+
+def batch(*seqs):
+    return {"items": np.array([np.array(s) for s in seqs] + [None], dtype=object)[:-1]}
+
+
+def test_left_pad():
+    assert left_pad([1, 2], 4).tolist() == [0, 0, 1, 2]
+    assert left_pad([1, 2, 3, 4, 5], 3).tolist() == [3, 4, 5]
+    assert left_pad([1, 2], 0).tolist() == []
+
+
+def test_windows_cover_every_training_item():
+    items = np.arange(1, 40)
+    out = training_windows(batch(items), max_len=10, stride=4)["seq"]
+    train = set(items[:-2].tolist())
+    assert set(out[out > 0].tolist()) == train
+    assert out.shape[1] == 10
+    assert out[0, -1] == items[-3]  # the newest window ends at the newest training item
+
+
+def test_window_ends():
+    assert window_ends(5, 10, 3) == [5]
+    assert window_ends(20, 10, 4) == [20, 16, 12, 8]
+
+
+def test_eval_inputs_hide_the_target_and_keep_history():
+    items = np.array([3, 4, 5, 6, 7])
+    valid = eval_inputs(batch(items), split="valid", max_len=4, mask_token=99, history_len=6)
+    assert valid["seq"].tolist() == [[3, 4, 5, 99]] and valid["target"].tolist() == [6]
+    assert valid["history"].tolist() == [[0, 0, 0, 3, 4, 5]]
+    test = eval_inputs(batch(items), split="test", max_len=4, mask_token=99)
+    assert test["seq"].tolist() == [[4, 5, 6, 99]] and test["target"].tolist() == [7]
+    assert "history" not in test

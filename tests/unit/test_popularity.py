@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from qbr_dist.seqrec.popularity import evaluate_popularity, training_counts
+
+NUM_ITEMS = 7
+# Training parts (all but the last two): [1, 1, 2], [1, 2, 3], [1, 4]
+# -> counts 1:4, 2:2, 3:1, 4:1, 5..7:0
+SEQUENCES = [np.array([1, 1, 2, 3, 2]), np.array([1, 2, 3, 4, 1]), np.array([1, 4, 5, 6])]
+
+
+def evaluate(split, exclude_history=False, chunk_size=3):
+    counts = training_counts(SEQUENCES, NUM_ITEMS)
+    return evaluate_popularity(SEQUENCES, counts, split=split, chunk_size=chunk_size, exclude_history=exclude_history)
+
+
+def test_training_counts_use_only_the_training_part():
+    counts = training_counts(SEQUENCES, NUM_ITEMS)
+    assert counts.tolist() == [0, 4, 2, 1, 1, 0, 0, 0]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7])
+def test_test_split_by_hand(chunk_size):
+    # targets 2, 1, 6 -> ranks 2, 1, 7 (item 6 ties with 5 and 7 at zero; ties count against it)
+    metrics = evaluate("test", chunk_size=chunk_size)
+    assert metrics["HR@5"] == pytest.approx(2 / 3)
+    assert metrics["HR@10"] == pytest.approx(1.0)
+    assert metrics["MRR"] == pytest.approx((1 / 2 + 1 + 1 / 7) / 3)
+
+
+def test_valid_split_ties_count_against_the_target():
+    # targets 3, 4, 5 -> ranks 4, 4 (3 and 4 tie at one count), 7
+    metrics = evaluate("valid")
+    assert metrics["HR@5"] == pytest.approx(2 / 3)
+    assert metrics["MRR"] == pytest.approx((1 / 4 + 1 / 4 + 1 / 7) / 3)
+
+
+def test_excluding_history_by_hand():
+    # histories [1,1,2,3], [1,2,3,4], [1,4,5]; targets 2, 1, 6 -> ranks 1, 1, 4 (2 and 3 beat 6, 7 ties)
+    metrics = evaluate("test", exclude_history=True)
+    assert metrics["HR@5"] == pytest.approx(1.0)
+    assert metrics["MRR"] == pytest.approx((1 + 1 + 1 / 4) / 3)

@@ -1,0 +1,124 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from qbr_dist.data.quarantine import Quarantine
+from qbr_dist.data.readers import INTERACTIONS_SCHEMA, DataError, read_catalog, read_interactions
+
+INTER_HEADER = b"user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+
+
+def write_lines(path, header: bytes, lines: list[bytes]):
+    path.write_bytes(header + b"".join(line + b"\n" for line in lines))
+    return path
+
+
+def quarantined(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_inter_file_reads_into_interactions_table(tmp_path):
+    inter = write_lines(tmp_path / "x.inter", INTER_HEADER, [b"u1\ti1\t5\t100", b"u2\ti2\t3\t101.5"])
+    table = read_interactions(inter, Quarantine())
+    assert table.schema == INTERACTIONS_SCHEMA
+    assert table.to_pydict() == {"user_id": ["u1", "u2"], "item_id": ["i1", "i2"], "timestamp": [100.0, 101.5]}
+
+
+def test_bad_inter_rows_are_quarantined_and_reading_continues(tmp_path):
+    lines = [
+        b"u1\ti1\t5\t100",          # line 2: good
+        b"u1\ti2\t3",               # line 3: wrong field count
+        b"u2\ti1\t4\tabc",          # line 4: non-numeric timestamp
+        b"\ti3\t4\t101",            # line 5: empty user id
+        b"u3\t\xff\xfe\t1\t102",    # line 6: not UTF-8
+        b"u2\ti3\t2\t103",          # line 7: good, after the bad ones
+        b"u3\ti1\t1\t104.5",        # line 8: good
+    ]
+    inter = write_lines(tmp_path / "x.inter", INTER_HEADER, lines)
+    qpath = tmp_path / "q" / "quarantine.jsonl"
+    with Quarantine(qpath) as quarantine:
+        table = read_interactions(inter, quarantine)
+    assert table.column("user_id").to_pylist() == ["u1", "u2", "u3"]
+    assert table.column("timestamp").to_pylist() == [100.0, 103.0, 104.5]
+    assert len(lines) == table.num_rows + quarantine.total
+    records = quarantined(qpath)
+    assert {r["source"] for r in records} == {str(inter)}
+    assert [(r["where"], r["field"]) for r in records] == [
+        ("line 3", "*"), ("line 4", "timestamp"), ("line 5", "user_id"), ("line 6", "*"),
+    ]
+    assert "expected 4 tab-separated fields, got 3" in records[0]["reason"]
+    assert records[1]["reason"] == "timestamp is not a finite number"
+    assert records[2]["reason"] == "empty user id"
+    assert records[3]["reason"] == "not UTF-8 text"
+    assert len(records) == quarantine.total
+
+
+def test_header_without_timestamp_is_a_one_line_error(tmp_path):
+    inter = write_lines(tmp_path / "x.inter", b"user_id:token\titem_id:token\trating:float\n", [b"u1\ti1\t5"])
+    with pytest.raises(DataError) as err:
+        read_interactions(inter, Quarantine())
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(inter) in message and "'timestamp'" in message
+
+
+def test_missing_file_is_an_error_naming_it(tmp_path):
+    missing = tmp_path / "absent.inter"
+    with pytest.raises(DataError, match="absent.inter"):
+        read_interactions(missing, Quarantine())
+
+
+def test_parquet_interactions(tmp_path):
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"user_id": ["u1", None, "u2"], "item_id": [1, 2, 3], "timestamp": [10, 11, 12]}), path)
+    quarantine = Quarantine()
+    table = read_interactions(path, quarantine)
+    assert table.schema == INTERACTIONS_SCHEMA
+    assert table.to_pydict() == {"user_id": ["u1", "u2"], "item_id": ["1", "3"], "timestamp": [10.0, 12.0]}
+    assert quarantine.counts == {"empty user id": 1}
+
+
+def test_parquet_non_numeric_timestamp_is_an_error(tmp_path):
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"user_id": ["u1"], "item_id": ["i1"], "timestamp": ["yesterday"]}), path)
+    with pytest.raises(DataError, match="'timestamp'") as err:
+        read_interactions(path, Quarantine())
+    assert str(path) in str(err.value)
+
+
+def test_catalog_joins_text_fields_and_keeps_the_first_duplicate(tmp_path):
+    item = write_lines(
+        tmp_path / "x.item",
+        b"item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n",
+        [b"1\tToy Story\t1995\tAnimation", b"2\tHeat\t1995\t", b"1\tToy Story 2\t1999\tAnimation"],
+    )
+    qpath = tmp_path / "quarantine.jsonl"
+    with Quarantine(qpath) as quarantine:
+        catalog = read_catalog(item, ["movie_title", "class"], quarantine)
+    assert catalog.column_names[:2] == ["item_id", "text"]
+    assert set(catalog.column_names) == {"item_id", "text", "movie_title", "release_year", "class"}
+    assert catalog.column("item_id").to_pylist() == ["1", "2"]
+    assert catalog.column("text").to_pylist() == ["Toy Story. Animation", "Heat"]
+    assert catalog.column("release_year").to_pylist() == ["1995", "1995"]
+    assert [(r["field"], r["reason"]) for r in quarantined(qpath)] == [("item_id", "duplicate item id")]
+
+
+def test_quarantine_file_appears_with_the_first_record(tmp_path):
+    path = tmp_path / "sub" / "quarantine.jsonl"
+    with Quarantine(path) as quarantine:
+        assert not path.exists()
+        quarantine.add(source="s", where="line 2", field="f", reason="r")
+        assert path.exists()
+    assert quarantined(path) == [{"source": "s", "where": "line 2", "field": "f", "reason": "r"}]
+    assert quarantine.total == 1
+
+
+def test_quarantine_without_records_leaves_no_file(tmp_path):
+    inter = write_lines(tmp_path / "x.inter", INTER_HEADER, [b"u1\ti1\t5\t100"])
+    path = tmp_path / "quarantine.jsonl"
+    with Quarantine(path) as quarantine:
+        read_interactions(inter, quarantine)
+    assert quarantine.total == 0
+    assert not path.exists()

@@ -1,0 +1,92 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+
+from qbr_dist.data.quarantine import Quarantine
+from qbr_dist.data import split  # not `import test_part`: pytest would collect it as a test
+from qbr_dist.data.split import build_sequences, item_index
+
+CATALOG = pa.table({"item_id": ["a", "b", "c", "d", "e"]})  # indices 1..5
+INDEX = item_index(CATALOG)
+
+
+def interactions(rows):
+    users, items, stamps = zip(*rows)
+    return pa.table({"user_id": list(users), "item_id": list(items), "timestamp": [float(t) for t in stamps]})
+
+
+def sequences(rows, k_core=0, index=INDEX, quarantine=None):
+    table, summary = build_sequences(
+        interactions(rows), index, k_core=k_core, quarantine=quarantine or Quarantine(), source="test"
+    )
+    return dict(zip(table.column("user_id").to_pylist(), table.column("items").to_pylist())), summary
+
+
+def test_item_index_follows_catalog_order_from_one():
+    assert INDEX == {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}
+
+
+def test_sequences_sorted_by_time_ties_keep_row_order():
+    rows = [("u", "b", 5), ("v", "a", 1), ("u", "a", 5), ("u", "c", 1), ("v", "b", 2), ("u", "d", 9), ("v", "c", 3)]
+    seqs, summary = sequences(rows)
+    assert seqs == {"u": [3, 2, 1, 4], "v": [1, 2, 3]}
+    assert (summary.users, summary.interactions, summary.interactions_read) == (2, 7, 7)
+
+
+def test_unknown_items_are_quarantined_and_counted(tmp_path):
+    rows = [("u", "a", 1), ("u", "zzz", 2), ("u", "b", 3), ("u", "c", 4)]
+    path = tmp_path / "quarantine.jsonl"
+    with Quarantine(path) as quarantine:
+        seqs, summary = sequences(rows, quarantine=quarantine)
+    assert seqs == {"u": [1, 2, 3]}
+    assert summary.unknown_item_rows == 1
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert records == [{"source": "test", "where": "row 1", "field": "item_id", "reason": "unknown item id 'zzz'"}]
+
+
+def test_short_users_are_excluded_and_counted():
+    rows = [("u", "a", 1), ("u", "b", 2), ("u", "c", 3), ("short", "a", 1), ("short", "b", 2), ("one", "c", 1)]
+    seqs, summary = sequences(rows)
+    assert seqs == {"u": [1, 2, 3]}
+    assert summary.users_too_short == 2
+    assert summary.users == 1 and summary.interactions == 3
+
+
+# u4's only rare item "d" goes, so u4 falls below 3 and goes; then "c" falls below 3 and goes too.
+KCORE_ROWS = [
+    ("u1", "a", 1), ("u1", "b", 2), ("u1", "c", 3), ("u1", "e", 4),
+    ("u2", "a", 1), ("u2", "b", 2), ("u2", "c", 3), ("u2", "e", 4),
+    ("u3", "a", 1), ("u3", "b", 2), ("u3", "e", 3),
+    ("u4", "a", 1), ("u4", "c", 2), ("u4", "d", 3),
+]
+
+
+def test_k_core_zero_keeps_everything():
+    seqs, summary = sequences(KCORE_ROWS, k_core=0)
+    assert summary.kcore_removed_rows == 0
+    assert seqs["u4"] == [1, 3, 4]
+    assert summary.interactions == len(KCORE_ROWS)
+
+
+def test_k_core_drops_repeatedly():
+    seqs, summary = sequences(KCORE_ROWS, k_core=3)
+    assert seqs == {"u1": [1, 2, 5], "u2": [1, 2, 5], "u3": [1, 2, 5]}
+    assert summary.kcore_removed_rows == 5
+    assert summary.interactions == 9
+
+
+def test_leave_one_out_parts():
+    items = np.array([7, 3, 9, 4, 8])
+    assert split.train_part(items).tolist() == [7, 3, 9]
+    history, target = split.valid_part(items)
+    assert (history.tolist(), target) == ([7, 3, 9], 4)
+    history, target = split.test_part(items)
+    assert (history.tolist(), target) == ([7, 3, 9, 4], 8)  # validation item is part of the test history
+    assert isinstance(target, int)
+
+
+def test_nothing_left_after_k_core_counts_no_short_users():
+    users, summary = sequences([("u", "a", 1), ("u", "a", 2), ("u", "b", 3)], k_core=3)
+    assert users == {}
+    assert summary.users == 0 and summary.users_too_short == 0 and summary.kcore_removed_rows == 3
