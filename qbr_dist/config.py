@@ -57,7 +57,8 @@ class RuntimeConfig:
     checkpoint_every: int = 200  # optimizer steps between checkpoints
     keep_checkpoints: int = 2
     ray_num_cpus: int = 0  # embedded Ray only; 0 = all CPUs of this machine
-    object_store_mb: int = 512
+    object_store_mb: int = 512  # embedded Ray only
+    dashboard: bool = True  # embedded Ray only: dashboard on 127.0.0.1:8265 (Ray Train's state checks use it)
 
     def check(self) -> None:
         _require(self.num_workers >= 1, "runtime.num_workers", "an integer >= 1")
@@ -96,6 +97,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     mask_ratio: float = 0.2
+    pretrain_last_item_prob: float = 0.1  # share of pretraining sequences masked at the last item only
     window_stride: int = 10  # training windows of model.max_len items every `window_stride` items
     shuffle_buffer: int = 20000
     pretrain_epochs: int = 200  # upper bound; early stopping on validation NDCG@10 ends sooner
@@ -110,6 +112,7 @@ class TrainConfig:
         _require(self.finetune_lr > 0, "train.finetune_lr", "a number > 0")
         _require(self.weight_decay >= 0, "train.weight_decay", "a number >= 0")
         _require(0 < self.mask_ratio < 1, "train.mask_ratio", "a number in (0, 1)")
+        _require(0 <= self.pretrain_last_item_prob <= 1, "train.pretrain_last_item_prob", "a number in [0, 1]")
         _require(self.window_stride >= 1, "train.window_stride", "an integer >= 1")
         _require(self.shuffle_buffer >= 1, "train.shuffle_buffer", "an integer >= 1")
         _require(self.pretrain_epochs >= 0, "train.pretrain_epochs", "an integer >= 0")
@@ -141,9 +144,9 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def section_hash(self, *sections: str) -> str:
-        """Stable hash of the named sections, used by stage manifests."""
-        payload = {name: dataclasses.asdict(getattr(self, name)) for name in sections}
+    def section_hash(self, *sections: str, **extra) -> str:
+        """Stable hash of the named sections (and any extra values), used by stage manifests."""
+        payload = {name: dataclasses.asdict(getattr(self, name)) for name in sections} | extra
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -145,7 +145,9 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path) -> Path:
     from qbr_dist.seqrec.train_loop import bert4rec_worker
     from qbr_dist.train.runtime import TrainJob, fit, start_ray
 
-    config_hash = cfg.section_hash("model", "train", "eval", "runtime") + f"-seed{cfg.run.seed}"
+    # Worker count, checkpoint cadence and the like do not change the result; precision and clipping do.
+    config_hash = cfg.section_hash("model", "train", "eval", seed=cfg.run.seed, precision=cfg.runtime.precision,
+                                   grad_clip=cfg.runtime.grad_clip)
     key = artifacts.stage_key("bert4rec", config_hash, {"ingest": artifacts.manifest_fingerprint(ingest_dir)})
     stage_dir, current = _stage("bert4rec", root, key)
     if current:
@@ -155,10 +157,14 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path) -> Path:
     sequences = ray.data.read_parquet(str((ingest_dir / SEQUENCES).resolve()))
     history_len = _longest_sequence(ingest_dir) if cfg.eval.exclude_history else 0
     eval_kwargs = dict(max_len=cfg.model.max_len, mask_token=items + 1, history_len=history_len)
+    # Built once and kept in the object store (spilled to disk when large): every epoch of every
+    # worker then reads blocks instead of re-running the read-and-window pipeline.
     datasets = {
-        "train": sequences.map_batches(training_windows, fn_kwargs=dict(max_len=cfg.model.max_len, stride=cfg.train.window_stride)),
-        "valid": sequences.map_batches(eval_inputs, fn_kwargs=dict(split="valid", **eval_kwargs)),
-        "test": sequences.map_batches(eval_inputs, fn_kwargs=dict(split="test", **eval_kwargs)),
+        "train": sequences.map_batches(
+            training_windows, fn_kwargs=dict(max_len=cfg.model.max_len, stride=cfg.train.window_stride)
+        ).materialize(),
+        "valid": sequences.map_batches(eval_inputs, fn_kwargs=dict(split="valid", **eval_kwargs)).materialize(),
+        "test": sequences.map_batches(eval_inputs, fn_kwargs=dict(split="test", **eval_kwargs)).materialize(),
     }
     loop_config = {
         "model": cfg.model.__dict__, "train": cfg.train.__dict__, "eval": cfg.eval.__dict__,
@@ -171,19 +177,24 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path) -> Path:
     result = fit(job, cfg.runtime)
     if result.error is not None:
         raise RuntimeError(f"bert4rec training failed: {result.error}")
-    final = result.metrics
+    metrics = _training_metrics(result.metrics, wall_s=time.perf_counter() - started)
+    metrics["checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    artifacts.write_json(stage_dir / METRICS, metrics)
+    artifacts.write_manifest(stage_dir, key, outputs=[METRICS], rows={"steps": metrics["steps"]})
+    return stage_dir
+
+
+def _training_metrics(final: dict, *, wall_s: float) -> dict:
+    """metrics.json of a training stage from the final report of its workers."""
     metrics = {
         split: {k.split("/", 1)[1]: v for k, v in final.items() if k.startswith(f"{split}/")}
         for split in ("valid", "test")
     }
-    metrics.update(
-        train_wall_s=round(time.perf_counter() - started, 1),
-        epochs=final["epochs"], steps=final["step"], curve=final["curve"], best={"phase": final["best_phase"], "epoch": final["best_epoch"]},
-        checkpoint=result.checkpoint.path if result.checkpoint else None,
-    )
-    artifacts.write_json(stage_dir / METRICS, metrics)
-    artifacts.write_manifest(stage_dir, key, outputs=[METRICS], rows={"steps": final["step"]})
-    return stage_dir
+    return metrics | {
+        "train_wall_s": round(wall_s, 1), "epochs": final["epochs"], "steps": final["step"],
+        "best": {"phase": final["best_phase"], "epoch": final["best_epoch"]},
+        "curve": final["curve"], "resumed_at": final["resumed_at"],
+    }
 
 
 def _longest_sequence(ingest_dir: Path) -> int:

@@ -31,6 +31,14 @@ def last_item_mask(seq: torch.Tensor, *, mask_token: int) -> tuple[torch.Tensor,
     return _apply(seq, masked, mask_token)
 
 
+def mix_per_sequence(
+    first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor], use_second: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise choice between two maskings of the same batch (`use_second`: bool per sequence)."""
+    pick = use_second[:, None]
+    return torch.where(pick, second[0], first[0]), torch.where(pick, second[1], first[1])
+
+
 def _apply(seq: torch.Tensor, masked: torch.Tensor, mask_token: int) -> tuple[torch.Tensor, torch.Tensor]:
     inputs = seq.masked_fill(masked, mask_token)
     labels = seq.masked_fill(~masked, 0)

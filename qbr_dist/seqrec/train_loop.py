@@ -16,7 +16,7 @@ import torch
 from qbr_dist.config import EvalConfig, ModelConfig, TrainConfig
 from qbr_dist.obs.metrics import TrainMeter
 from qbr_dist.seqrec.bert4rec import BERT4Rec
-from qbr_dist.seqrec.masking import last_item_mask, random_item_mask
+from qbr_dist.seqrec.masking import last_item_mask, mix_per_sequence, random_item_mask
 from qbr_dist.seqrec.metrics import metric_means, metric_sums, target_ranks
 from qbr_dist.train import runtime as rt
 
@@ -35,6 +35,7 @@ class LoopState:
     best: dict = field(default_factory=lambda: {"valid": {"NDCG@10": -1.0}})
     curve: list = field(default_factory=list)
     done: bool = False
+    resumed_at: list = field(default_factory=list)  # steps of the checkpoints this run restarted from
 
 
 def bert4rec_worker(loop_config: dict) -> None:
@@ -59,6 +60,10 @@ def bert4rec_worker(loop_config: dict) -> None:
             deepspeed.zero.register_external_parameter(model, param)
     restored = rt.restore_checkpoint(engine)
     state = LoopState(**restored) if restored else LoopState()
+    if restored:
+        state.resumed_at.append(state.step)
+        log.info("resumed from the checkpoint at step %d (%s, epoch %d, batch %d)",
+                 state.step, PHASES[min(state.phase, len(PHASES) - 1)], state.epoch, state.batch)
     meter = TrainMeter(stage="bert4rec", rank=rank, run=loop_config["run_name"])
     shards = {name: ray.train.get_dataset_shard(name) for name in ("train", "valid", "test")}
 
@@ -92,7 +97,7 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
         batch_size=cfg.batch_size, drop_last=True, dtypes=torch.long,
         local_shuffle_buffer_size=cfg.shuffle_buffer, local_shuffle_seed=(seed * 1_000 + state.phase) * 100_003 + state.epoch,
     )
-    epoch_started, losses = time.perf_counter(), []
+    epoch_started, epoch_loss, steps = time.perf_counter(), [0.0, 0], 0
     for index, batch in enumerate(batches):
         if index < state.batch:
             continue  # resumed mid-epoch: these batches were trained before the checkpoint
@@ -100,28 +105,39 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
         stream = (seed, state.phase, state.epoch, index)
         generator = torch.Generator().manual_seed(hash(stream) & (2**62))
         seq = batch["seq"]
-        if phase == "pretrain":
-            inputs, labels = random_item_mask(seq, ratio=cfg.mask_ratio, mask_token=model.mask_token, generator=generator)
-        else:
-            inputs, labels = last_item_mask(seq, mask_token=model.mask_token)
+        inputs, labels = _mask(seq, phase, cfg, model.mask_token, generator)
         targets = int((labels > 0).sum())
         torch.manual_seed(hash((*stream, rank)) & (2**62))  # dropout
-        loss_sum = engine(rt.my_slice(inputs, rank, world), rt.my_slice(labels, rank, world))
+        mine = rt.my_slice(labels, rank, world)
+        loss_sum = engine(rt.my_slice(inputs, rank, world), mine)
         # DeepSpeed averages gradients over ranks: scale so the result is the mean over the global batch.
-        loss = loss_sum * world / max(targets, 1)
-        engine.backward(loss)
+        engine.backward(loss_sum * world / max(targets, 1))
         engine.step()
+        local = [float(loss_sum), int((mine > 0).sum())]
+        epoch_loss = [a + b for a, b in zip(epoch_loss, local)]
         state.batch, state.step = index + 1, state.step + 1
-        losses.append(float(loss) / world)
-        meter.step(loss=losses[-1], samples=len(seq) // world, seconds=time.perf_counter() - started,
+        meter.step(loss=local[0] / max(local[1], 1), samples=len(seq) // world, seconds=time.perf_counter() - started,
                    lr=engine.get_lr()[0], grad_norm=engine.get_global_grad_norm())
         if state.step % runtime.checkpoint_every == 0:
-            _checkpoint(engine, state, meter, phase, losses[-1])
+            _checkpoint(engine, state, meter, phase, local[0] / max(local[1], 1))
+        steps += 1
     state.batch = 0
-    if rank == 0 and losses:
+    loss_sum, masked = rt.all_reduce_sum(epoch_loss)
+    if rank == 0 and steps:
         seconds = time.perf_counter() - epoch_started
-        log.info("%s epoch %d: %d steps, rank-0 loss %.4f, %.0f sequences/s over all ranks",
-                 phase, state.epoch + 1, len(losses), sum(losses) / len(losses), len(losses) * cfg.batch_size / seconds)
+        log.info("%s epoch %d: %d steps, loss %.4f, %.0f sequences/s", phase, state.epoch + 1, steps,
+                 loss_sum / max(masked, 1), steps * cfg.batch_size / seconds)
+
+
+def _mask(seq: torch.Tensor, phase: str, cfg: TrainConfig, mask_token: int, generator: torch.Generator):
+    """Fine-tuning masks the last item; pretraining masks random items, and the last item only
+    in a `pretrain_last_item_prob` share of sequences (as the original BERT4Rec does)."""
+    last = last_item_mask(seq, mask_token=mask_token)
+    if phase == "finetune":
+        return last
+    random = random_item_mask(seq, ratio=cfg.mask_ratio, mask_token=mask_token, generator=generator)
+    use_last = torch.rand(len(seq), generator=generator) < cfg.pretrain_last_item_prob
+    return mix_per_sequence(random, last, use_last)
 
 
 def _checkpoint(engine, state: LoopState, meter, phase: str, loss: float) -> None:
@@ -178,6 +194,6 @@ def _evaluate(model: BERT4Rec, batches: list[dict], cfg: EvalConfig) -> dict:
 
 def _report_metrics(state: LoopState) -> dict:
     best = state.best
-    return {"done": True, "step": state.step, "epochs": state.epochs, "best_phase": best.get("phase"), "best_epoch": best.get("epoch"), "curve": state.curve,
+    return {"done": True, "step": state.step, "epochs": state.epochs, "resumed_at": state.resumed_at, "best_phase": best.get("phase"), "best_epoch": best.get("epoch"), "curve": state.curve,
             **{f"valid/{k}": v for k, v in best["valid"].items()},
             **{f"test/{k}": v for k, v in best.get("test", {}).items()}}

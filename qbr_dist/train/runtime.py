@@ -39,7 +39,8 @@ def start_ray(runtime: RuntimeConfig) -> None:
     ray.init(
         num_cpus=runtime.ray_num_cpus or os.cpu_count(),
         object_store_memory=runtime.object_store_mb * 1024**2,
-        include_dashboard=False,
+        include_dashboard=runtime.dashboard,
+        dashboard_host="127.0.0.1",
         log_to_driver=True,
     )
 

@@ -1,6 +1,6 @@
 import torch
 
-from qbr_dist.seqrec.masking import last_item_mask, random_item_mask
+from qbr_dist.seqrec.masking import last_item_mask, mix_per_sequence, random_item_mask
 
 MASK = 99
 
@@ -45,3 +45,12 @@ def test_last_item_mask():
     assert (inputs[:, -1] == MASK).all()
     assert torch.equal(labels[:, -1], seq[:, -1])
     assert (labels[:, :-1] == 0).all() and torch.equal(inputs[:, :-1], seq[:, :-1])
+
+
+def test_mix_per_sequence_picks_rows():
+    seq = batch()
+    random = random_item_mask(seq, ratio=0.5, mask_token=MASK, generator=torch.Generator().manual_seed(3))
+    last = last_item_mask(seq, mask_token=MASK)
+    inputs, labels = mix_per_sequence(random, last, torch.tensor([False, True, False]))
+    assert torch.equal(inputs[1], last[0][1]) and torch.equal(labels[1], last[1][1])
+    assert torch.equal(inputs[[0, 2]], random[0][[0, 2]]) and torch.equal(labels[[0, 2]], random[1][[0, 2]])

@@ -1,0 +1,51 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from qbr_dist.cli import build_parser, main
+
+SUBCOMMANDS = [["run"], ["data"], ["data", "fetch"], ["report"], ["config"]]
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("run", "data", "report", "config"):
+        assert command in out
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=" ".join)
+def test_every_subcommand_help_describes_its_arguments(words, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*words, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: qbr " + " ".join(words) in out
+    if words[0] in ("run", "report", "config"):
+        assert "--config" in out and "--set" in out and "SECTION.KEY=VALUE" in out
+
+
+def test_config_prints_resolved_values(capsys):
+    assert main(["config", "-c", "launch/configs/ml100k.toml", "--set", "train.lr=0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["lr"] == 0.5
+
+
+def test_bad_override_is_a_one_line_error_and_exit_2(capsys):
+    assert main(["config", "--set", "train.nope=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qbr: error:") and "train.nope" in err and "\n" not in err
+
+
+def test_report_without_a_run_names_the_missing_stages(tmp_path, capsys):
+    assert main(["report", "--set", f"run.root='{tmp_path}'"]) == 2
+    assert "not finished" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    done = subprocess.run([sys.executable, "-m", "qbr_dist.cli", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "qbr" in done.stdout
+    assert build_parser().prog == "qbr"
