@@ -98,13 +98,17 @@ class TrainConfig:
     weight_decay: float = 0.01
     mask_ratio: float = 0.2
     pretrain_last_item_prob: float = 0.1  # share of pretraining sequences masked at the last item only
-    window_stride: int = 10  # training windows of model.max_len items every `window_stride` items
+    window_stride: int = 10  # pretraining windows of model.max_len items every `window_stride` items
+    finetune_stride: int = 2  # fine-tuning windows (one target each, the newest item) every N items
     shuffle_buffer: int = 20000
-    pretrain_epochs: int = 200  # upper bound; early stopping on validation NDCG@10 ends sooner
-    finetune_epochs: int = 20
+    pretrain_epochs: int = 80  # budget (the linear schedule decays over it); early stopping may end sooner
+    finetune_epochs: int = 6
     finetune_lr: float = 3e-4
-    patience: int = 5  # evaluations without validation improvement before stopping a phase
-    eval_every: int = 2  # epochs between validation evaluations
+    warmup_steps: int = 100  # linear warm-up at the start of each phase
+    lr_schedule: str = "linear"  # "linear": decay to 0 over the phase's epoch budget; "constant"
+    patience: int = 6  # evaluations without validation improvement before stopping a phase
+    eval_every: int = 4  # pretraining epochs between validation evaluations
+    finetune_eval_every: int = 1  # fine-tuning epochs between validation evaluations
 
     def check(self) -> None:
         _require(self.batch_size >= 1, "train.batch_size", "an integer >= 1")
@@ -114,11 +118,15 @@ class TrainConfig:
         _require(0 < self.mask_ratio < 1, "train.mask_ratio", "a number in (0, 1)")
         _require(0 <= self.pretrain_last_item_prob <= 1, "train.pretrain_last_item_prob", "a number in [0, 1]")
         _require(self.window_stride >= 1, "train.window_stride", "an integer >= 1")
+        _require(self.finetune_stride >= 1, "train.finetune_stride", "an integer >= 1")
         _require(self.shuffle_buffer >= 1, "train.shuffle_buffer", "an integer >= 1")
         _require(self.pretrain_epochs >= 0, "train.pretrain_epochs", "an integer >= 0")
         _require(self.finetune_epochs >= 0, "train.finetune_epochs", "an integer >= 0")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", "an integer >= 0")
+        _require(self.lr_schedule in ("linear", "constant"), "train.lr_schedule", "'linear' or 'constant'")
         _require(self.patience >= 1, "train.patience", "an integer >= 1")
         _require(self.eval_every >= 1, "train.eval_every", "an integer >= 1")
+        _require(self.finetune_eval_every >= 1, "train.finetune_eval_every", "an integer >= 1")
 
 
 @dataclass

@@ -18,25 +18,24 @@ from qbr_dist.config import Config
 from qbr_dist.data.fetch import fetch
 from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.data.readers import read_catalog, read_interactions
-from qbr_dist.data.split import build_sequences, item_index
+from qbr_dist.data.split import MIN_SPLIT_LENGTH, build_sequences, item_index
 from qbr_dist.obs.metrics import quarantined_records
+from qbr_dist.report import write_report
 
 log = logging.getLogger("qbr")
 
 ITEMS, SEQUENCES, QUARANTINE, METRICS = "items.parquet", "sequences.parquet", "quarantine.jsonl", "metrics.json"
 
 
+MODEL_STAGES = ("popularity", "bert4rec")
+
+
 def run_dir(cfg: Config) -> Path:
     return Path(cfg.run.root) / cfg.run.name
 
 
-MODEL_STAGES = ("popularity", "bert4rec")
-
-
 def run_pipeline(cfg: Config) -> dict:
     """Every stage in order; returns the report."""
-    from qbr_dist.report import write_report
-
     root = run_dir(cfg)
     ingest_dir = ingest(cfg, root)
     model_dirs = {"popularity": popularity(cfg, root, ingest_dir), "bert4rec": bert4rec(cfg, root, ingest_dir)}
@@ -45,8 +44,6 @@ def run_pipeline(cfg: Config) -> dict:
 
 def report_only(cfg: Config) -> dict:
     """The report of a run whose stages have all finished."""
-    from qbr_dist.report import write_report
-
     root = run_dir(cfg)
     missing = [name for name in ("ingest", *MODEL_STAGES) if artifacts.read_manifest(root / name) is None]
     if missing:
@@ -97,7 +94,7 @@ def ingest(cfg: Config, root: Path) -> Path:
         )
     quarantined_records.labels(stage="ingest", run=cfg.run.name).inc(quarantine.total)
     if sequences.num_rows == 0:
-        raise ValueError(f"{inputs['interactions']}: no user has the {3} interactions a leave-one-out split needs")
+        raise ValueError(f"{inputs['interactions']}: no user has the {MIN_SPLIT_LENGTH} interactions a leave-one-out split needs")
     for name, table in ((ITEMS, catalog), (SEQUENCES, sequences)):
         with artifacts.atomic_path(stage_dir / name) as tmp:
             pq.write_table(table, tmp)
@@ -157,18 +154,25 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path) -> Path:
     sequences = ray.data.read_parquet(str((ingest_dir / SEQUENCES).resolve()))
     history_len = _longest_sequence(ingest_dir) if cfg.eval.exclude_history else 0
     eval_kwargs = dict(max_len=cfg.model.max_len, mask_token=items + 1, history_len=history_len)
+    windows = dict(max_len=cfg.model.max_len)
+    datasets = {
+        "pretrain": sequences.map_batches(training_windows, fn_kwargs=windows | {"stride": cfg.train.window_stride}),
+        "finetune": sequences.map_batches(
+            training_windows, fn_kwargs=windows | {"stride": cfg.train.finetune_stride, "every_prefix": True}
+        ),
+        "valid": sequences.map_batches(eval_inputs, fn_kwargs=dict(split="valid", **eval_kwargs)),
+        "test": sequences.map_batches(eval_inputs, fn_kwargs=dict(split="test", **eval_kwargs)),
+    }
     # Built once and kept in the object store (spilled to disk when large): every epoch of every
     # worker then reads blocks instead of re-running the read-and-window pipeline.
-    datasets = {
-        "train": sequences.map_batches(
-            training_windows, fn_kwargs=dict(max_len=cfg.model.max_len, stride=cfg.train.window_stride)
-        ).materialize(),
-        "valid": sequences.map_batches(eval_inputs, fn_kwargs=dict(split="valid", **eval_kwargs)).materialize(),
-        "test": sequences.map_batches(eval_inputs, fn_kwargs=dict(split="test", **eval_kwargs)).materialize(),
-    }
+    datasets = {name: dataset.materialize() for name, dataset in datasets.items()}
+    steps_per_epoch = {phase: datasets[phase].count() // cfg.train.batch_size for phase in ("pretrain", "finetune")}
+    if not all(steps_per_epoch.values()):
+        raise ValueError(f"config key 'train.batch_size': {cfg.train.batch_size} exceeds the training windows "
+                         f"of a phase ({ {p: datasets[p].count() for p in steps_per_epoch} })")
     loop_config = {
         "model": cfg.model.__dict__, "train": cfg.train.__dict__, "eval": cfg.eval.__dict__,
-        "seed": cfg.run.seed, "num_items": items, "run_name": cfg.run.name,
+        "seed": cfg.run.seed, "num_items": items, "run_name": cfg.run.name, "steps_per_epoch": steps_per_epoch,
     }
     started = time.perf_counter()
     # The Ray Train run name carries the config hash: a rerun resumes only a run of the same config.

@@ -1,8 +1,9 @@
 """Model inputs built from user sequences, as Ray Data batch functions.
 
 Input batches carry `items` (each user's time-ordered item indices). Training yields windows of
-`max_len` items over the training part, one every `stride` items counted back from the newest,
-so every training item appears in some window. Evaluation yields the history before the target
+`max_len` items over the training part, one every `stride` items counted back from the newest:
+for pretraining until the windows cover the whole part (every item appears in some window), for
+fine-tuning down to the shortest prefix (every `stride`-th item is the newest of some window). Evaluation yields the history before the target
 (newest `max_len - 1` items) followed by the mask token, and the target; with `history_len` > 0
 also the whole history, left-padded to that length, for leaving seen items out of the ranking.
 """
@@ -18,8 +19,10 @@ def left_pad(items: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([np.zeros(length - len(items), dtype=np.int64), items])
 
 
-def window_ends(length: int, max_len: int, stride: int) -> list[int]:
+def window_ends(length: int, max_len: int, stride: int, *, every_prefix: bool = False) -> list[int]:
     """End offsets of the windows over a sequence of `length` items, newest first."""
+    if every_prefix:
+        return list(range(length, 1, -stride))  # a prefix needs one item of context before its newest
     ends = []
     for end in range(length, 0, -stride):
         ends.append(end)
@@ -28,11 +31,12 @@ def window_ends(length: int, max_len: int, stride: int) -> list[int]:
     return ends
 
 
-def training_windows(batch: dict, *, max_len: int, stride: int) -> dict:
+def training_windows(batch: dict, *, max_len: int, stride: int, every_prefix: bool = False) -> dict:
     rows = []
     for items in batch["items"]:
         part = train_part(np.asarray(items))
-        rows.extend(left_pad(part[max(0, end - max_len):end], max_len) for end in window_ends(len(part), max_len, stride))
+        ends = window_ends(len(part), max_len, stride, every_prefix=every_prefix)
+        rows.extend(left_pad(part[max(0, end - max_len):end], max_len) for end in ends)
     return {"seq": np.stack(rows) if rows else np.zeros((0, max_len), dtype=np.int64)}
 
 

@@ -2,7 +2,7 @@
 then fine-tune with the last item masked; validation NDCG@10 selects the model.
 
 Masks and dropout are seeded from (seed, phase, epoch, batch), and the data order from
-(seed, epoch), so the loop state in a checkpoint is all a restart needs to continue exactly.
+(seed, phase, epoch), so the loop state in a checkpoint is all a restart needs to continue exactly.
 """
 from __future__ import annotations
 
@@ -20,8 +20,24 @@ from qbr_dist.seqrec.masking import last_item_mask, mix_per_sequence, random_ite
 from qbr_dist.seqrec.metrics import metric_means, metric_sums, target_ranks
 from qbr_dist.train import runtime as rt
 
-PHASES = ("pretrain", "finetune")
 log = logging.getLogger("qbr.bert4rec")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Pretraining or fine-tuning; each reads the Ray dataset of its own name."""
+
+    name: str
+    epochs: int
+    lr: float
+    eval_every: int
+
+
+def phases(cfg: TrainConfig) -> tuple[Phase, Phase]:
+    return (
+        Phase("pretrain", cfg.pretrain_epochs, cfg.lr, cfg.eval_every),
+        Phase("finetune", cfg.finetune_epochs, cfg.finetune_lr, cfg.finetune_eval_every),
+    )
 
 
 @dataclass
@@ -62,10 +78,10 @@ def bert4rec_worker(loop_config: dict) -> None:
     state = LoopState(**restored) if restored else LoopState()
     if restored:
         state.resumed_at.append(state.step)
-        log.info("resumed from the checkpoint at step %d (%s, epoch %d, batch %d)",
-                 state.step, PHASES[min(state.phase, len(PHASES) - 1)], state.epoch, state.batch)
+        log.info("resumed from the checkpoint at step %d (phase %d, epoch %d, batch %d)",
+                 state.step, state.phase, state.epoch, state.batch)
     meter = TrainMeter(stage="bert4rec", rank=rank, run=loop_config["run_name"])
-    shards = {name: ray.train.get_dataset_shard(name) for name in ("train", "valid", "test")}
+    shards = {name: ray.train.get_dataset_shard(name) for name in ("pretrain", "finetune", "valid", "test")}
 
     eval_batches: dict[str, list] = {}
 
@@ -74,17 +90,16 @@ def bert4rec_worker(loop_config: dict) -> None:
             eval_batches[split] = _rank_eval_batches(shards[split], eval_cfg, rank=rank, world=world)
         return _evaluate(model, eval_batches[split], eval_cfg)
 
-    while state.phase < len(PHASES) and not state.done:
-        phase = PHASES[state.phase]
-        epochs = train_cfg.pretrain_epochs if phase == "pretrain" else train_cfg.finetune_epochs
-        rt.set_lr(engine, train_cfg.lr if phase == "pretrain" else train_cfg.finetune_lr)
-        while state.epoch < epochs and state.bad_evals < train_cfg.patience:
-            _train_epoch(engine, model, shards["train"], state, train_cfg, runtime, meter,
-                         phase=phase, seed=seed, rank=rank, world=world)
+    plan = phases(train_cfg)
+    while state.phase < len(plan) and not state.done:
+        phase = plan[state.phase]
+        while state.epoch < phase.epochs and state.bad_evals < train_cfg.patience:
+            _train_epoch(engine, model, shards[phase.name], state, train_cfg, runtime, meter, phase=phase,
+                         seed=seed, rank=rank, world=world, steps_per_epoch=loop_config["steps_per_epoch"][phase.name])
             state.epoch, state.epochs = state.epoch + 1, state.epochs + 1
             meter.epoch.set(state.epoch)
-            if state.epoch % train_cfg.eval_every == 0 or state.epoch == epochs:
-                _select(state, evaluate, phase, meter)
+            if state.epoch % phase.eval_every == 0 or state.epoch == phase.epochs:
+                _select(state, evaluate, phase.name, meter)
         state.phase, state.epoch, state.batch, state.bad_evals = state.phase + 1, 0, 0, 0
     state.done = True
     rt.save_checkpoint(engine, _report_metrics(state), asdict(state))
@@ -92,7 +107,7 @@ def bert4rec_worker(loop_config: dict) -> None:
 
 
 def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runtime, meter, *,
-                 phase: str, seed: int, rank: int, world: int) -> None:
+                 phase: Phase, seed: int, rank: int, world: int, steps_per_epoch: int) -> None:
     batches = shard.iter_torch_batches(
         batch_size=cfg.batch_size, drop_last=True, dtypes=torch.long,
         local_shuffle_buffer_size=cfg.shuffle_buffer, local_shuffle_seed=(seed * 1_000 + state.phase) * 100_003 + state.epoch,
@@ -102,10 +117,12 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
         if index < state.batch:
             continue  # resumed mid-epoch: these batches were trained before the checkpoint
         started = time.perf_counter()
+        lr = learning_rate(cfg, phase, state.epoch * steps_per_epoch + index, steps_per_epoch)
+        rt.set_lr(engine, lr)
         stream = (seed, state.phase, state.epoch, index)
         generator = torch.Generator().manual_seed(hash(stream) & (2**62))
         seq = batch["seq"]
-        inputs, labels = _mask(seq, phase, cfg, model.mask_token, generator)
+        inputs, labels = _mask(seq, phase.name, cfg, model.mask_token, generator)
         targets = int((labels > 0).sum())
         torch.manual_seed(hash((*stream, rank)) & (2**62))  # dropout
         mine = rt.my_slice(labels, rank, world)
@@ -117,16 +134,28 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
         epoch_loss = [a + b for a, b in zip(epoch_loss, local)]
         state.batch, state.step = index + 1, state.step + 1
         meter.step(loss=local[0] / max(local[1], 1), samples=len(seq) // world, seconds=time.perf_counter() - started,
-                   lr=engine.get_lr()[0], grad_norm=engine.get_global_grad_norm())
+                   lr=lr, grad_norm=engine.get_global_grad_norm())
         if state.step % runtime.checkpoint_every == 0:
-            _checkpoint(engine, state, meter, phase, local[0] / max(local[1], 1))
+            _checkpoint(engine, state, meter, phase.name, local[0] / max(local[1], 1))
         steps += 1
     state.batch = 0
     loss_sum, masked = rt.all_reduce_sum(epoch_loss)
     if rank == 0 and steps:
         seconds = time.perf_counter() - epoch_started
-        log.info("%s epoch %d: %d steps, loss %.4f, %.0f sequences/s", phase, state.epoch + 1, steps,
+        log.info("%s epoch %d: %d steps, loss %.4f, %.0f sequences/s", phase.name, state.epoch + 1, steps,
                  loss_sum / max(masked, 1), steps * cfg.batch_size / seconds)
+
+
+def learning_rate(cfg: TrainConfig, phase: Phase, phase_step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up, then constant or linear decay to 0 at the end of the phase's epoch budget.
+
+    A pure function of the step: a resumed run needs no scheduler state to continue exactly.
+    """
+    warm = min(1.0, (phase_step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.lr_schedule == "constant":
+        return phase.lr * warm
+    total = max(phase.epochs * steps_per_epoch, 1)
+    return phase.lr * warm * max(0.0, 1.0 - phase_step / total)
 
 
 def _mask(seq: torch.Tensor, phase: str, cfg: TrainConfig, mask_token: int, generator: torch.Generator):

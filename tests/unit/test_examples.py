@@ -25,6 +25,15 @@ def test_windows_cover_every_training_item():
 def test_window_ends():
     assert window_ends(5, 10, 3) == [5]
     assert window_ends(20, 10, 4) == [20, 16, 12, 8]
+    assert window_ends(7, 10, 2, every_prefix=True) == [7, 5, 3]
+    assert window_ends(6, 10, 1, every_prefix=True) == [6, 5, 4, 3, 2]
+
+
+def test_fine_tuning_windows_end_at_every_prefix():
+    items = np.arange(1, 10)  # training part 1..7
+    out = training_windows(batch(items), max_len=4, stride=1, every_prefix=True)["seq"]
+    assert out[:, -1].tolist() == [7, 6, 5, 4, 3, 2]
+    assert out[-1].tolist() == [0, 0, 1, 2]
 
 
 def test_eval_inputs_hide_the_target_and_keep_history():

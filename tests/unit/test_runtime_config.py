@@ -1,0 +1,21 @@
+import torch
+
+from qbr_dist.config import load_config
+from qbr_dist.train.runtime import deepspeed_config, my_slice
+
+
+def test_deepspeed_config_follows_the_runtime_section():
+    runtime = load_config(None, ["runtime.zero_stage=3", "runtime.precision='bf16'", "runtime.grad_clip=0.5"]).runtime
+    ds = deepspeed_config(runtime, micro_batch=64)
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["bf16"]["enabled"] is True
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["train_micro_batch_size_per_gpu"] == 64 and ds["gradient_accumulation_steps"] == 1
+
+
+def test_rank_slices_partition_a_global_batch_in_order():
+    batch = torch.arange(10)
+    slices = [my_slice(batch, rank, 3) for rank in range(3)]
+    assert torch.equal(torch.cat(slices), batch)
+    assert [len(s) for s in slices] == [4, 4, 2]
+    assert torch.equal(my_slice(batch, 0, 1), batch)
