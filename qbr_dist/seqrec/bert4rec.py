@@ -64,3 +64,7 @@ class BERT4Rec(nn.Module):
     def tied_parameters(self) -> list[nn.Parameter]:
         """Parameters used outside their own module's forward (ZeRO-3 must gather them for ours)."""
         return [self.item_emb.weight]
+
+    def scoring_parameters(self) -> list[nn.Parameter]:
+        """What `score_items` reads; ZeRO-3 callers gather these around it."""
+        return [self.item_emb.weight, self.item_bias]

@@ -190,13 +190,15 @@ def _select(state: LoopState, evaluate, phase: str, meter) -> None:
 
 
 def _rank_eval_batches(shard, cfg: EvalConfig, *, rank: int, world: int) -> list[dict]:
-    """This rank's share of an evaluation split, streamed once and then kept in memory."""
-    kept = []
-    for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, dtypes=torch.long):
-        mine = {name: rt.my_slice(column, rank, world) for name, column in batch.items()}
-        if len(mine["seq"]):
-            kept.append(mine)
-    return kept
+    """This rank's share of an evaluation split, streamed once and then kept in memory.
+
+    Every rank keeps one entry per global batch, empty or not, so all ranks make the same number
+    of forward passes (ZeRO-3 gathers parameters collectively inside them).
+    """
+    return [
+        {name: rt.my_slice(column, rank, world) for name, column in batch.items()}
+        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, dtypes=torch.long)
+    ]
 
 
 @torch.no_grad()
@@ -206,13 +208,18 @@ def _evaluate(model: BERT4Rec, batches: list[dict], cfg: EvalConfig) -> dict:
     names = sorted(metric_sums(torch.ones(1)))
     totals = dict.fromkeys(names, 0.0)
     users = 0
-    with rt.full_parameters(model):
-        for batch in batches:
-            hidden = model.encode(batch["seq"])[:, -1]
+    for batch in batches:
+        seq, target, history = batch["seq"], batch["target"], batch.get("history")
+        placeholder = len(seq) == 0
+        if placeholder:  # no users left for this rank: still take part, score one dummy row, count nothing
+            seq, target, history = torch.full((1, seq.shape[1]), model.mask_token), torch.ones(1, dtype=torch.long), None
+        hidden = model.encode(seq)[:, -1]  # under ZeRO-3 the forward hooks gather what it needs
+        with rt.full_parameters(model.scoring_parameters()):
             ranks = target_ranks(
-                lambda start, end: model.score_items(hidden, start, end), batch["target"],
-                first_item=1, end_item=model.num_items + 1, chunk_size=cfg.chunk_size, history=batch.get("history"),
+                lambda start, end: model.score_items(hidden, start, end), target,
+                first_item=1, end_item=model.num_items + 1, chunk_size=cfg.chunk_size, history=history,
             )
+        if not placeholder:
             for name, value in metric_sums(ranks).items():
                 totals[name] += value
             users += len(ranks)

@@ -146,18 +146,18 @@ def parameter_digest(module: torch.nn.Module) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    with full_parameters(module):
+    with full_parameters(list(module.parameters())):
         for name, param in sorted(module.named_parameters()):
             digest.update(name.encode())
             digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
-def full_parameters(module: torch.nn.Module):
+def full_parameters(parameters: list[torch.nn.Parameter]):
     """Gather ZeRO-3 partitioned parameters for the block; a no-op for the other stages."""
     import contextlib
 
-    params = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    params = [p for p in parameters if hasattr(p, "ds_id")]
     if not params:
         return contextlib.nullcontext()
     import deepspeed
