@@ -82,14 +82,13 @@ def stage_is_current(stage_dir: str | Path, key: dict) -> bool:
     return all((Path(stage_dir) / name).exists() for name in manifest.get("outputs", []))
 
 
-def write_manifest(stage_dir: str | Path, key: dict, *, outputs: list[str], rows: dict, extra: dict | None = None) -> dict:
+def write_manifest(stage_dir: str | Path, key: dict, *, outputs: list[str], rows: dict) -> dict:
     manifest = {
         "key": key,
         "outputs": outputs,
         "rows": rows,
         "code_version": code_version(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **(extra or {}),
     }
     write_json(Path(stage_dir) / MANIFEST, manifest)
     return manifest

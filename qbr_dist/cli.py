@@ -17,7 +17,9 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qbr", description="Q-BERT4Rec on Ray + DeepSpeed: data, training, evaluation, reports.")
+    parser = argparse.ArgumentParser(
+        prog="qbr", description="Q-BERT4Rec on Ray + DeepSpeed: data, training, evaluation, reports."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run every stage of the pipeline; finished stages are skipped",

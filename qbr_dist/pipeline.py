@@ -94,7 +94,9 @@ def ingest(cfg: Config, root: Path) -> Path:
         )
     quarantined_records.labels(stage="ingest", run=cfg.run.name).inc(quarantine.total)
     if sequences.num_rows == 0:
-        raise ValueError(f"{inputs['interactions']}: no user has the {MIN_SPLIT_LENGTH} interactions a leave-one-out split needs")
+        raise ValueError(
+            f"{inputs['interactions']}: no user has the {MIN_SPLIT_LENGTH} interactions a leave-one-out split needs"
+        )
     for name, table in ((ITEMS, catalog), (SEQUENCES, sequences)):
         with artifacts.atomic_path(stage_dir / name) as tmp:
             pq.write_table(table, tmp)
@@ -107,7 +109,8 @@ def ingest(cfg: Config, root: Path) -> Path:
 
 
 def load_sequences(ingest_dir: Path) -> list[np.ndarray]:
-    return [np.asarray(items, dtype=np.int64) for items in pq.read_table(ingest_dir / SEQUENCES).column("items").to_pylist()]
+    column = pq.read_table(ingest_dir / SEQUENCES).column("items")
+    return [np.asarray(items, dtype=np.int64) for items in column.to_pylist()]
 
 
 def num_items(ingest_dir: Path) -> int:
@@ -117,7 +120,8 @@ def num_items(ingest_dir: Path) -> int:
 def popularity(cfg: Config, root: Path, ingest_dir: Path) -> Path:
     from qbr_dist.seqrec.popularity import evaluate_popularity, training_counts
 
-    key = artifacts.stage_key("popularity", cfg.section_hash("eval"), {"ingest": artifacts.manifest_fingerprint(ingest_dir)})
+    inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
+    key = artifacts.stage_key("popularity", cfg.section_hash("eval"), inputs)
     stage_dir, current = _stage("popularity", root, key)
     if current:
         return stage_dir

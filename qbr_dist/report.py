@@ -45,7 +45,8 @@ def markdown(report: dict) -> str:
     ]
     for name, m in report["models"].items():
         cells = [f"{m['test'][k]:.4f}" for k in METRIC_NAMES]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['valid']['NDCG@10']:.4f} | {m.get('epochs', 0)} | {m.get('train_wall_s', 0):.0f} |")
+        cells += [f"{m['valid']['NDCG@10']:.4f}", str(m.get("epochs", 0)), f"{m.get('train_wall_s', 0):.0f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

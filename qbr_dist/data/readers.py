@@ -143,7 +143,9 @@ def _as_float(value: str) -> float | None:
 def _require(path: Path, names, required) -> None:
     missing = [field for field in required if field not in names]
     if missing:
-        raise DataError(f"{path}: missing field '{missing[0]}' (expected fields {', '.join(required)}; found {', '.join(names)})")
+        raise DataError(
+            f"{path}: missing field '{missing[0]}' (expected fields {', '.join(required)}; found {', '.join(names)})"
+        )
 
 
 def _existing(path: str | Path) -> Path:

@@ -3,9 +3,10 @@
 Input batches carry `items` (each user's time-ordered item indices). Training yields windows of
 `max_len` items over the training part, one every `stride` items counted back from the newest:
 for pretraining until the windows cover the whole part (every item appears in some window), for
-fine-tuning down to the shortest prefix (every `stride`-th item is the newest of some window). Evaluation yields the history before the target
-(newest `max_len - 1` items) followed by the mask token, and the target; with `history_len` > 0
-also the whole history, left-padded to that length, for leaving seen items out of the ranking.
+fine-tuning down to the shortest prefix (every `stride`-th item is the newest of some window).
+Evaluation yields the history before the target (newest `max_len - 1` items) followed by the
+mask token, and the target; with `history_len` > 0 also the whole history, left-padded to that
+length, for leaving seen items out of the ranking.
 """
 from __future__ import annotations
 

@@ -110,7 +110,8 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
                  phase: Phase, seed: int, rank: int, world: int, steps_per_epoch: int) -> None:
     batches = shard.iter_torch_batches(
         batch_size=cfg.batch_size, drop_last=True, dtypes=torch.long,
-        local_shuffle_buffer_size=cfg.shuffle_buffer, local_shuffle_seed=(seed * 1_000 + state.phase) * 100_003 + state.epoch,
+        local_shuffle_buffer_size=cfg.shuffle_buffer,
+        local_shuffle_seed=(seed * 1_000 + state.phase) * 100_003 + state.epoch,
     )
     epoch_started, epoch_loss, steps = time.perf_counter(), [0.0, 0], 0
     for index, batch in enumerate(batches):
@@ -183,7 +184,8 @@ def _select(state: LoopState, evaluate, phase: str, meter) -> None:
              valid["NDCG@10"], valid["HR@10"])
     state.curve.append({"phase": phase, "epoch": state.epoch, "step": state.step, "valid_NDCG@10": valid["NDCG@10"]})
     if valid["NDCG@10"] > state.best["valid"]["NDCG@10"]:
-        state.best = {"valid": valid, "test": evaluate("test"), "phase": phase, "epoch": state.epoch, "step": state.step}
+        test = evaluate("test")
+        state.best = {"valid": valid, "test": test, "phase": phase, "epoch": state.epoch, "step": state.step}
         state.bad_evals = 0
     else:
         state.bad_evals += 1
