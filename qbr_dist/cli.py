@@ -37,6 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name", help="dataset name, e.g. ml-100k")
     fetch.add_argument("--cache-dir", type=Path, default=Path(".cache/data"), help="cache folder (default .cache/data)")
 
+    shards = commands.add_parser("shards", help="WebDataset shard commands", description="WebDataset shard commands.")
+    shard_commands = shards.add_subparsers(dest="shards_command", required=True)
+    write = shard_commands.add_parser(
+        "write", help="write the run's catalog as WebDataset shards",
+        description="Ingest the catalog (skipped when current) and write one sample per item "
+                    "({key}.txt, {key}.json, {key}.jpg when it has an image) into "
+                    "<shards.root>/<shards.name or run.name>/, with index.json listing every shard.",
+    )
+    _config_args(write)
+
     report = commands.add_parser("report", help="rewrite report.json/report.md of a finished run",
                                  description="Render the report of a run whose stages have finished.")
     _config_args(report)
@@ -71,6 +81,9 @@ def _dispatch(args) -> int:
     from qbr_dist import pipeline
     from qbr_dist.report import markdown, update_readme
 
+    if args.command == "shards":
+        print(pipeline.shards(cfg, pipeline.ingest(cfg, pipeline.run_dir(cfg))))
+        return 0
     if args.command == "run":
         report = pipeline.run_pipeline(cfg)
     else:

@@ -45,6 +45,24 @@ class DataConfig:
 
 
 @dataclass
+class ShardsConfig:
+    root: str = "shards"  # shards go to <root>/<name>/
+    name: str = ""  # empty: the run name
+    max_bytes: int = 1_000_000_000  # a shard is closed once its payload reaches this size (tar headers: +512 B a file)
+    images_dir: str = ""  # optional folder of <item_id>.jpg files
+    image_max_side: int = 512  # images are re-encoded to at most this many pixels on the longer side
+    max_image_pixels: int = 50_000_000  # larger images are refused before decoding (decompression bombs)
+    jpeg_quality: int = 90
+
+    def check(self) -> None:
+        _require(self.max_bytes >= 1024, "shards.max_bytes", "an integer >= 1024")
+        _require(self.image_max_side >= 8, "shards.image_max_side", "an integer >= 8")
+        _require(self.max_image_pixels >= 64, "shards.max_image_pixels", "an integer >= 64")
+        _require(1 <= self.jpeg_quality <= 95, "shards.jpeg_quality", "an integer in [1, 95]")
+        _require("/" not in self.name, "shards.name", "a name without '/'")
+
+
+@dataclass
 class RuntimeConfig:
     num_workers: int = 2
     use_gpu: bool = False
@@ -144,6 +162,7 @@ class EvalConfig:
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -108,6 +108,34 @@ def ingest(cfg: Config, root: Path) -> Path:
     return stage_dir
 
 
+def shards(cfg: Config, ingest_dir: Path) -> Path:
+    """WebDataset shards of the run's catalog in <shards.root>/<shards.name or run.name>/."""
+    from qbr_dist.data.shards import INDEX, write_shards
+
+    folder = Path(cfg.shards.root) / (cfg.shards.name or cfg.run.name)
+    inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
+    key = artifacts.stage_key("shards", cfg.section_hash("shards"), inputs)
+    if artifacts.stage_is_current(folder, key):
+        log.info("stage shards: up to date, skipped")
+        return folder
+    log.info("stage shards: writing %s", folder)
+    (folder / QUARANTINE).unlink(missing_ok=True)
+    with Quarantine(folder / QUARANTINE) as quarantine:
+        index = write_shards(
+            ingest_dir / ITEMS, folder, max_bytes=cfg.shards.max_bytes,
+            images_dir=Path(cfg.shards.images_dir) if cfg.shards.images_dir else None,
+            image_max_side=cfg.shards.image_max_side, max_pixels=cfg.shards.max_image_pixels,
+            jpeg_quality=cfg.shards.jpeg_quality, quarantine=quarantine,
+        )
+    quarantined_records.labels(stage="shards", run=cfg.run.name).inc(quarantine.total)
+    outputs = [INDEX] + [s["file"] for s in index["shards"]] + ([QUARANTINE] if quarantine.total else [])
+    artifacts.write_manifest(folder, key, outputs=outputs,
+                             rows={k: index[k] for k in ("items", "with_image", "quarantined")})
+    log.info("shards: %d items (%d with an image) in %d shards, %d quarantined",
+             index["items"], index["with_image"], len(index["shards"]), index["quarantined"])
+    return folder
+
+
 def load_sequences(ingest_dir: Path) -> list[np.ndarray]:
     column = pq.read_table(ingest_dir / SEQUENCES).column("items")
     return [np.asarray(items, dtype=np.int64) for items in column.to_pylist()]

@@ -1,0 +1,148 @@
+"""WebDataset shard writer: one sample per catalog item, streamed, deterministic, indexed.
+
+A sample is `{key}.txt` (item text), `{key}.json` (structured fields plus the original
+`item_id`) and, when the item has a readable image, `{key}.jpg` re-encoded to at most
+`image_max_side` pixels on its longer side. Keys are the percent-encoded item id with '.' also
+encoded, because WebDataset splits a file name into key and extension at the first dot.
+Shards are written under a temporary name and renamed when complete; `index.json` lists every
+shard with its item count, size and sha256, and is written last.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import quote, unquote
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+from qbr_dist import artifacts
+from qbr_dist.data.quarantine import Quarantine
+
+INDEX = "index.json"
+SHARD_PATTERN = "shard-%06d.tar"
+FIXED_MTIME = 0.0  # same input, same bytes
+
+
+def shard_key(item_id: str) -> str:
+    """Reversible, WebDataset-safe key: no '/', no '.', no characters that need quoting."""
+    return quote(item_id, safe="").replace(".", "%2E")
+
+
+def item_id_of(key: str) -> str:
+    return unquote(key)
+
+
+def reencode_jpeg(data: bytes, *, max_side: int, max_pixels: int, quality: int) -> bytes:
+    """JPEG bytes of the image shrunk to `max_side`; refuses images above `max_pixels` before decoding."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.width * image.height > max_pixels:
+            raise ValueError(f"{image.width}x{image.height} exceeds the {max_pixels}-pixel bound")
+        image = image.convert("RGB")
+        image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+        out = io.BytesIO()
+        image.save(out, format="JPEG", quality=quality, optimize=False, progressive=False)
+        return out.getvalue()
+
+
+class ShardSet:
+    """Writes samples to size-bounded tar shards in `folder` and keeps their index."""
+
+    def __init__(self, folder: Path, *, max_bytes: int):
+        import webdataset as wds
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.shards: list[dict] = []
+        self._open: dict[str, object] = {}
+        self._counts: dict[str, int] = {}
+        self._writer = wds.ShardWriter(
+            str(self.folder / SHARD_PATTERN), maxsize=max_bytes, maxcount=10**12,
+            opener=self._open_partial, post=self._finish_shard, mtime=FIXED_MTIME, verbose=0,
+        )
+
+    def write(self, sample: dict) -> None:
+        self._writer.write(sample)
+        self._counts[self._writer.fname] = self._counts.get(self._writer.fname, 0) + 1
+
+    def close(self) -> list[dict]:
+        self._writer.close()
+        return self.shards
+
+    def _open_partial(self, fname: str):
+        handle = open(fname + ".partial", "wb")
+        self._open[fname] = handle
+        return handle
+
+    def _finish_shard(self, fname: str) -> None:
+        self._open.pop(fname).close()
+        partial = Path(fname + ".partial")
+        self.shards.append({
+            "file": Path(fname).name, "items": self._counts.get(fname, 0),
+            "bytes": partial.stat().st_size, "sha256": artifacts.file_fingerprint(partial),
+        })
+        partial.replace(fname)
+
+
+def catalog_samples(
+    catalog: Path, *, images_dir: Path | None, image_max_side: int, max_pixels: int, jpeg_quality: int,
+    quarantine: Quarantine, batch_rows: int = 4096,
+) -> Iterator[dict]:
+    """Samples of a catalog parquet (item_id, text, fields...), streamed in record batches."""
+    for batch in pq.ParquetFile(catalog).iter_batches(batch_size=batch_rows):
+        for row in batch.to_pylist():
+            item_id = row.pop("item_id")
+            text = row.pop("text") or ""
+            image = row.pop("image", None)
+            sample = {
+                "__key__": shard_key(item_id),
+                "txt": text,
+                "json": json.dumps({"item_id": item_id, **row}, sort_keys=True, ensure_ascii=False),
+            }
+            raw = _image_bytes(item_id, image, images_dir)
+            if raw is not None:
+                try:
+                    sample["jpg"] = reencode_jpeg(raw, max_side=image_max_side, max_pixels=max_pixels,
+                                                  quality=jpeg_quality)
+                except (OSError, ValueError, Image.DecompressionBombError) as err:
+                    quarantine.add(source=str(catalog), where=f"item {item_id}", field="image",
+                                   reason=f"unreadable image, item kept without it: {err}")
+            yield sample
+
+
+def _image_bytes(item_id: str, image, images_dir: Path | None) -> bytes | None:
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, str) and image:
+        path = Path(image)
+    elif images_dir is not None:
+        path = images_dir / f"{item_id}.jpg"
+    else:
+        return None
+    return path.read_bytes() if path.is_file() else None
+
+
+def write_shards(
+    catalog: Path, folder: Path, *, max_bytes: int, images_dir: Path | None, image_max_side: int,
+    max_pixels: int, jpeg_quality: int, quarantine: Quarantine,
+) -> dict:
+    """Write the catalog's shards and `index.json` into `folder`; returns the index."""
+    for stale in list(folder.glob("shard-*.tar")) + list(folder.glob("*.partial")):
+        stale.unlink()
+    shard_set = ShardSet(folder, max_bytes=max_bytes)
+    items = with_image = 0
+    for sample in catalog_samples(catalog, images_dir=images_dir, image_max_side=image_max_side,
+                                  max_pixels=max_pixels, jpeg_quality=jpeg_quality, quarantine=quarantine):
+        shard_set.write(sample)
+        items += 1
+        with_image += "jpg" in sample
+    index = {
+        "shards": shard_set.close(), "items": items, "with_image": with_image,
+        "quarantined": quarantine.total, "source": str(catalog),
+        "source_sha256": artifacts.file_fingerprint(catalog),
+    }
+    artifacts.write_json(folder / INDEX, index)
+    return index
