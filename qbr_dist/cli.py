@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_args(write)
 
+    encode = commands.add_parser(
+        "encode", help="encode the run's shards into item features",
+        description="Write the shards (skipped when current), then run the Ray Data encoding job: text and "
+                    "image embeddings per item into <run>/encode/, one parquet file per shard.",
+    )
+    _config_args(encode)
+
     report = commands.add_parser("report", help="rewrite report.json/report.md of a finished run",
                                  description="Render the report of a run whose stages have finished.")
     _config_args(report)
@@ -81,8 +88,10 @@ def _dispatch(args) -> int:
     from qbr_dist import pipeline
     from qbr_dist.report import markdown, update_readme
 
-    if args.command == "shards":
-        print(pipeline.shards(cfg, pipeline.ingest(cfg, pipeline.run_dir(cfg))))
+    if args.command in ("shards", "encode"):
+        root = pipeline.run_dir(cfg)
+        shards_dir = pipeline.shards(cfg, pipeline.ingest(cfg, root))
+        print(pipeline.encode(cfg, root, shards_dir) if args.command == "encode" else shards_dir)
         return 0
     if args.command == "run":
         report = pipeline.run_pipeline(cfg)

@@ -63,6 +63,27 @@ class ShardsConfig:
 
 
 @dataclass
+class EncodeConfig:
+    text_model: str = "all-MiniLM-L6-v2"  # the packaged default, or a local model folder
+    image_model: str = ""  # an open_clip model name; empty: items get no image embedding
+    image_weights: str = ""  # local checkpoint file for image_model
+    image_random_init: bool = False  # true only on purpose (tests, benchmarks): random image weights
+    image_model_config: str = ""  # JSON file defining a custom open_clip architecture
+    batch_size: int = 64  # items per encoder call
+    actors: int = 1  # encoder actors in the pool
+    cpus_per_actor: float = 0.5
+    gpus_per_actor: float = 0.0
+    max_image_pixels: int = 50_000_000  # larger images are refused before decoding
+
+    def check(self) -> None:
+        _require(self.batch_size >= 1, "encode.batch_size", "an integer >= 1")
+        _require(self.actors >= 1, "encode.actors", "an integer >= 1")
+        _require(self.cpus_per_actor > 0, "encode.cpus_per_actor", "a number > 0")
+        _require(self.gpus_per_actor >= 0, "encode.gpus_per_actor", "a number >= 0")
+        _require(self.max_image_pixels >= 64, "encode.max_image_pixels", "an integer >= 64")
+
+
+@dataclass
 class RuntimeConfig:
     num_workers: int = 2
     use_gpu: bool = False
@@ -163,6 +184,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

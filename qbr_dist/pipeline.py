@@ -136,6 +136,38 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
     return folder
 
 
+def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
+    """Item feature table (one parquet per shard) in <run>/encode/, skipping finished shards."""
+    from qbr_dist.encode.job import encode_shards
+    from qbr_dist.train.runtime import start_ray
+
+    stage_dir = root / "encode"
+    start_ray(cfg.runtime)
+    with Quarantine(stage_dir / QUARANTINE) as quarantine:
+        totals = encode_shards(shards_dir, stage_dir, cfg.encode, image_size=_image_size(cfg), quarantine=quarantine)
+    quarantined_records.labels(stage="encode", run=cfg.run.name).inc(totals["quarantined"])
+    log.info("encode: %d items (%d with an image), %d quarantined, %d shards already done, %.1f items/s",
+             totals["items"], totals["with_image"], totals["quarantined"], totals["skipped_shards"],
+             totals["items_per_s"])
+    return stage_dir
+
+
+def _image_size(cfg: Config) -> int:
+    """Input side of the configured open_clip model (decoding happens before the model is loaded)."""
+    if not cfg.encode.image_model:
+        return 1
+    import open_clip
+
+    from qbr_dist.encode.image import register_model_config
+
+    name = register_model_config(cfg.encode.image_model_config) if cfg.encode.image_model_config else cfg.encode.image_model
+    model_config = open_clip.get_model_config(name)
+    if model_config is None:
+        raise ValueError(f"config key 'encode.image_model': {name!r} is not an open_clip model")
+    size = model_config["vision_cfg"]["image_size"]
+    return size if isinstance(size, int) else size[0]
+
+
 def load_sequences(ingest_dir: Path) -> list[np.ndarray]:
     column = pq.read_table(ingest_dir / SEQUENCES).column("items")
     return [np.asarray(items, dtype=np.int64) for items in column.to_pylist()]

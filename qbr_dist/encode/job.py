@@ -1,0 +1,191 @@
+"""`qbr encode`: WebDataset shards -> item feature table, on Ray Data.
+
+Per shard: `read_webdataset` (raw bytes) -> decode and resize in CPU tasks -> encoder actors
+(`ActorPoolStrategy`, text and image models loaded once per actor) -> one parquet file per
+shard with `item_id`, `text_emb`, `image_emb` (null without an image), `has_image`.
+A shard whose output exists with a matching entry in the stage manifest is skipped, so a killed
+job resumes at the next unfinished shard. Bad samples are listed in `quarantine.jsonl`:
+an item with invalid JSON or non-UTF-8 text is left out; an unreadable or oversized image
+leaves the item without one; a shard that cannot be read at all is listed as a whole.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from qbr_dist import artifacts
+from qbr_dist.config import EncodeConfig
+from qbr_dist.data.quarantine import Quarantine
+from qbr_dist.data.shards import INDEX, item_id_of
+
+log = logging.getLogger("qbr.encode")
+SHARDS_DONE = "shards_done.json"
+
+
+def decode_batch(batch: dict, *, image_size: int, max_pixels: int) -> dict:
+    """Raw WebDataset columns -> item_id, text, image (uint8 S x S x 3), has_image, problem, fatal."""
+    from PIL import Image
+
+    keys = batch["__key__"]
+    out = {"item_id": [], "text": [], "image": [], "has_image": [], "problem": [], "fatal": []}
+    for key, raw_json, raw_text, raw_image in zip(keys, *(_member(batch, name) for name in ("json", "txt", "jpg"))):
+        item_id, text, problems, fatal = item_id_of(key), "", [], False
+        try:
+            item_id = json.loads(raw_json)["item_id"]
+        except (TypeError, ValueError, KeyError):
+            problems.append("invalid json: no item_id")
+            fatal = True
+        try:
+            text = raw_text.decode("utf-8") if raw_text is not None else ""
+        except UnicodeDecodeError:
+            problems.append("text is not UTF-8")
+            fatal = True
+        pixels = np.zeros((image_size, image_size, 3), dtype=np.uint8)
+        has_image = False
+        if raw_image is not None and not fatal:
+            try:
+                pixels = _square_rgb(Image, raw_image, image_size, max_pixels)
+                has_image = True
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                problems.append(f"unreadable image, item kept without it: {err}")
+        for name, value in (("item_id", item_id), ("text", text), ("image", pixels), ("has_image", has_image),
+                            ("problem", "; ".join(problems)), ("fatal", fatal)):
+            out[name].append(value)
+    return {name: np.stack(v) if name == "image" else np.asarray(v) for name, v in out.items()}
+
+
+def _member(batch: dict, name: str) -> list[bytes | None]:
+    """A sample's file of that extension as bytes, or None where the sample has none (Arrow gives NaN)."""
+    column = batch.get(name)
+    if column is None:
+        return [None] * len(batch["__key__"])
+    return [bytes(v) if isinstance(v, (bytes, bytearray)) else None for v in column]
+
+
+def _square_rgb(Image, data: bytes, size: int, max_pixels: int) -> np.ndarray:
+    """Resize the shorter side to `size` and centre-crop, as open_clip's own preprocessing does."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.width * image.height > max_pixels:
+            raise ValueError(f"{image.width}x{image.height} exceeds the {max_pixels}-pixel bound")
+        image = image.convert("RGB")
+        scale = size / min(image.size)
+        resized = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
+                               Image.Resampling.BICUBIC)
+        left, top = (resized.width - size) // 2, (resized.height - size) // 2
+        return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+class EncoderActor:
+    """Loads the text and image encoders once; encodes decoded batches."""
+
+    def __init__(self, cfg: dict):
+        import torch
+
+        from qbr_dist.encode.image import ImageEncoder, register_model_config
+        from qbr_dist.encode.text import TextEncoder
+
+        torch.set_num_threads(1)
+        cfg = EncodeConfig(**cfg)
+        device = "cuda" if cfg.gpus_per_actor > 0 else "cpu"
+        self.text = TextEncoder(cfg.text_model, device=device)
+        self.image = None
+        if cfg.image_model:
+            name = register_model_config(cfg.image_model_config) if cfg.image_model_config else cfg.image_model
+            self.image = ImageEncoder(name, weights=cfg.image_weights, random_init=cfg.image_random_init,
+                                      device=device)
+            mean, std = self.image.model.visual.image_mean, self.image.model.visual.image_std
+            self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+            self.std = torch.tensor(std).view(1, 3, 1, 1)
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        text_emb = self.text(list(batch["text"]))
+        has_image = batch["has_image"].astype(bool)
+        image_dim = self.image.dim if self.image else 0
+        image_emb = np.zeros((len(has_image), image_dim), dtype=np.float32)
+        if self.image is not None and has_image.any():
+            pixels = torch.from_numpy(batch["image"][has_image]).permute(0, 3, 1, 2).float() / 255.0
+            image_emb[has_image] = self.image((pixels - self.mean) / self.std)
+        return {"item_id": batch["item_id"], "text_emb": text_emb, "image_emb": image_emb,
+                "has_image": has_image & (self.image is not None), "problem": batch["problem"],
+                "fatal": batch["fatal"]}
+
+
+def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, image_size: int, quarantine: Quarantine) -> dict:
+    """Encode every shard listed in `shard_dir/index.json` that has no current output; returns totals."""
+    import ray.data
+
+    index = json.loads((shard_dir / INDEX).read_text())
+    done = _read_done(out_dir)
+    config_hash = artifacts.stage_key("encode", json.dumps(asdict(cfg), sort_keys=True), {})["config_hash"]
+    totals = {"items": 0, "with_image": 0, "quarantined": 0, "skipped_shards": 0}
+    started = time.perf_counter()
+    for shard in index["shards"]:
+        output = out_dir / (Path(shard["file"]).stem + ".parquet")
+        entry = {"sha256": shard["sha256"], "config": config_hash}
+        if output.is_file() and {k: done.get(shard["file"], {}).get(k) for k in entry} == entry:
+            totals["skipped_shards"] += 1
+            continue
+        dataset = (
+            ray.data.read_webdataset(str((shard_dir / shard["file"]).resolve()), decoder=None)
+            .map_batches(decode_batch, fn_kwargs={"image_size": image_size, "max_pixels": cfg.max_image_pixels},
+                         batch_size=cfg.batch_size, num_cpus=0.5)
+            .map_batches(EncoderActor, fn_constructor_kwargs={"cfg": asdict(cfg)}, batch_size=cfg.batch_size,
+                         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+                         num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None)
+        )
+        try:
+            table = pa.concat_tables(ray.get(dataset.to_arrow_refs()))
+        except Exception as err:  # noqa: BLE001 - a shard that cannot be read must not stop the job
+            quarantine.add(source=str(shard_dir / shard["file"]), where="shard", field="*",
+                           reason=f"shard unreadable, skipped: {type(err).__name__}: {str(err)[:200]}")
+            totals["quarantined"] += 1
+            continue
+        kept = _quarantine_rows(table, shard["file"], quarantine)
+        with artifacts.atomic_path(output) as tmp:
+            pq.write_table(_feature_table(kept), tmp)
+        done[shard["file"]] = entry | {"rows": kept.num_rows}
+        artifacts.write_json(out_dir / SHARDS_DONE, done)
+        totals["items"] += kept.num_rows
+        totals["with_image"] += int(pa.compute.sum(kept.column("has_image")).as_py() or 0)
+        totals["quarantined"] += table.num_rows - kept.num_rows
+    totals["items_per_s"] = round(totals["items"] / max(time.perf_counter() - started, 1e-9), 1)
+    return totals
+
+
+def _quarantine_rows(table: pa.Table, shard: str, quarantine: Quarantine) -> pa.Table:
+    problems, fatal, ids = (table.column(n).to_pylist() for n in ("problem", "fatal", "item_id"))
+    for problem, is_fatal, item_id in zip(problems, fatal, ids):
+        if problem:
+            quarantine.add(source=shard, where=f"item {item_id}", field="sample",
+                           reason=problem + ("" if not is_fatal else " (item left out)"))
+    return table.filter(pa.compute.invert(table.column("fatal")))
+
+
+def _feature_table(table: pa.Table) -> pa.Table:
+    """Fixed-size float32 list columns; `image_emb` is null where the item has no image."""
+    has_image = table.column("has_image").combine_chunks()
+    text = np.stack(table.column("text_emb").to_numpy(zero_copy_only=False)).astype(np.float32)
+    image = np.stack(table.column("image_emb").to_numpy(zero_copy_only=False)).astype(np.float32)
+    image_array = pa.FixedSizeListArray.from_arrays(pa.array(image.reshape(-1)), image.shape[1],
+                                                    mask=pa.compute.invert(has_image))
+    return pa.table({
+        "item_id": table.column("item_id").cast(pa.string()),
+        "text_emb": pa.FixedSizeListArray.from_arrays(pa.array(text.reshape(-1)), text.shape[1]),
+        "image_emb": image_array,
+        "has_image": has_image,
+    })
+
+
+def _read_done(out_dir: Path) -> dict:
+    path = out_dir / SHARDS_DONE
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,92 @@
+"""Encoding job on real Ray Data actors: the packaged MiniLM text model and a tiny open_clip ViT
+initialised at random on purpose; one clean shard set and one hand-made shard with bad samples."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from qbr_dist.config import load_config
+from qbr_dist.data.quarantine import Quarantine
+from qbr_dist.data.shards import INDEX, shard_key, write_shards
+from qbr_dist.encode.job import encode_shards
+
+pytestmark = pytest.mark.integration
+
+TINY_VIT = Path(__file__).parents[1] / "fixtures" / "qbr-tiny-vit.json"
+
+
+def jpeg(color) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (90, 70), color).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def encode_config():
+    return load_config(None, [
+        "encode.image_model=qbr-tiny-vit", f"encode.image_model_config='{TINY_VIT}'",
+        "encode.image_random_init=true", "encode.batch_size=8", "encode.actors=1",
+    ]).encode
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+    """12 clean items (8 with images) written by our writer, plus one hand-made shard of bad samples."""
+    root = tmp_path_factory.mktemp("shards")
+    ids = [f"item.{i}" for i in range(12)]
+    images = [jpeg((20 * i, 40, 90)) if i < 8 else None for i in range(12)]
+    catalog = root / "items.parquet"
+    pq.write_table(pa.table({"item_id": ids, "text": [f"product {i}" for i in ids],
+                             "image": pa.array(images, pa.binary())}), catalog)
+    with Quarantine() as quarantine:
+        index = write_shards(catalog, root, max_bytes=4096, images_dir=None, image_max_side=64,
+                             max_pixels=10**6, jpeg_quality=90, quarantine=quarantine)
+    bad = root / "shard-bad.tar"
+    with wds.TarWriter(str(bad)) as sink:
+        sink.write({"__key__": shard_key("ok"), "txt": "fine", "json": json.dumps({"item_id": "ok"})})
+        sink.write({"__key__": shard_key("bad-json"), "txt": "x", "json": b"{not json"})
+        sink.write({"__key__": shard_key("bad-text"), "txt": b"\xff\xfe\xfa", "json": json.dumps({"item_id": "bad-text"})})
+        sink.write({"__key__": shard_key("bad-jpg"), "txt": "y", "json": json.dumps({"item_id": "bad-jpg"}),
+                    "jpg": b"\xff\xd8 truncated"})
+    truncated = root / "shard-truncated.tar"
+    truncated.write_bytes(bad.read_bytes()[:700])
+    index["shards"] += [
+        {"file": bad.name, "items": 4, "bytes": bad.stat().st_size, "sha256": "bad"},
+        {"file": truncated.name, "items": 4, "bytes": truncated.stat().st_size, "sha256": "truncated"},
+    ]
+    (root / INDEX).write_text(json.dumps(index))
+    return root
+
+
+def run(shard_dir, out):
+    with Quarantine(out / "quarantine.jsonl") as quarantine:
+        return encode_shards(shard_dir, out, encode_config(), image_size=64, quarantine=quarantine)
+
+
+def test_encode_job_features_quarantine_and_resume(shard_dir, tmp_path, ray_cluster):
+    totals = run(shard_dir, tmp_path)
+    tables = [pq.read_table(p) for p in sorted(tmp_path.glob("*.parquet"))]
+    table = pa.concat_tables(tables)
+    by_id = {row["item_id"]: row for row in table.to_pylist()}
+
+    assert set(by_id) == {f"item.{i}" for i in range(12)} | {"ok", "bad-jpg"}
+    assert table.schema.field("text_emb").type == pa.list_(pa.float32(), 384)
+    assert table.schema.field("image_emb").type == pa.list_(pa.float32(), 32)
+    assert by_id["item.0"]["has_image"] and len(by_id["item.0"]["image_emb"]) == 32
+    assert not by_id["item.9"]["has_image"] and by_id["item.9"]["image_emb"] is None
+    assert not by_id["bad-jpg"]["has_image"] and by_id["bad-jpg"]["image_emb"] is None
+    assert totals["items"] == 14 and totals["with_image"] == 8
+
+    records = [json.loads(line) for line in (tmp_path / "quarantine.jsonl").read_text().splitlines()]
+    reasons = " | ".join(r["reason"] for r in records)
+    assert "invalid json" in reasons and "not UTF-8" in reasons and "unreadable image" in reasons
+    assert any(r["where"] == "shard" and "truncated" in r["source"] for r in records)
+
+    again = run(shard_dir, tmp_path)
+    assert again["skipped_shards"] == totals["skipped_shards"] + len(tables) and again["items"] == 0
