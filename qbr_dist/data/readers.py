@@ -14,12 +14,9 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from qbr_dist.data import amazon
 from qbr_dist.data.quarantine import Quarantine
-
-INTERACTION_FIELDS = ("user_id", "item_id", "timestamp")
-INTERACTIONS_SCHEMA = pa.schema(
-    [("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.float64())]
-)
+from qbr_dist.data.tables import INTERACTION_FIELDS, INTERACTIONS_SCHEMA
 
 
 class DataError(ValueError):
@@ -27,8 +24,10 @@ class DataError(ValueError):
 
 
 def read_interactions(path: str | Path, quarantine: Quarantine) -> pa.Table:
-    """Interactions from a RecBole `.inter` file or a parquet file, by extension."""
+    """Interactions from a RecBole `.inter`, parquet or Amazon reviews file, by extension."""
     path = _existing(path)
+    if amazon.is_amazon_file(path):
+        return amazon.read_amazon_interactions(path, quarantine)
     if path.suffix == ".parquet":
         return _interactions_from_parquet(path, quarantine)
     rows = {name: [] for name in INTERACTION_FIELDS}
@@ -45,8 +44,10 @@ def read_interactions(path: str | Path, quarantine: Quarantine) -> pa.Table:
 
 
 def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantine) -> pa.Table:
-    """Catalog from a RecBole `.item` file or a parquet file; `text` joins the named fields."""
+    """Catalog from a RecBole `.item`, parquet or Amazon metadata file; `text` joins the named fields."""
     path = _existing(path)
+    if amazon.is_amazon_file(path):
+        return amazon.read_amazon_catalog(path, text_fields, quarantine)
     if path.suffix == ".parquet":
         table = pq.read_table(path)
         _require(path, table.schema.names, ("item_id", *text_fields))
