@@ -49,7 +49,12 @@ class ShardsConfig:
     root: str = "shards"  # shards go to <root>/<name>/
     name: str = ""  # empty: the run name
     max_bytes: int = 1_000_000_000  # a shard is closed once its payload reaches this size (tar headers: +512 B a file)
-    images_dir: str = ""  # optional folder of <item_id>.jpg files
+    images_dir: str = ""  # optional folder of <key>.jpg files (key: the item id, '.' and '/' percent-encoded)
+    fetch_images: bool = False  # download the catalog's image_url column into images_dir first
+    fetch_concurrency: int = 8
+    fetch_retries: int = 2
+    fetch_timeout_s: float = 10.0
+    fetch_max_bytes: int = 20_000_000
     image_max_side: int = 512  # images are re-encoded to at most this many pixels on the longer side
     max_image_pixels: int = 50_000_000  # larger images are refused before decoding (decompression bombs)
     jpeg_quality: int = 90
@@ -60,6 +65,11 @@ class ShardsConfig:
         _require(self.max_image_pixels >= 64, "shards.max_image_pixels", "an integer >= 64")
         _require(1 <= self.jpeg_quality <= 95, "shards.jpeg_quality", "an integer in [1, 95]")
         _require("/" not in self.name, "shards.name", "a name without '/'")
+        _require(bool(self.images_dir) or not self.fetch_images, "shards.images_dir",
+                 "a folder when shards.fetch_images is true")
+        _require(self.fetch_concurrency >= 1, "shards.fetch_concurrency", "an integer >= 1")
+        _require(self.fetch_retries >= 0, "shards.fetch_retries", "an integer >= 0")
+        _require(self.fetch_timeout_s > 0, "shards.fetch_timeout_s", "a number > 0")
 
 
 @dataclass

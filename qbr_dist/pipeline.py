@@ -121,6 +121,8 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
     log.info("stage shards: writing %s", folder)
     (folder / QUARANTINE).unlink(missing_ok=True)
     with Quarantine(folder / QUARANTINE) as quarantine:
+        if cfg.shards.fetch_images:
+            _fetch_catalog_images(cfg, ingest_dir / ITEMS, quarantine)
         index = write_shards(
             ingest_dir / ITEMS, folder, max_bytes=cfg.shards.max_bytes,
             images_dir=Path(cfg.shards.images_dir) if cfg.shards.images_dir else None,
@@ -144,7 +146,7 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     stage_dir = root / "encode"
     start_ray(cfg.runtime)
     with Quarantine(stage_dir / QUARANTINE) as quarantine:
-        totals = encode_shards(shards_dir, stage_dir, cfg.encode, image_size=_image_size(cfg), quarantine=quarantine)
+        totals = encode_shards(shards_dir, stage_dir, cfg.encode, quarantine=quarantine)
     quarantined_records.labels(stage="encode", run=cfg.run.name).inc(totals["quarantined"])
     log.info("encode: %d items (%d with an image), %d quarantined, %d shards already done, %.1f items/s",
              totals["items"], totals["with_image"], totals["quarantined"], totals["skipped_shards"],
@@ -152,20 +154,18 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     return stage_dir
 
 
-def _image_size(cfg: Config) -> int:
-    """Input side of the configured open_clip model (decoding happens before the model is loaded)."""
-    if not cfg.encode.image_model:
-        return 1
-    import open_clip
+def _fetch_catalog_images(cfg: Config, catalog: Path, quarantine: Quarantine) -> None:
+    from qbr_dist.data.images import fetch_images
 
-    from qbr_dist.encode.image import register_model_config
-
-    name = register_model_config(cfg.encode.image_model_config) if cfg.encode.image_model_config else cfg.encode.image_model
-    model_config = open_clip.get_model_config(name)
-    if model_config is None:
-        raise ValueError(f"config key 'encode.image_model': {name!r} is not an open_clip model")
-    size = model_config["vision_cfg"]["image_size"]
-    return size if isinstance(size, int) else size[0]
+    table = pq.read_table(catalog)
+    if "image_url" not in table.schema.names:
+        raise ValueError(f"{catalog}: shards.fetch_images is true but the catalog has no field 'image_url'")
+    urls = {i: u for i, u in zip(table.column("item_id").to_pylist(), table.column("image_url").to_pylist()) if u}
+    summary = fetch_images(urls, Path(cfg.shards.images_dir), concurrency=cfg.shards.fetch_concurrency,
+                           retries=cfg.shards.fetch_retries, timeout_s=cfg.shards.fetch_timeout_s,
+                           max_bytes=cfg.shards.fetch_max_bytes, quarantine=quarantine)
+    log.info("images: %d fetched, %d already there, %d failed (items kept without an image)",
+             summary.fetched, summary.already_there, summary.failed)
 
 
 def load_sequences(ingest_dir: Path) -> list[np.ndarray]:

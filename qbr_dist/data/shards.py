@@ -36,6 +36,11 @@ def item_id_of(key: str) -> str:
     return unquote(key)
 
 
+def image_path(folder: Path, item_id: str) -> Path:
+    """Where an item's image lives in an images folder: `<key>.jpg` (the key is the id, made path-safe)."""
+    return Path(folder) / f"{shard_key(item_id)}.jpg"
+
+
 def reencode_jpeg(data: bytes, *, max_side: int, max_pixels: int, quality: int) -> bytes:
     """JPEG bytes of the image shrunk to `max_side`; refuses images above `max_pixels` before decoding."""
     with Image.open(io.BytesIO(data)) as image:
@@ -119,7 +124,7 @@ def _image_bytes(item_id: str, image, images_dir: Path | None) -> bytes | None:
     if isinstance(image, str) and image:
         path = Path(image)
     elif images_dir is not None:
-        path = images_dir / f"{item_id}.jpg"
+        path = image_path(images_dir, item_id)
     else:
         return None
     return path.read_bytes() if path.is_file() else None

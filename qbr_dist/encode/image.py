@@ -25,6 +25,22 @@ def register_model_config(path: str | Path) -> str:
     return path.stem
 
 
+def resolve_model(model: str, model_config: str = "") -> str:
+    """The open_clip name to load: `model`, after registering its JSON definition when one is given."""
+    return register_model_config(model_config) if model_config else model
+
+
+def input_size(model: str) -> int:
+    """Side of the square images the open_clip model takes."""
+    import open_clip
+
+    config = open_clip.get_model_config(model)
+    if config is None:
+        raise EncoderUnavailable(f"image encoder {model!r}: not an open_clip model name")
+    size = config["vision_cfg"]["image_size"]
+    return size if isinstance(size, int) else size[0]
+
+
 class ImageEncoder:
     def __init__(self, model: str, *, weights: str = "", random_init: bool = False, device: str = "cpu"):
         import open_clip

@@ -89,7 +89,7 @@ class EncoderActor:
     def __init__(self, cfg: dict):
         import torch
 
-        from qbr_dist.encode.image import ImageEncoder, register_model_config
+        from qbr_dist.encode.image import ImageEncoder, resolve_model
         from qbr_dist.encode.text import TextEncoder
 
         torch.set_num_threads(1)
@@ -98,9 +98,8 @@ class EncoderActor:
         self.text = TextEncoder(cfg.text_model, device=device)
         self.image = None
         if cfg.image_model:
-            name = register_model_config(cfg.image_model_config) if cfg.image_model_config else cfg.image_model
-            self.image = ImageEncoder(name, weights=cfg.image_weights, random_init=cfg.image_random_init,
-                                      device=device)
+            self.image = ImageEncoder(resolve_model(cfg.image_model, cfg.image_model_config),
+                                      weights=cfg.image_weights, random_init=cfg.image_random_init, device=device)
             mean, std = self.image.model.visual.image_mean, self.image.model.visual.image_std
             self.mean = torch.tensor(mean).view(1, 3, 1, 1)
             self.std = torch.tensor(std).view(1, 3, 1, 1)
@@ -120,9 +119,14 @@ class EncoderActor:
                 "fatal": batch["fatal"]}
 
 
-def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, image_size: int, quarantine: Quarantine) -> dict:
+def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quarantine: Quarantine) -> dict:
     """Encode every shard listed in `shard_dir/index.json` that has no current output; returns totals."""
     import ray.data
+
+    from qbr_dist.encode.image import input_size, resolve_model
+
+    # Images are decoded and cropped before the model is loaded, so read its input size up front.
+    image_size = input_size(resolve_model(cfg.image_model, cfg.image_model_config)) if cfg.image_model else 1
 
     index = json.loads((shard_dir / INDEX).read_text())
     done = _read_done(out_dir)

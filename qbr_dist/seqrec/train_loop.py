@@ -214,7 +214,7 @@ def _evaluate(model: BERT4Rec, batches: list[dict], cfg: EvalConfig) -> dict:
         seq, target, history = batch["seq"], batch["target"], batch.get("history")
         placeholder = len(seq) == 0
         if placeholder:  # no users left for this rank: still take part, score one dummy row, count nothing
-            seq, target, history = torch.full((1, seq.shape[1]), model.mask_token), torch.ones(1, dtype=torch.long), None
+            seq, target, history = torch.full((1, seq.shape[1]), model.mask_token), torch.ones(1).long(), None
         hidden = model.encode(seq)[:, -1]  # under ZeRO-3 the forward hooks gather what it needs
         with rt.full_parameters(model.scoring_parameters()):
             ranks = target_ranks(
@@ -232,6 +232,7 @@ def _evaluate(model: BERT4Rec, batches: list[dict], cfg: EvalConfig) -> dict:
 
 def _report_metrics(state: LoopState) -> dict:
     best = state.best
-    return {"done": True, "step": state.step, "epochs": state.epochs, "resumed_at": state.resumed_at, "best_phase": best.get("phase"), "best_epoch": best.get("epoch"), "curve": state.curve,
+    return {"done": True, "step": state.step, "epochs": state.epochs, "resumed_at": state.resumed_at,
+            "best_phase": best.get("phase"), "best_epoch": best.get("epoch"), "curve": state.curve,
             **{f"valid/{k}": v for k, v in best["valid"].items()},
             **{f"test/{k}": v for k, v in best.get("test", {}).items()}}

@@ -66,7 +66,7 @@ def shard_dir(tmp_path_factory):
 
 def run(shard_dir, out):
     with Quarantine(out / "quarantine.jsonl") as quarantine:
-        return encode_shards(shard_dir, out, encode_config(), image_size=64, quarantine=quarantine)
+        return encode_shards(shard_dir, out, encode_config(), quarantine=quarantine)
 
 
 def test_encode_job_features_quarantine_and_resume(shard_dir, tmp_path, ray_cluster):

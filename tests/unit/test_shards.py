@@ -94,6 +94,6 @@ def test_images_from_a_folder_by_item_id(tmp_path):
     pq.write_table(pa.table({"item_id": ["a", "b"], "text": ["x", "y"]}), path)
     images = tmp_path / "img"
     images.mkdir()
-    (images / "a.jpg").write_bytes(jpeg((20, 20)))
+    (images / "a.jpg").write_bytes(jpeg((20, 20)))  # the key of a plain id is the id itself
     index, _ = write(path, tmp_path / "s", images_dir=images)
     assert index["with_image"] == 1
