@@ -143,10 +143,17 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     from qbr_dist.encode.job import encode_shards
     from qbr_dist.train.runtime import start_ray
 
+    import ray.data
+
     stage_dir = root / "encode"
     start_ray(cfg.runtime)
-    with Quarantine(stage_dir / QUARANTINE) as quarantine:
-        totals = encode_shards(shards_dir, stage_dir, cfg.encode, quarantine=quarantine)
+    context = ray.data.DataContext.get_current()
+    bars, context.enable_progress_bars = context.enable_progress_bars, True  # the encode job shows its own
+    try:
+        with Quarantine(stage_dir / QUARANTINE) as quarantine:
+            totals = encode_shards(shards_dir, stage_dir, cfg.encode, quarantine=quarantine)
+    finally:
+        context.enable_progress_bars = bars
     quarantined_records.labels(stage="encode", run=cfg.run.name).inc(totals["quarantined"])
     log.info("encode: %d items (%d with an image), %d quarantined, %d shards already done, %.1f items/s",
              totals["items"], totals["with_image"], totals["quarantined"], totals["skipped_shards"],

@@ -176,12 +176,16 @@ def _quarantine_rows(table: pa.Table, shard: str, quarantine: Quarantine) -> pa.
 
 
 def _feature_table(table: pa.Table) -> pa.Table:
-    """Fixed-size float32 list columns; `image_emb` is null where the item has no image."""
+    """Fixed-size float32 list columns; `image_emb` is null where the item has no image
+    (all null, as a plain float list, when no image encoder is configured)."""
     has_image = table.column("has_image").combine_chunks()
     text = np.stack(table.column("text_emb").to_numpy(zero_copy_only=False)).astype(np.float32)
     image = np.stack(table.column("image_emb").to_numpy(zero_copy_only=False)).astype(np.float32)
-    image_array = pa.FixedSizeListArray.from_arrays(pa.array(image.reshape(-1)), image.shape[1],
-                                                    mask=pa.compute.invert(has_image))
+    if image.shape[1] == 0:
+        image_array = pa.nulls(len(has_image), pa.list_(pa.float32()))
+    else:
+        image_array = pa.FixedSizeListArray.from_arrays(pa.array(image.reshape(-1)), image.shape[1],
+                                                        mask=pa.compute.invert(has_image))
     return pa.table({
         "item_id": table.column("item_id").cast(pa.string()),
         "text_emb": pa.FixedSizeListArray.from_arrays(pa.array(text.reshape(-1)), text.shape[1]),
