@@ -164,9 +164,9 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
 def _fetch_catalog_images(cfg: Config, catalog: Path, quarantine: Quarantine) -> None:
     from qbr_dist.data.images import fetch_images
 
-    table = pq.read_table(catalog)
-    if "image_url" not in table.schema.names:
+    if "image_url" not in pq.read_schema(catalog).names:
         raise ValueError(f"{catalog}: shards.fetch_images is true but the catalog has no field 'image_url'")
+    table = pq.read_table(catalog, columns=["item_id", "image_url"])
     urls = {i: u for i, u in zip(table.column("item_id").to_pylist(), table.column("image_url").to_pylist()) if u}
     summary = fetch_images(urls, Path(cfg.shards.images_dir), concurrency=cfg.shards.fetch_concurrency,
                            retries=cfg.shards.fetch_retries, timeout_s=cfg.shards.fetch_timeout_s,

@@ -9,7 +9,7 @@ shard with its item count, size and sha256, and is written last.
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import io
 import json
 from pathlib import Path
@@ -41,11 +41,18 @@ def image_path(folder: Path, item_id: str) -> Path:
     return Path(folder) / f"{shard_key(item_id)}.jpg"
 
 
-def reencode_jpeg(data: bytes, *, max_side: int, max_pixels: int, quality: int) -> bytes:
-    """JPEG bytes of the image shrunk to `max_side`; refuses images above `max_pixels` before decoding."""
+@contextlib.contextmanager
+def open_image(data: bytes, *, max_pixels: int) -> Iterator[Image.Image]:
+    """The image in `data`, refused (ValueError) above `max_pixels` before its pixels are decoded."""
     with Image.open(io.BytesIO(data)) as image:
         if image.width * image.height > max_pixels:
             raise ValueError(f"{image.width}x{image.height} exceeds the {max_pixels}-pixel bound")
+        yield image
+
+
+def reencode_jpeg(data: bytes, *, max_side: int, max_pixels: int, quality: int) -> bytes:
+    """JPEG bytes of the image shrunk to `max_side`; refuses images above `max_pixels` before decoding."""
+    with open_image(data, max_pixels=max_pixels) as image:
         image = image.convert("RGB")
         image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
         out = io.BytesIO()

@@ -10,7 +10,7 @@ leaves the item without one; a shard that cannot be read at all is listed as a w
 """
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import logging
 import time
@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from qbr_dist import artifacts
 from qbr_dist.config import EncodeConfig
 from qbr_dist.data.quarantine import Quarantine
-from qbr_dist.data.shards import INDEX, item_id_of
+from qbr_dist.data.shards import INDEX, item_id_of, open_image
 
 log = logging.getLogger("qbr.encode")
 SHARDS_DONE = "shards_done.json"
@@ -72,9 +72,7 @@ def _member(batch: dict, name: str) -> list[bytes | None]:
 
 def _square_rgb(Image, data: bytes, size: int, max_pixels: int) -> np.ndarray:
     """Resize the shorter side to `size` and centre-crop, as open_clip's own preprocessing does."""
-    with Image.open(io.BytesIO(data)) as image:
-        if image.width * image.height > max_pixels:
-            raise ValueError(f"{image.width}x{image.height} exceeds the {max_pixels}-pixel bound")
+    with open_image(data, max_pixels=max_pixels) as image:
         image = image.convert("RGB")
         scale = size / min(image.size)
         resized = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
@@ -130,7 +128,7 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
 
     index = json.loads((shard_dir / INDEX).read_text())
     done = _read_done(out_dir)
-    config_hash = artifacts.stage_key("encode", json.dumps(asdict(cfg), sort_keys=True), {})["config_hash"]
+    config_hash = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
     totals = {"items": 0, "with_image": 0, "quarantined": 0, "skipped_shards": 0}
     started = time.perf_counter()
     for shard in index["shards"]:

@@ -133,11 +133,12 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
         engine.step()
         local = [float(loss_sum), int((mine > 0).sum())]
         epoch_loss = [a + b for a, b in zip(epoch_loss, local)]
+        step_loss = local[0] / max(local[1], 1)
         state.batch, state.step = index + 1, state.step + 1
-        meter.step(loss=local[0] / max(local[1], 1), samples=len(seq) // world, seconds=time.perf_counter() - started,
+        meter.step(loss=step_loss, samples=len(seq) // world, seconds=time.perf_counter() - started,
                    lr=lr, grad_norm=engine.get_global_grad_norm())
         if state.step % runtime.checkpoint_every == 0:
-            _checkpoint(engine, state, meter, phase.name, local[0] / max(local[1], 1))
+            _checkpoint(engine, state, meter, phase.name, step_loss)
         steps += 1
     state.batch = 0
     loss_sum, masked = rt.all_reduce_sum(epoch_loss)
