@@ -36,6 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "and verify its checksums.")
     fetch.add_argument("name", help="dataset name, e.g. ml-100k")
     fetch.add_argument("--cache-dir", type=Path, default=Path(".cache/data"), help="cache folder (default .cache/data)")
+    synth = data_commands.add_parser(
+        "synth", help="write a synthetic multimodal catalog with planted structure",
+        description="Write a synthetic catalog (PIL-rendered images, text naming only some attributes), user "
+                    "sequences from a latent-preference process, the planted attributes and WebDataset shards "
+                    "into OUT, streaming (memory flat in the number of items).",
+    )
+    synth.add_argument("--items", type=int, required=True, help="number of items")
+    synth.add_argument("--users", type=int, required=True, help="number of users")
+    synth.add_argument("--out", type=Path, help="output folder (default .cache/data/synth-<items>x<users>-s<seed>)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--image-side", type=int, default=64, help="image width and height in pixels (default 64)")
+    synth.add_argument("--text-attribute-prob", type=float, default=0.5,
+                       help="chance that an item's text names its colour, and (separately) its shape")
+    synth.add_argument("--shard-bytes", type=int, default=1_000_000_000, help="target shard size (default 1 GB)")
 
     shards = commands.add_parser("shards", help="WebDataset shard commands", description="WebDataset shard commands.")
     shard_commands = shards.add_subparsers(dest="shards_command", required=True)
@@ -77,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args) -> int:
     if args.command == "data":
-        from qbr_dist.data.fetch import fetch
-
-        print(fetch(args.name, args.cache_dir))
-        return 0
+        return _data(args)
     cfg = load_config(args.config, args.overrides)
     if args.command == "config":
         print(json.dumps(cfg.to_dict(), indent=2))
@@ -101,6 +112,21 @@ def _dispatch(args) -> int:
     print(table)
     if args.readme:
         update_readme(args.readme, table)
+    return 0
+
+
+def _data(args) -> int:
+    if args.data_command == "fetch":
+        from qbr_dist.data.fetch import fetch
+
+        print(fetch(args.name, args.cache_dir))
+        return 0
+    from qbr_dist.data.synth import SynthSpec, synthesize
+
+    spec = SynthSpec(items=args.items, users=args.users, seed=args.seed, image_side=args.image_side,
+                     text_attribute_prob=args.text_attribute_prob, shard_bytes=args.shard_bytes)
+    out = args.out or Path(".cache/data") / f"synth-{args.items}x{args.users}-s{args.seed}"
+    print(json.dumps(synthesize(spec, out) | {"out": str(out)}, indent=2))
     return 0
 
 

@@ -48,6 +48,7 @@ class DataConfig:
 class ShardsConfig:
     root: str = "shards"  # shards go to <root>/<name>/
     name: str = ""  # empty: the run name
+    prebuilt_dir: str = ""  # shards written elsewhere (e.g. `qbr data synth`), with index.json: used as they are
     max_bytes: int = 1_000_000_000  # a shard is closed once its payload reaches this size (tar headers: +512 B a file)
     images_dir: str = ""  # optional folder of <key>.jpg files (key: the item id, '.' and '/' percent-encoded)
     fetch_images: bool = False  # download the catalog's image_url column into images_dir first
@@ -91,6 +92,20 @@ class EncodeConfig:
         _require(self.cpus_per_actor > 0, "encode.cpus_per_actor", "a number > 0")
         _require(self.gpus_per_actor >= 0, "encode.gpus_per_actor", "a number >= 0")
         _require(self.max_image_pixels >= 64, "encode.max_image_pixels", "an integer >= 64")
+
+
+@dataclass
+class StructureConfig:
+    fields: list[str] = field(default_factory=list)  # catalog fields made into tokens, e.g. ["category", "brand"]
+    separator: str = ""  # split a field's value into several tokens on this string; empty: one token per value
+    min_count: int = 2  # tokens found in fewer items are dropped
+    window: int = 3  # items at most this many positions apart in a training sequence co-occur
+    dim: int = 32  # co-occurrence embedding width (PPMI + truncated SVD)
+
+    def check(self) -> None:
+        _require(self.min_count >= 1, "structure.min_count", "an integer >= 1")
+        _require(self.window >= 1, "structure.window", "an integer >= 1")
+        _require(self.dim >= 1, "structure.dim", "an integer >= 1")
 
 
 @dataclass
@@ -195,6 +210,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
+    structure: StructureConfig = field(default_factory=StructureConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,6 +1,7 @@
 """`qbr run`: the stages of a run, each skipped when its manifest matches.
 
-ingest -> popularity -> bert4rec -> report. Stages meet only at files in the run directory.
+ingest -> structure -> popularity -> bert4rec -> report; `qbr shards write` and `qbr encode` run
+shards -> encode. Stages meet only at files in the run directory.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from qbr_dist.report import write_report
 log = logging.getLogger("qbr")
 
 ITEMS, SEQUENCES, QUARANTINE, METRICS = "items.parquet", "sequences.parquet", "quarantine.jsonl", "metrics.json"
+STRUCTURE, STRUCTURE_VOCAB = "structure.parquet", "structure_vocab.json"
 
 
 MODEL_STAGES = ("popularity", "bert4rec")
@@ -38,6 +40,7 @@ def run_pipeline(cfg: Config) -> dict:
     """Every stage in order; returns the report."""
     root = run_dir(cfg)
     ingest_dir = ingest(cfg, root)
+    structure(cfg, root, ingest_dir)
     model_dirs = {"popularity": popularity(cfg, root, ingest_dir), "bert4rec": bert4rec(cfg, root, ingest_dir)}
     return write_report(cfg, root, model_dirs, ingest_dir)
 
@@ -112,6 +115,8 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
     """WebDataset shards of the run's catalog in <shards.root>/<shards.name or run.name>/."""
     from qbr_dist.data.shards import INDEX, write_shards
 
+    if cfg.shards.prebuilt_dir:
+        return _prebuilt_shards(Path(cfg.shards.prebuilt_dir))
     folder = Path(cfg.shards.root) / (cfg.shards.name or cfg.run.name)
     inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
     key = artifacts.stage_key("shards", cfg.section_hash("shards"), inputs)
@@ -136,6 +141,49 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
     log.info("shards: %d items (%d with an image) in %d shards, %d quarantined",
              index["items"], index["with_image"], len(index["shards"]), index["quarantined"])
     return folder
+
+
+def _prebuilt_shards(folder: Path) -> Path:
+    from qbr_dist.data.shards import INDEX
+
+    if not (folder / INDEX).is_file():
+        raise FileNotFoundError(f"{folder / INDEX}: shards.prebuilt_dir has no shard index (write the shards with "
+                                "`qbr shards write` or `qbr data synth` first)")
+    log.info("stage shards: using the prebuilt shards in %s", folder)
+    return folder
+
+
+def structure(cfg: Config, root: Path, ingest_dir: Path) -> Path:
+    """Structural features from the catalog's fields and the training parts of the sequences only."""
+    from qbr_dist.data.split import train_part
+    from qbr_dist.encode.structure import cooccurrence_embedding, cooccurrence_matrix, field_tokens, structure_table
+
+    inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
+    key = artifacts.stage_key("structure", cfg.section_hash("structure", seed=cfg.run.seed), inputs)
+    stage_dir, current = _stage("structure", root, key)
+    if current:
+        return stage_dir
+    items_file = ingest_dir / ITEMS
+    present = pq.read_schema(items_file).names
+    for name in cfg.structure.fields:
+        if name not in present:
+            raise ValueError(f"{items_file}: structure.fields names '{name}', which the catalog does not have "
+                             f"(fields: {', '.join(present)})")
+    catalog = pq.read_table(items_file, columns=["item_id", *cfg.structure.fields])
+    tokens, vocab = field_tokens({name: catalog.column(name).to_pylist() for name in cfg.structure.fields},
+                                 separator=cfg.structure.separator or None, min_count=cfg.structure.min_count)
+    tokens = tokens or [[] for _ in range(catalog.num_rows)]  # no fields named: co-occurrence only
+    training = (train_part(items) for items in load_sequences(ingest_dir))
+    matrix = cooccurrence_matrix(training, catalog.num_rows, window=cfg.structure.window)
+    embedding, has_cooc = cooccurrence_embedding(matrix, dim=cfg.structure.dim, seed=cfg.run.seed)
+    with artifacts.atomic_path(stage_dir / STRUCTURE) as tmp:
+        pq.write_table(structure_table(catalog.column("item_id").to_pylist(), tokens, embedding, has_cooc), tmp)
+    artifacts.write_json(stage_dir / STRUCTURE_VOCAB, vocab)
+    rows = {"items": catalog.num_rows, "vocabulary": len(vocab) - 1, "with_tokens": sum(map(bool, tokens)),
+            "with_cooccurrence": int(has_cooc.sum())}
+    artifacts.write_manifest(stage_dir, key, outputs=[STRUCTURE, STRUCTURE_VOCAB], rows=rows)
+    log.info("structure: %d items, %d tokens, %d with tokens, %d with co-occurrence", *rows.values())
+    return stage_dir
 
 
 def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:

@@ -24,7 +24,7 @@ from qbr_dist.data.quarantine import Quarantine
 
 INDEX = "index.json"
 SHARD_PATTERN = "shard-%06d.tar"
-FIXED_MTIME = 0.0  # same input, same bytes
+FIXED_MTIME = 0  # same input, same bytes (an integer: a float mtime costs a 1 KB pax header per file)
 
 
 def shard_key(item_id: str) -> str:
@@ -61,14 +61,17 @@ def reencode_jpeg(data: bytes, *, max_side: int, max_pixels: int, quality: int) 
 
 
 class ShardSet:
-    """Writes samples to size-bounded tar shards in `folder` and keeps their index."""
+    """Writes samples to size-bounded tar shards in `folder`; `close()` writes `index.json`."""
 
     def __init__(self, folder: Path, *, max_bytes: int):
         import webdataset as wds
 
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in list(self.folder.glob("shard-*.tar")) + list(self.folder.glob("*.partial")):
+            stale.unlink()
         self.shards: list[dict] = []
+        self.items = self.with_image = 0
         self._open: dict[str, object] = {}
         self._counts: dict[str, int] = {}
         self._writer = wds.ShardWriter(
@@ -79,10 +82,15 @@ class ShardSet:
     def write(self, sample: dict) -> None:
         self._writer.write(sample)
         self._counts[self._writer.fname] = self._counts.get(self._writer.fname, 0) + 1
+        self.items += 1
+        self.with_image += "jpg" in sample
 
-    def close(self) -> list[dict]:
+    def close(self, **about) -> dict:
+        """Finish the last shard and write the index (shards, counts, plus `about`, e.g. the source)."""
         self._writer.close()
-        return self.shards
+        index = {"shards": self.shards, "items": self.items, "with_image": self.with_image, **about}
+        artifacts.write_json(self.folder / INDEX, index)
+        return index
 
     def _open_partial(self, fname: str):
         handle = open(fname + ".partial", "wb")
@@ -99,6 +107,18 @@ class ShardSet:
         partial.replace(fname)
 
 
+def make_sample(item_id: str, text: str, fields: dict, jpg: bytes | None) -> dict:
+    """One WebDataset sample; the json carries the original id next to the structured fields."""
+    sample = {
+        "__key__": shard_key(item_id),
+        "txt": text,
+        "json": json.dumps({"item_id": item_id, **fields}, sort_keys=True, ensure_ascii=False),
+    }
+    if jpg is not None:
+        sample["jpg"] = jpg
+    return sample
+
+
 def catalog_samples(
     catalog: Path, *, images_dir: Path | None, image_max_side: int, max_pixels: int, jpeg_quality: int,
     quarantine: Quarantine, batch_rows: int = 4096,
@@ -108,21 +128,15 @@ def catalog_samples(
         for row in batch.to_pylist():
             item_id = row.pop("item_id")
             text = row.pop("text") or ""
-            image = row.pop("image", None)
-            sample = {
-                "__key__": shard_key(item_id),
-                "txt": text,
-                "json": json.dumps({"item_id": item_id, **row}, sort_keys=True, ensure_ascii=False),
-            }
-            raw = _image_bytes(item_id, image, images_dir)
+            raw = _image_bytes(item_id, row.pop("image", None), images_dir)
+            jpg = None
             if raw is not None:
                 try:
-                    sample["jpg"] = reencode_jpeg(raw, max_side=image_max_side, max_pixels=max_pixels,
-                                                  quality=jpeg_quality)
+                    jpg = reencode_jpeg(raw, max_side=image_max_side, max_pixels=max_pixels, quality=jpeg_quality)
                 except (OSError, ValueError, Image.DecompressionBombError) as err:
                     quarantine.add(source=str(catalog), where=f"item {item_id}", field="image",
                                    reason=f"unreadable image, item kept without it: {err}")
-            yield sample
+            yield make_sample(item_id, text, row, jpg)
 
 
 def _image_bytes(item_id: str, image, images_dir: Path | None) -> bytes | None:
@@ -142,19 +156,9 @@ def write_shards(
     max_pixels: int, jpeg_quality: int, quarantine: Quarantine,
 ) -> dict:
     """Write the catalog's shards and `index.json` into `folder`; returns the index."""
-    for stale in list(folder.glob("shard-*.tar")) + list(folder.glob("*.partial")):
-        stale.unlink()
     shard_set = ShardSet(folder, max_bytes=max_bytes)
-    items = with_image = 0
     for sample in catalog_samples(catalog, images_dir=images_dir, image_max_side=image_max_side,
                                   max_pixels=max_pixels, jpeg_quality=jpeg_quality, quarantine=quarantine):
         shard_set.write(sample)
-        items += 1
-        with_image += "jpg" in sample
-    index = {
-        "shards": shard_set.close(), "items": items, "with_image": with_image,
-        "quarantined": quarantine.total, "source": str(catalog),
-        "source_sha256": artifacts.file_fingerprint(catalog),
-    }
-    artifacts.write_json(folder / INDEX, index)
-    return index
+    return shard_set.close(quarantined=quarantine.total, source=str(catalog),
+                           source_sha256=artifacts.file_fingerprint(catalog))

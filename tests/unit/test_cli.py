@@ -6,7 +6,7 @@ import pytest
 
 from qbr_dist.cli import build_parser, main
 
-SUBCOMMANDS = [["run"], ["data"], ["data", "fetch"], ["shards"], ["shards", "write"], ["encode"], ["report"], ["config"]]
+SUBCOMMANDS = [["run"], ["data"], ["data", "fetch"], ["data", "synth"], ["shards"], ["shards", "write"], ["encode"], ["report"], ["config"]]
 
 
 def test_top_level_help_lists_every_command(capsys):

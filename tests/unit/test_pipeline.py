@@ -1,6 +1,7 @@
 """Driver-side stages without Ray: ingest and popularity, their manifests and skipping."""
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -61,3 +62,33 @@ def test_missing_input_file_is_a_clear_error(tmp_path):
     cfg = config(tmp_path, tmp_path / "absent.parquet")
     with pytest.raises(FileNotFoundError, match="absent.parquet: file not found"):
         pipeline.ingest(cfg, pipeline.run_dir(cfg))
+
+
+def test_structure_stage_tokens_and_training_only_cooccurrence(tmp_path):
+    """Two items that only ever meet as validation and test targets must not co-occur."""
+    rows = [("u0", "a"), ("u0", "b"), ("u0", "x"), ("u0", "y"), ("u1", "b"), ("u1", "a"), ("u1", "c"),
+            ("u2", "c"), ("u2", "a"), ("u2", "b")]
+    inter = tmp_path / "i.parquet"
+    pq.write_table(pa.table({"user_id": [u for u, _ in rows], "item_id": [i for _, i in rows],
+                             "timestamp": [float(t) for t in range(len(rows))]}), inter)
+    catalog = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"item_id": ["a", "b", "c", "x", "y"], "title": ["A", "B", "C", "X", "Y"],
+                             "genre": ["Drama Comedy", "Drama", None, "Comedy", "Drama"]}), catalog)
+    cfg = config(tmp_path, inter, f"data.catalog='{catalog}'", "data.text_fields=['title']",
+                 "structure.fields=['genre']", "structure.separator=' '", "structure.min_count=1", "structure.dim=2")
+    root = pipeline.run_dir(cfg)
+    stage = pipeline.structure(cfg, root, pipeline.ingest(cfg, root))
+    table = {r["item_id"]: r for r in pq.read_table(stage / pipeline.STRUCTURE).to_pylist()}
+    vocab = json.loads((stage / pipeline.STRUCTURE_VOCAB).read_text())
+    assert vocab == ["<pad>", "genre=Comedy", "genre=Drama"]
+    assert table["a"]["struct_tokens"] == [1, 2] and table["c"]["struct_tokens"] == []
+    assert not table["x"]["has_cooc"] and not table["y"]["has_cooc"] and table["a"]["has_cooc"]
+    assert not table["c"]["has_cooc"]  # c follows a only in validation and test targets
+    assert artifacts.read_manifest(stage)["rows"]["with_cooccurrence"] == 2
+
+
+def test_structure_stage_names_a_missing_field(tmp_path, interactions_file):
+    cfg = config(tmp_path, interactions_file, "structure.fields=['brand']")
+    root = pipeline.run_dir(cfg)
+    with pytest.raises(ValueError, match=r"items.parquet: structure.fields names 'brand'"):
+        pipeline.structure(cfg, root, pipeline.ingest(cfg, root))
