@@ -162,3 +162,44 @@ def write_shards(
         shard_set.write(sample)
     return shard_set.close(quarantined=quarantine.total, source=str(catalog),
                            source_sha256=artifacts.file_fingerprint(catalog))
+
+
+def salvage_shard(path: Path, out: Path, *, expected_items: int) -> tuple[int, str | None]:
+    """Copy the complete samples of a damaged shard, up to its first break, into a new tar at `out`.
+
+    Returns (samples copied, what was wrong or None). A sample counts as complete once the next
+    sample's first file has been read. The last one counts only when the tar ends cleanly with as
+    many samples as the index lists: a tar cut at a file boundary also "ends cleanly", and its last
+    sample may be missing files.
+    """
+    import tarfile
+
+    copied, problem, pending = 0, None, []
+    with artifacts.atomic_path(out) as tmp, tarfile.open(tmp, "w") as sink, open(path, "rb") as source:
+        try:
+            with tarfile.open(fileobj=source, mode="r|") as tar:
+                for member in tar:
+                    data = tar.extractfile(member).read() if member.isfile() else b""
+                    if pending and _sample_key(member.name) != _sample_key(pending[0][0].name):
+                        copied += _copy_sample(sink, pending)
+                    pending.append((member, data))
+        except (tarfile.TarError, EOFError, OSError) as err:
+            problem = f"{type(err).__name__}: {err}"
+        if problem is None and copied + bool(pending) == expected_items:
+            copied += _copy_sample(sink, pending)
+        elif problem is None:
+            problem = f"ends after {copied + bool(pending)} of the {expected_items} samples its index lists"
+    return copied, problem
+
+
+def _sample_key(name: str) -> str:
+    return name.split(".", 1)[0]
+
+
+def _copy_sample(sink, members: list) -> int:
+    for member, data in members:
+        sink.addfile(member, io.BytesIO(data))
+    count = int(bool(members))
+    members.clear()
+    return count
+

@@ -6,7 +6,9 @@ shard with `item_id`, `text_emb`, `image_emb` (null without an image), `has_imag
 A shard whose output exists with a matching entry in the stage manifest is skipped, so a killed
 job resumes at the next unfinished shard. Bad samples are listed in `quarantine.jsonl`:
 an item with invalid JSON or non-UTF-8 text is left out; an unreadable or oversized image
-leaves the item without one; a shard that cannot be read at all is listed as a whole.
+leaves the item without one. A shard whose checksum differs from the index (truncated or
+damaged) is salvaged first: its complete samples before the break are encoded and the break is
+one quarantine entry.
 """
 from __future__ import annotations
 
@@ -24,10 +26,10 @@ import pyarrow.parquet as pq
 from qbr_dist import artifacts
 from qbr_dist.config import EncodeConfig
 from qbr_dist.data.quarantine import Quarantine
-from qbr_dist.data.shards import INDEX, item_id_of, open_image
+from qbr_dist.data.shards import INDEX, item_id_of, open_image, salvage_shard
 
 log = logging.getLogger("qbr.encode")
-SHARDS_DONE = "shards_done.json"
+SHARDS_DONE, SALVAGED = "shards_done.json", "salvaged"
 
 
 def decode_batch(batch: dict, *, image_size: int, max_pixels: int) -> dict:
@@ -129,7 +131,8 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
     index = json.loads((shard_dir / INDEX).read_text())
     done = _read_done(out_dir)
     config_hash = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
-    totals = {"items": 0, "with_image": 0, "quarantined": 0, "skipped_shards": 0}
+    totals = {"items": 0, "with_image": 0, "skipped_shards": 0}
+    quarantined_before = quarantine.total
     started = time.perf_counter()
     for shard in index["shards"]:
         output = out_dir / (Path(shard["file"]).stem + ".parquet")
@@ -137,21 +140,18 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
         if output.is_file() and {k: done.get(shard["file"], {}).get(k) for k in entry} == entry:
             totals["skipped_shards"] += 1
             continue
+        tar = _intact_or_salvaged(shard_dir / shard["file"], shard, out_dir, quarantine)
+        if tar is None:
+            continue
         dataset = (
-            ray.data.read_webdataset(str((shard_dir / shard["file"]).resolve()), decoder=None)
+            ray.data.read_webdataset(str(tar.resolve()), decoder=None)
             .map_batches(decode_batch, fn_kwargs={"image_size": image_size, "max_pixels": cfg.max_image_pixels},
                          batch_size=cfg.batch_size, num_cpus=0.5)
             .map_batches(EncoderActor, fn_constructor_kwargs={"cfg": asdict(cfg)}, batch_size=cfg.batch_size,
                          compute=ray.data.ActorPoolStrategy(size=cfg.actors),
                          num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None)
         )
-        try:
-            table = pa.concat_tables(ray.get(dataset.to_arrow_refs()))
-        except Exception as err:  # noqa: BLE001 - a shard that cannot be read must not stop the job
-            quarantine.add(source=str(shard_dir / shard["file"]), where="shard", field="*",
-                           reason=f"shard unreadable, skipped: {type(err).__name__}: {str(err)[:200]}")
-            totals["quarantined"] += 1
-            continue
+        table = pa.concat_tables(ray.get(dataset.to_arrow_refs()))
         kept = _quarantine_rows(table, shard["file"], quarantine)
         with artifacts.atomic_path(output) as tmp:
             pq.write_table(_feature_table(kept), tmp)
@@ -159,9 +159,25 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
         artifacts.write_json(out_dir / SHARDS_DONE, done)
         totals["items"] += kept.num_rows
         totals["with_image"] += int(pa.compute.sum(kept.column("has_image")).as_py() or 0)
-        totals["quarantined"] += table.num_rows - kept.num_rows
+    totals["quarantined"] = quarantine.total - quarantined_before
     totals["items_per_s"] = round(totals["items"] / max(time.perf_counter() - started, 1e-9), 1)
     return totals
+
+
+def _intact_or_salvaged(path: Path, shard: dict, out_dir: Path, quarantine: Quarantine) -> Path | None:
+    """The shard itself when its checksum matches the index, else a copy of its complete samples
+    (None when there are none: the shard is listed in the quarantine and left for a later run)."""
+    if path.is_file() and artifacts.file_fingerprint(path) == shard["sha256"]:
+        return path
+    if not path.is_file():
+        quarantine.add(source=str(path), where="shard", field="*", reason="shard listed in the index is missing")
+        return None
+    salvaged = out_dir / SALVAGED / shard["file"]
+    kept, problem = salvage_shard(path, salvaged, expected_items=shard["items"])
+    quarantine.add(source=str(path), where=f"after sample {kept}", field="*",
+                   reason=f"checksum differs from the index: {problem or 'all samples readable'}; "
+                          f"the {kept} complete samples before it are encoded")
+    return salvaged if kept else None
 
 
 def _quarantine_rows(table: pa.Table, shard: str, quarantine: Quarantine) -> pa.Table:

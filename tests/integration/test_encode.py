@@ -2,6 +2,7 @@
 initialised at random on purpose; one clean shard set and one hand-made shard with bad samples."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from qbr_dist.artifacts import file_fingerprint
 from qbr_dist.config import load_config
 from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.data.shards import INDEX, shard_key, write_shards
@@ -55,10 +57,14 @@ def shard_dir(tmp_path_factory):
         sink.write({"__key__": shard_key("bad-jpg"), "txt": "y", "json": json.dumps({"item_id": "bad-jpg"}),
                     "jpg": b"\xff\xd8 truncated"})
     truncated = root / "shard-truncated.tar"
-    truncated.write_bytes(bad.read_bytes()[:700])
+    with wds.TarWriter(str(truncated)) as sink:
+        for key in ("t0", "t1", "t2"):
+            sink.write({"__key__": key, "txt": f"text {key}", "json": json.dumps({"item_id": key})})
+    whole = truncated.read_bytes()
+    truncated.write_bytes(whole[:len(whole) // 3])  # breaks inside t1: t0 is complete
     index["shards"] += [
-        {"file": bad.name, "items": 4, "bytes": bad.stat().st_size, "sha256": "bad"},
-        {"file": truncated.name, "items": 4, "bytes": truncated.stat().st_size, "sha256": "truncated"},
+        {"file": bad.name, "items": 4, "bytes": bad.stat().st_size, "sha256": file_fingerprint(bad)},
+        {"file": truncated.name, "items": 3, "bytes": len(whole), "sha256": hashlib.sha256(whole).hexdigest()},
     ]
     (root / INDEX).write_text(json.dumps(index))
     return root
@@ -75,18 +81,20 @@ def test_encode_job_features_quarantine_and_resume(shard_dir, tmp_path, ray_clus
     table = pa.concat_tables(tables)
     by_id = {row["item_id"]: row for row in table.to_pylist()}
 
-    assert set(by_id) == {f"item.{i}" for i in range(12)} | {"ok", "bad-jpg"}
+    assert set(by_id) == {f"item.{i}" for i in range(12)} | {"ok", "bad-jpg", "t0"}
     assert table.schema.field("text_emb").type == pa.list_(pa.float32(), 384)
     assert table.schema.field("image_emb").type == pa.list_(pa.float32(), 32)
     assert by_id["item.0"]["has_image"] and len(by_id["item.0"]["image_emb"]) == 32
     assert not by_id["item.9"]["has_image"] and by_id["item.9"]["image_emb"] is None
     assert not by_id["bad-jpg"]["has_image"] and by_id["bad-jpg"]["image_emb"] is None
-    assert totals["items"] == 14 and totals["with_image"] == 8
+    assert totals["items"] == 15 and totals["with_image"] == 8
 
     records = [json.loads(line) for line in (tmp_path / "quarantine.jsonl").read_text().splitlines()]
     reasons = " | ".join(r["reason"] for r in records)
     assert "invalid json" in reasons and "not UTF-8" in reasons and "unreadable image" in reasons
-    assert any(r["where"] == "shard" and "truncated" in r["source"] for r in records)
+    (broken,) = [r for r in records if r["source"].endswith("shard-truncated.tar")]
+    assert broken["where"] == "after sample 1" and "checksum differs" in broken["reason"]
+    assert totals["quarantined"] == len(records) == 4
 
     again = run(shard_dir, tmp_path)
     assert again["skipped_shards"] == totals["skipped_shards"] + len(tables) and again["items"] == 0

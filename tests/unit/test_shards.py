@@ -10,7 +10,7 @@ import webdataset as wds
 from PIL import Image
 
 from qbr_dist.data.quarantine import Quarantine
-from qbr_dist.data.shards import INDEX, item_id_of, shard_key, write_shards
+from qbr_dist.data.shards import INDEX, item_id_of, salvage_shard, shard_key, write_shards
 
 IDS = ["B00.1/x", "plain", "with space", "ünï.cödé", "a%2Eb"]
 
@@ -97,3 +97,30 @@ def test_images_from_a_folder_by_item_id(tmp_path):
     (images / "a.jpg").write_bytes(jpeg((20, 20)))  # the key of a plain id is the id itself
     index, _ = write(path, tmp_path / "s", images_dir=images)
     assert index["with_image"] == 1
+
+
+def text_shard(path, keys):
+    with wds.TarWriter(str(path)) as sink:
+        for key in keys:
+            sink.write({"__key__": key, "txt": f"text {key}" * 50, "json": json.dumps({"item_id": key})})
+    return path.read_bytes()
+
+
+def keys_in(path):
+    with tarfile.open(path) as tar:
+        return sorted({m.name.split(".", 1)[0] for m in tar.getmembers()})
+
+
+def test_salvage_keeps_the_complete_samples_before_a_break(tmp_path):
+    whole = text_shard(tmp_path / "s.tar", ["a", "b", "c", "d"])
+    (tmp_path / "s.tar").write_bytes(whole[: len(whole) * 5 // 8])  # inside "c"
+    copied, problem = salvage_shard(tmp_path / "s.tar", tmp_path / "out.tar", expected_items=4)
+    assert copied == 2 and problem is not None
+    assert keys_in(tmp_path / "out.tar") == ["a", "b"]
+
+
+def test_salvage_reports_a_tar_that_ends_cleanly_but_early(tmp_path):
+    text_shard(tmp_path / "s.tar", ["a", "b"])
+    copied, problem = salvage_shard(tmp_path / "s.tar", tmp_path / "out.tar", expected_items=3)
+    assert copied == 1 and "ends after 2 of the 3 samples" in problem  # "b" may be missing files
+    assert salvage_shard(tmp_path / "s.tar", tmp_path / "again.tar", expected_items=2) == (2, None)
