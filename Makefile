@@ -9,7 +9,7 @@ export RAY_AUTH_MODE := disabled
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-unit test-integration clean
+.PHONY: setup demo test test-unit test-integration bench-encode bench-encode-quick clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,13 @@ test-unit: setup
 
 test-integration: setup
 	$(PY) -m pytest -q tests/integration
+
+# Benchmarks (not part of `make test`): JSON under bench/results/.
+bench-encode: setup
+	$(PY) bench/encode_pipeline.py
+
+bench-encode-quick: setup
+	$(PY) bench/encode_pipeline.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache
