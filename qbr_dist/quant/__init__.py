@@ -1,0 +1,1 @@
+"""Semantic quantization: distributed k-means, residual quantizers, semantic IDs."""

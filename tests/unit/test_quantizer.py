@@ -1,0 +1,82 @@
+"""Residual k-means, codebook versions and files, and unique semantic IDs, in one process."""
+import numpy as np
+import pytest
+import torch
+
+from qbr_dist.quant.codebook import CodebookMismatch, codebook_version, load_codebooks, save_codebooks
+from qbr_dist.quant.residual import decode, encode, level_stats, reconstruction_error, residual_kmeans
+from qbr_dist.quant.semantic_ids import Previous, assign_suffixes, check_suffixes, collision_rate
+
+
+def vectors(n=600, d=16, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_each_level_reduces_the_reconstruction_error():
+    data = vectors()
+    codebooks, codes, stats = residual_kmeans(data, levels=3, codebook_size=8, iterations=10)
+    assert codebooks.shape == (3, 8, 16) and codes.shape == (600, 3)
+    errors = [reconstruction_error(data, codes[:, :level], codebooks[:level]) for level in (1, 2, 3)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.9
+    assert [s.level for s in stats] == [0, 1, 2] and all(s.dead_codes == 0 for s in stats)
+
+
+def test_encode_reproduces_the_training_codes():
+    data = vectors(seed=1)
+    codebooks, codes, _ = residual_kmeans(data, levels=2, codebook_size=6, iterations=8)
+    assert torch.equal(encode(data, codebooks, chunk_size=50), codes)
+    assert decode(codes, codebooks).shape == data.shape
+
+
+def test_level_stats_usage_perplexity_dead_codes():
+    stats = level_stats(0, torch.tensor([5, 5, 0, 0]), inertia=1.0)
+    assert stats.usage == 0.5 and stats.dead_codes == 2 and stats.perplexity == pytest.approx(2.0)
+
+
+def test_codebook_file_round_trip_and_tampering(tmp_path):
+    codebooks = torch.randn(2, 4, 3)
+    version = save_codebooks(tmp_path / "cb.safetensors", codebooks, levels="2")
+    loaded, loaded_version = load_codebooks(tmp_path / "cb.safetensors", expected_version=version)
+    assert torch.equal(loaded, codebooks) and loaded_version == version == codebook_version(codebooks)
+    with pytest.raises(CodebookMismatch, match="version .* was expected"):
+        load_codebooks(tmp_path / "cb.safetensors", expected_version="0" * 16)
+    from safetensors.torch import save_file
+
+    save_file({"codebooks": codebooks + 1}, str(tmp_path / "cb.safetensors"), metadata={"version": version})
+    with pytest.raises(CodebookMismatch, match="changed after it was written"):
+        load_codebooks(tmp_path / "cb.safetensors")
+
+
+def test_suffixes_make_every_id_unique_in_item_order():
+    ids = np.array(["d", "b", "a", "c", "e"])
+    codes = np.array([[1, 2], [1, 2], [3, 4], [1, 2], [3, 4]])
+    suffixes = assign_suffixes(ids, codes)
+    assert dict(zip(ids, suffixes)) == {"b": 0, "c": 1, "d": 2, "a": 0, "e": 1}
+    assert len({(*c, s) for c, s in zip(codes.tolist(), suffixes)}) == 5
+    assert collision_rate(codes) == 1.0 and collision_rate(np.array([[1], [2]])) == 0.0
+
+
+def test_new_items_never_change_existing_suffixes():
+    ids, codes = np.array(["b", "c"]), np.array([[1, 2], [1, 2]])
+    first = assign_suffixes(ids, codes)
+    grown_ids = np.array(["a", "b", "c", "z"])
+    grown_codes = np.array([[1, 2], [1, 2], [1, 2], [5, 5]])
+    grown = assign_suffixes(grown_ids, grown_codes, Previous(ids, codes, first))
+    assert dict(zip(grown_ids, grown)) == {"b": 0, "c": 1, "a": 2, "z": 0}  # "a" sorts first but comes later
+
+
+def test_an_item_whose_codes_changed_takes_a_fresh_suffix():
+    previous = Previous(np.array(["a", "b"]), np.array([[1], [1]]), np.array([0, 1]))
+    suffixes = assign_suffixes(np.array(["a", "b"]), np.array([[2], [1]]), previous)
+    assert suffixes.tolist() == [0, 1]  # "a" moved to tuple (2,), "b" kept its 1
+
+
+def test_suffix_beyond_the_trained_table_is_refused():
+    check_suffixes(np.array([0, 1, 2]), 3, source="codes.parquet")
+    with pytest.raises(ValueError, match="codes.parquet: disambiguation code 3 is beyond the trained suffix table of 3"):
+        check_suffixes(np.array([0, 3]), 3, source="codes.parquet")
+
+
+def test_duplicate_item_ids_are_refused():
+    with pytest.raises(ValueError, match="duplicate item ids"):
+        assign_suffixes(np.array(["a", "a"]), np.array([[1], [2]]))
