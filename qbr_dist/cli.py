@@ -68,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_args(encode)
 
+    quantize = commands.add_parser(
+        "quantize", help="fit residual codebooks and give every item a unique semantic ID",
+        description="Run ingest, shards and encode (each skipped when current), then fit the residual "
+                    "codebooks with distributed k-means in Ray Train workers and write "
+                    "<run>/quantize/codes.parquet, codebooks.safetensors and quant_stats.json.",
+    )
+    _config_args(quantize)
+
     report = commands.add_parser("report", help="rewrite report.json/report.md of a finished run",
                                  description="Render the report of a run whose stages have finished.")
     _config_args(report)
@@ -99,10 +107,14 @@ def _dispatch(args) -> int:
     from qbr_dist import pipeline
     from qbr_dist.report import markdown, update_readme
 
-    if args.command in ("shards", "encode"):
+    if args.command in ("shards", "encode", "quantize"):
         root = pipeline.run_dir(cfg)
-        shards_dir = pipeline.shards(cfg, pipeline.ingest(cfg, root))
-        print(pipeline.encode(cfg, root, shards_dir) if args.command == "encode" else shards_dir)
+        done = pipeline.shards(cfg, pipeline.ingest(cfg, root))
+        if args.command != "shards":
+            done = pipeline.encode(cfg, root, done)
+        if args.command == "quantize":
+            done = pipeline.quantize(cfg, root, done)
+        print(done)
         return 0
     if args.command == "run":
         report = pipeline.run_pipeline(cfg)

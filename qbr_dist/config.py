@@ -109,6 +109,26 @@ class StructureConfig:
 
 
 @dataclass
+class QuantConfig:
+    input: str = "text_emb"  # the vectors to quantize: a column of the encode stage's tables
+    mode: str = "rkmeans"  # residual k-means
+    levels: int = 3
+    codebook_size: int = 256
+    iterations: int = 25  # Lloyd iterations per level (fewer once the inertia stops improving)
+    sample_size: int = 65536  # vectors gathered from all workers for k-means++ seeding
+    chunk_size: int = 65536  # vectors assigned at once: bounds memory per worker
+
+    def check(self) -> None:
+        _require(self.input in ("text_emb", "image_emb"), "quant.input", "'text_emb' or 'image_emb'")
+        _require(self.mode in ("rkmeans",), "quant.mode", "'rkmeans'")
+        _require(self.levels >= 1, "quant.levels", "an integer >= 1")
+        _require(self.codebook_size >= 2, "quant.codebook_size", "an integer >= 2")
+        _require(self.iterations >= 1, "quant.iterations", "an integer >= 1")
+        _require(self.sample_size >= 1, "quant.sample_size", "an integer >= 1")
+        _require(self.chunk_size >= 1, "quant.chunk_size", "an integer >= 1")
+
+
+@dataclass
 class RuntimeConfig:
     num_workers: int = 2
     use_gpu: bool = False
@@ -211,6 +231,7 @@ class Config:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     structure: StructureConfig = field(default_factory=StructureConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -188,12 +188,17 @@ def structure(cfg: Config, root: Path, ingest_dir: Path) -> Path:
 
 def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     """Item feature table (one parquet per shard) in <run>/encode/, skipping finished shards."""
-    from qbr_dist.encode.job import encode_shards
+    from qbr_dist.data.shards import INDEX
+    from qbr_dist.encode.job import SHARDS_DONE, encode_shards
     from qbr_dist.train.runtime import start_ray
 
     import ray.data
 
-    stage_dir = root / "encode"
+    key = artifacts.stage_key("encode", cfg.section_hash("encode"),
+                              {"shards": artifacts.file_fingerprint(shards_dir / INDEX)})
+    stage_dir, current = _stage("encode", root, key)
+    if current:
+        return stage_dir
     start_ray(cfg.runtime)
     context = ray.data.DataContext.get_current()
     bars, context.enable_progress_bars = context.enable_progress_bars, True  # the encode job shows its own
@@ -206,6 +211,58 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     log.info("encode: %d items (%d with an image), %d quarantined, %d shards already done, %.1f items/s",
              totals["items"], totals["with_image"], totals["quarantined"], totals["skipped_shards"],
              totals["items_per_s"])
+    outputs = [SHARDS_DONE] + [p.name for p in feature_files(stage_dir)]
+    outputs += [QUARANTINE] if (stage_dir / QUARANTINE).is_file() else []
+    rows = {"items": sum(e["rows"] for e in json.loads((stage_dir / SHARDS_DONE).read_text()).values())}
+    artifacts.write_manifest(stage_dir, key, outputs=outputs, rows=rows)
+    return stage_dir
+
+
+def feature_files(encode_dir: Path) -> list[Path]:
+    return sorted(encode_dir.glob("shard-*.parquet"))
+
+
+def quantize(cfg: Config, root: Path, encode_dir: Path) -> Path:
+    """Residual codebooks fitted by Ray Train workers together, then unique semantic IDs per item."""
+    import shutil
+
+    from qbr_dist.quant.codes import CODES, write_codes
+    from qbr_dist.quant.semantic_ids import assign_suffixes, collision_rate
+    from qbr_dist.quant.worker import CODEBOOKS, STATS, quantize_worker, rank_codes_file
+    from qbr_dist.train.runtime import TrainJob, fit, start_ray
+
+    key = artifacts.stage_key("quantize", cfg.section_hash("quant", seed=cfg.run.seed),
+                              {"encode": artifacts.manifest_fingerprint(encode_dir)})
+    stage_dir, current = _stage("quantize", root, key)
+    if current:
+        return stage_dir
+    parts = stage_dir / "parts"
+    shutil.rmtree(parts, ignore_errors=True)
+    start_ray(cfg.runtime)
+    loop_config = {"quant": cfg.quant.__dict__, "out_dir": str(parts.resolve()), "seed": cfg.run.seed,
+                   "files": [str(p.resolve()) for p in feature_files(encode_dir)]}
+    job = TrainJob(name=f"quantize-{key['config_hash']}", storage_path=stage_dir / "ray", loop=quantize_worker,
+                   loop_config=loop_config, datasets={})
+    result = fit(job, cfg.runtime)
+    if result.error is not None:
+        raise RuntimeError(f"quantize failed: {result.error}")
+    ranks = [pq.read_table(rank_codes_file(parts, r)) for r in range(cfg.runtime.num_workers)]
+    table = pa.concat_tables(ranks)
+    item_ids = table.column("item_id").to_pylist()
+    codes = np.asarray(table.column("codes").to_pylist(), dtype=np.int64).reshape(len(item_ids), cfg.quant.levels)
+    stats = json.loads((parts / STATS).read_text())
+    suffixes = assign_suffixes(np.asarray(item_ids, dtype=object), codes)
+    write_codes(stage_dir / CODES, item_ids, codes, suffixes, stats["codebook_version"])
+    for name in (CODEBOOKS, STATS):
+        (parts / name).replace(stage_dir / name)
+    shutil.rmtree(parts)
+    stats |= {"collision_rate": collision_rate(codes), "suffix_table_size": int(suffixes.max(initial=-1)) + 1}
+    artifacts.write_json(stage_dir / STATS, stats)
+    rows = {"items": len(item_ids), "codebook_version": stats["codebook_version"],
+            "collision_rate": stats["collision_rate"], "suffix_table_size": stats["suffix_table_size"]}
+    artifacts.write_manifest(stage_dir, key, outputs=[CODES, CODEBOOKS, STATS], rows=rows)
+    log.info("quantize: %d items, codebook %s, collision rate %.4f before suffixes, suffix table %d",
+             len(item_ids), stats["codebook_version"], stats["collision_rate"], stats["suffix_table_size"])
     return stage_dir
 
 

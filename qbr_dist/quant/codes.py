@@ -1,0 +1,49 @@
+"""The codes file: one row per item with its semantic ID and the codebook version it came from.
+
+`codes.parquet`: `item_id` (string), `codes` (list<int32>: the L level codes, then the
+disambiguation suffix), `codebook_version` (string). The file's metadata records the version
+and the suffix table size, so a reader can refuse codes made with another codebook.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from qbr_dist import artifacts
+from qbr_dist.quant.codebook import CodebookMismatch
+
+CODES = "codes.parquet"
+VERSION_KEY, SUFFIX_KEY = b"qbr.codebook_version", b"qbr.suffix_table_size"
+
+
+def write_codes(path: Path, item_ids: list[str], codes: np.ndarray, suffixes: np.ndarray, version: str) -> None:
+    full = np.concatenate([np.asarray(codes), np.asarray(suffixes)[:, None]], axis=1).astype(np.int32)
+    table = pa.table({
+        "item_id": pa.array(item_ids, pa.string()),
+        "codes": pa.array(list(full), pa.list_(pa.int32())),
+        "codebook_version": pa.array([version] * len(item_ids), pa.string()),
+    })
+    suffix_size = int(np.max(suffixes, initial=-1)) + 1
+    table = table.replace_schema_metadata({VERSION_KEY: version.encode(), SUFFIX_KEY: str(suffix_size).encode()})
+    with artifacts.atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def codes_version(path: Path) -> str:
+    metadata = pq.read_schema(path).metadata or {}
+    return metadata.get(VERSION_KEY, b"").decode()
+
+
+def read_codes(path: Path, *, expected_version: str | None = None) -> pa.Table:
+    """The codes table; refuses one whose codebook version differs from `expected_version`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: codes file not found")
+    version = codes_version(path)
+    if expected_version is not None and version != expected_version:
+        raise CodebookMismatch(f"{path}: codes made with codebook version {version or '(none)'}, but version "
+                               f"{expected_version} is in use; retokenize with that codebook first")
+    return pq.read_table(path)

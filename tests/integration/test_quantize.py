@@ -1,0 +1,106 @@
+"""The quantize stage on real Ray Train workers (gloo): 1 and 2 workers agree, IDs are unique,
+versions are enforced; and the cross-rank codebook check, on two real gloo processes, catches a
+rank whose codebook was tampered with."""
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from qbr_dist import artifacts, pipeline
+from qbr_dist.config import load_config
+from qbr_dist.quant.codebook import CodebookMismatch, load_codebooks, verify_identical
+from qbr_dist.quant.codes import CODES, read_codes
+from qbr_dist.quant.worker import CODEBOOKS, STATS
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def encode_dir(tmp_path_factory):
+    """An encode-stage artifact: 500 items in two files, clustered text vectors (3 x 4 planted blobs)."""
+    folder = tmp_path_factory.mktemp("encode")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(12, 8)) * 4
+    vectors = (centres[rng.integers(12, size=500)] + rng.normal(scale=0.2, size=(500, 8))).astype(np.float32)
+    for part, rows in enumerate((slice(0, 230), slice(230, 500))):
+        ids = [f"item{i}" for i in range(500)][rows]
+        pq.write_table(pa.table({
+            "item_id": ids,
+            "text_emb": pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].ravel()), 8),
+            "image_emb": pa.nulls(len(ids), pa.list_(pa.float32())), "has_image": [False] * len(ids),
+        }), folder / f"shard-{part:06d}.parquet")
+    artifacts.write_manifest(folder, {"stage": "encode"}, outputs=["shard-000000.parquet", "shard-000001.parquet"],
+                             rows={"items": 500})
+    return folder
+
+
+def run_quantize(tmp_path, encode_dir, workers: int):
+    cfg = load_config(None, [f"run.root='{tmp_path / f'w{workers}'}'", "run.name=q", "quant.levels=2",
+                             "quant.codebook_size=6", "quant.iterations=20", f"runtime.num_workers={workers}",
+                             "runtime.ray_num_cpus=2", "runtime.object_store_mb=256", "runtime.dashboard=false"])
+    return pipeline.quantize(cfg, pipeline.run_dir(cfg), encode_dir)
+
+
+def test_one_and_two_workers_give_the_same_codebooks_and_unique_ids(tmp_path, encode_dir, ray_cluster):
+    one, two = run_quantize(tmp_path, encode_dir, 1), run_quantize(tmp_path, encode_dir, 2)
+    (books_1, version_1), (books_2, _) = load_codebooks(one / CODEBOOKS), load_codebooks(two / CODEBOOKS)
+    assert torch.allclose(books_1, books_2, atol=1e-5)
+    codes_1, codes_2 = read_codes(one / CODES), read_codes(two / CODES, expected_version=None)
+    assert codes_1.column("item_id").to_pylist() == [f"item{i}" for i in range(500)]
+    assert codes_1.column("codes").to_pylist() == codes_2.column("codes").to_pylist()
+
+    full = codes_1.column("codes").to_pylist()
+    assert all(len(c) == 3 for c in full) and len({tuple(c) for c in full}) == 500  # 2 levels + suffix: unique
+    assert set(codes_1.column("codebook_version").to_pylist()) == {version_1}
+    with pytest.raises(CodebookMismatch, match="retokenize with that codebook first"):
+        read_codes(one / CODES, expected_version="f" * 16)
+
+    stats = artifacts.read_manifest(one)["rows"]
+    assert stats["items"] == 500 and 0 < stats["collision_rate"] <= 1 and stats["suffix_table_size"] >= 2
+    levels = __import__("json").loads((one / STATS).read_text())["levels"]
+    assert [lv["level"] for lv in levels] == [0, 1] and levels[0]["usage"] == 1.0
+    assert not (one / "parts").exists()
+
+    manifest = (one / artifacts.MANIFEST).read_text()
+    run_quantize(tmp_path, encode_dir, 1)
+    assert (one / artifacts.MANIFEST).read_text() == manifest  # current: skipped
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _check_codebooks(rank: int, port: int, tamper: bool, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        codebooks = torch.arange(24, dtype=torch.float32).view(2, 3, 4)
+        if tamper and rank == 1:
+            codebooks[1, 2, 3] += 1e-3
+        try:
+            verify_identical(codebooks, what="codebooks")
+            message = "ok"
+        except CodebookMismatch as err:
+            message = str(err)
+        with open(f"{out}/rank{rank}.txt", "w") as handle:
+            handle.write(message)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("tamper", [False, True], ids=["identical", "tampered"])
+def test_a_rank_with_a_different_codebook_is_an_error(tmp_path, tamper):
+    mp.start_processes(_check_codebooks, args=(_free_port(), tamper, str(tmp_path)), nprocs=2, start_method="spawn")
+    messages = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    if tamper:
+        assert all("codebooks differs between ranks (rank 0:" in m and "rank 1:" in m for m in messages)
+    else:
+        assert messages == ["ok", "ok"]
