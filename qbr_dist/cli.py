@@ -76,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_args(quantize)
 
+    retokenize = commands.add_parser(
+        "retokenize", help="give every item of a feature table its codes with the run's codebook",
+        description="Stream a feature table (default: the run's encode stage; any parquet file or folder with "
+                    "item_id and the quant.input column) through the fitted quantizer on Ray Data actors and "
+                    "write <run>/retokenize/codes.parquet. Suffixes of items already in the quantize stage's "
+                    "codes are kept; new items are appended.",
+    )
+    _config_args(retokenize)
+    retokenize.add_argument("--features", type=Path, help="parquet file or folder to retokenize (default: the run's "
+                                                           "encode stage output)")
+
     report = commands.add_parser("report", help="rewrite report.json/report.md of a finished run",
                                  description="Render the report of a run whose stages have finished.")
     _config_args(report)
@@ -107,6 +118,11 @@ def _dispatch(args) -> int:
     from qbr_dist import pipeline
     from qbr_dist.report import markdown, update_readme
 
+    if args.command == "retokenize":
+        root = pipeline.run_dir(cfg)
+        encode_dir = pipeline.encode(cfg, root, pipeline.shards(cfg, pipeline.ingest(cfg, root)))
+        print(pipeline.retokenize(cfg, root, args.features or encode_dir, pipeline.quantize(cfg, root, encode_dir)))
+        return 0
     if args.command in ("shards", "encode", "quantize"):
         root = pipeline.run_dir(cfg)
         done = pipeline.shards(cfg, pipeline.ingest(cfg, root))

@@ -117,8 +117,14 @@ class QuantConfig:
     iterations: int = 25  # Lloyd iterations per level (fewer once the inertia stops improving)
     sample_size: int = 65536  # vectors gathered from all workers for k-means++ seeding
     chunk_size: int = 65536  # vectors assigned at once: bounds memory per worker
+    retokenize_batch_size: int = 4096  # items per retokenizer actor call
+    retokenize_actors: int = 1
+    retokenize_cpus_per_actor: float = 0.5
 
     def check(self) -> None:
+        _require(self.retokenize_batch_size >= 1, "quant.retokenize_batch_size", "an integer >= 1")
+        _require(self.retokenize_actors >= 1, "quant.retokenize_actors", "an integer >= 1")
+        _require(self.retokenize_cpus_per_actor > 0, "quant.retokenize_cpus_per_actor", "a number > 0")
         _require(self.input in ("text_emb", "image_emb"), "quant.input", "'text_emb' or 'image_emb'")
         _require(self.mode in ("rkmeans",), "quant.mode", "'rkmeans'")
         _require(self.levels >= 1, "quant.levels", "an integer >= 1")

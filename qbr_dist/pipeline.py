@@ -266,6 +266,36 @@ def quantize(cfg: Config, root: Path, encode_dir: Path) -> Path:
     return stage_dir
 
 
+def retokenize(cfg: Config, root: Path, features: Path, quantize_dir: Path) -> Path:
+    """Codes for every row of a feature table (a parquet file or a folder of them) with the run's
+    codebook, suffixes kept from the quantize stage's codes; in <run>/retokenize/."""
+    from qbr_dist.quant.codebook import load_codebooks
+    from qbr_dist.quant.codes import CODES
+    from qbr_dist.quant.retokenize import retokenize as retokenize_job
+    from qbr_dist.quant.worker import CODEBOOKS
+    from qbr_dist.train.runtime import start_ray
+
+    files = sorted(features.glob("*.parquet")) if features.is_dir() else [features]
+    if not files or not all(f.is_file() for f in files):
+        raise FileNotFoundError(f"{features}: no parquet feature table to retokenize")
+    _, version = load_codebooks(quantize_dir / CODEBOOKS)
+    inputs = {"codebook": version, "features": {f.name: artifacts.file_fingerprint(f) for f in files}}
+    key = artifacts.stage_key("retokenize", cfg.section_hash("quant"), inputs)
+    stage_dir, current = _stage("retokenize", root, key)
+    if current:
+        return stage_dir
+    start_ray(cfg.runtime)
+    summary = retokenize_job(files, cfg.quant.input, quantize_dir / CODEBOOKS, stage_dir,
+                             previous=quantize_dir / CODES, batch_size=cfg.quant.retokenize_batch_size,
+                             actors=cfg.quant.retokenize_actors, cpus_per_actor=cfg.quant.retokenize_cpus_per_actor,
+                             chunk_size=cfg.quant.chunk_size)
+    artifacts.write_manifest(stage_dir, key, outputs=[CODES], rows=summary)
+    log.info("retokenize: %d items with codebook %s at %.0f items/s, collision rate %.4f, suffix table %d",
+             summary["items"], version, summary["items_per_s"], summary["collision_rate"],
+             summary["suffix_table_size"])
+    return stage_dir
+
+
 def _fetch_catalog_images(cfg: Config, catalog: Path, quarantine: Quarantine) -> None:
     from qbr_dist.data.images import fetch_images
 

@@ -104,3 +104,31 @@ def test_a_rank_with_a_different_codebook_is_an_error(tmp_path, tamper):
         assert all("codebooks differs between ranks (rank 0:" in m and "rank 1:" in m for m in messages)
     else:
         assert messages == ["ok", "ok"]
+
+
+def test_retokenize_reproduces_the_codes_and_only_appends_suffixes(tmp_path, encode_dir, ray_cluster):
+    quantized = run_quantize(tmp_path, encode_dir, 1)
+    cfg = load_config(None, [f"run.root='{tmp_path / 'w1'}'", "run.name=q", "quant.levels=2", "quant.codebook_size=6",
+                             "quant.iterations=20", "quant.retokenize_batch_size=64", "quant.retokenize_actors=2",
+                             "runtime.dashboard=false"])
+    root = pipeline.run_dir(cfg)
+    first = read_codes(pipeline.retokenize(cfg, root, encode_dir, quantized) / CODES)
+    original = read_codes(quantized / CODES)
+    assert sorted(first.to_pylist(), key=lambda r: r["item_id"]) == sorted(original.to_pylist(),
+                                                                          key=lambda r: r["item_id"])
+
+    # a grown catalog: copies of existing vectors under new ids, so they collide with old items
+    grown = tmp_path / "grown"
+    grown.mkdir()
+    for part in encode_dir.glob("shard-*.parquet"):
+        (grown / part.name).write_bytes(part.read_bytes())
+    copies = pq.read_table(encode_dir / "shard-000000.parquet").slice(0, 40)
+    copies = copies.set_column(0, "item_id", pa.array([f"new{i}" for i in range(40)]))
+    pq.write_table(copies, grown / "shard-000002.parquet")
+    again = read_codes(pipeline.retokenize(cfg, root, grown, quantized) / CODES)
+    before = {r["item_id"]: r["codes"] for r in original.to_pylist()}
+    after = {r["item_id"]: r["codes"] for r in again.to_pylist()}
+    assert len(after) == 540 and all(after[i] == c for i, c in before.items())  # old items: unchanged
+    assert len({tuple(c) for c in after.values()}) == 540  # still unique
+    assert all(after[f"new{i}"][:-1] == before[f"item{i}"][:-1] for i in range(40))
+    assert all(after[f"new{i}"][-1] > before[f"item{i}"][-1] for i in range(40))  # appended after the old ones

@@ -6,7 +6,7 @@ import pytest
 
 from qbr_dist.cli import build_parser, main
 
-SUBCOMMANDS = [["run"], ["data"], ["data", "fetch"], ["data", "synth"], ["shards"], ["shards", "write"], ["encode"], ["quantize"], ["report"], ["config"]]
+SUBCOMMANDS = [["run"], ["data"], ["data", "fetch"], ["data", "synth"], ["shards"], ["shards", "write"], ["encode"], ["quantize"], ["retokenize"], ["report"], ["config"]]
 
 
 def test_top_level_help_lists_every_command(capsys):
@@ -25,7 +25,7 @@ def test_every_subcommand_help_describes_its_arguments(words, capsys):
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert "usage: qbr " + " ".join(words) in out
-    if words[-1] in ("run", "write", "encode", "quantize", "report", "config"):
+    if words[-1] in ("run", "write", "encode", "quantize", "retokenize", "report", "config"):
         assert "--config" in out and "--set" in out and "SECTION.KEY=VALUE" in out
 
 
