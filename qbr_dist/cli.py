@@ -70,22 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     quantize = commands.add_parser(
         "quantize", help="fit residual codebooks and give every item a unique semantic ID",
-        description="Run ingest, shards and encode (each skipped when current), then fit the residual "
-                    "codebooks with distributed k-means in Ray Train workers and write "
+        description="Run ingest, shards, encode, structure and fusion (each skipped when current), then fit "
+                    "the residual codebooks with distributed k-means in Ray Train workers and write "
                     "<run>/quantize/codes.parquet, codebooks.safetensors and quant_stats.json.",
     )
     _config_args(quantize)
 
     retokenize = commands.add_parser(
         "retokenize", help="give every item of a feature table its codes with the run's codebook",
-        description="Stream a feature table (default: the run's encode stage; any parquet file or folder with "
-                    "item_id and the quant.input column) through the fitted quantizer on Ray Data actors and "
+        description="Stream a vector table (default: the run's fusion or encode stage, per quant.input; any "
+                    "parquet file or folder with item_id and the quant.input column) through the fitted "
+                    "quantizer on Ray Data actors and "
                     "write <run>/retokenize/codes.parquet. Suffixes of items already in the quantize stage's "
                     "codes are kept; new items are appended.",
     )
     _config_args(retokenize)
-    retokenize.add_argument("--features", type=Path, help="parquet file or folder to retokenize (default: the run's "
-                                                           "encode stage output)")
+    retokenize.add_argument("--features", type=Path,
+                            help="parquet file or folder to retokenize (default: the run's own vectors)")
 
     report = commands.add_parser("report", help="rewrite report.json/report.md of a finished run",
                                  description="Render the report of a run whose stages have finished.")
@@ -118,19 +119,19 @@ def _dispatch(args) -> int:
     from qbr_dist import pipeline
     from qbr_dist.report import markdown, update_readme
 
-    if args.command == "retokenize":
+    if args.command in ("quantize", "retokenize"):
         root = pipeline.run_dir(cfg)
-        encode_dir = pipeline.encode(cfg, root, pipeline.shards(cfg, pipeline.ingest(cfg, root)))
-        print(pipeline.retokenize(cfg, root, args.features or encode_dir, pipeline.quantize(cfg, root, encode_dir)))
+        dirs = pipeline.tokenize(cfg, root)
+        if args.command == "quantize":
+            print(dirs["quantize"])
+            return 0
+        vectors = dirs.get("fusion", dirs["encode"])
+        print(pipeline.retokenize(cfg, root, args.features or vectors, dirs["quantize"]))
         return 0
-    if args.command in ("shards", "encode", "quantize"):
+    if args.command in ("shards", "encode"):
         root = pipeline.run_dir(cfg)
         done = pipeline.shards(cfg, pipeline.ingest(cfg, root))
-        if args.command != "shards":
-            done = pipeline.encode(cfg, root, done)
-        if args.command == "quantize":
-            done = pipeline.quantize(cfg, root, done)
-        print(done)
+        print(pipeline.encode(cfg, root, done) if args.command == "encode" else done)
         return 0
     if args.command == "run":
         report = pipeline.run_pipeline(cfg)

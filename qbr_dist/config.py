@@ -109,8 +109,44 @@ class StructureConfig:
 
 
 @dataclass
+class FusionConfig:
+    dim: int = 64
+    layers: int = 2
+    temperature: float = 0.1  # initial modality-softmax temperature (learned)
+    gate_threshold: float = 0.5  # at inference an item stops at the first layer whose gate is below this
+    dropout: float = 0.1
+    contrastive_temperature: float = 0.1  # InfoNCE temperature
+    id_loss_weight: float = 1.0  # weight of the content head's ID-prediction loss
+    max_tokens: int = 16  # field tokens kept per item
+    batch_size: int = 512  # (anchor, neighbour) pairs per step, global
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    epochs: int = 10
+    shuffle_buffer: int = 20000
+    infer_batch: int = 4096  # items per forward pass when writing the fused vectors
+
+    def check(self) -> None:
+        _require(self.dim >= 2, "fusion.dim", "an integer >= 2")
+        _require(self.layers >= 1, "fusion.layers", "an integer >= 1")
+        _require(self.temperature > 0, "fusion.temperature", "a number > 0")
+        _require(0 <= self.gate_threshold < 1, "fusion.gate_threshold", "a number in [0, 1)")
+        _require(0 <= self.dropout < 1, "fusion.dropout", "a number in [0, 1)")
+        _require(self.contrastive_temperature > 0, "fusion.contrastive_temperature", "a number > 0")
+        _require(self.id_loss_weight >= 0, "fusion.id_loss_weight", "a number >= 0")
+        _require(self.max_tokens >= 1, "fusion.max_tokens", "an integer >= 1")
+        _require(self.batch_size >= 2, "fusion.batch_size", "an integer >= 2")
+        _require(self.lr > 0, "fusion.lr", "a number > 0")
+        _require(self.weight_decay >= 0, "fusion.weight_decay", "a number >= 0")
+        _require(self.warmup_steps >= 0, "fusion.warmup_steps", "an integer >= 0")
+        _require(self.epochs >= 1, "fusion.epochs", "an integer >= 1")
+        _require(self.shuffle_buffer >= 1, "fusion.shuffle_buffer", "an integer >= 1")
+        _require(self.infer_batch >= 1, "fusion.infer_batch", "an integer >= 1")
+
+
+@dataclass
 class QuantConfig:
-    input: str = "text_emb"  # the vectors to quantize: a column of the encode stage's tables
+    input: str = "fused"  # the vectors to quantize: "fused" (fusion stage), or "text_emb" / "image_emb" (encode)
     mode: str = "rkmeans"  # residual k-means
     levels: int = 3
     codebook_size: int = 256
@@ -125,7 +161,8 @@ class QuantConfig:
         _require(self.retokenize_batch_size >= 1, "quant.retokenize_batch_size", "an integer >= 1")
         _require(self.retokenize_actors >= 1, "quant.retokenize_actors", "an integer >= 1")
         _require(self.retokenize_cpus_per_actor > 0, "quant.retokenize_cpus_per_actor", "a number > 0")
-        _require(self.input in ("text_emb", "image_emb"), "quant.input", "'text_emb' or 'image_emb'")
+        _require(self.input in ("fused", "text_emb", "image_emb"), "quant.input",
+                 "'fused', 'text_emb' or 'image_emb'")
         _require(self.mode in ("rkmeans",), "quant.mode", "'rkmeans'")
         _require(self.levels >= 1, "quant.levels", "an integer >= 1")
         _require(self.codebook_size >= 2, "quant.codebook_size", "an integer >= 2")
@@ -237,6 +274,7 @@ class Config:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     structure: StructureConfig = field(default_factory=StructureConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -218,11 +218,81 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     return stage_dir
 
 
-def feature_files(encode_dir: Path) -> list[Path]:
-    return sorted(encode_dir.glob("shard-*.parquet"))
+def feature_files(stage_dir: Path) -> list[Path]:
+    """The parquet tables of a stage that writes one file per shard (encode) or per rank (fusion)."""
+    return sorted(stage_dir.glob("*.parquet"))
 
 
-def quantize(cfg: Config, root: Path, encode_dir: Path) -> Path:
+def tokenize(cfg: Config, root: Path) -> dict[str, Path]:
+    """ingest -> shards -> encode -> structure -> fusion (when quant.input = 'fused') -> quantize."""
+    dirs = {"ingest": ingest(cfg, root)}
+    dirs["encode"] = encode(cfg, root, shards(cfg, dirs["ingest"]))
+    dirs["structure"] = structure(cfg, root, dirs["ingest"])
+    vectors = dirs["encode"]
+    if cfg.quant.input == "fused":
+        vectors = dirs["fusion"] = fusion(cfg, root, dirs["ingest"], dirs["encode"], dirs["structure"])
+    dirs["quantize"] = quantize(cfg, root, vectors)
+    return dirs
+
+
+def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structure_dir: Path) -> Path:
+    """Fused item vectors, trained on Ray Train + DeepSpeed from the content and structure features."""
+    import ray.data
+
+    from qbr_dist.data.split import train_part
+    from qbr_dist.fusion import features
+    from qbr_dist.fusion.train_loop import STATS, adjacent_pairs, fusion_worker
+    from qbr_dist.train.runtime import TrainJob, fit, start_ray
+
+    config_hash = cfg.section_hash("fusion", seed=cfg.run.seed, precision=cfg.runtime.precision,
+                                   grad_clip=cfg.runtime.grad_clip)
+    inputs = {name: artifacts.manifest_fingerprint(folder)
+              for name, folder in (("ingest", ingest_dir), ("encode", encode_dir), ("structure", structure_dir))}
+    key = artifacts.stage_key("fusion", config_hash, inputs)
+    stage_dir, current = _stage("fusion", root, key)
+    if current:
+        return stage_dir
+    items = num_items(ingest_dir)
+    item_ids = pq.read_table(ingest_dir / ITEMS, columns=["item_id"]).column("item_id").to_pylist()
+    features.assemble(stage_dir / "features", item_ids=item_ids, encode_files=feature_files(encode_dir),
+                      structure_file=structure_dir / STRUCTURE, max_tokens=cfg.fusion.max_tokens)
+    seen = np.zeros(items + 1, dtype=bool)
+    for sequence in load_sequences(ingest_dir):
+        seen[train_part(sequence)] = True
+    np.save(stage_dir / "seen.npy", seen)
+    for stale in stage_dir.glob("fused-rank*.parquet"):
+        stale.unlink()
+    start_ray(cfg.runtime)
+    pairs = ray.data.read_parquet(str((ingest_dir / SEQUENCES).resolve())).map_batches(adjacent_pairs).materialize()
+    steps_per_epoch = pairs.count() // cfg.fusion.batch_size
+    if not steps_per_epoch:
+        raise ValueError(f"config key 'fusion.batch_size': {cfg.fusion.batch_size} exceeds the "
+                         f"{pairs.count()} (item, next item) pairs of the training sequences")
+    loop_config = {
+        "fusion": cfg.fusion.__dict__, "seed": cfg.run.seed, "num_items": items, "run_name": cfg.run.name,
+        "vocab_size": len(json.loads((structure_dir / STRUCTURE_VOCAB).read_text())),
+        "features_dir": str((stage_dir / "features").resolve()), "seen_file": str((stage_dir / "seen.npy").resolve()),
+        "items_file": str((ingest_dir / ITEMS).resolve()), "out_dir": str(stage_dir.resolve()),
+        "steps_per_epoch": steps_per_epoch,
+    }
+    started = time.perf_counter()
+    job = TrainJob(name=f"fusion-{config_hash}", storage_path=stage_dir / "ray", loop=fusion_worker,
+                   loop_config=loop_config, datasets={"pairs": pairs})
+    result = fit(job, cfg.runtime)
+    if result.error is not None:
+        raise RuntimeError(f"fusion training failed: {result.error}")
+    stats = json.loads((stage_dir / STATS).read_text()) | {"train_wall_s": round(time.perf_counter() - started, 1)}
+    artifacts.write_json(stage_dir / STATS, stats)
+    outputs = [STATS] + [p.name for p in feature_files(stage_dir)]
+    artifacts.write_manifest(stage_dir, key, outputs=outputs, rows={
+        "items": stats["items"], "cold_items": stats["cold_items"], "mean_depth": stats["mean_depth"],
+        "steps": stats["steps"]})
+    log.info("fusion: %d items (%d without a trained ID vector), mean depth %.2f, modality weights %s",
+             stats["items"], stats["cold_items"], stats["mean_depth"], stats["modality_weights"])
+    return stage_dir
+
+
+def quantize(cfg: Config, root: Path, vectors_dir: Path) -> Path:
     """Residual codebooks fitted by Ray Train workers together, then unique semantic IDs per item."""
     import shutil
 
@@ -232,7 +302,7 @@ def quantize(cfg: Config, root: Path, encode_dir: Path) -> Path:
     from qbr_dist.train.runtime import TrainJob, fit, start_ray
 
     key = artifacts.stage_key("quantize", cfg.section_hash("quant", seed=cfg.run.seed),
-                              {"encode": artifacts.manifest_fingerprint(encode_dir)})
+                              {"vectors": artifacts.manifest_fingerprint(vectors_dir)})
     stage_dir, current = _stage("quantize", root, key)
     if current:
         return stage_dir
@@ -240,7 +310,7 @@ def quantize(cfg: Config, root: Path, encode_dir: Path) -> Path:
     shutil.rmtree(parts, ignore_errors=True)
     start_ray(cfg.runtime)
     loop_config = {"quant": cfg.quant.__dict__, "out_dir": str(parts.resolve()), "seed": cfg.run.seed,
-                   "files": [str(p.resolve()) for p in feature_files(encode_dir)]}
+                   "files": [str(p.resolve()) for p in feature_files(vectors_dir)]}
     job = TrainJob(name=f"quantize-{key['config_hash']}", storage_path=stage_dir / "ray", loop=quantize_worker,
                    loop_config=loop_config, datasets={})
     result = fit(job, cfg.runtime)

@@ -149,15 +149,8 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
 
 
 def learning_rate(cfg: TrainConfig, phase: Phase, phase_step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up, then constant or linear decay to 0 at the end of the phase's epoch budget.
-
-    A pure function of the step: a resumed run needs no scheduler state to continue exactly.
-    """
-    warm = min(1.0, (phase_step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    if cfg.lr_schedule == "constant":
-        return phase.lr * warm
-    total = max(phase.epochs * steps_per_epoch, 1)
-    return phase.lr * warm * max(0.0, 1.0 - phase_step / total)
+    return rt.scheduled_lr(phase.lr, phase_step, total_steps=phase.epochs * steps_per_epoch,
+                           warmup_steps=cfg.warmup_steps, schedule=cfg.lr_schedule)
 
 
 def _mask(seq: torch.Tensor, phase: str, cfg: TrainConfig, mask_token: int, generator: torch.Generator):

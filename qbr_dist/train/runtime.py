@@ -121,6 +121,17 @@ def init_engine(model: torch.nn.Module, *, runtime: RuntimeConfig, micro_batch: 
     return engine
 
 
+def scheduled_lr(base_lr: float, step: int, *, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Linear warm-up, then constant or linear decay to 0 at `total_steps`.
+
+    A pure function of the step: a resumed run needs no scheduler state to continue exactly.
+    """
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    if schedule == "constant":
+        return base_lr * warm
+    return base_lr * warm * max(0.0, 1.0 - step / max(total_steps, 1))
+
+
 def set_lr(engine, lr: float) -> None:
     for group in engine.optimizer.param_groups:
         group["lr"] = lr

@@ -43,7 +43,8 @@ def encode_dir(tmp_path_factory):
 
 def run_quantize(tmp_path, encode_dir, workers: int):
     cfg = load_config(None, [f"run.root='{tmp_path / f'w{workers}'}'", "run.name=q", "quant.levels=2",
-                             "quant.codebook_size=6", "quant.iterations=20", f"runtime.num_workers={workers}",
+                             "quant.input=text_emb", "quant.codebook_size=6", "quant.iterations=20",
+                             f"runtime.num_workers={workers}",
                              "runtime.ray_num_cpus=2", "runtime.object_store_mb=256", "runtime.dashboard=false"])
     return pipeline.quantize(cfg, pipeline.run_dir(cfg), encode_dir)
 
@@ -109,7 +110,7 @@ def test_a_rank_with_a_different_codebook_is_an_error(tmp_path, tamper):
 def test_retokenize_reproduces_the_codes_and_only_appends_suffixes(tmp_path, encode_dir, ray_cluster):
     quantized = run_quantize(tmp_path, encode_dir, 1)
     cfg = load_config(None, [f"run.root='{tmp_path / 'w1'}'", "run.name=q", "quant.levels=2", "quant.codebook_size=6",
-                             "quant.iterations=20", "quant.retokenize_batch_size=64", "quant.retokenize_actors=2",
+                             "quant.input=text_emb", "quant.iterations=20", "quant.retokenize_batch_size=64", "quant.retokenize_actors=2",
                              "runtime.dashboard=false"])
     root = pipeline.run_dir(cfg)
     first = read_codes(pipeline.retokenize(cfg, root, encode_dir, quantized) / CODES)

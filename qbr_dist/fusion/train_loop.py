@@ -1,0 +1,203 @@
+"""Fusion training loop, run by every Ray Train worker, then the fused vector of every item.
+
+Batches are (anchor, neighbour) pairs of items next to each other in training sequences; every
+worker streams the same ordered pairs and keeps its slice of each global batch (as the BERT4Rec
+loop does), with in-batch negatives on each rank. The loop state in a checkpoint is all a
+restart needs. After training each rank writes the fused vectors of its contiguous slice of the
+catalog; items never seen in training take their query from the content head.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray.train
+import torch
+
+from qbr_dist import artifacts
+from qbr_dist.config import FusionConfig
+from qbr_dist.fusion import features
+from qbr_dist.fusion.loss import fusion_loss
+from qbr_dist.fusion.model import MODALITIES, CrossModalFusion
+from qbr_dist.obs.metrics import TrainMeter
+from qbr_dist.train import collective
+from qbr_dist.train import runtime as rt
+
+log = logging.getLogger("qbr.fusion")
+STATS = "fusion_stats.json"
+
+
+def fused_part(folder: Path, rank: int) -> Path:
+    return Path(folder) / f"fused-rank{rank:04d}.parquet"
+
+
+def adjacent_pairs(batch: dict, *, window: int = 1) -> dict:
+    """(anchor, neighbour) for items at most `window` apart in each training part (validation and
+    test targets excluded); Ray Data map_batches function over the sequences table."""
+    anchors, neighbours = [], []
+    for items in batch["items"]:
+        train = np.asarray(items, dtype=np.int64)[:-2]
+        for offset in range(1, window + 1):
+            anchors.append(train[:-offset])
+            neighbours.append(train[offset:])
+    empty = np.zeros(0, dtype=np.int64)
+    return {"anchor": np.concatenate(anchors) if anchors else empty,
+            "neighbour": np.concatenate(neighbours) if neighbours else empty}
+
+
+@dataclass
+class FusionState:
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    curve: list = field(default_factory=list)  # per epoch: mean loss and its parts
+    resumed_at: list = field(default_factory=list)
+    done: bool = False
+
+
+def build_model(cfg: FusionConfig, arrays: dict, num_items: int, vocab_size: int) -> CrossModalFusion:
+    dims = {name: arrays[name].shape[1] for name in ("text", "image", "cooc")}
+    return CrossModalFusion(num_items=num_items, input_dims=dims, vocab_size=vocab_size, dim=cfg.dim,
+                            layers=cfg.layers, temperature=cfg.temperature, gate_threshold=cfg.gate_threshold,
+                            dropout=cfg.dropout)
+
+
+def tensors(arrays: dict, items: torch.Tensor) -> dict[str, torch.Tensor]:
+    rows = features.batch_features(arrays, items.numpy())
+    out = {name: torch.from_numpy(rows[name]) for name in ("text", "image", "cooc")}
+    out |= {f"{name}_present": torch.from_numpy(rows[f"{name}_present"]) for name in ("text", "image", "cooc")}
+    out["tokens"] = torch.from_numpy(rows["tokens"]).long()
+    return out
+
+
+def fusion_worker(loop_config: dict) -> None:
+    runtime = rt.worker_runtime(loop_config)
+    rt.prepare_worker(runtime)
+    cfg = FusionConfig(**loop_config["fusion"])
+    seed, num_items = loop_config["seed"], loop_config["num_items"]
+    rank, world = collective.rank(), collective.world_size()
+    arrays = features.load(Path(loop_config["features_dir"]))
+    torch.manual_seed(seed)
+    model = build_model(cfg, arrays, num_items, loop_config["vocab_size"])
+    engine = rt.init_engine(model, runtime=runtime, micro_batch=max(cfg.batch_size // world, 1), lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    restored = rt.restore_checkpoint(engine)
+    state = FusionState(**restored) if restored else FusionState()
+    if restored:
+        state.resumed_at.append(state.step)
+        log.info("fusion resumed from the checkpoint at step %d (epoch %d, batch %d)", state.step, state.epoch,
+                 state.batch)
+    meter = TrainMeter(stage="fusion", rank=rank, run=loop_config["run_name"])
+    pairs = ray.train.get_dataset_shard("pairs")
+    while state.epoch < cfg.epochs and not state.done:
+        _train_epoch(engine, arrays, pairs, state, cfg, runtime, meter, seed=seed, rank=rank, world=world,
+                     steps_per_epoch=loop_config["steps_per_epoch"])
+        state.epoch, state.batch = state.epoch + 1, 0
+        meter.epoch.set(state.epoch)
+    out = Path(loop_config["out_dir"])
+    stats = write_fused(model, arrays, loop_config, out, rank=rank, world=world)
+    state.done = True
+    if rank == 0:
+        artifacts.write_json(out / STATS, stats | {"curve": state.curve, "resumed_at": state.resumed_at,
+                                                   "steps": state.step})
+    rt.save_checkpoint(engine, {"done": True, "step": state.step}, asdict(state))
+    rt.finish_worker()
+
+
+def _train_epoch(engine, arrays, pairs, state: FusionState, cfg: FusionConfig, runtime, meter, *, seed: int,
+                 rank: int, world: int, steps_per_epoch: int) -> None:
+    batches = pairs.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True, dtypes=torch.long,
+                                       local_shuffle_buffer_size=cfg.shuffle_buffer,
+                                       local_shuffle_seed=seed * 1_000_003 + state.epoch)
+    totals: dict[str, float] = {}
+    steps = 0
+    for index, batch in enumerate(batches):
+        if index < state.batch:
+            continue  # resumed mid-epoch: trained before the checkpoint
+        started = time.perf_counter()
+        lr = rt.scheduled_lr(cfg.lr, state.epoch * steps_per_epoch + index, total_steps=cfg.epochs * steps_per_epoch,
+                             warmup_steps=cfg.warmup_steps, schedule="linear")
+        rt.set_lr(engine, lr)
+        anchors, neighbours = (rt.my_slice(batch[name], rank, world) for name in ("anchor", "neighbour"))
+        items = torch.cat([anchors, neighbours])
+        torch.manual_seed(hash((seed, state.epoch, index, rank)) & (2**62))  # dropout
+        out = engine(items, tensors(arrays, items))
+        half = len(anchors)
+        anchor = {k: v[:half] for k, v in out.items() if k in ("fused", "views", "present", "id", "predicted_id")}
+        neighbour = {"fused": out["fused"][half:]}
+        loss, parts = fusion_loss(anchor, neighbour, temperature=cfg.contrastive_temperature,
+                                  id_weight=cfg.id_loss_weight)
+        engine.backward(loss)
+        engine.step()
+        state.batch, state.step = index + 1, state.step + 1
+        for name, value in {"loss": float(loss), **parts}.items():
+            totals[name] = totals.get(name, 0.0) + value
+        steps += 1
+        meter.step(loss=float(loss), samples=len(items), seconds=time.perf_counter() - started, lr=lr,
+                   grad_norm=engine.get_global_grad_norm())
+        if state.step % runtime.checkpoint_every == 0:
+            rt.save_checkpoint(engine, {"step": state.step, "loss": float(loss), "done": False}, asdict(state))
+    names = sorted(totals)
+    summed = rt.all_reduce_sum([totals[n] for n in names] + [steps])
+    means = {n: round(v / max(summed[-1], 1), 5) for n, v in zip(names, summed[:-1])}
+    state.curve.append({"epoch": state.epoch + 1, **means})
+    if rank == 0:
+        log.info("fusion epoch %d: %s", state.epoch + 1, means)
+
+
+@torch.no_grad()
+def write_fused(model: CrossModalFusion, arrays: dict, loop_config: dict, out: Path, *, rank: int, world: int) -> dict:
+    """This rank's slice of the catalog through the fusion model; returns the global statistics."""
+    cfg = FusionConfig(**loop_config["fusion"])
+    num_items = loop_config["num_items"]
+    seen = np.load(loop_config["seen_file"])
+    item_ids = pq.read_table(loop_config["items_file"], columns=["item_id"]).column("item_id")
+    share = -(-num_items // world)
+    first, last = 1 + rank * share, min(1 + (rank + 1) * share, num_items + 1)
+    layers, modalities = cfg.layers, len(MODALITIES)
+    weight_sums, present_counts = torch.zeros(layers, modalities, dtype=torch.float64), torch.zeros(modalities, dtype=torch.float64)
+    gate_sums, depth_counts = torch.zeros(layers, dtype=torch.float64), torch.zeros(layers + 1, dtype=torch.float64)
+    fused, depths = [], []
+    model.eval()
+    with rt.full_parameters(list(model.parameters())):
+        for start in range(0, share, cfg.infer_batch):  # the same number of passes on every rank
+            items = torch.arange(first + start, min(first + start + cfg.infer_batch, last), dtype=torch.long)
+            placeholder = not len(items)
+            if placeholder:  # this rank's slice is done: still take part, with one item, and count nothing
+                items = torch.ones(1, dtype=torch.long)
+            result = model(items, tensors(arrays, items), use_id=torch.from_numpy(seen[items.numpy()]))
+            if placeholder:
+                continue
+            present = result["present"].double()
+            weight_sums += (result["weights"].double() * present.unsqueeze(1)).sum(0)
+            present_counts += present.sum(0)
+            gate_sums += result["gates"].double().sum(0)
+            depth_counts += torch.bincount(result["depth"], minlength=layers + 1).double()
+            fused.append(result["fused"].float().numpy())
+            depths.append(result["depth"].numpy())
+    vectors = np.concatenate(fused) if fused else np.zeros((0, cfg.dim), np.float32)
+    table = pa.table({
+        "item_id": item_ids.slice(first - 1, max(last - first, 0)),
+        "fused": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), cfg.dim),
+        "depth": pa.array(np.concatenate(depths) if depths else np.zeros(0, np.int64), pa.int8()),
+        "cold": pa.array(~seen[first:last]),
+    })
+    with artifacts.atomic_path(fused_part(out, rank)) as tmp:
+        pq.write_table(table, tmp)
+    for tensor in (weight_sums, present_counts, gate_sums, depth_counts):
+        collective.all_reduce_sum_(tensor)
+    items = float(depth_counts.sum())
+    return {
+        "modality_weights": [{name: round(float(weight_sums[layer, m] / present_counts[m].clamp_min(1)), 4)
+                              for m, name in enumerate(MODALITIES)} for layer in range(layers)],
+        "modality_presence": {name: int(present_counts[m]) for m, name in enumerate(MODALITIES)},
+        "mean_gate": [round(float(g / max(items, 1)), 4) for g in gate_sums],
+        "mean_depth": round(float((depth_counts * torch.arange(layers + 1)).sum() / max(items, 1)), 4),
+        "depth_histogram": [int(c) for c in depth_counts], "items": int(items),
+        "cold_items": int((~seen[1:]).sum()),
+    }
