@@ -23,7 +23,7 @@ class FusionLayer(nn.Module):
         super().__init__()
         self.query, self.key, self.value = (nn.Linear(dim, dim, bias=False) for _ in range(3))
         self.out = nn.Linear(dim, dim)
-        self.log_temperature = nn.Parameter(torch.tensor(float(temperature)).log())
+        self.log_temperature = nn.Parameter(torch.tensor([float(temperature)]).log())  # 1-d: DeepSpeed broadcasts bytes
         self.gate = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))
         nn.init.constant_(self.gate[-1].bias, 2.0)  # open (about 0.88) at the start; training may close it
         self.norm = nn.LayerNorm(dim)

@@ -1,0 +1,60 @@
+"""The whole semantic tokenizer on a small synthetic catalog, as `qbr quantize` runs it:
+ingest -> prebuilt shards -> encode (MiniLM + a tiny random ViT, on purpose) -> structure ->
+fusion (2 Ray Train workers, DeepSpeed ZeRO-2) -> distributed residual k-means -> unique IDs."""
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from qbr_dist import artifacts, pipeline
+from qbr_dist.config import load_config
+from qbr_dist.data import synth
+from qbr_dist.fusion.model import MODALITIES
+from qbr_dist.fusion.train_loop import STATS as FUSION_STATS
+from qbr_dist.quant.codes import CODES, read_codes
+from qbr_dist.quant.worker import CODEBOOKS, STATS as QUANT_STATS
+
+from .test_content_pipeline import TINY_VIT
+
+pytestmark = pytest.mark.integration
+
+
+def test_tokenizer_end_to_end(tmp_path, ray_cluster):
+    out = tmp_path / "synth"
+    synth.synthesize(synth.SynthSpec(items=240, users=160, mean_length=8), out)
+    cfg = load_config(None, [
+        f"run.root='{tmp_path / 'runs'}'", "run.name=tok", "data.dataset=files",
+        f"data.interactions='{out / synth.INTERACTIONS}'", f"data.catalog='{out / synth.CATALOG}'",
+        "data.text_fields=['title', 'description']", f"shards.prebuilt_dir='{out / synth.SHARDS}'",
+        "encode.image_model=qbr-tiny-vit", f"encode.image_model_config='{TINY_VIT}'",
+        "encode.image_random_init=true", "structure.fields=['category', 'brand']", "structure.dim=8",
+        "fusion.dim=16", "fusion.epochs=2", "fusion.batch_size=64", "fusion.warmup_steps=2",
+        "quant.levels=2", "quant.codebook_size=8", "quant.iterations=10",
+        "runtime.num_workers=2", "runtime.checkpoint_every=1000", "runtime.ray_num_cpus=2",
+        "runtime.object_store_mb=256", "runtime.dashboard=false",
+    ])
+    dirs = pipeline.tokenize(cfg, pipeline.run_dir(cfg))
+
+    stats = json.loads((dirs["fusion"] / FUSION_STATS).read_text())
+    assert stats["items"] == 240 and len(stats["modality_weights"]) == 2
+    assert set(stats["modality_weights"][0]) == set(MODALITIES)
+    for layer in stats["modality_weights"]:  # mean weight over the items that have the modality
+        assert all(0 < weight < 1 for weight in layer.values())
+    assert stats["modality_presence"]["image"] == 240 and len(stats["curve"]) == 2
+    assert sum(stats["depth_histogram"]) == 240 and 0 <= stats["mean_depth"] <= 2
+
+    fused = pq.read_table(dirs["fusion"] / "fused-rank0000.parquet")
+    assert fused.schema.field("fused").type.list_size == 16
+    assert sum(pq.read_metadata(p).num_rows for p in pipeline.feature_files(dirs["fusion"])) == 240
+
+    codes = read_codes(dirs["quantize"] / CODES)
+    assert codes.num_rows == 240 and len({tuple(c) for c in codes.column("codes").to_pylist()}) == 240
+    quant = json.loads((dirs["quantize"] / QUANT_STATS).read_text())
+    assert [lv["level"] for lv in quant["levels"]] == [0, 1] and 0 <= quant["collision_rate"] <= 1
+    assert (dirs["quantize"] / CODEBOOKS).is_file()
+
+    manifests = {name: (d / artifacts.MANIFEST).read_text() for name, d in dirs.items()}
+    again = pipeline.tokenize(cfg, pipeline.run_dir(cfg))
+    assert {name: (d / artifacts.MANIFEST).read_text() for name, d in again.items()} == manifests
