@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,8 @@ IMAGE_MODEL = "ViT-S-32-alt"  # the smallest fast built-in open_clip ViT
 
 
 def synthesize(items: int, users: int, out: Path) -> dict:
-    """`qbr data synth` in its own process, with the peak RSS that process reports for itself."""
+    """`qbr data synth` in its own process; peak RSS as the process reports it, and as the kernel
+    saw it for the largest child so far (run this first, before Ray starts child processes)."""
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "qbr_dist.cli", "data", "synth", "--items", str(items),
@@ -52,6 +54,7 @@ def synthesize(items: int, users: int, out: Path) -> dict:
         "items": items, "users": users, "interactions": summary["interactions"],
         "shard_bytes": summary["shard_bytes"], "seconds": round(time.perf_counter() - started, 1),
         "peak_rss_mb": summary["peak_rss_mb"],
+        "peak_rss_mb_kernel": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
     }
 
 
@@ -111,12 +114,13 @@ def main() -> None:
 
     cfg = load_config(None, [f"encode.image_model={IMAGE_MODEL}", "encode.image_random_init=true",
                              "encode.batch_size=64", f"encode.actors={args.actors}"]).encode
-    catalog = WORK / f"synth-{items}"
-    made = synthesize(items, max(items // 2, 10), catalog)
-    ray_data = ray_data_job(catalog / SHARDS, WORK / "encoded", cfg)
-    plain = plain_loop(catalog / SHARDS, cfg, input_size(IMAGE_MODEL))
     memory = synthesize(synth_items, synth_items, WORK / "synth-memory")
     shutil.rmtree(WORK / "synth-memory", ignore_errors=True)
+    catalog = WORK / f"synth-{items}"
+    made = synthesize(items, max(items // 2, 10), catalog)
+    made.pop("peak_rss_mb_kernel")  # the largest child so far: the memory run's, not this one's
+    ray_data = ray_data_job(catalog / SHARDS, WORK / "encoded", cfg)
+    plain = plain_loop(catalog / SHARDS, cfg, input_size(IMAGE_MODEL))
     result = {
         "benchmark": "encode_pipeline", "quick": args.quick,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -125,7 +129,8 @@ def main() -> None:
         "ray_data": ray_data | {"actors": cfg.actors, "cpus_per_actor": cfg.cpus_per_actor},
         "plain_loop": plain,
         "ratio_ray_data_over_plain": round(ray_data["items_per_s"] / plain["items_per_s"], 3),
-        "synth_memory": memory | {"bound_mb": 2048, "within_bound": memory["peak_rss_mb"] < 2048},
+        "synth_memory": memory | {"bound_mb": 2048,
+                                  "within_bound": max(memory["peak_rss_mb"], memory["peak_rss_mb_kernel"]) < 2048},
     }
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / ("encode-quick.json" if args.quick else "encode.json")

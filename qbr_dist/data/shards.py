@@ -81,6 +81,9 @@ class ShardSet:
 
     def write(self, sample: dict) -> None:
         self._writer.write(sample)
+        # tarfile keeps a header object per file written; a writer never reads them back, and
+        # over a 1 GB shard of small images they would hold about 1 GB of memory.
+        self._writer.tarstream.tarstream.members.clear()
         self._counts[self._writer.fname] = self._counts.get(self._writer.fname, 0) + 1
         self.items += 1
         self.with_image += "jpg" in sample
