@@ -25,6 +25,7 @@ class RunConfig:
     root: str = "runs"  # run directory is <root>/<name>
     seed: int = 0
     cache_dir: str = ".cache/data"
+    tokenize: bool = True  # `qbr run` also runs shards -> encode -> structure -> fusion -> quantize
 
     def check(self) -> None:
         _require(bool(self.name) and "/" not in self.name, "run.name", "a non-empty name without '/'")

@@ -1,7 +1,8 @@
 """`qbr run`: the stages of a run, each skipped when its manifest matches.
 
-ingest -> structure -> popularity -> bert4rec -> report; `qbr shards write` and `qbr encode` run
-shards -> encode. Stages meet only at files in the run directory.
+ingest -> shards -> encode -> structure -> fusion -> quantize (the tokenizer, unless
+run.tokenize = false) -> popularity -> bert4rec -> report. Stages meet only at files in the run
+directory.
 """
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ def run_pipeline(cfg: Config) -> dict:
     """Every stage in order; returns the report."""
     root = run_dir(cfg)
     ingest_dir = ingest(cfg, root)
-    structure(cfg, root, ingest_dir)
+    tokenizer = tokenize(cfg, root) if cfg.run.tokenize else {}
     model_dirs = {"popularity": popularity(cfg, root, ingest_dir), "bert4rec": bert4rec(cfg, root, ingest_dir)}
-    return write_report(cfg, root, model_dirs, ingest_dir)
+    return write_report(cfg, root, model_dirs, ingest_dir, tokenizer_dirs(tokenizer))
 
 
 def report_only(cfg: Config) -> dict:
@@ -51,7 +52,14 @@ def report_only(cfg: Config) -> dict:
     missing = [name for name in ("ingest", *MODEL_STAGES) if artifacts.read_manifest(root / name) is None]
     if missing:
         raise FileNotFoundError(f"{root}: stage(s) {', '.join(missing)} not finished; run `qbr run` first")
-    return write_report(cfg, root, {name: root / name for name in MODEL_STAGES}, root / "ingest")
+    finished = {name: root / name for name in ("fusion", "quantize") if artifacts.read_manifest(root / name)}
+    return write_report(cfg, root, {name: root / name for name in MODEL_STAGES}, root / "ingest",
+                        tokenizer_dirs(finished))
+
+
+def tokenizer_dirs(dirs: dict[str, Path]) -> dict[str, Path]:
+    """The tokenizer stages the report shows."""
+    return {name: dirs[name] for name in ("fusion", "quantize") if name in dirs}
 
 
 def _stage(name: str, root: Path, key: dict) -> tuple[Path, bool]:
@@ -240,8 +248,8 @@ def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structur
     import ray.data
 
     from qbr_dist.data.split import train_part
-    from qbr_dist.fusion import features
-    from qbr_dist.fusion.train_loop import STATS, adjacent_pairs, fusion_worker
+    from qbr_dist.fusion import STATS, features
+    from qbr_dist.fusion.train_loop import adjacent_pairs, fusion_worker
     from qbr_dist.train.runtime import TrainJob, fit, start_ray
 
     config_hash = cfg.section_hash("fusion", seed=cfg.run.seed, precision=cfg.runtime.precision,
@@ -296,9 +304,10 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path) -> Path:
     """Residual codebooks fitted by Ray Train workers together, then unique semantic IDs per item."""
     import shutil
 
-    from qbr_dist.quant.codes import CODES, write_codes
+    from qbr_dist.quant import CODEBOOKS, CODES, STATS
+    from qbr_dist.quant.codes import write_codes
     from qbr_dist.quant.semantic_ids import assign_suffixes, collision_rate
-    from qbr_dist.quant.worker import CODEBOOKS, STATS, quantize_worker, rank_codes_file
+    from qbr_dist.quant.worker import quantize_worker, rank_codes_file
     from qbr_dist.train.runtime import TrainJob, fit, start_ray
 
     key = artifacts.stage_key("quantize", cfg.section_hash("quant", seed=cfg.run.seed),
@@ -339,10 +348,9 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path) -> Path:
 def retokenize(cfg: Config, root: Path, features: Path, quantize_dir: Path) -> Path:
     """Codes for every row of a feature table (a parquet file or a folder of them) with the run's
     codebook, suffixes kept from the quantize stage's codes; in <run>/retokenize/."""
+    from qbr_dist.quant import CODEBOOKS, CODES
     from qbr_dist.quant.codebook import load_codebooks
-    from qbr_dist.quant.codes import CODES
     from qbr_dist.quant.retokenize import retokenize as retokenize_job
-    from qbr_dist.quant.worker import CODEBOOKS
     from qbr_dist.train.runtime import start_ray
 
     files = sorted(features.glob("*.parquet")) if features.is_dir() else [features]

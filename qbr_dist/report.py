@@ -7,12 +7,15 @@ from pathlib import Path
 
 from qbr_dist import artifacts
 from qbr_dist.config import Config
+from qbr_dist.fusion import STATS as FUSION_STATS
+from qbr_dist.quant import STATS as QUANT_STATS
 from qbr_dist.seqrec.metrics import METRIC_NAMES
 
 README_START, README_END = "<!-- qbr:results:start -->", "<!-- qbr:results:end -->"
 
 
-def write_report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_dir: Path) -> dict:
+def write_report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_dir: Path,
+                 tokenizer_dirs: dict[str, Path]) -> dict:
     models = {name: json.loads((folder / "metrics.json").read_text()) for name, folder in model_dirs.items()}
     report = {
         "dataset": cfg.data.dataset,
@@ -22,6 +25,7 @@ def write_report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_di
             name: {key: m.get(key) for key in ("valid", "test", "train_wall_s", "epochs", "steps", "best") if key in m}
             for name, m in models.items()
         },
+        "tokenizer": tokenizer_summary(tokenizer_dirs),
         "config": cfg.to_dict(),
     }
     artifacts.write_json(root / "report.json", report)
@@ -30,7 +34,21 @@ def write_report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_di
     curves = {name: m["curve"] for name, m in models.items() if m.get("curve")}
     if curves:
         plot_curves(curves, root / "training_curves.png")
+    if "quantize" in report["tokenizer"]:
+        plot_code_usage(report["tokenizer"]["quantize"]["levels"], root / "codebook_usage.png")
     return report
+
+
+def tokenizer_summary(dirs: dict[str, Path]) -> dict:
+    """What the report shows of the fusion and quantize stages (their stats files, curves left out)."""
+    summary = {}
+    if "fusion" in dirs:
+        fusion = json.loads((dirs["fusion"] / FUSION_STATS).read_text())
+        summary["fusion"] = {k: fusion[k] for k in ("modality_weights", "modality_presence", "mean_gate",
+                                                    "mean_depth", "items", "cold_items", "steps")}
+    if "quantize" in dirs:
+        summary["quantize"] = json.loads((dirs["quantize"] / QUANT_STATS).read_text())
+    return summary
 
 
 def markdown(report: dict) -> str:
@@ -47,7 +65,34 @@ def markdown(report: dict) -> str:
         cells = [f"{m['test'][k]:.4f}" for k in METRIC_NAMES]
         cells += [f"{m['valid']['NDCG@10']:.4f}", str(m.get("epochs", 0)), f"{m.get('train_wall_s', 0):.0f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + tokenizer_markdown(report.get("tokenizer", {}))) + "\n"
+
+
+def tokenizer_markdown(tokenizer: dict) -> list[str]:
+    lines = []
+    if "quantize" in tokenizer:
+        q = tokenizer["quantize"]
+        size = len(q["levels"][0]["counts"])
+        lines += [
+            "", f"Semantic IDs: codebook `{q['codebook_version']}`, {len(q['levels'])} levels x {size} codes over "
+            f"{q['items']:,} items; collision rate before the suffix {q['collision_rate']:.4f}, suffix table "
+            f"{q['suffix_table_size']}, relative reconstruction error {q['reconstruction_error']:.4f}.",
+            "", "| level | codes used | perplexity | dead codes |", "|---|---|---|---|",
+        ]
+        lines += [f"| {lv['level']} | {lv['usage']:.1%} | {lv['perplexity']:.1f} | {lv['dead_codes']} |"
+                  for lv in q["levels"]]
+    if "fusion" in tokenizer:
+        f = tokenizer["fusion"]
+        names = list(f["modality_weights"][0])
+        lines += [
+            "", f"Fusion: mean modality weight over the items that have the modality, per layer; mean depth "
+            f"{f['mean_depth']:.2f} of {len(f['mean_gate'])} layers; {f['cold_items']:,} items without a trained "
+            "ID vector.", "",
+            "| layer | " + " | ".join(names) + " | mean gate |", "|---" * (len(names) + 2) + "|",
+        ]
+        lines += [f"| {i + 1} | " + " | ".join(f"{w[n]:.3f}" for n in names) + f" | {g:.3f} |"
+                  for i, (w, g) in enumerate(zip(f["modality_weights"], f["mean_gate"]))]
+    return lines
 
 
 def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
@@ -61,6 +106,28 @@ def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
         ax.plot([p["step"] for p in curve], [p["valid_NDCG@10"] for p in curve], marker=".", label=name)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("validation NDCG@10")
+    ax.legend()
+    fig.tight_layout()
+    with artifacts.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def plot_code_usage(levels: list[dict], path: Path) -> None:
+    """Items per code, codes sorted by use, one line per level (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for level in levels:
+        counts = sorted(level["counts"], reverse=True)
+        ax.plot(range(1, len(counts) + 1), [max(c, 0.5) for c in counts], marker=".",
+                label=f"level {level['level']} ({level['usage']:.0%} used)")
+    ax.set_yscale("log")
+    ax.set_xlabel("code (by number of items)")
+    ax.set_ylabel("items")
     ax.legend()
     fig.tight_layout()
     with artifacts.atomic_path(path) as tmp:

@@ -21,7 +21,7 @@ import torch
 
 from qbr_dist import artifacts
 from qbr_dist.config import FusionConfig
-from qbr_dist.fusion import features
+from qbr_dist.fusion import STATS, features
 from qbr_dist.fusion.loss import fusion_loss
 from qbr_dist.fusion.model import MODALITIES, CrossModalFusion
 from qbr_dist.obs.metrics import TrainMeter
@@ -29,7 +29,6 @@ from qbr_dist.train import collective
 from qbr_dist.train import runtime as rt
 
 log = logging.getLogger("qbr.fusion")
-STATS = "fusion_stats.json"
 
 
 def fused_part(folder: Path, rank: int) -> Path:

@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 from qbr_dist import artifacts
 from qbr_dist.quant.codebook import CodebookMismatch
 
-CODES = "codes.parquet"
 VERSION_KEY, SUFFIX_KEY = b"qbr.codebook_version", b"qbr.suffix_table_size"
 
 

@@ -23,6 +23,7 @@ class LevelStats:
     perplexity: float  # exp(entropy) of the code distribution; K when all codes are equally used
     dead_codes: int
     inertia: float  # k-means inertia of the level on its residuals
+    counts: list  # items per code
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -34,7 +35,7 @@ def level_stats(level: int, counts: torch.Tensor, inertia: float) -> LevelStats:
     used = share > 0
     entropy = float(-(share[used] * share[used].log()).sum())
     return LevelStats(level=level, usage=float(used.double().mean()), perplexity=float(np.exp(entropy)),
-                      dead_codes=int((~used).sum()), inertia=inertia)
+                      dead_codes=int((~used).sum()), inertia=inertia, counts=[int(c) for c in counts.tolist()])
 
 
 def encode(vectors: torch.Tensor, codebooks: torch.Tensor, *, chunk_size: int = 65536) -> torch.Tensor:

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from qbr_dist.quant import CODES
 from qbr_dist.quant.codebook import load_codebooks
 from qbr_dist.quant.codes import codes_version, read_codes, write_codes
 from qbr_dist.quant.semantic_ids import Previous, assign_suffixes, collision_rate
@@ -74,7 +75,7 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
     item_ids = np.asarray(table.column("item_id").to_pylist(), dtype=object)
     codes = np.asarray(table.column("codes").combine_chunks().flatten(), dtype=np.int64).reshape(len(item_ids), -1)
     suffixes = assign_suffixes(item_ids, codes, _previous(previous, version))
-    write_codes(Path(out_dir) / "codes.parquet", item_ids.tolist(), codes, suffixes, version)
+    write_codes(Path(out_dir) / CODES, item_ids.tolist(), codes, suffixes, version)
     shutil.rmtree(staging)
     seconds = time.perf_counter() - started
     return {"items": len(item_ids), "codebook_version": version, "collision_rate": collision_rate(codes),

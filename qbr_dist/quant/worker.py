@@ -17,13 +17,13 @@ import torch
 
 from qbr_dist import artifacts
 from qbr_dist.config import QuantConfig
+from qbr_dist.quant import CODEBOOKS, STATS
 from qbr_dist.quant.codebook import save_codebooks, verify_identical
 from qbr_dist.quant.residual import reconstruction_error, residual_kmeans
 from qbr_dist.train import collective
 from qbr_dist.train import runtime as rt
 
 log = logging.getLogger("qbr.quant")
-CODEBOOKS, STATS = "codebooks.safetensors", "quant_stats.json"
 
 
 def rank_codes_file(folder: Path, rank: int) -> Path:

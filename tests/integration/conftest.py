@@ -20,6 +20,6 @@ def tiny_overrides(root, interactions, name: str, **extra) -> list[str]:
         "train.batch_size": 16, "train.window_stride": 4, "train.pretrain_epochs": 2, "train.finetune_epochs": 1,
         "train.eval_every": 1, "eval.batch_size": 47,  # 48 users: the last batch leaves rank 1 empty
         "train.patience": 10, "runtime.checkpoint_every": 4, "runtime.ray_num_cpus": 2,
-        "runtime.object_store_mb": 256, "runtime.dashboard": "false", **extra,
+        "runtime.object_store_mb": 256, "runtime.dashboard": "false", "run.tokenize": "false", **extra,
     }
     return [f"{k}={v}" for k, v in values.items()]

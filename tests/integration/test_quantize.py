@@ -15,9 +15,9 @@ import torch.multiprocessing as mp
 
 from qbr_dist import artifacts, pipeline
 from qbr_dist.config import load_config
+from qbr_dist.quant import CODEBOOKS, CODES, STATS
 from qbr_dist.quant.codebook import CodebookMismatch, load_codebooks, verify_identical
-from qbr_dist.quant.codes import CODES, read_codes
-from qbr_dist.quant.worker import CODEBOOKS, STATS
+from qbr_dist.quant.codes import read_codes
 
 pytestmark = pytest.mark.integration
 

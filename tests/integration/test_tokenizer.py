@@ -11,10 +11,10 @@ import pytest
 from qbr_dist import artifacts, pipeline
 from qbr_dist.config import load_config
 from qbr_dist.data import synth
+from qbr_dist.fusion import STATS as FUSION_STATS
 from qbr_dist.fusion.model import MODALITIES
-from qbr_dist.fusion.train_loop import STATS as FUSION_STATS
-from qbr_dist.quant.codes import CODES, read_codes
-from qbr_dist.quant.worker import CODEBOOKS, STATS as QUANT_STATS
+from qbr_dist.quant import CODEBOOKS, CODES, STATS as QUANT_STATS
+from qbr_dist.quant.codes import read_codes
 
 from .test_content_pipeline import TINY_VIT
 

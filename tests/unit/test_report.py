@@ -1,0 +1,37 @@
+"""Report rendering of the tokenizer stages (stats files as the stages write them)."""
+import json
+
+from qbr_dist.report import markdown, plot_code_usage, tokenizer_summary
+
+QUANT = {"codebook_version": "523e0f3263b1c0b0", "items": 12, "reconstruction_error": 0.37, "collision_rate": 0.25,
+         "suffix_table_size": 2, "dim": 4, "workers": 2,
+         "levels": [{"level": 0, "usage": 0.75, "perplexity": 2.8, "dead_codes": 1, "inertia": 3.0, "counts": [6, 4, 2, 0]},
+                    {"level": 1, "usage": 1.0, "perplexity": 3.9, "dead_codes": 0, "inertia": 1.0, "counts": [3, 3, 3, 3]}]}
+FUSION = {"modality_weights": [{"text": 0.5, "image": 0.0, "tokens": 0.2, "cooc": 0.3}], "mean_gate": [0.91],
+          "modality_presence": {"text": 12, "image": 0, "tokens": 12, "cooc": 10}, "mean_depth": 1.0,
+          "items": 12, "cold_items": 1, "steps": 40, "curve": [{"epoch": 1, "loss": 3.0}]}
+REPORT = {"dataset": "x", "split": "leave-one-out", "data": {"items": 12, "users": 5},
+          "models": {"popularity": {"test": dict.fromkeys(["HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR"], 0.1),
+                                    "valid": {"NDCG@10": 0.1}, "epochs": 0, "train_wall_s": 0}}}
+
+
+def test_tokenizer_section_shows_usage_collisions_and_modality_weights(tmp_path):
+    (tmp_path / "fusion").mkdir()
+    (tmp_path / "quantize").mkdir()
+    (tmp_path / "fusion" / "fusion_stats.json").write_text(json.dumps(FUSION))
+    (tmp_path / "quantize" / "quant_stats.json").write_text(json.dumps(QUANT))
+    summary = tokenizer_summary({"fusion": tmp_path / "fusion", "quantize": tmp_path / "quantize"})
+    assert "curve" not in summary["fusion"]
+    text = markdown(REPORT | {"tokenizer": summary})
+    assert "collision rate before the suffix 0.2500" in text and "2 levels x 4 codes" in text
+    assert "| 0 | 75.0% | 2.8 | 1 |" in text and "| 1 | 100.0% | 3.9 | 0 |" in text
+    assert "| layer | text | image | tokens | cooc | mean gate |" in text and "| 1 | 0.500 | 0.000 | 0.200 | 0.300 | 0.910 |" in text
+
+
+def test_without_tokenizer_stages_the_table_stands_alone():
+    assert "Semantic IDs" not in markdown(REPORT | {"tokenizer": {}})
+
+
+def test_code_usage_plot_is_a_png(tmp_path):
+    plot_code_usage(QUANT["levels"], tmp_path / "usage.png")
+    assert (tmp_path / "usage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
