@@ -4,12 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-unit test-integration bench-encode bench-encode-quick clean
+.PHONY: setup demo test test-unit test-integration bench-encode bench-encode-quick bench-kmeans \
+	bench-kmeans-quick bench-retokenize bench-retokenize-quick clean
 
 setup: $(STAMP)
 
@@ -31,12 +33,29 @@ test-unit: setup
 test-integration: setup
 	$(PY) -m pytest -q tests/integration
 
-# Benchmarks (not part of `make test`): JSON under bench/results/.
-bench-encode: setup
+# Benchmarks (not part of `make test`): JSON under bench/results/. Peers they compare against
+# (faiss) are installed only here.
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
+bench-encode: $(BENCH_STAMP)
 	$(PY) bench/encode_pipeline.py
 
-bench-encode-quick: setup
+bench-encode-quick: $(BENCH_STAMP)
 	$(PY) bench/encode_pipeline.py --quick
+
+bench-kmeans: $(BENCH_STAMP)
+	$(PY) bench/kmeans.py
+
+bench-kmeans-quick: $(BENCH_STAMP)
+	$(PY) bench/kmeans.py --quick
+
+bench-retokenize: $(BENCH_STAMP)
+	$(PY) bench/retokenize.py
+
+bench-retokenize-quick: $(BENCH_STAMP)
+	$(PY) bench/retokenize.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache

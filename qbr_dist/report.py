@@ -1,6 +1,7 @@
 """Run report: report.json, report.md and plots in the run directory, and the README's results table."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -96,43 +97,40 @@ def tokenizer_markdown(tokenizer: dict) -> list[str]:
 
 
 def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, curve in curves.items():
-        ax.plot([p["step"] for p in curve], [p["valid_NDCG@10"] for p in curve], marker=".", label=name)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("validation NDCG@10")
-    ax.legend()
-    fig.tight_layout()
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    with _figure(path, xlabel="optimizer step", ylabel="validation NDCG@10") as ax:
+        for name, curve in curves.items():
+            ax.plot([p["step"] for p in curve], [p["valid_NDCG@10"] for p in curve], marker=".", label=name)
 
 
 def plot_code_usage(levels: list[dict], path: Path) -> None:
     """Items per code, codes sorted by use, one line per level (log scale)."""
+    with _figure(path, xlabel="code (by number of items)", ylabel="items") as ax:
+        for level in levels:
+            counts = sorted(level["counts"], reverse=True)
+            ax.plot(range(1, len(counts) + 1), [max(c, 0.5) for c in counts], marker=".",
+                    label=f"level {level['level']} ({level['usage']:.0%} used)")
+        ax.set_yscale("log")
+
+
+@contextlib.contextmanager
+def _figure(path: Path, *, xlabel: str, ylabel: str):
+    """An axes to draw on; labelled, given a legend and saved atomically as PNG afterwards."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for level in levels:
-        counts = sorted(level["counts"], reverse=True)
-        ax.plot(range(1, len(counts) + 1), [max(c, 0.5) for c in counts], marker=".",
-                label=f"level {level['level']} ({level['usage']:.0%} used)")
-    ax.set_yscale("log")
-    ax.set_xlabel("code (by number of items)")
-    ax.set_ylabel("items")
-    ax.legend()
-    fig.tight_layout()
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    try:
+        yield ax
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        fig.tight_layout()
+        with artifacts.atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def update_readme(readme: Path, table: str) -> None:

@@ -1,7 +1,11 @@
-"""Shared test helpers: tiny synthetic interaction data with a learnable pattern."""
+"""Shared test helpers: tiny synthetic interaction data with a learnable pattern, a local HTTP server."""
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -31,3 +35,29 @@ def interactions_file(tmp_path):
     path = tmp_path / "interactions.parquet"
     pq.write_table(synthetic_interactions(), path)
     return path
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """Request handler base for test servers: no request log, a helper to send a 200 body."""
+
+    def send_body(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def local_http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 (a free port) for the block; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

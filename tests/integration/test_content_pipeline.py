@@ -10,8 +10,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,6 +21,8 @@ from qbr_dist.cli import main
 from qbr_dist.data import synth
 from qbr_dist.data.shards import INDEX, image_path
 from qbr_dist.encode.job import SHARDS_DONE
+
+from ..conftest import QuietHandler, local_http_server
 
 pytestmark = pytest.mark.integration
 
@@ -115,28 +115,17 @@ def test_amazon_2014_with_local_images(tmp_path, ray_cluster):
     assert "not a JSON object or Python dict literal" in ingest_quarantine  # the malformed line
 
 
-class Images(BaseHTTPRequestHandler):
+class Images(QuietHandler):
     def do_GET(self):  # noqa: N802 - http.server's name
         if self.path == "/missing.jpg":
             return self.send_error(404)
-        body = jpeg("blue") if self.path == "/good.jpg" else b"<html>not an image</html>"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.send_body(jpeg("blue") if self.path == "/good.jpg" else b"<html>not an image</html>")
 
 
 @pytest.fixture
 def image_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Images)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with local_http_server(Images) as url:
+        yield url
 
 
 def test_amazon_2023_with_fetched_images(tmp_path, ray_cluster, image_server):

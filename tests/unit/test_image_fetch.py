@@ -1,9 +1,7 @@
 """URL image fetcher against a real HTTP server on 127.0.0.1: ok, 404, slow, flaky, too large."""
 import io
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
@@ -14,6 +12,8 @@ from qbr_dist.data.images import fetch_images
 from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.data.shards import image_path
 
+from ..conftest import QuietHandler, local_http_server
+
 PAYLOAD = b"\xff\xd8 pretend jpeg bytes \xff\xd9"
 
 
@@ -23,7 +23,7 @@ def real_jpeg() -> bytes:
     return out.getvalue()
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     flaky_calls = 0
 
     def do_GET(self):  # noqa: N802 - http.server's name
@@ -35,24 +35,13 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_error(503)
         if self.path == "/missing.jpg":
             return self.send_error(404)
-        body = real_jpeg() if self.path == "/real.jpg" else PAYLOAD * (1000 if self.path == "/huge.jpg" else 1)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.send_body(real_jpeg() if self.path == "/real.jpg" else PAYLOAD * (1000 if self.path == "/huge.jpg" else 1))
 
 
 @pytest.fixture
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with local_http_server(Handler) as url:
+        yield url
 
 
 def fetch(urls, folder, quarantine):
