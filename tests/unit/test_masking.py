@@ -54,3 +54,60 @@ def test_mix_per_sequence_picks_rows():
     inputs, labels = mix_per_sequence(random, last, torch.tensor([False, True, False]))
     assert torch.equal(inputs[1], last[0][1]) and torch.equal(labels[1], last[1][1])
     assert torch.equal(inputs[[0, 2]], random[0][[0, 2]]) and torch.equal(labels[[0, 2]], random[1][[0, 2]])
+
+
+from qbr_dist.seqrec.masking import STRATEGIES, mixed_mask, multi_region_mask, span_mask, tail_mask  # noqa: E402
+
+
+def runs(row: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, length) of each run of True."""
+    out, start = [], None
+    for i, value in enumerate(row.tolist() + [False]):
+        if value and start is None:
+            start = i
+        elif not value and start is not None:
+            out.append((start, i - start))
+            start = None
+    return out
+
+
+def test_span_is_one_contiguous_run_of_real_items_with_geometric_lengths():
+    seq = torch.randint(1, 50, (2000, 30))
+    seq[:, :10] = 0  # 20 real items each
+    inputs, labels = span_mask(seq, mean_span=3.0, mask_token=MASK, generator=torch.Generator().manual_seed(0))
+    masked = inputs == MASK
+    assert not masked[:, :10].any() and all(len(runs(row)) == 1 for row in masked)
+    assert torch.equal(labels[masked], seq[masked])
+    assert abs(masked.sum(1).float().mean().item() - 3.0) < 0.3  # geometric mean 3 (rarely capped at 20)
+
+
+def test_tail_masks_the_last_k_real_items():
+    inputs, _ = tail_mask(batch(), k=2, mask_token=MASK)
+    assert (inputs == MASK).tolist() == [[False] * 4 + [True] * 2, [False] * 4 + [True] * 2, [False] * 5 + [True]]
+
+
+def test_multi_region_spans_are_disjoint_and_one_per_segment():
+    seq = torch.randint(1, 50, (500, 24))
+    inputs, _ = multi_region_mask(seq, regions=3, mean_span=2.0, mask_token=MASK,
+                                  generator=torch.Generator().manual_seed(3))
+    for row in inputs == MASK:  # 24 real items, 3 segments of 8: exactly one run inside each
+        assert all(len(runs(row[segment * 8:(segment + 1) * 8])) == 1 for segment in range(3))
+
+
+def test_mixture_follows_the_weights_and_reports_the_choice():
+    seq = torch.randint(1, 50, (4000, 20))
+    inputs, labels, chosen = mixed_mask(seq, weights={"random": 0.5, "tail": 0.5}, ratio=0.2, mean_span=3.0, tail=1,
+                                        regions=2, mask_token=MASK, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(chosen, minlength=len(STRATEGIES))
+    assert counts[STRATEGIES.index("span")] == 0 and abs(counts[0].item() / 4000 - 0.5) < 0.03
+    tail_rows = chosen == STRATEGIES.index("tail")
+    assert ((inputs[tail_rows] == MASK).sum(1) == 1).all() and (inputs[tail_rows, -1] == MASK).all()
+    assert torch.equal(labels[inputs == MASK], seq[inputs == MASK])
+
+
+def test_mixture_refuses_an_unknown_strategy():
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown masking strategies"):
+        mixed_mask(batch(), weights={"spam": 1.0}, ratio=0.2, mean_span=2, tail=1, regions=2, mask_token=MASK,
+                   generator=torch.Generator())
