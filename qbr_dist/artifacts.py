@@ -68,6 +68,11 @@ def stage_key(stage: str, config_hash: str, inputs: dict[str, str]) -> dict:
     return {"stage": stage, "config_hash": config_hash, "inputs": inputs, "package": __version__}
 
 
+def key_digest(key: dict) -> str:
+    """Short stable hash of a stage key (names runs that must only resume the same work)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def read_manifest(stage_dir: str | Path) -> dict | None:
     path = Path(stage_dir) / MANIFEST
     if not path.is_file():

@@ -204,7 +204,7 @@ class RuntimeConfig:
 
 @dataclass
 class ModelConfig:
-    tokens: str = "id"
+    tokens: str = "semantic"  # Q-BERT4Rec's items: "semantic" (code embeddings), "hybrid" (+ ID vector); "id": no Q-BERT
     hidden: int = 64
     layers: int = 2
     heads: int = 2
@@ -212,7 +212,7 @@ class ModelConfig:
     dropout: float = 0.2
 
     def check(self) -> None:
-        _require(self.tokens in ("id",), "model.tokens", "'id' (semantic tokens arrive with the tokenizer stage)")
+        _require(self.tokens in ("id", "semantic", "hybrid"), "model.tokens", "'id', 'semantic' or 'hybrid'")
         _require(self.hidden >= 1 and self.hidden % self.heads == 0, "model.hidden", "a multiple of model.heads")
         _require(self.layers >= 1, "model.layers", "an integer >= 1")
         _require(self.max_len >= 2, "model.max_len", "an integer >= 2")

@@ -30,7 +30,7 @@ ITEMS, SEQUENCES, QUARANTINE, METRICS = "items.parquet", "sequences.parquet", "q
 STRUCTURE, STRUCTURE_VOCAB = "structure.parquet", "structure_vocab.json"
 
 
-MODEL_STAGES = ("popularity", "bert4rec")
+MODEL_STAGES = ("popularity", "bert4rec", "qbert4rec")  # qbert4rec only with the tokenizer and model.tokens != "id"
 
 
 def run_dir(cfg: Config) -> Path:
@@ -43,18 +43,20 @@ def run_pipeline(cfg: Config) -> dict:
     ingest_dir = ingest(cfg, root)
     tokenizer = tokenize(cfg, root) if cfg.run.tokenize else {}
     model_dirs = {"popularity": popularity(cfg, root, ingest_dir), "bert4rec": bert4rec(cfg, root, ingest_dir)}
+    if tokenizer and cfg.model.tokens != "id":
+        model_dirs["qbert4rec"] = bert4rec(cfg, root, ingest_dir, quantize_dir=tokenizer["quantize"])
     return write_report(cfg, root, model_dirs, ingest_dir, tokenizer_dirs(tokenizer))
 
 
 def report_only(cfg: Config) -> dict:
     """The report of a run whose stages have all finished."""
     root = run_dir(cfg)
-    missing = [name for name in ("ingest", *MODEL_STAGES) if artifacts.read_manifest(root / name) is None]
+    missing = [name for name in ("ingest", "popularity", "bert4rec") if artifacts.read_manifest(root / name) is None]
     if missing:
         raise FileNotFoundError(f"{root}: stage(s) {', '.join(missing)} not finished; run `qbr run` first")
     finished = {name: root / name for name in ("fusion", "quantize") if artifacts.read_manifest(root / name)}
-    return write_report(cfg, root, {name: root / name for name in MODEL_STAGES}, root / "ingest",
-                        tokenizer_dirs(finished))
+    models = {name: root / name for name in MODEL_STAGES if artifacts.read_manifest(root / name)}
+    return write_report(cfg, root, models, root / "ingest", tokenizer_dirs(finished))
 
 
 def tokenizer_dirs(dirs: dict[str, Path]) -> dict[str, Path]:
@@ -284,7 +286,7 @@ def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structur
         "steps_per_epoch": steps_per_epoch,
     }
     started = time.perf_counter()
-    job = TrainJob(name=f"fusion-{config_hash}", storage_path=stage_dir / "ray", loop=fusion_worker,
+    job = TrainJob(name=f"fusion-{artifacts.key_digest(key)}", storage_path=stage_dir / "ray", loop=fusion_worker,
                    loop_config=loop_config, datasets={"pairs": pairs})
     result = fit(job, cfg.runtime)
     if result.error is not None:
@@ -320,7 +322,7 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path) -> Path:
     start_ray(cfg.runtime)
     loop_config = {"quant": cfg.quant.__dict__, "out_dir": str(parts.resolve()), "seed": cfg.run.seed,
                    "files": [str(p.resolve()) for p in feature_files(vectors_dir)]}
-    job = TrainJob(name=f"quantize-{key['config_hash']}", storage_path=stage_dir / "ray", loop=quantize_worker,
+    job = TrainJob(name=f"quantize-{artifacts.key_digest(key)}", storage_path=stage_dir / "ray", loop=quantize_worker,
                    loop_config=loop_config, datasets={})
     result = fit(job, cfg.runtime)
     if result.error is not None:
@@ -419,21 +421,31 @@ def popularity(cfg: Config, root: Path, ingest_dir: Path) -> Path:
     return stage_dir
 
 
-def bert4rec(cfg: Config, root: Path, ingest_dir: Path) -> Path:
+def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | None = None) -> Path:
+    """BERT4Rec over item IDs (stage `bert4rec`, the baseline), or over the semantic IDs of the
+    quantize stage (stage `qbert4rec`, tokens from `model.tokens`); the same training and evaluation."""
+    import dataclasses
+
     import ray.data
 
     from qbr_dist.seqrec.examples import eval_inputs, training_windows
     from qbr_dist.seqrec.train_loop import bert4rec_worker
     from qbr_dist.train.runtime import TrainJob, fit, start_ray
 
+    stage = "qbert4rec" if quantize_dir is not None else "bert4rec"
+    model = cfg.model if quantize_dir is not None else dataclasses.replace(cfg.model, tokens="id")
     # Worker count, checkpoint cadence and the like do not change the result; precision and clipping do.
-    config_hash = cfg.section_hash("model", "train", "eval", seed=cfg.run.seed, precision=cfg.runtime.precision,
-                                   grad_clip=cfg.runtime.grad_clip)
-    key = artifacts.stage_key("bert4rec", config_hash, {"ingest": artifacts.manifest_fingerprint(ingest_dir)})
-    stage_dir, current = _stage("bert4rec", root, key)
+    config_hash = cfg.section_hash("train", "eval", model=model.__dict__, seed=cfg.run.seed,
+                                   precision=cfg.runtime.precision, grad_clip=cfg.runtime.grad_clip)
+    inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
+    if quantize_dir is not None:
+        inputs["quantize"] = artifacts.manifest_fingerprint(quantize_dir)
+    key = artifacts.stage_key(stage, config_hash, inputs)
+    stage_dir, current = _stage(stage, root, key)
     if current:
         return stage_dir
     items = num_items(ingest_dir)
+    semantic = _semantic_codes(ingest_dir, quantize_dir, stage_dir) if quantize_dir is not None else {}
     start_ray(cfg.runtime)
     sequences = ray.data.read_parquet(str((ingest_dir / SEQUENCES).resolve()))
     history_len = _longest_sequence(ingest_dir) if cfg.eval.exclude_history else 0
@@ -455,21 +467,46 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path) -> Path:
         raise ValueError(f"config key 'train.batch_size': {cfg.train.batch_size} exceeds the training windows "
                          f"of a phase ({ {p: datasets[p].count() for p in steps_per_epoch} })")
     loop_config = {
-        "model": cfg.model.__dict__, "train": cfg.train.__dict__, "eval": cfg.eval.__dict__,
+        "model": model.__dict__, "train": cfg.train.__dict__, "eval": cfg.eval.__dict__, "stage": stage,
         "seed": cfg.run.seed, "num_items": items, "run_name": cfg.run.name, "steps_per_epoch": steps_per_epoch,
+        **semantic,
     }
     started = time.perf_counter()
-    # The Ray Train run name carries the config hash: a rerun resumes only a run of the same config.
-    job = TrainJob(name=f"bert4rec-{config_hash}", storage_path=stage_dir / "ray", loop=bert4rec_worker,
+    # The Ray Train run name carries the stage key (config and inputs): a rerun resumes only a run
+    # of the same config on the same data and codebook.
+    job = TrainJob(name=f"{stage}-{artifacts.key_digest(key)}", storage_path=stage_dir / "ray", loop=bert4rec_worker,
                    loop_config=loop_config, datasets=datasets)
     result = fit(job, cfg.runtime)
     if result.error is not None:
-        raise RuntimeError(f"bert4rec training failed: {result.error}")
+        raise RuntimeError(f"{stage} training failed: {result.error}")
     metrics = _training_metrics(result.metrics, wall_s=time.perf_counter() - started)
     metrics["checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    metrics["codebook_version"] = semantic.get("codebook_version")
     artifacts.write_json(stage_dir / METRICS, metrics)
     artifacts.write_manifest(stage_dir, key, outputs=[METRICS], rows={"steps": metrics["steps"]})
     return stage_dir
+
+
+def _semantic_codes(ingest_dir: Path, quantize_dir: Path, stage_dir: Path) -> dict:
+    """Every catalog item's codes (level codes + suffix) in item-index order, saved for the workers."""
+    from qbr_dist.quant import CODES, STATS
+    from qbr_dist.quant.codes import read_codes
+
+    version = artifacts.read_manifest(quantize_dir)["rows"]["codebook_version"]
+    stats = json.loads((quantize_dir / STATS).read_text())
+    table = read_codes(quantize_dir / CODES, expected_version=version)
+    item_ids = pq.read_table(ingest_dir / ITEMS, columns=["item_id"]).column("item_id").to_pylist()
+    by_id = dict(zip(table.column("item_id").to_pylist(), table.column("codes").to_pylist()))
+    missing = [i for i in item_ids if i not in by_id]
+    if missing:
+        raise ValueError(f"{quantize_dir / CODES}: {len(missing)} catalog items have no semantic ID "
+                         f"(e.g. {missing[0]!r}; quarantined at encode?); retokenize the catalog first")
+    codes = np.zeros((len(item_ids) + 1, len(by_id[item_ids[0]])), dtype=np.int64)
+    codes[1:] = [by_id[i] for i in item_ids]
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    np.save(stage_dir / "codes.npy", codes)
+    return {"codes_file": str((stage_dir / "codes.npy").resolve()), "codebook_version": version,
+            "code_sizes": [len(level["counts"]) for level in stats["levels"]] + [stats["suffix_table_size"]]}
 
 
 def _training_metrics(final: dict, *, wall_s: float) -> dict:

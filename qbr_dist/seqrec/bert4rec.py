@@ -1,8 +1,12 @@
-"""BERT4Rec: a bidirectional transformer over item sequences (Sun et al., 2019).
+"""BERT4Rec over item IDs (Sun et al., 2019) or over semantic IDs (Q-BERT4Rec).
 
 Vocabulary: 0 is padding, items are 1..num_items, num_items + 1 is [MASK].
 Sequences are left-padded, so the newest item sits at the last position.
-Scores are dot products with the (tied) item embedding table plus a per-item bias.
+An item's input vector comes from its tokens: its own ID vector (`IdTokens`, the baseline), or
+the sum of its code embeddings, one table per RVQ level plus the disambiguation code
+(`SemanticTokens`), optionally plus its ID vector (hybrid). Scores are dot products with the
+same (tied) item vectors plus a per-item bias, so a new item with codes can be scored without
+retraining.
 """
 from __future__ import annotations
 
@@ -11,6 +15,50 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 PAD = 0
+
+
+class IdTokens(nn.Module):
+    """Each item its own learned vector; row num_items + 1 is [MASK]."""
+
+    def __init__(self, *, num_items: int, hidden: int):
+        super().__init__()
+        self.table = nn.Embedding(num_items + 2, hidden, padding_idx=PAD)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.table(seq)
+
+    def catalog(self, start: int, end: int) -> torch.Tensor:
+        """Vectors of items [start, end)."""
+        return self.table.weight[start:end]
+
+
+class SemanticTokens(nn.Module):
+    """Each item the sum of its code embeddings (one table per code position), plus its ID vector
+    when `hybrid`. `codes` (num_items + 1, positions): row i holds item i's codes (row 0 unused)."""
+
+    def __init__(self, *, codes: torch.Tensor, code_sizes: list[int], hidden: int, hybrid: bool = False):
+        super().__init__()
+        self.num_items = len(codes) - 1
+        self.register_buffer("codes", codes.long(), persistent=False)
+        self.tables = nn.ModuleList(nn.Embedding(size, hidden) for size in code_sizes)
+        for table in self.tables:
+            nn.init.normal_(table.weight, std=0.02)
+        self.mask = nn.Parameter(torch.randn(hidden) * 0.02)
+        self.ids = IdTokens(num_items=self.num_items, hidden=hidden) if hybrid else None
+
+    def compose(self, items: torch.Tensor) -> torch.Tensor:
+        codes = self.codes[items]
+        vectors = sum(table(codes[..., position]) for position, table in enumerate(self.tables))
+        return vectors + self.ids(items) if self.ids is not None else vectors
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        vectors = self.compose(seq.clamp(max=self.num_items))
+        vectors = torch.where((seq == self.num_items + 1).unsqueeze(-1), self.mask, vectors)
+        return vectors.masked_fill((seq == PAD).unsqueeze(-1), 0.0)
+
+    def catalog(self, start: int, end: int) -> torch.Tensor:
+        return self.compose(torch.arange(start, end, device=self.codes.device))
 
 
 class BERT4Rec(nn.Module):
@@ -23,11 +71,12 @@ class BERT4Rec(nn.Module):
         heads: int = 2,
         max_len: int = 50,
         dropout: float = 0.1,
+        tokens: nn.Module | None = None,
     ):
         super().__init__()
         self.num_items = num_items
         self.mask_token = num_items + 1
-        self.item_emb = nn.Embedding(num_items + 2, hidden, padding_idx=PAD)
+        self.tokens = tokens if tokens is not None else IdTokens(num_items=num_items, hidden=hidden)
         bert_config = BertConfig(
             vocab_size=1,  # tokens arrive as inputs_embeds; BERT's own word table stays unused
             hidden_size=hidden,
@@ -43,17 +92,16 @@ class BERT4Rec(nn.Module):
         self.bert.embeddings.word_embeddings.requires_grad_(False)
         self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden))
         self.item_bias = nn.Parameter(torch.zeros(num_items + 2))
-        nn.init.normal_(self.item_emb.weight, std=0.02)
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
         """Hidden state per position, (batch, length, hidden), ready to score against items."""
-        out = self.bert(inputs_embeds=self.item_emb(seq), attention_mask=(seq != PAD).long())
+        out = self.bert(inputs_embeds=self.tokens(seq), attention_mask=(seq != PAD).long())
         return self.head(out.last_hidden_state)
 
     def score_items(self, hidden: torch.Tensor, start: int = 1, end: int | None = None) -> torch.Tensor:
         """Scores of items [start, end) for each row of `hidden` (rows, hidden) -> (rows, end - start)."""
         end = self.num_items + 1 if end is None else end
-        return hidden @ self.item_emb.weight[start:end].T + self.item_bias[start:end]
+        return hidden @ self.tokens.catalog(start, end).T + self.item_bias[start:end]
 
     def forward(self, seq: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Summed cross-entropy over the full catalog at positions whose label is an item (> 0)."""
@@ -63,8 +111,8 @@ class BERT4Rec(nn.Module):
 
     def tied_parameters(self) -> list[nn.Parameter]:
         """Parameters used outside their own module's forward (ZeRO-3 must gather them for ours)."""
-        return [self.item_emb.weight]
+        return list(self.tokens.parameters())
 
     def scoring_parameters(self) -> list[nn.Parameter]:
         """What `score_items` reads; ZeRO-3 callers gather these around it."""
-        return [self.item_emb.weight, self.item_bias]
+        return [*self.tokens.parameters(), self.item_bias]

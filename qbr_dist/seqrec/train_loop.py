@@ -15,7 +15,8 @@ import torch
 
 from qbr_dist.config import EvalConfig, ModelConfig, TrainConfig
 from qbr_dist.obs.metrics import TrainMeter
-from qbr_dist.seqrec.bert4rec import BERT4Rec
+from qbr_dist.quant.codebook import CodebookMismatch
+from qbr_dist.seqrec.bert4rec import BERT4Rec, SemanticTokens
 from qbr_dist.seqrec.masking import last_item_mask, mix_per_sequence, random_item_mask
 from qbr_dist.seqrec.metrics import metric_means, metric_sums, target_ranks
 from qbr_dist.train import runtime as rt
@@ -52,6 +53,7 @@ class LoopState:
     curve: list = field(default_factory=list)
     done: bool = False
     resumed_at: list = field(default_factory=list)  # steps of the checkpoints this run restarted from
+    codebook_version: str | None = None  # semantic IDs the model was trained on (None: item IDs)
 
 
 def bert4rec_worker(loop_config: dict) -> None:
@@ -66,7 +68,8 @@ def bert4rec_worker(loop_config: dict) -> None:
 
     torch.manual_seed(seed)
     model = BERT4Rec(num_items=num_items, hidden=model_cfg.hidden, layers=model_cfg.layers,
-                     heads=model_cfg.heads, max_len=model_cfg.max_len, dropout=model_cfg.dropout)
+                     heads=model_cfg.heads, max_len=model_cfg.max_len, dropout=model_cfg.dropout,
+                     tokens=_tokens(loop_config, model_cfg))
     engine = rt.init_engine(model, runtime=runtime, micro_batch=train_cfg.batch_size // world,
                             lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     if runtime.zero_stage == 3:
@@ -75,12 +78,15 @@ def bert4rec_worker(loop_config: dict) -> None:
         for param in model.tied_parameters():
             deepspeed.zero.register_external_parameter(model, param)
     restored = rt.restore_checkpoint(engine)
-    state = LoopState(**restored) if restored else LoopState()
+    state = LoopState(**restored) if restored else LoopState(codebook_version=loop_config.get("codebook_version"))
+    if state.codebook_version != loop_config.get("codebook_version"):
+        raise CodebookMismatch(f"checkpoint trained with codebook {state.codebook_version}, but the codes in use "
+                               f"are version {loop_config.get('codebook_version')}")
     if restored:
         state.resumed_at.append(state.step)
         log.info("resumed from the checkpoint at step %d (phase %d, epoch %d, batch %d)",
                  state.step, state.phase, state.epoch, state.batch)
-    meter = TrainMeter(stage="bert4rec", rank=rank, run=loop_config["run_name"])
+    meter = TrainMeter(stage=loop_config["stage"], rank=rank, run=loop_config["run_name"])
     shards = {name: ray.train.get_dataset_shard(name) for name in ("pretrain", "finetune", "valid", "test")}
 
     eval_batches: dict[str, list] = {}
@@ -104,6 +110,17 @@ def bert4rec_worker(loop_config: dict) -> None:
     state.done = True
     rt.save_checkpoint(engine, _report_metrics(state), asdict(state))
     rt.finish_worker()
+
+
+def _tokens(loop_config: dict, model_cfg: ModelConfig):
+    """Item tokens of the model: None (item IDs) or the semantic codes of the quantize stage."""
+    if model_cfg.tokens == "id":
+        return None
+    import numpy as np
+
+    codes = torch.from_numpy(np.load(loop_config["codes_file"]))
+    return SemanticTokens(codes=codes, code_sizes=loop_config["code_sizes"], hidden=model_cfg.hidden,
+                          hybrid=model_cfg.tokens == "hybrid")
 
 
 def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runtime, meter, *,

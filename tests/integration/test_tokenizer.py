@@ -1,6 +1,7 @@
 """The whole semantic tokenizer on a small synthetic catalog, as `qbr quantize` runs it:
 ingest -> prebuilt shards -> encode (MiniLM + a tiny random ViT, on purpose) -> structure ->
-fusion (2 Ray Train workers, DeepSpeed ZeRO-2) -> distributed residual k-means -> unique IDs."""
+fusion (2 Ray Train workers, DeepSpeed ZeRO-2) -> distributed residual k-means -> unique IDs;
+then Q-BERT4Rec trained on those semantic IDs."""
 from __future__ import annotations
 
 import json
@@ -32,6 +33,8 @@ def test_tokenizer_end_to_end(tmp_path, ray_cluster):
         "encode.image_random_init=true", "structure.fields=['category', 'brand']", "structure.dim=8",
         "fusion.dim=16", "fusion.epochs=2", "fusion.batch_size=64", "fusion.warmup_steps=2",
         "quant.levels=2", "quant.codebook_size=8", "quant.iterations=10",
+        "model.hidden=16", "model.layers=1", "model.max_len=8", "train.batch_size=64", "train.pretrain_epochs=2",
+        "train.finetune_epochs=1", "train.eval_every=1", "train.warmup_steps=2",
         "runtime.num_workers=2", "runtime.checkpoint_every=1000", "runtime.ray_num_cpus=2",
         "runtime.object_store_mb=256", "runtime.dashboard=false",
     ])
@@ -58,3 +61,8 @@ def test_tokenizer_end_to_end(tmp_path, ray_cluster):
     manifests = {name: (d / artifacts.MANIFEST).read_text() for name, d in dirs.items()}
     again = pipeline.tokenize(cfg, pipeline.run_dir(cfg))
     assert {name: (d / artifacts.MANIFEST).read_text() for name, d in again.items()} == manifests
+
+    qbert = pipeline.bert4rec(cfg, pipeline.run_dir(cfg), dirs["ingest"], quantize_dir=dirs["quantize"])
+    metrics = json.loads((qbert / pipeline.METRICS).read_text())
+    assert qbert.name == "qbert4rec" and metrics["codebook_version"] == quant["codebook_version"]
+    assert 0 <= metrics["test"]["NDCG@10"] <= 1 and metrics["steps"] > 0

@@ -20,7 +20,7 @@ def test_chunked_item_scores_match_full_scores():
 def test_scores_use_the_tied_item_table():
     m = model()
     hidden = torch.randn(2, 16)
-    expected = hidden @ m.item_emb.weight[1:21].T + m.item_bias[1:21]
+    expected = hidden @ m.tokens.table.weight[1:21].T + m.item_bias[1:21]
     assert torch.allclose(m.score_items(hidden), expected)
 
 
@@ -43,3 +43,40 @@ def test_padding_does_not_change_the_last_position():
     short = m.encode(torch.tensor([[0, 0, 0, 3, 4, 21]]))[:, -1]
     other_pad = m.encode(torch.tensor([[0, 0, 0, 3, 4, 21]]))[:, -1]
     assert torch.allclose(short, other_pad)
+
+
+def semantic_model(hybrid=False):
+    from qbr_dist.seqrec.bert4rec import SemanticTokens
+
+    torch.manual_seed(0)
+    codes = torch.tensor([[0, 0, 0], [1, 2, 0], [1, 2, 1], [3, 0, 0], [0, 1, 0]])  # items 1..4: 2 levels + suffix
+    tokens = SemanticTokens(codes=codes, code_sizes=[4, 4, 2], hidden=8, hybrid=hybrid)
+    return BERT4Rec(num_items=4, hidden=8, layers=1, heads=2, max_len=6, dropout=0.0, tokens=tokens)
+
+
+def test_semantic_items_are_sums_of_their_code_vectors():
+    m = semantic_model()
+    tables = m.tokens.tables
+    expected = tables[0].weight[1] + tables[1].weight[2] + tables[2].weight[1]
+    assert torch.allclose(m.tokens.catalog(1, 5)[1], expected)  # item 2: codes (1, 2, 1)
+    vectors = m.tokens(torch.tensor([[0, 2, 5]]))  # pad, item 2, [MASK]
+    assert torch.all(vectors[0, 0] == 0) and torch.allclose(vectors[0, 1], expected)
+    assert torch.allclose(vectors[0, 2], m.tokens.mask)
+
+
+def test_items_sharing_codes_differ_only_by_their_suffix_and_hybrid_adds_ids():
+    m = semantic_model()
+    first, second = m.tokens.catalog(1, 3)
+    assert torch.allclose(first - second, m.tokens.tables[2].weight[0] - m.tokens.tables[2].weight[1])
+    hybrid = semantic_model(hybrid=True)
+    assert torch.allclose(hybrid.tokens.catalog(1, 2)[0] - hybrid.tokens.ids.table.weight[1],
+                          sum(t.weight[c] for t, c in zip(hybrid.tokens.tables, (1, 2, 0))))
+
+
+def test_semantic_model_trains_and_scores_the_catalog():
+    m = semantic_model()
+    seq, labels = torch.tensor([[0, 1, 3, 5]]), torch.tensor([[0, 0, 0, 4]])
+    loss = m(seq, labels)
+    loss.backward()
+    assert loss.item() > 0 and m.tokens.tables[0].weight.grad is not None
+    assert m.score_items(torch.randn(2, 8)).shape == (2, 4)
