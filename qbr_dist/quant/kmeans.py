@@ -76,20 +76,25 @@ def _global_sample(local: torch.Tensor, offset: int, total: int, seed: int, size
 
 def _seed_centroids(local: torch.Tensor, k: int, offset: int, total: int, seed: int, sample_size: int):
     """k-means++ (D^2 sampling) on the gathered sample; the same on every rank."""
-    sample = _global_sample(local, offset, total, seed, max(sample_size, k)).double()
+    sample = _global_sample(local, offset, total, seed, max(sample_size, k))
+    norms = (sample * sample).sum(1)
     rng = np.random.default_rng([seed, 1])
-    centroids = torch.empty((k, sample.shape[1]), dtype=torch.float64)
-    centroids[0] = sample[rng.integers(len(sample))]
-    closest = ((sample - centroids[0]) ** 2).sum(1)
-    for i in range(1, k):
-        cumulative = torch.cumsum(closest, 0)
+    picks = [int(rng.integers(len(sample)))]
+    closest = _distances_to(sample, norms, picks[0])
+    for _ in range(1, k):
+        cumulative = torch.cumsum(closest.double(), 0)
         if cumulative[-1] <= 0:  # fewer distinct points than clusters: any point will do
             pick = int(rng.integers(len(sample)))
         else:
             pick = int(torch.searchsorted(cumulative, rng.random() * cumulative[-1], right=True).clamp_max(len(sample) - 1))
-        centroids[i] = sample[pick]
-        closest = torch.minimum(closest, ((sample - centroids[i]) ** 2).sum(1))
-    return centroids.float()
+        picks.append(pick)
+        closest = torch.minimum(closest, _distances_to(sample, norms, pick))
+    return sample[torch.tensor(picks)].clone()
+
+
+def _distances_to(sample: torch.Tensor, norms: torch.Tensor, row: int) -> torch.Tensor:
+    """Squared distances of every sample row to row `row` (one matrix-vector product)."""
+    return (norms - 2 * (sample @ sample[row]) + norms[row]).clamp_min(0)
 
 
 def _assignment_sums(local: torch.Tensor, centroids: torch.Tensor, chunk_size: int):
