@@ -91,7 +91,8 @@ def tokenizer_markdown(tokenizer: dict) -> list[str]:
             "ID vector.", "",
             "| layer | " + " | ".join(names) + " | mean gate |", "|---" * (len(names) + 2) + "|",
         ]
-        lines += [f"| {i + 1} | " + " | ".join(f"{w[n]:.3f}" for n in names) + f" | {g:.3f} |"
+        shown = {n: f["modality_presence"].get(n, 0) > 0 for n in names}  # "n/a": no item has the modality
+        lines += [f"| {i + 1} | " + " | ".join(f"{w[n]:.3f}" if shown[n] else "n/a" for n in names) + f" | {g:.3f} |"
                   for i, (w, g) in enumerate(zip(f["modality_weights"], f["mean_gate"]))]
     return lines
 

@@ -25,7 +25,7 @@ def test_tokenizer_section_shows_usage_collisions_and_modality_weights(tmp_path)
     text = markdown(REPORT | {"tokenizer": summary})
     assert "collision rate before the suffix 0.2500" in text and "2 levels x 4 codes" in text
     assert "| 0 | 75.0% | 2.8 | 1 |" in text and "| 1 | 100.0% | 3.9 | 0 |" in text
-    assert "| layer | text | image | tokens | cooc | mean gate |" in text and "| 1 | 0.500 | 0.000 | 0.200 | 0.300 | 0.910 |" in text
+    assert "| layer | text | image | tokens | cooc | mean gate |" in text and "| 1 | 0.500 | n/a | 0.200 | 0.300 | 0.910 |" in text
 
 
 def test_without_tokenizer_stages_the_table_stands_alone():
