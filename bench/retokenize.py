@@ -1,10 +1,11 @@
 """Retokenization at catalog scale: items/s and peak memory for 1M and 5M items (384-d vectors).
 
-For each size a feature table of random 384-d float32 vectors is written in row groups, then
-`qbr retokenize`'s job runs on an embedded Ray (a pool of actors quantizing with a 3 x 256
-codebook from the object store, then the driver's suffix pass). Peak memory is the driver's own
-peak RSS and the largest RSS any Ray worker process reached (sampled every 0.5 s): flat in N
-means the per-process figures do not grow with the catalog.
+For each size a feature table of random 384-d float32 vectors is written as parquet files of
+100k rows, and a 3 x 256 residual codebook is fitted on 20k of them with the project's k-means. Then, in a
+fresh process, `qbr retokenize`'s job runs on an embedded Ray (a pool of actors quantizing with
+the codebook from the object store, then the driver's suffix pass). Peak memory is that
+process's own peak RSS (the driver) and the largest RSS any Ray worker process reached (sampled
+every 0.5 s): flat in N means these figures do not grow with the catalog.
 
     python bench/retokenize.py [--quick]
 
@@ -16,8 +17,9 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -31,23 +33,26 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from qbr_dist.quant.codebook import save_codebooks  # noqa: E402
+from qbr_dist.quant.residual import residual_kmeans  # noqa: E402
 from qbr_dist.quant.retokenize import retokenize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 WORK, RESULTS = ROOT / ".work" / "retokenize", ROOT / "results"
-DIM, LEVELS, CODES, ROWS_PER_GROUP = 384, 3, 256, 100_000
+DIM, LEVELS, CODES, ROWS_PER_FILE, FIT_SAMPLE = 384, 3, 256, 100_000, 20_000
 
 
-def write_vectors(path: Path, items: int, seed: int = 0) -> None:
+def write_vectors(folder: Path, items: int, seed: int = 0) -> list[Path]:
+    """Parquet files of ROWS_PER_FILE rows: item ids and standard normal vectors."""
     rng = np.random.default_rng(seed)
-    schema = pa.schema([("item_id", pa.string()), ("vector", pa.list_(pa.float32(), DIM))])
-    with pq.ParquetWriter(path, schema) as writer:
-        for first in range(0, items, ROWS_PER_GROUP):
-            n = min(ROWS_PER_GROUP, items - first)
-            ids = pa.array([f"item{i:09d}" for i in range(first, first + n)])
-            vectors = rng.standard_normal((n, DIM), dtype=np.float32)
-            writer.write_table(pa.table({"item_id": ids, "vector": pa.FixedSizeListArray.from_arrays(
-                pa.array(vectors.ravel()), DIM)}, schema=schema))
+    files = []
+    for first in range(0, items, ROWS_PER_FILE):
+        n = min(ROWS_PER_FILE, items - first)
+        vectors = rng.standard_normal((n, DIM), dtype=np.float32)
+        path = folder / f"vectors-{first // ROWS_PER_FILE:05d}.parquet"
+        pq.write_table(pa.table({"item_id": pa.array([f"item{i:09d}" for i in range(first, first + n)]),
+                                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM)}), path)
+        files.append(path)
+    return files
 
 
 class WorkerMemory:
@@ -76,36 +81,56 @@ class WorkerMemory:
 
 
 def run(items: int, actors: int) -> dict:
-    import ray
-
+    """Write the table and fit the codebook here; retokenize in a fresh process that reports its memory."""
     folder = WORK / f"{items}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     started = time.perf_counter()
-    write_vectors(folder / "vectors.parquet", items)
+    files = write_vectors(folder, items)
     written_s = time.perf_counter() - started
-    codebooks = torch.randn(LEVELS, CODES, DIM, generator=torch.Generator().manual_seed(0))
+    sample = torch.from_numpy(np.asarray(pq.read_table(files[0]).column("vector").combine_chunks().flatten(),
+                                         dtype=np.float32).reshape(-1, DIM)[:FIT_SAMPLE])
+    codebooks, _, _ = residual_kmeans(sample, levels=LEVELS, codebook_size=CODES, iterations=10)
     save_codebooks(folder / "codebooks.safetensors", codebooks)
+    done = subprocess.run([sys.executable, __file__, "--one", str(folder), "--actors", str(actors)],
+                          check=True, capture_output=True, text=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result |= {"vectors_gb": round(sum(f.stat().st_size for f in files) / 1e9, 2), "files": len(files),
+               "write_vectors_seconds": round(written_s, 1)}
+    shutil.rmtree(folder)
+    return result
+
+
+def run_one(folder: Path, actors: int) -> dict:
+    import ray
+
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, object_store_memory=1024**3)
     try:
         with WorkerMemory() as workers:
-            summary = retokenize([folder / "vectors.parquet"], "vector", folder / "codebooks.safetensors",
+            summary = retokenize(sorted(folder.glob("vectors-*.parquet")), "vector", folder / "codebooks.safetensors",
                                  folder / "out", previous=None, batch_size=4096, actors=actors)
     finally:
         ray.shutdown()
-    result = summary | {"vectors_gb": round((folder / "vectors.parquet").stat().st_size / 1e9, 2),
-                        "write_vectors_seconds": round(written_s, 1),
-                        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                        "worker_peak_rss_mb": round(workers.peak_mb, 1)}
-    shutil.rmtree(folder)
-    return result
+    return summary | {"driver_peak_rss_mb": peak_rss_mb(), "worker_peak_rss_mb": round(workers.peak_mb, 1)}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM): unlike ru_maxrss it starts afresh at exec, not at the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="50k and 200k items instead of 1M and 5M")
     parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # internal: retokenize one prepared folder
     args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.actors)))
+        return
     sizes = (50_000, 200_000) if args.quick else (1_000_000, 5_000_000)
     runs = {str(n): run(n, args.actors) for n in sizes}
     result = {
@@ -113,8 +138,8 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "setup": {"dim": DIM, "levels": LEVELS, "codebook_size": CODES, "actors": args.actors, "batch_size": 4096},
         "runs": runs,
-        "note": "driver_peak_rss_mb is the driver's peak over the whole benchmark so far (it grows run by run "
-                "only if the driver's share grows with N); worker_peak_rss_mb is per process",
+        "note": "driver_peak_rss_mb: the retokenize process's own peak; worker_peak_rss_mb: the largest Ray "
+                "worker process; the vectors are written and the codebook fitted in another process",
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / ("retokenize-quick.json" if args.quick else "retokenize.json")).write_text(
