@@ -88,8 +88,8 @@ def run(items: int, actors: int) -> dict:
     started = time.perf_counter()
     files = write_vectors(folder, items)
     written_s = time.perf_counter() - started
-    sample = torch.from_numpy(np.asarray(pq.read_table(files[0]).column("vector").combine_chunks().flatten(),
-                                         dtype=np.float32).reshape(-1, DIM)[:FIT_SAMPLE])
+    sample = torch.from_numpy(np.array(pq.read_table(files[0]).column("vector").combine_chunks().flatten(),
+                                       dtype=np.float32).reshape(-1, DIM)[:FIT_SAMPLE])
     codebooks, _, _ = residual_kmeans(sample, levels=LEVELS, codebook_size=CODES, iterations=10)
     save_codebooks(folder / "codebooks.safetensors", codebooks)
     done = subprocess.run([sys.executable, __file__, "--one", str(folder), "--actors", str(actors)],
