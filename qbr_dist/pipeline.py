@@ -332,7 +332,7 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path) -> Path:
     item_ids = table.column("item_id").to_pylist()
     codes = np.asarray(table.column("codes").to_pylist(), dtype=np.int64).reshape(len(item_ids), cfg.quant.levels)
     stats = json.loads((parts / STATS).read_text())
-    suffixes = assign_suffixes(np.asarray(item_ids, dtype=object), codes)
+    suffixes = assign_suffixes(item_ids, codes)
     write_codes(stage_dir / CODES, item_ids, codes, suffixes, stats["codebook_version"])
     for name in (CODEBOOKS, STATS):
         (parts / name).replace(stage_dir / name)

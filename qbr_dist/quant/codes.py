@@ -18,14 +18,20 @@ from qbr_dist.quant.codebook import CodebookMismatch
 VERSION_KEY, SUFFIX_KEY = b"qbr.codebook_version", b"qbr.suffix_table_size"
 
 
-def write_codes(path: Path, item_ids: list[str], codes: np.ndarray, suffixes: np.ndarray, version: str) -> None:
+def write_codes(path: Path, item_ids, codes: np.ndarray, suffixes: np.ndarray, version: str) -> None:
+    """`item_ids`: Arrow, numpy or a list; codes (n, L) and suffixes (n,) become one list per item."""
+    from qbr_dist.quant.semantic_ids import as_ids
+
     full = np.concatenate([np.asarray(codes), np.asarray(suffixes)[:, None]], axis=1).astype(np.int32)
+    offsets = pa.array(np.arange(0, full.size + 1, full.shape[1], dtype=np.int32))
+    ids = as_ids(item_ids)
     table = pa.table({
-        "item_id": pa.array(item_ids, pa.string()),
-        "codes": pa.array(list(full), pa.list_(pa.int32())),
-        "codebook_version": pa.array([version] * len(item_ids), pa.string()),
+        "item_id": ids,
+        "codes": pa.ListArray.from_arrays(offsets, pa.array(full.ravel())),
+        "codebook_version": pa.repeat(pa.scalar(version, pa.string()), len(ids)) if len(ids) else
+        pa.array([], pa.string()),
     })
-    suffix_size = int(np.max(suffixes, initial=-1)) + 1
+    suffix_size = int(np.max(np.asarray(suffixes), initial=-1)) + 1
     table = table.replace_schema_metadata({VERSION_KEY: version.encode(), SUFFIX_KEY: str(suffix_size).encode()})
     with artifacts.atomic_path(path) as tmp:
         pq.write_table(table, tmp)

@@ -72,10 +72,11 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
     )
     encoded_s = time.perf_counter() - started
     table = pq.read_table(staging)
-    item_ids = np.asarray(table.column("item_id").to_pylist(), dtype=object)
+    item_ids = table.column("item_id").combine_chunks()
     codes = np.asarray(table.column("codes").combine_chunks().flatten(), dtype=np.int64).reshape(len(item_ids), -1)
+    del table
     suffixes = assign_suffixes(item_ids, codes, _previous(previous, version))
-    write_codes(Path(out_dir) / CODES, item_ids.tolist(), codes, suffixes, version)
+    write_codes(Path(out_dir) / CODES, item_ids, codes, suffixes, version)
     shutil.rmtree(staging)
     seconds = time.perf_counter() - started
     return {"items": len(item_ids), "codebook_version": version, "collision_rate": collision_rate(codes),
@@ -88,5 +89,5 @@ def _previous(path: Path | None, version: str) -> Previous | None:
     if path is None or not Path(path).is_file() or codes_version(path) != version:
         return None
     table = read_codes(path, expected_version=version)
-    full = np.asarray(table.column("codes").to_pylist(), dtype=np.int64)
-    return Previous(np.asarray(table.column("item_id").to_pylist(), dtype=object), full[:, :-1], full[:, -1])
+    full = np.asarray(table.column("codes").combine_chunks().flatten(), dtype=np.int64).reshape(table.num_rows, -1)
+    return Previous(table.column("item_id").combine_chunks(), full[:, :-1], full[:, -1])

@@ -11,38 +11,67 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Item ids stay in Arrow throughout: a Python string per item would cost more memory than
+# everything else this module holds for a multi-million-item catalog.
 
 
 @dataclass
 class Previous:
-    item_ids: np.ndarray  # (m,) str
+    item_ids: pa.Array  # (m,) string
     codes: np.ndarray  # (m, L) base codes
     suffixes: np.ndarray  # (m,)
+
+
+def as_ids(item_ids) -> pa.Array:
+    """Item ids as one Arrow string array (from Arrow, numpy or a list)."""
+    if isinstance(item_ids, pa.ChunkedArray):
+        return item_ids.combine_chunks().cast(pa.string())
+    if isinstance(item_ids, pa.Array):
+        return item_ids.cast(pa.string())
+    return pa.array([str(i) for i in item_ids], pa.string())
+
+
+def tuple_groups(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(group index per item, items per group) of the code tuples; one int64 key per tuple when the
+    code ranges fit in 63 bits (no copy of the tuples), else a row-wise unique."""
+    codes = np.asarray(codes, dtype=np.int64)
+    sizes = codes.max(0, initial=0) + 1 if len(codes) else np.ones(codes.shape[1], np.int64)
+    if float(np.log2(sizes.astype(np.float64)).sum()) < 63:
+        key = np.zeros(len(codes), dtype=np.int64)
+        for column, size in zip(codes.T, sizes):
+            key = key * int(size) + column
+        _, group, counts = np.unique(key, return_inverse=True, return_counts=True)
+    else:
+        _, group, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    return group.ravel(), counts
 
 
 def collision_rate(codes: np.ndarray) -> float:
     """Share of items whose full code tuple is shared with at least one other item."""
     if not len(codes):
         return 0.0
-    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
-    return float((counts[inverse.ravel()] > 1).mean())
+    group, counts = tuple_groups(codes)
+    return float((counts[group] > 1).mean())
 
 
-def assign_suffixes(item_ids: np.ndarray, codes: np.ndarray, previous: Previous | None = None) -> np.ndarray:
+def assign_suffixes(item_ids, codes: np.ndarray, previous: Previous | None = None) -> np.ndarray:
     """(n,) suffix per item so that (codes, suffix) is unique; keeps `previous` suffixes where codes match."""
-    item_ids, codes = np.asarray(item_ids, dtype=object), np.asarray(codes)
-    if len(set(item_ids.tolist())) != len(item_ids):
+    ids, codes = as_ids(item_ids), np.asarray(codes)
+    if pc.count_distinct(ids).as_py() != len(ids):
         raise ValueError("semantic IDs: duplicate item ids in the table to tokenize")
-    _, group = np.unique(codes, axis=0, return_inverse=True)
-    group = group.ravel()
-    suffixes = np.full(len(item_ids), -1, dtype=np.int64)
+    group, _ = tuple_groups(codes)
+    suffixes = np.full(len(ids), -1, dtype=np.int64)
     if previous is not None and len(previous.item_ids):
-        suffixes = _kept_suffixes(item_ids, codes, previous)
+        suffixes = _kept_suffixes(ids, codes, previous)
     next_free = np.zeros(group.max(initial=-1) + 1, dtype=np.int64)
     kept = suffixes >= 0
     np.maximum.at(next_free, group[kept], suffixes[kept] + 1)
     new = np.flatnonzero(~kept)
-    order = new[np.lexsort((item_ids[new].astype(str), group[new]))]
+    by_group_then_id = pa.table({"group": group[new], "id": ids.take(pa.array(new))})
+    order = new[pc.sort_indices(by_group_then_id, sort_keys=[("group", "ascending"), ("id", "ascending")]).to_numpy()]
     new_groups = group[order]
     first_of_group = np.r_[True, new_groups[1:] != new_groups[:-1]] if len(order) else np.zeros(0, bool)
     starts = np.flatnonzero(first_of_group)
@@ -51,13 +80,12 @@ def assign_suffixes(item_ids: np.ndarray, codes: np.ndarray, previous: Previous 
     return suffixes
 
 
-def _kept_suffixes(item_ids: np.ndarray, codes: np.ndarray, previous: Previous) -> np.ndarray:
+def _kept_suffixes(ids: pa.Array, codes: np.ndarray, previous: Previous) -> np.ndarray:
     """The previous suffix of each item whose codes are unchanged, else -1."""
-    where = {item_id: i for i, item_id in enumerate(previous.item_ids.tolist())}
-    found = np.array([where.get(item_id, -1) for item_id in item_ids.tolist()], dtype=np.int64)
+    found = pc.index_in(ids, value_set=as_ids(previous.item_ids)).fill_null(-1).to_numpy().astype(np.int64)
     same = found >= 0
-    same[same] = (previous.codes[found[same]] == codes[same]).all(1)
-    return np.where(same, previous.suffixes[np.maximum(found, 0)], -1)
+    same[same] = (np.asarray(previous.codes)[found[same]] == codes[same]).all(1)
+    return np.where(same, np.asarray(previous.suffixes)[np.maximum(found, 0)], -1)
 
 
 def check_suffixes(suffixes: np.ndarray, table_size: int, *, source: str) -> None:

@@ -80,3 +80,13 @@ def test_suffix_beyond_the_trained_table_is_refused():
 def test_duplicate_item_ids_are_refused():
     with pytest.raises(ValueError, match="duplicate item ids"):
         assign_suffixes(np.array(["a", "a"]), np.array([[1], [2]]))
+
+
+def test_wide_code_ranges_group_correctly_and_arrow_ids_are_accepted():
+    import pyarrow as pa
+
+    big = 2**40
+    codes = np.array([[big, 1], [big, 1], [1, big]])  # 41 + 41 bits: too wide for one int64 key
+    assert collision_rate(codes) == pytest.approx(2 / 3)
+    suffixes = assign_suffixes(pa.array(["y", "x", "z"]), codes)
+    assert suffixes.tolist() == [1, 0, 0]
