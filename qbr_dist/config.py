@@ -225,7 +225,11 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     mask_ratio: float = 0.2
-    pretrain_last_item_prob: float = 0.1  # share of pretraining sequences masked at the last item only
+    pretrain_last_item_prob: float = 0.1  # share of "random" sequences masked at the last item only
+    mask_weights: list[float] = field(default_factory=lambda: [1.0, 0.0, 0.0, 0.0])  # random, span, tail, multi_region
+    mask_mean_span: float = 3.0  # mean length of a span (geometric), for span and multi_region
+    mask_tail: int = 2  # items masked at the end by "tail"
+    mask_regions: int = 2  # spans of "multi_region"
     window_stride: int = 10  # pretraining windows of model.max_len items every `window_stride` items
     finetune_stride: int = 2  # fine-tuning windows (one target each, the newest item) every N items
     shuffle_buffer: int = 20000
@@ -245,6 +249,11 @@ class TrainConfig:
         _require(self.weight_decay >= 0, "train.weight_decay", "a number >= 0")
         _require(0 < self.mask_ratio < 1, "train.mask_ratio", "a number in (0, 1)")
         _require(0 <= self.pretrain_last_item_prob <= 1, "train.pretrain_last_item_prob", "a number in [0, 1]")
+        _require(len(self.mask_weights) == 4 and min(self.mask_weights) >= 0 and sum(self.mask_weights) > 0,
+                 "train.mask_weights", "4 weights >= 0 (random, span, tail, multi_region), not all 0")
+        _require(self.mask_mean_span >= 1, "train.mask_mean_span", "a number >= 1")
+        _require(self.mask_tail >= 1, "train.mask_tail", "an integer >= 1")
+        _require(self.mask_regions >= 1, "train.mask_regions", "an integer >= 1")
         _require(self.window_stride >= 1, "train.window_stride", "an integer >= 1")
         _require(self.finetune_stride >= 1, "train.finetune_stride", "an integer >= 1")
         _require(self.shuffle_buffer >= 1, "train.shuffle_buffer", "an integer >= 1")

@@ -518,7 +518,7 @@ def _training_metrics(final: dict, *, wall_s: float) -> dict:
     return metrics | {
         "train_wall_s": round(wall_s, 1), "epochs": final["epochs"], "steps": final["step"],
         "best": {"phase": final["best_phase"], "epoch": final["best_epoch"]},
-        "curve": final["curve"], "resumed_at": final["resumed_at"],
+        "curve": final["curve"], "resumed_at": final["resumed_at"], "mask_mixture": final.get("mask_mixture"),
     }
 
 

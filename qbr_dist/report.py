@@ -23,7 +23,8 @@ def write_report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_di
         "split": "leave-one-out",
         "data": artifacts.read_manifest(ingest_dir)["rows"],
         "models": {
-            name: {key: m.get(key) for key in ("valid", "test", "train_wall_s", "epochs", "steps", "best") if key in m}
+            name: {key: m.get(key) for key in ("valid", "test", "train_wall_s", "epochs", "steps", "best", "mask_mixture")
+                   if key in m}
             for name, m in models.items()
         },
         "tokenizer": tokenizer_summary(tokenizer_dirs),
@@ -66,6 +67,10 @@ def markdown(report: dict) -> str:
         cells = [f"{m['test'][k]:.4f}" for k in METRIC_NAMES]
         cells += [f"{m['valid']['NDCG@10']:.4f}", str(m.get("epochs", 0)), f"{m.get('train_wall_s', 0):.0f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    mixtures = [f"{name} " + ", ".join(f"{k} {v:.0%}" for k, v in m["mask_mixture"].items())
+                for name, m in report["models"].items() if m.get("mask_mixture")]
+    if mixtures:
+        lines += ["", "Pretraining masks (share of sequences per strategy): " + "; ".join(mixtures) + "."]
     return "\n".join(lines + tokenizer_markdown(report.get("tokenizer", {}))) + "\n"
 
 

@@ -6,6 +6,8 @@ generator passed in, so a (seed, step) pair fixes the masks on every rank.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from qbr_dist.seqrec.bert4rec import PAD
@@ -66,28 +68,22 @@ STRATEGIES = ("random", "span", "tail", "multi_region")
 
 
 def mixed_mask(
-    seq: torch.Tensor, *, weights: dict[str, float], ratio: float, mean_span: float, tail: int, regions: int,
-    mask_token: int, generator: torch.Generator,
+    seq: torch.Tensor, *, weights: dict[str, float], makers: dict[str, Callable[[], tuple]],
+    generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pretraining masking: a strategy drawn per sequence from `weights`; also returns the index
-    into STRATEGIES chosen for each sequence."""
+    """Pretraining masking: a strategy drawn per sequence from `weights`; `makers[name]()` masks the
+    whole batch that way and is called only when some sequence drew it. Also returns the index into
+    STRATEGIES chosen for each sequence."""
     unknown = set(weights) - set(STRATEGIES)
     if unknown:
         raise ValueError(f"unknown masking strategies {sorted(unknown)} (known: {', '.join(STRATEGIES)})")
     probabilities = torch.tensor([float(weights.get(name, 0.0)) for name in STRATEGIES])
     chosen = torch.multinomial(probabilities, len(seq), replacement=True, generator=generator)
-    masks = {
-        "random": lambda: random_item_mask(seq, ratio=ratio, mask_token=mask_token, generator=generator),
-        "span": lambda: span_mask(seq, mean_span=mean_span, mask_token=mask_token, generator=generator),
-        "tail": lambda: tail_mask(seq, k=tail, mask_token=mask_token),
-        "multi_region": lambda: multi_region_mask(seq, regions=regions, mean_span=mean_span, mask_token=mask_token,
-                                                  generator=generator),
-    }
     inputs, labels = seq.clone(), torch.zeros_like(seq)
     for index, name in enumerate(STRATEGIES):
         rows = chosen == index
         if rows.any():
-            masked_inputs, masked_labels = masks[name]()
+            masked_inputs, masked_labels = makers[name]()
             inputs[rows], labels[rows] = masked_inputs[rows], masked_labels[rows]
     return inputs, labels, chosen
 

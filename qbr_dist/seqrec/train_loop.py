@@ -17,7 +17,8 @@ from qbr_dist.config import EvalConfig, ModelConfig, TrainConfig
 from qbr_dist.obs.metrics import TrainMeter
 from qbr_dist.quant.codebook import CodebookMismatch
 from qbr_dist.seqrec.bert4rec import BERT4Rec, SemanticTokens
-from qbr_dist.seqrec.masking import last_item_mask, mix_per_sequence, random_item_mask
+from qbr_dist.seqrec.masking import (STRATEGIES, last_item_mask, mix_per_sequence, mixed_mask, multi_region_mask,
+                                     random_item_mask, span_mask, tail_mask)
 from qbr_dist.seqrec.metrics import metric_means, metric_sums, target_ranks
 from qbr_dist.train import runtime as rt
 
@@ -54,6 +55,7 @@ class LoopState:
     done: bool = False
     resumed_at: list = field(default_factory=list)  # steps of the checkpoints this run restarted from
     codebook_version: str | None = None  # semantic IDs the model was trained on (None: item IDs)
+    mask_counts: list = field(default_factory=lambda: [0] * len(STRATEGIES))  # pretraining sequences per strategy
 
 
 def bert4rec_worker(loop_config: dict) -> None:
@@ -140,7 +142,10 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
         stream = (seed, state.phase, state.epoch, index)
         generator = torch.Generator().manual_seed(hash(stream) & (2**62))
         seq = batch["seq"]
-        inputs, labels = _mask(seq, phase.name, cfg, model.mask_token, generator)
+        choices = torch.Generator().manual_seed(hash((*stream, 7919)) & (2**62))  # its own stream: adding
+        inputs, labels, chosen = _mask(seq, phase.name, cfg, model.mask_token, generator, choices)  # strategies
+        if chosen is not None:  # leaves the random masks of the default mixture unchanged
+            state.mask_counts = [c + int((chosen == i).sum()) for i, c in enumerate(state.mask_counts)]
         targets = int((labels > 0).sum())
         torch.manual_seed(hash((*stream, rank)) & (2**62))  # dropout
         mine = rt.my_slice(labels, rank, world)
@@ -170,15 +175,28 @@ def learning_rate(cfg: TrainConfig, phase: Phase, phase_step: int, steps_per_epo
                            warmup_steps=cfg.warmup_steps, schedule=cfg.lr_schedule)
 
 
-def _mask(seq: torch.Tensor, phase: str, cfg: TrainConfig, mask_token: int, generator: torch.Generator):
-    """Fine-tuning masks the last item; pretraining masks random items, and the last item only
-    in a `pretrain_last_item_prob` share of sequences (as the original BERT4Rec does)."""
+def _mask(seq: torch.Tensor, phase: str, cfg: TrainConfig, mask_token: int, generator: torch.Generator,
+          choices: torch.Generator):
+    """Fine-tuning masks the last item. Pretraining draws a strategy per sequence from
+    `train.mask_weights`; "random" is BERT4Rec's: random items, and the last item only in a
+    `pretrain_last_item_prob` share of sequences. Returns (inputs, labels, strategy per sequence or None)."""
     last = last_item_mask(seq, mask_token=mask_token)
     if phase == "finetune":
-        return last
-    random = random_item_mask(seq, ratio=cfg.mask_ratio, mask_token=mask_token, generator=generator)
-    use_last = torch.rand(len(seq), generator=generator) < cfg.pretrain_last_item_prob
-    return mix_per_sequence(random, last, use_last)
+        return (*last, None)
+
+    def bert4rec_random():
+        random = random_item_mask(seq, ratio=cfg.mask_ratio, mask_token=mask_token, generator=generator)
+        use_last = torch.rand(len(seq), generator=generator) < cfg.pretrain_last_item_prob
+        return mix_per_sequence(random, last, use_last)
+
+    makers = {
+        "random": bert4rec_random,
+        "span": lambda: span_mask(seq, mean_span=cfg.mask_mean_span, mask_token=mask_token, generator=choices),
+        "tail": lambda: tail_mask(seq, k=cfg.mask_tail, mask_token=mask_token),
+        "multi_region": lambda: multi_region_mask(seq, regions=cfg.mask_regions, mean_span=cfg.mask_mean_span,
+                                                  mask_token=mask_token, generator=choices),
+    }
+    return mixed_mask(seq, weights=dict(zip(STRATEGIES, cfg.mask_weights)), makers=makers, generator=choices)
 
 
 def _checkpoint(engine, state: LoopState, meter, phase: str, loss: float) -> None:
@@ -243,7 +261,10 @@ def _evaluate(model: BERT4Rec, batches: list[dict], cfg: EvalConfig) -> dict:
 
 def _report_metrics(state: LoopState) -> dict:
     best = state.best
+    total = max(sum(state.mask_counts), 1)
+    mixture = {name: round(count / total, 4) for name, count in zip(STRATEGIES, state.mask_counts) if count}
     return {"done": True, "step": state.step, "epochs": state.epochs, "resumed_at": state.resumed_at,
+            "mask_mixture": mixture,
             "best_phase": best.get("phase"), "best_epoch": best.get("epoch"), "curve": state.curve,
             **{f"valid/{k}": v for k, v in best["valid"].items()},
             **{f"test/{k}": v for k, v in best.get("test", {}).items()}}

@@ -96,8 +96,11 @@ def test_multi_region_spans_are_disjoint_and_one_per_segment():
 
 def test_mixture_follows_the_weights_and_reports_the_choice():
     seq = torch.randint(1, 50, (4000, 20))
-    inputs, labels, chosen = mixed_mask(seq, weights={"random": 0.5, "tail": 0.5}, ratio=0.2, mean_span=3.0, tail=1,
-                                        regions=2, mask_token=MASK, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    makers = {"random": lambda: random_item_mask(seq, ratio=0.2, mask_token=MASK, generator=g),
+              "tail": lambda: tail_mask(seq, k=1, mask_token=MASK)}
+    inputs, labels, chosen = mixed_mask(seq, weights={"random": 0.5, "tail": 0.5}, makers=makers,
+                                        generator=torch.Generator().manual_seed(1))
     counts = torch.bincount(chosen, minlength=len(STRATEGIES))
     assert counts[STRATEGIES.index("span")] == 0 and abs(counts[0].item() / 4000 - 0.5) < 0.03
     tail_rows = chosen == STRATEGIES.index("tail")
@@ -109,5 +112,24 @@ def test_mixture_refuses_an_unknown_strategy():
     import pytest
 
     with pytest.raises(ValueError, match="unknown masking strategies"):
-        mixed_mask(batch(), weights={"spam": 1.0}, ratio=0.2, mean_span=2, tail=1, regions=2, mask_token=MASK,
-                   generator=torch.Generator())
+        mixed_mask(batch(), weights={"spam": 1.0}, makers={}, generator=torch.Generator())
+
+
+def test_training_masks_keep_bert4rec_random_masking_by_default_and_follow_the_weights():
+    from qbr_dist.config import TrainConfig
+    from qbr_dist.seqrec.train_loop import _mask
+
+    seq = torch.randint(1, 50, (64, 10))
+    cfg = TrainConfig()
+    inputs, labels, chosen = _mask(seq, "pretrain", cfg, MASK, torch.Generator().manual_seed(3),
+                                   torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(3)  # the same stream as before strategies existed
+    random = random_item_mask(seq, ratio=cfg.mask_ratio, mask_token=MASK, generator=g)
+    expected = mix_per_sequence(random, last_item_mask(seq, mask_token=MASK),
+                                torch.rand(len(seq), generator=g) < cfg.pretrain_last_item_prob)
+    assert torch.equal(inputs, expected[0]) and torch.equal(labels, expected[1]) and (chosen == 0).all()
+
+    tail_only = TrainConfig(mask_weights=[0.0, 0.0, 1.0, 0.0], mask_tail=3)
+    inputs, _, chosen = _mask(seq, "pretrain", tail_only, MASK, torch.Generator(), torch.Generator())
+    assert (inputs[:, -3:] == MASK).all() and not (inputs[:, :-3] == MASK).any() and (chosen == 2).all()
+    assert _mask(seq, "finetune", cfg, MASK, torch.Generator(), torch.Generator())[2] is None

@@ -28,6 +28,12 @@ def test_tokenizer_section_shows_usage_collisions_and_modality_weights(tmp_path)
     assert "| layer | text | image | tokens | cooc | mean gate |" in text and "| 1 | 0.500 | n/a | 0.200 | 0.300 | 0.910 |" in text
 
 
+def test_the_masking_mixture_is_reported():
+    models = {name: m | {"mask_mixture": {"random": 0.7, "span": 0.3}} for name, m in REPORT["models"].items()}
+    assert "Pretraining masks (share of sequences per strategy): popularity random 70%, span 30%." in markdown(
+        REPORT | {"models": models, "tokenizer": {}})
+
+
 def test_without_tokenizer_stages_the_table_stands_alone():
     assert "Semantic IDs" not in markdown(REPORT | {"tokenizer": {}})
 
