@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from qbr_dist import artifacts
@@ -21,6 +22,7 @@ from qbr_dist.data.fetch import fetch
 from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.data.readers import read_catalog, read_interactions
 from qbr_dist.data.split import MIN_SPLIT_LENGTH, build_sequences, item_index
+from qbr_dist.data.tables import column_matrix
 from qbr_dist.obs.metrics import quarantined_records
 from qbr_dist.report import write_report
 
@@ -329,8 +331,8 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path) -> Path:
         raise RuntimeError(f"quantize failed: {result.error}")
     ranks = [pq.read_table(rank_codes_file(parts, r)) for r in range(cfg.runtime.num_workers)]
     table = pa.concat_tables(ranks)
-    item_ids = table.column("item_id").to_pylist()
-    codes = np.asarray(table.column("codes").to_pylist(), dtype=np.int64).reshape(len(item_ids), cfg.quant.levels)
+    item_ids = table.column("item_id").combine_chunks()
+    codes = column_matrix(table.column("codes"), np.int64)
     stats = json.loads((parts / STATS).read_text())
     suffixes = assign_suffixes(item_ids, codes)
     write_codes(stage_dir / CODES, item_ids, codes, suffixes, stats["codebook_version"])
@@ -495,14 +497,15 @@ def _semantic_codes(ingest_dir: Path, quantize_dir: Path, stage_dir: Path) -> di
     version = artifacts.read_manifest(quantize_dir)["rows"]["codebook_version"]
     stats = json.loads((quantize_dir / STATS).read_text())
     table = read_codes(quantize_dir / CODES, expected_version=version)
-    item_ids = pq.read_table(ingest_dir / ITEMS, columns=["item_id"]).column("item_id").to_pylist()
-    by_id = dict(zip(table.column("item_id").to_pylist(), table.column("codes").to_pylist()))
-    missing = [i for i in item_ids if i not in by_id]
-    if missing:
+    item_ids = pq.read_table(ingest_dir / ITEMS, columns=["item_id"]).column("item_id").combine_chunks()
+    rows = pc.index_in(item_ids, value_set=table.column("item_id").combine_chunks())
+    if rows.null_count:
+        missing = item_ids.filter(rows.is_null())
         raise ValueError(f"{quantize_dir / CODES}: {len(missing)} catalog items have no semantic ID "
-                         f"(e.g. {missing[0]!r}; quarantined at encode?); retokenize the catalog first")
-    codes = np.zeros((len(item_ids) + 1, len(by_id[item_ids[0]])), dtype=np.int64)
-    codes[1:] = [by_id[i] for i in item_ids]
+                         f"(e.g. {missing[0].as_py()!r}; quarantined at encode?); retokenize the catalog first")
+    by_row = column_matrix(table.column("codes"), np.int64)
+    codes = np.zeros((len(item_ids) + 1, by_row.shape[1]), dtype=np.int64)
+    codes[1:] = by_row[rows.to_numpy()]
     stage_dir.mkdir(parents=True, exist_ok=True)
     np.save(stage_dir / "codes.npy", codes)
     return {"codes_file": str((stage_dir / "codes.npy").resolve()), "codebook_version": version,

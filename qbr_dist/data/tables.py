@@ -1,7 +1,19 @@
-"""The table contracts of the design (DESIGN.md §4) that every reader produces."""
+"""The table contracts of the design (DESIGN.md §4) that every reader produces, and the one way
+vector and code columns become arrays."""
+import numpy as np
 import pyarrow as pa
 
 INTERACTION_FIELDS = ("user_id", "item_id", "timestamp")
 INTERACTIONS_SCHEMA = pa.schema(
     [("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.float64())]
 )
+
+
+def column_matrix(column: pa.Array | pa.ChunkedArray, dtype=np.float32) -> np.ndarray:
+    """A list column with the same length in every row (vectors, code tuples) as an (n, width) array.
+    Null rows must be filled or refused first: they have no values to flatten."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not len(column):
+        return np.zeros((0, getattr(column.type, "list_size", 0)), dtype=dtype)
+    return np.asarray(column.flatten(), dtype=dtype).reshape(len(column), -1)

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from qbr_dist.data.tables import column_matrix
+
 ARRAYS = ("text", "text_present", "image", "image_present", "cooc", "cooc_present", "tokens")
 
 
@@ -89,4 +91,4 @@ def _matrix(column, width: int) -> np.ndarray:
 
     if column.null_count:
         column = column.fill_null(pa.scalar([0.0] * width, type=column.type))
-    return np.asarray(column.flatten(), dtype=np.float32).reshape(len(column), width)
+    return column_matrix(column)

@@ -156,16 +156,17 @@ def write_fused(model: CrossModalFusion, arrays: dict, loop_config: dict, out: P
     num_items = loop_config["num_items"]
     seen = np.load(loop_config["seen_file"])
     item_ids = pq.read_table(loop_config["items_file"], columns=["item_id"]).column("item_id")
-    share = -(-num_items // world)
-    first, last = 1 + rank * share, min(1 + (rank + 1) * share, num_items + 1)
+    start, stop = collective.share(num_items, rank, world)
+    first, last = 1 + start, 1 + stop  # item indices start at 1
+    passes = collective.share(num_items, 0, world)[1]  # rank 0's share is the largest: every rank runs as many
     layers, modalities = cfg.layers, len(MODALITIES)
     weight_sums, present_counts = torch.zeros(layers, modalities, dtype=torch.float64), torch.zeros(modalities, dtype=torch.float64)
     gate_sums, depth_counts = torch.zeros(layers, dtype=torch.float64), torch.zeros(layers + 1, dtype=torch.float64)
     fused, depths = [], []
     model.eval()
     with rt.full_parameters(list(model.parameters())):
-        for start in range(0, share, cfg.infer_batch):  # the same number of passes on every rank
-            items = torch.arange(first + start, min(first + start + cfg.infer_batch, last), dtype=torch.long)
+        for offset in range(0, passes, cfg.infer_batch):
+            items = torch.arange(first + offset, min(first + offset + cfg.infer_batch, last), dtype=torch.long)
             placeholder = not len(items)
             if placeholder:  # this rank's slice is done: still take part, with one item, and count nothing
                 items = torch.ones(1, dtype=torch.long)

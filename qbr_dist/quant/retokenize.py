@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from qbr_dist.data.tables import column_matrix
 from qbr_dist.quant import CODES
 from qbr_dist.quant.codebook import load_codebooks
 from qbr_dist.quant.codes import codes_version, read_codes, write_codes
@@ -41,10 +42,10 @@ class Retokenizer:
 
         from qbr_dist.quant.residual import encode
 
-        values = batch.column(self.column).combine_chunks()
+        values = batch.column(self.column)
         if values.null_count:
             raise ValueError(f"column '{self.column}' has nulls; retokenize needs a vector for every item")
-        vectors = np.asarray(values.flatten(), dtype=np.float32).reshape(batch.num_rows, -1)
+        vectors = column_matrix(values)
         codes = encode(torch.from_numpy(vectors), self.codebooks, chunk_size=self.chunk_size).numpy()
         flat = pa.array(codes.astype(np.int32).ravel())
         return pa.table({"item_id": batch.column("item_id"),
@@ -73,7 +74,7 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
     encoded_s = time.perf_counter() - started
     table = pq.read_table(staging)
     item_ids = table.column("item_id").combine_chunks()
-    codes = np.asarray(table.column("codes").combine_chunks().flatten(), dtype=np.int64).reshape(len(item_ids), -1)
+    codes = column_matrix(table.column("codes"), np.int64)
     del table
     suffixes = assign_suffixes(item_ids, codes, _previous(previous, version))
     write_codes(Path(out_dir) / CODES, item_ids, codes, suffixes, version)
@@ -89,5 +90,5 @@ def _previous(path: Path | None, version: str) -> Previous | None:
     if path is None or not Path(path).is_file() or codes_version(path) != version:
         return None
     table = read_codes(path, expected_version=version)
-    full = np.asarray(table.column("codes").combine_chunks().flatten(), dtype=np.int64).reshape(table.num_rows, -1)
+    full = column_matrix(table.column("codes"), np.int64)
     return Previous(table.column("item_id").combine_chunks(), full[:, :-1], full[:, -1])

@@ -17,6 +17,7 @@ import torch
 
 from qbr_dist import artifacts
 from qbr_dist.config import QuantConfig
+from qbr_dist.data.tables import column_matrix
 from qbr_dist.quant import CODEBOOKS, STATS
 from qbr_dist.quant.codebook import save_codebooks, verify_identical
 from qbr_dist.quant.residual import reconstruction_error, residual_kmeans
@@ -50,7 +51,7 @@ def read_rows(files: list[Path], column: str, start: int, stop: int) -> tuple[li
                         raise ValueError(f"{path}: column '{column}' has nulls (items without that feature); "
                                          "quantize a column every item has")
                     ids += part.column(0).to_pylist()
-                    vectors.append(np.asarray(values.flatten(), dtype=np.float32).reshape(len(part), -1))
+                    vectors.append(column_matrix(values))
                 seen += batch.num_rows
         else:
             seen += rows
@@ -65,8 +66,7 @@ def quantize_worker(loop_config: dict) -> None:
     files = [Path(f) for f in loop_config["files"]]
     rank, world = collective.rank(), collective.world_size()
     total = row_count(files)
-    share = -(-total // world)
-    ids, local = read_rows(files, cfg.input, rank * share, min((rank + 1) * share, total))
+    ids, local = read_rows(files, cfg.input, *collective.share(total, rank, world))
     codebooks, codes, stats = residual_kmeans(
         local, levels=cfg.levels, codebook_size=cfg.codebook_size, iterations=cfg.iterations,
         seed=loop_config["seed"], sample_size=cfg.sample_size, chunk_size=cfg.chunk_size,

@@ -20,6 +20,12 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
+def share(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, stop) of this rank's contiguous share of n rows; ranks get ceil(n / world) rows, the last fewer."""
+    size = -(-n // world)
+    return min(rank * size, n), min((rank + 1) * size, n)
+
+
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks, in place."""
     if dist.is_initialized():

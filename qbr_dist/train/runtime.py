@@ -21,6 +21,7 @@ import ray.data
 import torch
 
 from qbr_dist.config import RuntimeConfig
+from qbr_dist.train import collective
 
 CHECKPOINT_TAG = "state"
 
@@ -147,8 +148,7 @@ def save_checkpoint(engine, metrics: dict, state: dict) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         engine.save_checkpoint(tmp, tag=CHECKPOINT_TAG, client_state={"loop_state": state})
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        (Path(tmp) / f"params-rank{rank}.sha256").write_text(parameter_digest(engine.module) + "\n")
+        (Path(tmp) / f"params-rank{collective.rank()}.sha256").write_text(parameter_digest(engine.module) + "\n")
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
@@ -187,16 +187,13 @@ def restore_checkpoint(engine) -> dict | None:
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(tensor)
-    return tensor.tolist()
+    return collective.all_reduce_sum_(torch.tensor(values, dtype=torch.float64)).tolist()
 
 
 def my_slice(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     """This rank's contiguous share of a global batch (the last ranks may get fewer rows)."""
-    size = -(-len(batch) // world)
-    return batch[rank * size:(rank + 1) * size]
+    start, stop = collective.share(len(batch), rank, world)
+    return batch[start:stop]
 
 
 def finish_worker() -> None:

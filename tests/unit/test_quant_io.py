@@ -72,3 +72,12 @@ def test_catalog_items_without_codes_are_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"codes.parquet: 1 catalog items have no semantic ID \(e.g. 'c'"):
         pipeline._semantic_codes(ingest_dir(tmp_path, ["a", "c"]), quantize_dir(tmp_path, ["a", "b"]),
                                  tmp_path / "stage")
+
+
+def test_column_matrix_for_fixed_and_variable_lists_and_empty_columns():
+    from qbr_dist.data.tables import column_matrix
+
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(6, dtype=np.float32)), 3)
+    assert column_matrix(pa.chunked_array([fixed, fixed])).shape == (4, 3)
+    assert column_matrix(pa.array([[1, 2], [3, 4]]), np.int64).tolist() == [[1, 2], [3, 4]]
+    assert column_matrix(fixed.slice(0, 0)).shape == (0, 3)
