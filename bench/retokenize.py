@@ -91,7 +91,7 @@ def run(items: int, actors: int) -> dict:
     sample = torch.from_numpy(np.array(pq.read_table(files[0]).column("vector").combine_chunks().flatten(),
                                        dtype=np.float32).reshape(-1, DIM)[:FIT_SAMPLE])
     codebooks, _, _ = residual_kmeans(sample, levels=LEVELS, codebook_size=CODES, iterations=10)
-    save_codebooks(folder / "codebooks.safetensors", codebooks)
+    save_codebooks(folder / "codebooks.safetensors", {"codebooks": codebooks})
     done = subprocess.run([sys.executable, __file__, "--one", str(folder), "--actors", str(actors)],
                           check=True, capture_output=True, text=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])

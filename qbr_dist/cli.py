@@ -78,11 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     retokenize = commands.add_parser(
         "retokenize", help="give every item of a feature table its codes with the run's codebook",
-        description="Stream a vector table (default: the run's fusion or encode stage, per quant.input; any "
-                    "parquet file or folder with item_id and the quant.input column) through the fitted "
-                    "quantizer on Ray Data actors and "
-                    "write <run>/retokenize/codes.parquet. Suffixes of items already in the quantize stage's "
-                    "codes are kept; new items are appended.",
+        description="Stream a feature table (default: the run's encode stage; any parquet file or folder "
+                    "in its format: item_id, text_emb, image_emb, and optionally struct_tokens and cooc_emb) "
+                    "through the run's fusion model (quant.input = 'fused'; items without a trained ID vector "
+                    "take the content-predicted query) or its quant.input column, then the fitted quantizer, "
+                    "on Ray Data actors, and write <run>/retokenize/codes.parquet. Suffixes of items already "
+                    "in the quantize stage's codes are kept; new items are appended.",
     )
     _config_args(retokenize)
     retokenize.add_argument("--features", type=Path,
@@ -125,8 +126,7 @@ def _dispatch(args) -> int:
         if args.command == "quantize":
             print(dirs["quantize"])
             return 0
-        vectors = dirs.get("fusion", dirs["encode"])
-        print(pipeline.retokenize(cfg, root, args.features or vectors, dirs["quantize"]))
+        print(pipeline.retokenize(cfg, root, args.features or dirs["encode"], dirs))
         return 0
     if args.command in ("shards", "encode"):
         root = pipeline.run_dir(cfg)

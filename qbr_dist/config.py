@@ -148,7 +148,7 @@ class FusionConfig:
 @dataclass
 class QuantConfig:
     input: str = "fused"  # the vectors to quantize: "fused" (fusion stage), or "text_emb" / "image_emb" (encode)
-    mode: str = "rkmeans"  # residual k-means
+    mode: str = "rkmeans"  # "rkmeans" (residual k-means) or "rqvae" (MLP encoder/decoder around EMA codebooks)
     levels: int = 3
     codebook_size: int = 256
     iterations: int = 25  # Lloyd iterations per level (fewer once the inertia stops improving)
@@ -157,6 +157,14 @@ class QuantConfig:
     retokenize_batch_size: int = 4096  # items per retokenizer actor call
     retokenize_actors: int = 1
     retokenize_cpus_per_actor: float = 0.5
+    rqvae_hidden: list[int] = field(default_factory=lambda: [256])  # encoder widths; the decoder mirrors them
+    rqvae_latent_dim: int = 64
+    rqvae_commitment: float = 0.25  # weight of the commitment loss
+    rqvae_ema_decay: float = 0.99  # codebook moving-average decay
+    rqvae_dead_fraction: float = 0.1  # a code below this share of an even split of the batch is re-seeded
+    rqvae_epochs: int = 20
+    rqvae_batch_size: int = 512  # global batch, split over the workers
+    rqvae_lr: float = 1e-3
 
     def check(self) -> None:
         _require(self.retokenize_batch_size >= 1, "quant.retokenize_batch_size", "an integer >= 1")
@@ -164,7 +172,15 @@ class QuantConfig:
         _require(self.retokenize_cpus_per_actor > 0, "quant.retokenize_cpus_per_actor", "a number > 0")
         _require(self.input in ("fused", "text_emb", "image_emb"), "quant.input",
                  "'fused', 'text_emb' or 'image_emb'")
-        _require(self.mode in ("rkmeans",), "quant.mode", "'rkmeans'")
+        _require(self.mode in ("rkmeans", "rqvae"), "quant.mode", "'rkmeans' or 'rqvae'")
+        _require(all(w >= 1 for w in self.rqvae_hidden), "quant.rqvae_hidden", "a list of integers >= 1")
+        _require(self.rqvae_latent_dim >= 1, "quant.rqvae_latent_dim", "an integer >= 1")
+        _require(self.rqvae_commitment >= 0, "quant.rqvae_commitment", "a number >= 0")
+        _require(0 < self.rqvae_ema_decay < 1, "quant.rqvae_ema_decay", "a number in (0, 1)")
+        _require(0 <= self.rqvae_dead_fraction < 1, "quant.rqvae_dead_fraction", "a number in [0, 1)")
+        _require(self.rqvae_epochs >= 1, "quant.rqvae_epochs", "an integer >= 1")
+        _require(self.rqvae_batch_size >= 2, "quant.rqvae_batch_size", "an integer >= 2")
+        _require(self.rqvae_lr > 0, "quant.rqvae_lr", "a number > 0")
         _require(self.levels >= 1, "quant.levels", "an integer >= 1")
         _require(self.codebook_size >= 2, "quant.codebook_size", "an integer >= 2")
         _require(self.iterations >= 1, "quant.iterations", "an integer >= 1")
@@ -241,6 +257,8 @@ class TrainConfig:
     patience: int = 6  # evaluations without validation improvement before stopping a phase
     eval_every: int = 4  # pretraining epochs between validation evaluations
     finetune_eval_every: int = 1  # fine-tuning epochs between validation evaluations
+    sampled_softmax_above: int = 200_000  # catalogs with more items train on sampled softmax (0: always)
+    negatives: int = 1024  # popularity-sampled negatives per step of sampled softmax
 
     def check(self) -> None:
         _require(self.batch_size >= 1, "train.batch_size", "an integer >= 1")
@@ -264,6 +282,8 @@ class TrainConfig:
         _require(self.patience >= 1, "train.patience", "an integer >= 1")
         _require(self.eval_every >= 1, "train.eval_every", "an integer >= 1")
         _require(self.finetune_eval_every >= 1, "train.finetune_eval_every", "an integer >= 1")
+        _require(self.sampled_softmax_above >= 0, "train.sampled_softmax_above", "an integer >= 0")
+        _require(self.negatives >= 1, "train.negatives", "an integer >= 1")
 
 
 @dataclass

@@ -253,6 +253,7 @@ def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structur
 
     from qbr_dist.data.split import train_part
     from qbr_dist.fusion import STATS, features
+    from qbr_dist.fusion.export import MODEL
     from qbr_dist.fusion.train_loop import adjacent_pairs, fusion_worker
     from qbr_dist.train.runtime import TrainJob, fit, start_ray
 
@@ -295,7 +296,7 @@ def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structur
         raise RuntimeError(f"fusion training failed: {result.error}")
     stats = json.loads((stage_dir / STATS).read_text()) | {"train_wall_s": round(time.perf_counter() - started, 1)}
     artifacts.write_json(stage_dir / STATS, stats)
-    outputs = [STATS] + [p.name for p in feature_files(stage_dir)]
+    outputs = [STATS, MODEL] + [p.name for p in feature_files(stage_dir)]
     artifacts.write_manifest(stage_dir, key, outputs=outputs, rows={
         "items": stats["items"], "cold_items": stats["cold_items"], "mean_depth": stats["mean_depth"],
         "steps": stats["steps"]})
@@ -305,7 +306,7 @@ def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structur
 
 
 def quantize(cfg: Config, root: Path, vectors_dir: Path) -> Path:
-    """Residual codebooks fitted by Ray Train workers together, then unique semantic IDs per item."""
+    """Residual codebooks (k-means or RQ-VAE) fitted by Ray Train workers together, then unique semantic IDs per item."""
     import shutil
 
     from qbr_dist.quant import CODEBOOKS, CODES, STATS
@@ -314,7 +315,8 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path) -> Path:
     from qbr_dist.quant.worker import quantize_worker, rank_codes_file
     from qbr_dist.train.runtime import TrainJob, fit, start_ray
 
-    key = artifacts.stage_key("quantize", cfg.section_hash("quant", seed=cfg.run.seed),
+    key = artifacts.stage_key("quantize", cfg.section_hash("quant", seed=cfg.run.seed, precision=cfg.runtime.precision,
+                                                           grad_clip=cfg.runtime.grad_clip),
                               {"vectors": artifacts.manifest_fingerprint(vectors_dir)})
     stage_dir, current = _stage("quantize", root, key)
     if current:
@@ -323,6 +325,7 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path) -> Path:
     shutil.rmtree(parts, ignore_errors=True)
     start_ray(cfg.runtime)
     loop_config = {"quant": cfg.quant.__dict__, "out_dir": str(parts.resolve()), "seed": cfg.run.seed,
+                   "run_name": cfg.run.name,
                    "files": [str(p.resolve()) for p in feature_files(vectors_dir)]}
     job = TrainJob(name=f"quantize-{artifacts.key_digest(key)}", storage_path=stage_dir / "ray", loop=quantize_worker,
                    loop_config=loop_config, datasets={})
@@ -349,32 +352,41 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path) -> Path:
     return stage_dir
 
 
-def retokenize(cfg: Config, root: Path, features: Path, quantize_dir: Path) -> Path:
+def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path]) -> Path:
     """Codes for every row of a feature table (a parquet file or a folder of them) with the run's
-    codebook, suffixes kept from the quantize stage's codes; in <run>/retokenize/."""
+    codebook, suffixes kept from the quantize stage's codes; in <run>/retokenize/. With
+    quant.input = 'fused' the rows are item features (the encode format), fused first."""
+    from qbr_dist.fusion.export import MODEL
     from qbr_dist.quant import CODEBOOKS, CODES
     from qbr_dist.quant.codebook import load_codebooks
+    from qbr_dist.quant.retokenize import FusionInputs
     from qbr_dist.quant.retokenize import retokenize as retokenize_job
     from qbr_dist.train.runtime import start_ray
 
     files = sorted(features.glob("*.parquet")) if features.is_dir() else [features]
     if not files or not all(f.is_file() for f in files):
         raise FileNotFoundError(f"{features}: no parquet feature table to retokenize")
-    _, version = load_codebooks(quantize_dir / CODEBOOKS)
+    quantize_dir = dirs["quantize"]
+    _, version, _ = load_codebooks(quantize_dir / CODEBOOKS)
+    fusion = None
     inputs = {"codebook": version, "features": {f.name: artifacts.file_fingerprint(f) for f in files}}
+    if cfg.quant.input == "fused":
+        fusion = FusionInputs(model=dirs["fusion"] / MODEL, id_vectors=feature_files(dirs["fusion"]),
+                              structure=dirs["structure"] / STRUCTURE)
+        inputs |= {name: artifacts.manifest_fingerprint(dirs[name]) for name in ("fusion", "structure")}
     key = artifacts.stage_key("retokenize", cfg.section_hash("quant"), inputs)
     stage_dir, current = _stage("retokenize", root, key)
     if current:
         return stage_dir
     start_ray(cfg.runtime)
     summary = retokenize_job(files, cfg.quant.input, quantize_dir / CODEBOOKS, stage_dir,
-                             previous=quantize_dir / CODES, batch_size=cfg.quant.retokenize_batch_size,
+                             previous=quantize_dir / CODES, fusion=fusion, batch_size=cfg.quant.retokenize_batch_size,
                              actors=cfg.quant.retokenize_actors, cpus_per_actor=cfg.quant.retokenize_cpus_per_actor,
                              chunk_size=cfg.quant.chunk_size)
     artifacts.write_manifest(stage_dir, key, outputs=[CODES], rows=summary)
-    log.info("retokenize: %d items with codebook %s at %.0f items/s, collision rate %.4f, suffix table %d",
-             summary["items"], version, summary["items_per_s"], summary["collision_rate"],
-             summary["suffix_table_size"])
+    log.info("retokenize: %d items (%d with a content-predicted query) with codebook %s at %.0f items/s, "
+             "collision rate %.4f, suffix table %d", summary["items"], summary["content_queries"], version,
+             summary["items_per_s"], summary["collision_rate"], summary["suffix_table_size"])
     return stage_dir
 
 
@@ -468,10 +480,11 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     if not all(steps_per_epoch.values()):
         raise ValueError(f"config key 'train.batch_size': {cfg.train.batch_size} exceeds the training windows "
                          f"of a phase ({ {p: datasets[p].count() for p in steps_per_epoch} })")
+    sampled = _item_counts(sequences, items, stage_dir) if items > cfg.train.sampled_softmax_above else {}
     loop_config = {
         "model": model.__dict__, "train": cfg.train.__dict__, "eval": cfg.eval.__dict__, "stage": stage,
         "seed": cfg.run.seed, "num_items": items, "run_name": cfg.run.name, "steps_per_epoch": steps_per_epoch,
-        **semantic,
+        **semantic, **sampled,
     }
     started = time.perf_counter()
     # The Ray Train run name carries the stage key (config and inputs): a rerun resumes only a run
@@ -510,6 +523,16 @@ def _semantic_codes(ingest_dir: Path, quantize_dir: Path, stage_dir: Path) -> di
     np.save(stage_dir / "codes.npy", codes)
     return {"codes_file": str((stage_dir / "codes.npy").resolve()), "codebook_version": version,
             "code_sizes": [len(level["counts"]) for level in stats["levels"]] + [stats["suffix_table_size"]]}
+
+
+def _item_counts(sequences, items: int, stage_dir: Path) -> dict:
+    """Training-part count of every item, for sampled softmax: per-batch counts from Ray Data tasks, summed here."""
+    from qbr_dist.seqrec.popularity import batch_counts, summed_counts
+
+    counts = summed_counts(sequences.map_batches(batch_counts).iter_batches(batch_format="numpy"), items)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    np.save(stage_dir / "item_counts.npy", counts)
+    return {"counts_file": str((stage_dir / "item_counts.npy").resolve())}
 
 
 def _training_metrics(final: dict, *, wall_s: float) -> dict:

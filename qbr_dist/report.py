@@ -79,10 +79,12 @@ def tokenizer_markdown(tokenizer: dict) -> list[str]:
     if "quantize" in tokenizer:
         q = tokenizer["quantize"]
         size = len(q["levels"][0]["counts"])
+        method = {"rqvae": f"RQ-VAE ({q.get('steps', 0)} steps, {q.get('reseeded', 0)} dead codes re-seeded)"}.get(
+            q.get("mode"), "residual k-means")
         lines += [
-            "", f"Semantic IDs: codebook `{q['codebook_version']}`, {len(q['levels'])} levels x {size} codes over "
-            f"{q['items']:,} items; collision rate before the suffix {q['collision_rate']:.4f}, suffix table "
-            f"{q['suffix_table_size']}, relative reconstruction error {q['reconstruction_error']:.4f}.",
+            "", f"Semantic IDs: codebook `{q['codebook_version']}` by {method}, {len(q['levels'])} levels x {size} "
+            f"codes over {q['items']:,} items; collision rate before the suffix {q['collision_rate']:.4f}, suffix "
+            f"table {q['suffix_table_size']}, relative reconstruction error {q['reconstruction_error']:.4f}.",
             "", "| level | codes used | perplexity | dead codes |", "|---|---|---|---|",
         ]
         lines += [f"| {lv['level']} | {lv['usage']:.1%} | {lv['perplexity']:.1f} | {lv['dead_codes']} |"

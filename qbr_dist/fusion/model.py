@@ -81,12 +81,15 @@ class CrossModalFusion(nn.Module):
         `use_id` (B,) bool: where False the query comes from the content head (cold/new items).
         In eval mode an item stops at the first layer whose gate is below `gate_threshold`.
         """
+        return self.fuse(self.id_embedding(items), features, use_id=use_id)
+
+    def fuse(self, id_vectors: torch.Tensor, features: dict[str, torch.Tensor], *, use_id: torch.Tensor | None = None):
+        """`forward` from given ID vectors (B, d): how items outside the trained table are fused."""
         views, present = self.views(features)
-        id_vectors = self.id_embedding(items)
         predicted = self.content_query(views, present)
         h = id_vectors if use_id is None else torch.where(use_id.unsqueeze(-1), id_vectors, predicted)
-        active = torch.ones(len(items), dtype=torch.bool, device=items.device)
-        depth = torch.zeros(len(items), dtype=torch.long, device=items.device)
+        active = torch.ones(len(h), dtype=torch.bool, device=h.device)
+        depth = torch.zeros(len(h), dtype=torch.long, device=h.device)
         weights, gates = [], []
         for layer in self.layers:
             update, layer_weights, gate = layer(h, views, present)

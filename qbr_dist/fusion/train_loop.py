@@ -3,8 +3,9 @@
 Batches are (anchor, neighbour) pairs of items next to each other in training sequences; every
 worker streams the same ordered pairs and keeps its slice of each global batch (as the BERT4Rec
 loop does), with in-batch negatives on each rank. The loop state in a checkpoint is all a
-restart needs. After training each rank writes the fused vectors of its contiguous slice of the
-catalog; items never seen in training take their query from the content head.
+restart needs. After training each rank writes the fused vectors (and trained ID vectors) of its
+contiguous slice of the catalog; items never seen in training take their query from the content
+head. Rank 0 exports the model without its ID table, for retokenizing later catalogs.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch
 from qbr_dist import artifacts
 from qbr_dist.config import FusionConfig
 from qbr_dist.fusion import STATS, features
+from qbr_dist.fusion.export import ID_VECTOR, MODEL, save_model
 from qbr_dist.fusion.loss import fusion_loss
 from qbr_dist.fusion.model import MODALITIES, CrossModalFusion
 from qbr_dist.obs.metrics import TrainMeter
@@ -59,11 +61,15 @@ class FusionState:
     done: bool = False
 
 
+def model_arguments(cfg: FusionConfig, arrays: dict, vocab_size: int) -> dict:
+    """CrossModalFusion's arguments besides the item count (kept with the exported model)."""
+    return {"input_dims": {name: int(arrays[name].shape[1]) for name in ("text", "image", "cooc")},
+            "vocab_size": vocab_size, "dim": cfg.dim, "layers": cfg.layers, "temperature": cfg.temperature,
+            "gate_threshold": cfg.gate_threshold, "dropout": cfg.dropout}
+
+
 def build_model(cfg: FusionConfig, arrays: dict, num_items: int, vocab_size: int) -> CrossModalFusion:
-    dims = {name: arrays[name].shape[1] for name in ("text", "image", "cooc")}
-    return CrossModalFusion(num_items=num_items, input_dims=dims, vocab_size=vocab_size, dim=cfg.dim,
-                            layers=cfg.layers, temperature=cfg.temperature, gate_threshold=cfg.gate_threshold,
-                            dropout=cfg.dropout)
+    return CrossModalFusion(num_items=num_items, **model_arguments(cfg, arrays, vocab_size))
 
 
 def tensors(arrays: dict, items: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -124,7 +130,7 @@ def _train_epoch(engine, arrays, pairs, state: FusionState, cfg: FusionConfig, r
         rt.set_lr(engine, lr)
         anchors, neighbours = (rt.my_slice(batch[name], rank, world) for name in ("anchor", "neighbour"))
         items = torch.cat([anchors, neighbours])
-        torch.manual_seed(hash((seed, state.epoch, index, rank)) & (2**62))  # dropout
+        torch.manual_seed(rt.stream_seed(seed, state.epoch, index, rank))  # dropout
         out = engine(items, tensors(arrays, items))
         half = len(anchors)
         anchor = {k: v[:half] for k, v in out.items() if k in ("fused", "views", "present", "id", "predicted_id")}
@@ -180,12 +186,18 @@ def write_fused(model: CrossModalFusion, arrays: dict, loop_config: dict, out: P
             depth_counts += torch.bincount(result["depth"], minlength=layers + 1).double()
             fused.append(result["fused"].float().numpy())
             depths.append(result["depth"].numpy())
+        id_vectors = model.id_embedding.weight[first:last].detach().float().numpy().copy()
+        if rank == 0:
+            save_model(out / MODEL, model, arguments=model_arguments(cfg, arrays, loop_config["vocab_size"]),
+                       max_tokens=cfg.max_tokens)
     vectors = np.concatenate(fused) if fused else np.zeros((0, cfg.dim), np.float32)
     table = pa.table({
         "item_id": item_ids.slice(first - 1, max(last - first, 0)),
         "fused": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), cfg.dim),
         "depth": pa.array(np.concatenate(depths) if depths else np.zeros(0, np.int64), pa.int8()),
         "cold": pa.array(~seen[first:last]),
+        ID_VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(id_vectors.ravel()), cfg.dim,
+                                                     mask=pa.array(~seen[first:last])),
     })
     with artifacts.atomic_path(fused_part(out, rank)) as tmp:
         pq.write_table(table, tmp)

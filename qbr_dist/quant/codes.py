@@ -2,11 +2,14 @@
 
 `codes.parquet`: `item_id` (string), `codes` (list<int32>: the L level codes, then the
 disambiguation suffix), `codebook_version` (string). The file's metadata records the version
-and the suffix table size, so a reader can refuse codes made with another codebook.
+and the suffix table size, so a reader can refuse codes made with another codebook. Since the
+size is in the schema, a file written part by part (`codes_writer`) needs it before the first part.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -18,23 +21,35 @@ from qbr_dist.quant.codebook import CodebookMismatch
 VERSION_KEY, SUFFIX_KEY = b"qbr.codebook_version", b"qbr.suffix_table_size"
 
 
-def write_codes(path: Path, item_ids, codes: np.ndarray, suffixes: np.ndarray, version: str) -> None:
+def _schema(version: str, suffix_table_size: int) -> pa.Schema:
+    return pa.schema([("item_id", pa.string()), ("codes", pa.list_(pa.int32())), ("codebook_version", pa.string())],
+                     metadata={VERSION_KEY: version.encode(), SUFFIX_KEY: str(suffix_table_size).encode()})
+
+
+def _table(item_ids, codes: np.ndarray, suffixes: np.ndarray, schema: pa.Schema) -> pa.Table:
     """`item_ids`: Arrow, numpy or a list; codes (n, L) and suffixes (n,) become one list per item."""
     from qbr_dist.quant.semantic_ids import as_ids
 
     full = np.concatenate([np.asarray(codes), np.asarray(suffixes)[:, None]], axis=1).astype(np.int32)
     offsets = pa.array(np.arange(0, full.size + 1, full.shape[1], dtype=np.int32))
     ids = as_ids(item_ids)
-    table = pa.table({
-        "item_id": ids,
-        "codes": pa.ListArray.from_arrays(offsets, pa.array(full.ravel())),
-        "codebook_version": pa.repeat(pa.scalar(version, pa.string()), len(ids)) if len(ids) else
-        pa.array([], pa.string()),
-    })
-    suffix_size = int(np.max(np.asarray(suffixes), initial=-1)) + 1
-    table = table.replace_schema_metadata({VERSION_KEY: version.encode(), SUFFIX_KEY: str(suffix_size).encode()})
-    with artifacts.atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    version = schema.metadata[VERSION_KEY].decode()
+    return pa.table({"item_id": ids, "codes": pa.ListArray.from_arrays(offsets, pa.array(full.ravel())),
+                     "codebook_version": pa.repeat(pa.scalar(version, pa.string()), len(ids))}, schema=schema)
+
+
+@contextlib.contextmanager
+def codes_writer(path: Path, version: str, suffix_table_size: int) -> Iterator[Callable[..., None]]:
+    """Yields `write(item_ids, codes, suffixes)`, which appends rows; the file appears at `path` when the block ends."""
+    schema = _schema(version, suffix_table_size)
+    with artifacts.atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        yield lambda item_ids, codes, suffixes: writer.write_table(_table(item_ids, codes, suffixes, schema))
+
+
+def write_codes(path: Path, item_ids, codes: np.ndarray, suffixes: np.ndarray, version: str) -> None:
+    """The codes file of items whose codes (n, L) and suffixes (n,) are all at hand."""
+    with codes_writer(path, version, int(np.max(np.asarray(suffixes), initial=-1)) + 1) as write:
+        write(item_ids, codes, suffixes)
 
 
 def codes_version(path: Path) -> str:

@@ -2,7 +2,8 @@
 
 `residual_kmeans` fits the codebooks level by level with the distributed k-means (each level on
 the residuals of the level before), checking after every level that all ranks hold the same
-codebook. `encode` and `decode` apply codebooks to any vectors, chunk by chunk.
+codebook. `encode` and `decode` apply codebooks to any vectors, chunk by chunk;
+`encode_with_stats` also counts each level's code usage over all ranks.
 """
 from __future__ import annotations
 
@@ -38,14 +39,30 @@ def level_stats(level: int, counts: torch.Tensor, inertia: float) -> LevelStats:
                       dead_codes=int((~used).sum()), inertia=inertia, counts=[int(c) for c in counts.tolist()])
 
 
+def _assign_levels(vectors: torch.Tensor, codebooks: torch.Tensor, chunk_size: int):
+    """(squared distance, code) per row, level by level, each level on the residual the levels before left."""
+    residual = vectors.float().clone()
+    for codebook in codebooks:
+        distances, codes = nearest(residual, codebook, chunk_size=chunk_size)
+        residual -= codebook[codes]
+        yield distances, codes
+
+
 def encode(vectors: torch.Tensor, codebooks: torch.Tensor, *, chunk_size: int = 65536) -> torch.Tensor:
     """(n, L) int64 codes: at each level the code nearest to the residual left by the levels before."""
-    residual = vectors.float().clone()
-    codes = torch.empty((len(vectors), len(codebooks)), dtype=torch.int64)
-    for level, codebook in enumerate(codebooks):
-        _, codes[:, level] = nearest(residual, codebook, chunk_size=chunk_size)
-        residual -= codebook[codes[:, level]]
-    return codes
+    codes = [level_codes for _, level_codes in _assign_levels(vectors, codebooks, chunk_size)]
+    return torch.stack(codes, 1) if codes else torch.zeros((len(vectors), 0), dtype=torch.int64)
+
+
+def encode_with_stats(local: torch.Tensor, codebooks: torch.Tensor, *, chunk_size: int = 65536):
+    """This rank's codes (n_r, L) and the per-level statistics over all ranks."""
+    codes, stats = [], []
+    for level, (distances, level_codes) in enumerate(_assign_levels(local, codebooks, chunk_size)):
+        counts = collective.all_reduce_sum_(torch.bincount(level_codes, minlength=codebooks.shape[1]))
+        inertia = collective.all_reduce_sum_(distances.double().sum().view(1))
+        codes.append(level_codes)
+        stats.append(level_stats(level, counts, float(inertia.item())))
+    return torch.stack(codes, 1), stats
 
 
 def decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
@@ -70,9 +87,8 @@ def residual_kmeans(local: torch.Tensor, *, levels: int, codebook_size: int, ite
     return torch.stack(codebooks), torch.stack(codes, 1), stats
 
 
-def reconstruction_error(local: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor) -> float:
+def reconstruction_error(local: torch.Tensor, reconstructed: torch.Tensor) -> float:
     """Global mean squared error of the reconstruction, relative to the mean squared norm."""
-    sums = torch.tensor([float(((local - decode(codes, codebooks)) ** 2).sum()), float((local ** 2).sum())],
-                        dtype=torch.float64)
+    sums = torch.tensor([float(((local - reconstructed) ** 2).sum()), float((local ** 2).sum())], dtype=torch.float64)
     error, norm = collective.all_reduce_sum_(sums).tolist()
     return error / max(norm, 1e-12)

@@ -1,94 +1,305 @@
 """`qbr retokenize`: give every item of a (possibly multi-million-row) feature table its codes.
 
-A Ray Data job streams the table through a pool of actors that each fetch the codebooks once
-from the object store and quantize batch by batch, writing `item_id, codes` parquet. A driver
-pass then appends the disambiguation suffixes, keeping every suffix of the previous codes file
-made with the same codebook (suffixes are only ever appended), and writes `codes.parquet`.
-Memory per actor is one batch; the driver holds item ids and code tuples, not vectors.
+A Ray Data job streams the table through a pool of actors that each fetch the tokenizer (the
+codebook file's tensors) once from the object store and quantize batch by batch. With
+quant.input = 'fused' the table holds item features (the encode table format); the job first
+left-joins them by item id with the trained ID vectors from the fusion stage's parquet (nothing
+catalog-sized is broadcast) and the actors run the exported fusion model, so a brand-new item
+gets its query from the content head. The actors write
+staging parquet: `item_id, codes` and two bucket numbers, a fixed hash of the code tuple and one
+of the item id. The driver then streams the staged rows, and the previous codes file made with
+the same codebook (whose suffixes are kept: suffixes are only ever appended), into one file per
+bucket and works a bucket at a time. Items that share a code tuple share a bucket, so each
+bucket gets its suffixes alone; a repeated item id lands twice in one id bucket. The codes
+file's schema records the suffix table size, so the suffixed buckets go to temporary files
+first and are then appended to `codes.parquet`. Memory is one batch per actor and about
+`bucket_rows` rows on the driver, whatever the catalog size.
 """
 from __future__ import annotations
 
-import logging
+import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from qbr_dist.data.tables import column_matrix
+from qbr_dist.fusion.export import ID_VECTOR, TOKENS_COLUMN, VECTOR_COLUMNS, fuse_batch, load_model
 from qbr_dist.quant import CODES
-from qbr_dist.quant.codebook import load_codebooks
-from qbr_dist.quant.codes import codes_version, read_codes, write_codes
-from qbr_dist.quant.semantic_ids import Previous, assign_suffixes, collision_rate
+from qbr_dist.quant.codes import codes_version, codes_writer
+from qbr_dist.quant.semantic_ids import Previous, as_ids, assign_suffixes, shared_items
+from qbr_dist.quant.tokenizer import Tokenizer
+from qbr_dist.quant.worker import row_count
 
-log = logging.getLogger("qbr.retokenize")
+TRAINED_ID = "trained_id"  # staging column: the item's query was its trained ID vector (else the content head's)
+STREAM_ROWS = 65_536  # rows per batch when the driver streams a parquet file into buckets
+
+
+@dataclass
+class FusionInputs:
+    """What fusing the feature table first needs (quant.input = 'fused'): the exported fusion model,
+    the fused parquet files (their trained ID vectors, joined by item id) and the run's structure
+    table (field tokens and co-occurrence vectors, joined when the feature table lacks them)."""
+    model: Path
+    id_vectors: list[Path]
+    structure: Path | None = None
 
 
 class Retokenizer:
-    """Ray Data actor: quantizes batches of one vector column with codebooks from the object store."""
+    """Ray Data actor: quantizes batches with a tokenizer from the object store, after fusing the
+    batch's features when given the fusion model."""
 
-    def __init__(self, codebooks: list, column: str, chunk_size: int):
+    def __init__(self, tokenizer: list, column: str, chunk_size: int, buckets: int, fusion_model: str | None):
         import ray
         import torch
 
         torch.set_num_threads(1)
-        self.codebooks = torch.from_numpy(np.array(ray.get(codebooks[0])))  # fetched once per actor
-        self.column, self.chunk_size = column, chunk_size
+        self.tokenizer = Tokenizer.from_parts(ray.get(tokenizer[0]))  # fetched once per actor
+        self.column, self.chunk_size, self.buckets = column, chunk_size, buckets
+        self.fusion = load_model(Path(fusion_model)) if fusion_model else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
-        from qbr_dist.quant.residual import encode
+        vectors, trained_id = self._vectors(batch)
+        codes = self.tokenizer.codes(torch.from_numpy(vectors), chunk_size=self.chunk_size).numpy()
+        flat = pa.array(codes.astype(np.int32).ravel())
+        table = pa.table({"item_id": batch.column("item_id"),
+                          "codes": pa.FixedSizeListArray.from_arrays(flat, codes.shape[1]),
+                          TRAINED_ID: pa.array(trained_id)})
+        return with_buckets(table, self.buckets)
 
+    def _vectors(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors to quantize, whether each item's query was its trained ID vector)."""
+        if self.fusion is not None:
+            model, max_tokens = self.fusion
+            return fuse_batch(model, batch, max_tokens)
         values = batch.column(self.column)
         if values.null_count:
             raise ValueError(f"column '{self.column}' has nulls; retokenize needs a vector for every item")
-        vectors = column_matrix(values)
-        codes = encode(torch.from_numpy(vectors), self.codebooks, chunk_size=self.chunk_size).numpy()
-        flat = pa.array(codes.astype(np.int32).ravel())
-        return pa.table({"item_id": batch.column("item_id"),
-                         "codes": pa.FixedSizeListArray.from_arrays(flat, codes.shape[1])})
+        return column_matrix(values), np.ones(batch.num_rows, bool)
 
 
 def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Path, *, previous: Path | None,
-               batch_size: int = 4096, actors: int = 1, cpus_per_actor: float = 0.5, chunk_size: int = 65536) -> dict:
-    """Write `out_dir/codes.parquet` for every row of `files`; returns counts and throughput."""
-    import ray
-    import ray.data
-
-    codebooks, version = load_codebooks(codebooks_file)
+               fusion: FusionInputs | None = None, batch_size: int = 4096, actors: int = 1,
+               cpus_per_actor: float = 0.5, chunk_size: int = 65536, bucket_rows: int = 250_000) -> dict:
+    """Write `out_dir/codes.parquet` for every row of `files` (their `column`, or their features
+    through `fusion`); returns counts and throughput."""
+    tokenizer = Tokenizer.parts(codebooks_file)
+    version = tokenizer["version"]
     started = time.perf_counter()
     staging = Path(out_dir) / "staging"
     shutil.rmtree(staging, ignore_errors=True)
-    reference = ray.put(codebooks.numpy())
-    (
-        ray.data.read_parquet([str(Path(f).resolve()) for f in files], columns=["item_id", column])
-        .map_batches(Retokenizer, fn_constructor_kwargs={"codebooks": [reference], "column": column,
-                                                         "chunk_size": chunk_size},
-                     batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
-                     num_cpus=cpus_per_actor)
-        .write_parquet(str(staging.resolve()))
-    )
+    if fusion is None and column not in pq.read_schema(files[0]).names:
+        raise ValueError(f"{files[0]}: no column '{column}' (quant.input) to retokenize")
+    buckets = max(1, -(-row_count(files) // bucket_rows))
+    _encode(files, column, tokenizer, staging / "encoded", fusion=fusion, buckets=buckets, batch_size=batch_size,
+            actors=actors, cpus_per_actor=cpus_per_actor, chunk_size=chunk_size)
     encoded_s = time.perf_counter() - started
-    table = pq.read_table(staging)
-    item_ids = table.column("item_id").combine_chunks()
-    codes = column_matrix(table.column("codes"), np.int64)
-    del table
-    suffixes = assign_suffixes(item_ids, codes, _previous(previous, version))
-    write_codes(Path(out_dir) / CODES, item_ids, codes, suffixes, version)
+    staged = sorted((staging / "encoded").glob("*.parquet"))
+    counts = assign_in_buckets(staged, _previous_file(previous, version), Path(out_dir) / CODES, version, buckets,
+                               work=staging, source=_source(files))
+    counts["content_queries"] = sum(pc.sum(pc.invert(batch.column(TRAINED_ID))).as_py() or 0
+                                    for batch in _batches(staged, [TRAINED_ID]))
     shutil.rmtree(staging)
     seconds = time.perf_counter() - started
-    return {"items": len(item_ids), "codebook_version": version, "collision_rate": collision_rate(codes),
-            "suffix_table_size": int(suffixes.max(initial=-1)) + 1, "encode_seconds": round(encoded_s, 2),
-            "seconds": round(seconds, 2), "items_per_s": round(len(item_ids) / max(seconds, 1e-9), 1)}
+    return counts | {"codebook_version": version, "encode_seconds": round(encoded_s, 2), "seconds": round(seconds, 2),
+                     "items_per_s": round(counts["items"] / max(seconds, 1e-9), 1), "buckets": buckets}
 
 
-def _previous(path: Path | None, version: str) -> Previous | None:
+def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fusion: FusionInputs | None,
+            buckets: int, batch_size: int, actors: int, cpus_per_actor: float, chunk_size: int) -> None:
+    """The Ray Data job: staging parquet of item ids, codes and bucket numbers in `folder`."""
+    import ray
+    import ray.data
+
+    reference = ray.put(tokenizer)
+    dataset = _read(files, [column]) if fusion is None else _fusion_inputs(files, fusion, partitions=buckets)
+    (
+        dataset
+        .map_batches(Retokenizer, fn_constructor_kwargs={
+                         "tokenizer": [reference], "column": column, "chunk_size": chunk_size, "buckets": buckets,
+                         "fusion_model": str(Path(fusion.model).resolve()) if fusion else None},
+                     batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+                     num_cpus=cpus_per_actor)
+        .write_parquet(str(folder.resolve()))
+    )
+
+
+def _read(files: list[Path], columns: list[str]):
+    """`item_id` and those of `columns` the files have, as a Ray dataset."""
+    import ray.data
+
+    present = set(pq.read_schema(files[0]).names)
+    wanted = ["item_id"] + [c for c in columns if c in present and c != "item_id"]
+    return ray.data.read_parquet([str(Path(f).resolve()) for f in files]).select_columns(wanted)
+
+
+def _fusion_inputs(files: list[Path], fusion: FusionInputs, *, partitions: int):
+    """The feature table left-joined by item id with the trained ID vectors, and with the
+    structure table's features when the table has none of its own."""
+    features = _read(files, [*VECTOR_COLUMNS.values(), "has_image", "has_cooc", TOKENS_COLUMN])
+    joined = features.join(_read(fusion.id_vectors, [ID_VECTOR]), join_type="left_outer",
+                           num_partitions=partitions, on=("item_id",))
+    if fusion.structure is not None and TOKENS_COLUMN not in pq.read_schema(files[0]).names:
+        structure = _read([fusion.structure], [TOKENS_COLUMN, VECTOR_COLUMNS["cooc"], "has_cooc"])
+        joined = joined.join(structure, join_type="left_outer", num_partitions=partitions, on=("item_id",))
+    return joined
+
+
+def assign_in_buckets(staged: list[Path], previous: Path | None, path: Path, version: str, buckets: int, *,
+                      work: Path, source: str) -> dict:
+    """Suffixes for the staged rows (`with_buckets` columns), a bucket at a time, into the codes file at `path`."""
+    items, ids, earlier, suffixed = (BucketFiles(work / name, buckets) for name in ("items", "ids", "previous",
+                                                                                   "suffixed"))
+    with items, ids:
+        for batch in _batches(staged, ["item_id", "codes", "bucket", "id_bucket"]):
+            items.add(batch.select(["item_id", "codes"]), batch.column("bucket").to_numpy())
+            ids.add(batch.select(["item_id"]), batch.column("id_bucket").to_numpy())
+    _refuse_duplicates(ids, source)
+    with earlier:
+        for batch in _batches([previous] if previous else [], ["item_id", "codes"]):
+            earlier.add(batch, code_buckets(column_matrix(batch.column("codes"), np.int64)[:, :-1], buckets))
+    counts = _suffix_buckets(items, earlier, suffixed)
+    with codes_writer(path, version, counts["suffix_table_size"]) as write:
+        for _, table in suffixed.tables():
+            write(table.column("item_id"), column_matrix(table.column("codes"), np.int64),
+                  table.column("suffix").to_numpy())
+    return counts
+
+
+def _suffix_buckets(items: BucketFiles, earlier: BucketFiles, suffixed: BucketFiles) -> dict:
+    """Each bucket of items with a `suffix` column into `suffixed`: item count, collision rate, suffix table size."""
+    total, shared, largest = 0, 0, -1
+    with suffixed:
+        for bucket, table in items.tables():
+            codes = column_matrix(table.column("codes"), np.int64)
+            suffixes = assign_suffixes(table.column("item_id"), codes, _previous(earlier.read(bucket)))
+            suffixed.write(bucket, table.append_column("suffix", pa.array(suffixes)))
+            total, shared, largest = total + len(codes), shared + shared_items(codes), max(largest, int(suffixes.max()))
+    return {"items": total, "collision_rate": shared / total if total else 0.0, "suffix_table_size": largest + 1}
+
+
+class BucketFiles:
+    """One parquet file per bucket in a folder: appended to batch by batch, read back a bucket at a time."""
+
+    def __init__(self, folder: Path, buckets: int):
+        self.folder, self.buckets, self.writers = Path(folder), buckets, {}
+
+    def __enter__(self) -> BucketFiles:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()
+
+    def path(self, bucket: int) -> Path:
+        return self.folder / f"{bucket:06d}.parquet"
+
+    def write(self, bucket: int, table: pa.Table) -> None:
+        if bucket not in self.writers:
+            self.writers[bucket] = pq.ParquetWriter(self.path(bucket), table.schema)
+        self.writers[bucket].write_table(table)
+
+    def add(self, table: pa.Table, bucket: np.ndarray) -> None:
+        """Each row of `table` to the file of its bucket."""
+        order = np.argsort(bucket, kind="stable")
+        table, bucket = table.take(order), bucket[order]
+        starts = np.flatnonzero(np.diff(bucket, prepend=-1))
+        for start, stop in zip(starts, [*starts[1:], len(bucket)]):
+            self.write(int(bucket[start]), table.slice(start, stop - start))
+
+    def read(self, bucket: int) -> pa.Table | None:
+        """The bucket's rows; None when it got none."""
+        return pq.read_table(self.path(bucket)) if self.path(bucket).is_file() else None
+
+    def tables(self) -> Iterator[tuple[int, pa.Table]]:
+        """(bucket, rows) of every bucket that got rows, in bucket order."""
+        for bucket in range(self.buckets):
+            if (table := self.read(bucket)) is not None:
+                yield bucket, table
+
+
+def with_buckets(table: pa.Table, buckets: int) -> pa.Table:
+    """`table` (item_id, codes) with the bucket of each code tuple and the bucket of each item id."""
+    codes = column_matrix(table.column("codes"), np.int64)
+    return (table.append_column("bucket", pa.array(code_buckets(codes, buckets)))
+            .append_column("id_bucket", pa.array(id_buckets(table.column("item_id"), buckets))))
+
+
+def code_buckets(codes: np.ndarray, buckets: int) -> np.ndarray:
+    """(n,) bucket of each code tuple (n, L); the same tuple always gets the same bucket."""
+    key = np.zeros(len(codes), dtype=np.uint64)
+    for column in np.asarray(codes, dtype=np.int64).T:
+        key = _mix(key ^ column.astype(np.uint64))
+    return (key % np.uint64(buckets)).astype(np.int32)
+
+
+def id_buckets(item_ids, buckets: int) -> np.ndarray:
+    """(n,) bucket of each item id, from its UTF-8 bytes (no Python string per item)."""
+    ids = as_ids(item_ids).cast(pa.large_string())
+    if not len(ids):
+        return np.zeros(0, dtype=np.int32)
+    _, offsets, data = ids.buffers()
+    offsets = np.frombuffer(offsets, dtype=np.int64)[ids.offset:ids.offset + len(ids) + 1]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    data, starts, lengths = data[offsets[0]:offsets[-1]], offsets[:-1] - offsets[0], np.diff(offsets)
+    position = np.arange(len(data)) - np.repeat(starts, lengths)
+    with np.errstate(over="ignore"):
+        terms = data.astype(np.uint64) * _mix(position.astype(np.uint64) + np.uint64(1))
+        running = np.concatenate([np.zeros(1, dtype=np.uint64), np.cumsum(terms, dtype=np.uint64)])
+        key = _mix((running[starts + lengths] - running[starts]) ^ lengths.astype(np.uint64))
+    return (key % np.uint64(buckets)).astype(np.int32)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: a fixed 64-bit mixing (Python's hash() is salted per process)."""
+    x = x.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def _batches(files: list[Path], columns: list[str]) -> Iterator[pa.Table]:
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=STREAM_ROWS, columns=columns):
+            yield pa.Table.from_batches([batch])
+
+
+def _refuse_duplicates(ids: BucketFiles, source: str) -> None:
+    """Both rows of a repeated item id are in one id bucket, so checking each bucket alone finds it."""
+    for _, table in ids.tables():
+        counts = pc.value_counts(table.column("item_id").combine_chunks())
+        repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+        if len(repeated):
+            raise ValueError(f"{source}: item id {repeated.field('values')[0].as_py()!r} appears "
+                             f"{repeated.field('counts')[0].as_py()} times; every item must appear once")
+
+
+def _previous_file(path: Path | None, version: str) -> Path | None:
     """The earlier assignment to keep suffixes from: only one made with this same codebook."""
-    if path is None or not Path(path).is_file() or codes_version(path) != version:
+    return Path(path) if path is not None and Path(path).is_file() and codes_version(path) == version else None
+
+
+def _previous(table: pa.Table | None) -> Previous | None:
+    if table is None:
         return None
-    table = read_codes(path, expected_version=version)
     full = column_matrix(table.column("codes"), np.int64)
     return Previous(table.column("item_id").combine_chunks(), full[:, :-1], full[:, -1])
+
+
+def _source(files: list[Path]) -> str:
+    """The feature table as a user named it: its one file, or the folder of its files."""
+    return str(files[0]) if len(files) == 1 else os.path.commonpath([str(f) for f in files])

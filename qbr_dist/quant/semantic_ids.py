@@ -49,12 +49,15 @@ def tuple_groups(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return group.ravel(), counts
 
 
+def shared_items(codes: np.ndarray) -> int:
+    """How many items share their full code tuple with at least one other item."""
+    _, counts = tuple_groups(codes)
+    return int(counts[counts > 1].sum())
+
+
 def collision_rate(codes: np.ndarray) -> float:
     """Share of items whose full code tuple is shared with at least one other item."""
-    if not len(codes):
-        return 0.0
-    group, counts = tuple_groups(codes)
-    return float((counts[group] > 1).mean())
+    return shared_items(codes) / len(codes) if len(codes) else 0.0
 
 
 def assign_suffixes(item_ids, codes: np.ndarray, previous: Previous | None = None) -> np.ndarray:

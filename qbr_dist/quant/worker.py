@@ -1,5 +1,6 @@
 """The quantize stage inside Ray Train workers: each rank reads its slice of the item vectors,
-the ranks fit the residual codebooks together, rank 0 saves them, every rank writes its codes.
+the ranks fit the quantizer together (residual k-means, or an RQ-VAE trained by DeepSpeed),
+rank 0 saves the codebook file, every rank writes its codes.
 
 Vectors come from parquet files (one fixed-size-list column), read by global row range in
 record batches, so a rank holds its slice only.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,9 @@ from qbr_dist.config import QuantConfig
 from qbr_dist.data.tables import column_matrix
 from qbr_dist.quant import CODEBOOKS, STATS
 from qbr_dist.quant.codebook import save_codebooks, verify_identical
-from qbr_dist.quant.residual import reconstruction_error, residual_kmeans
+from qbr_dist.obs.metrics import TrainMeter
+from qbr_dist.quant.residual import decode, encode_with_stats, reconstruction_error, residual_kmeans
+from qbr_dist.quant.rqvae import RQVAE
 from qbr_dist.train import collective
 from qbr_dist.train import runtime as rt
 
@@ -58,6 +63,17 @@ def read_rows(files: list[Path], column: str, start: int, stop: int) -> tuple[li
     return ids, torch.from_numpy(np.concatenate(vectors)) if vectors else torch.zeros(0, 0)
 
 
+@dataclass
+class Fitted:
+    """What either quantizer mode leaves: the codebook file's tensors and this rank's codes."""
+    tensors: dict  # name -> tensor, "codebooks" (L, K, d) among them
+    codes: torch.Tensor  # (n_r, L)
+    levels: list  # LevelStats per level
+    reconstruction_error: float
+    metadata: dict = field(default_factory=dict)  # strings kept in the codebook file
+    summary: dict = field(default_factory=dict)  # mode-specific statistics
+
+
 def quantize_worker(loop_config: dict) -> None:
     runtime = rt.worker_runtime(loop_config)
     rt.prepare_worker(runtime)
@@ -67,20 +83,106 @@ def quantize_worker(loop_config: dict) -> None:
     rank, world = collective.rank(), collective.world_size()
     total = row_count(files)
     ids, local = read_rows(files, cfg.input, *collective.share(total, rank, world))
+    fitted = (fit_rqvae if cfg.mode == "rqvae" else fit_rkmeans)(local, cfg, loop_config, runtime)
+    fitted.tensors = {name: verify_identical(tensor.detach().float().contiguous(), what=f"{name} at save")
+                      for name, tensor in fitted.tensors.items()}
+    with artifacts.atomic_path(rank_codes_file(out, rank)) as tmp:
+        pq.write_table(pa.table({"item_id": pa.array(ids, pa.string()),
+                                 "codes": pa.array(fitted.codes.tolist(), pa.list_(pa.int32()))}), tmp)
+    if rank == 0:
+        version = save_codebooks(out / CODEBOOKS, fitted.tensors, mode=cfg.mode, input=cfg.input, **fitted.metadata)
+        levels = [s.as_dict() for s in fitted.levels]
+        artifacts.write_json(out / STATS, {
+            "codebook_version": version, "mode": cfg.mode, "levels": levels,
+            "reconstruction_error": fitted.reconstruction_error, "items": total,
+            "dim": int(fitted.tensors["codebooks"].shape[-1]), "workers": world, **fitted.summary,
+        })
+        log.info("quantize (%s): codebook %s, %s", cfg.mode, version, json.dumps(levels))
+    rt.finish_worker()
+
+
+def fit_rkmeans(local: torch.Tensor, cfg: QuantConfig, loop_config: dict, runtime) -> Fitted:
+    """Residual k-means on the vectors themselves."""
     codebooks, codes, stats = residual_kmeans(
         local, levels=cfg.levels, codebook_size=cfg.codebook_size, iterations=cfg.iterations,
         seed=loop_config["seed"], sample_size=cfg.sample_size, chunk_size=cfg.chunk_size,
     )
-    error = reconstruction_error(local, codes, codebooks)
-    codebooks = verify_identical(codebooks, what="codebooks at save")
-    with artifacts.atomic_path(rank_codes_file(out, rank)) as tmp:
-        pq.write_table(pa.table({"item_id": pa.array(ids, pa.string()),
-                                 "codes": pa.array(codes.tolist(), pa.list_(pa.int32()))}), tmp)
-    if rank == 0:
-        version = save_codebooks(out / CODEBOOKS, codebooks, mode=cfg.mode, input=cfg.input)
-        artifacts.write_json(out / STATS, {
-            "codebook_version": version, "levels": [s.as_dict() for s in stats],
-            "reconstruction_error": error, "items": total, "dim": int(codebooks.shape[-1]), "workers": world,
-        })
-        log.info("quantize: codebook %s, %s", version, json.dumps([s.as_dict() for s in stats]))
-    rt.finish_worker()
+    return Fitted(tensors={"codebooks": codebooks}, codes=codes, levels=stats,
+                  reconstruction_error=reconstruction_error(local, decode(codes, codebooks)))
+
+
+@dataclass
+class RQVAEState:
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    reseeded: int = 0  # dead codes re-seeded over all steps
+    curve: list = field(default_factory=list)  # per epoch: mean loss and its parts
+    resumed_at: list = field(default_factory=list)
+
+
+def fit_rqvae(local: torch.Tensor, cfg: QuantConfig, loop_config: dict, runtime) -> Fitted:
+    """RQ-VAE trained by DeepSpeed on every rank's slice, codebooks from k-means on the first latents."""
+    seed, rank, world = loop_config["seed"], collective.rank(), collective.world_size()
+    torch.manual_seed(seed)
+    model = RQVAE(input_dim=local.shape[1], hidden=cfg.rqvae_hidden, latent_dim=cfg.rqvae_latent_dim,
+                  levels=cfg.levels, codebook_size=cfg.codebook_size, commitment=cfg.rqvae_commitment)
+    _, total = collective.row_offset(len(local))
+    micro = max(cfg.rqvae_batch_size // world, 1)
+    last_start, last_stop = collective.share(total, world - 1, world)  # the smallest share
+    steps_per_epoch = (last_stop - last_start) // micro
+    if not steps_per_epoch:
+        raise ValueError(f"config key 'quant.rqvae_batch_size': {cfg.rqvae_batch_size} exceeds the {total} items "
+                         f"to quantize over {world} workers")
+    codebooks, _, stats = residual_kmeans(
+        model.latents(local, chunk_size=cfg.chunk_size), levels=cfg.levels, codebook_size=cfg.codebook_size,
+        iterations=cfg.iterations, seed=seed, sample_size=cfg.sample_size, chunk_size=cfg.chunk_size)
+    model.start_codebooks(codebooks, torch.tensor([s.counts for s in stats]), micro * world / total)
+    engine = rt.init_engine(model, runtime=runtime, micro_batch=micro, lr=cfg.rqvae_lr, weight_decay=0.0)
+    restored = rt.restore_checkpoint(engine)
+    state = RQVAEState(**restored) if restored else RQVAEState()
+    if restored:
+        state.resumed_at.append(state.step)
+    meter = TrainMeter(stage="quantize", rank=rank, run=loop_config["run_name"])
+    while state.epoch < cfg.rqvae_epochs:
+        _rqvae_epoch(engine, model, local, state, cfg, runtime, meter, seed=seed, micro=micro,
+                     steps_per_epoch=steps_per_epoch)
+        state.epoch, state.batch = state.epoch + 1, 0
+        meter.epoch.set(state.epoch)
+    rt.save_checkpoint(engine, {"step": state.step, "done": True}, asdict(state))
+    model.eval()
+    with rt.full_parameters(list(model.parameters())):
+        latents = model.latents(local, chunk_size=cfg.chunk_size)
+        codes, levels = encode_with_stats(latents, model.codebooks, chunk_size=cfg.chunk_size)
+        error = reconstruction_error(local, model.reconstruct(decode(codes, model.codebooks), chunk_size=cfg.chunk_size))
+        tensors = {name: tensor.clone() for name, tensor in model.tokenizer_tensors().items()}
+    return Fitted(tensors=tensors, codes=codes, levels=levels, reconstruction_error=error,
+                  metadata={"encoder_dims": json.dumps(model.encoder_dims)},
+                  summary={"curve": state.curve, "reseeded": state.reseeded, "steps": state.step,
+                           "resumed_at": state.resumed_at})
+
+
+def _rqvae_epoch(engine, model: RQVAE, local: torch.Tensor, state: RQVAEState, cfg: QuantConfig, runtime, meter, *,
+                 seed: int, micro: int, steps_per_epoch: int) -> None:
+    """One pass over this rank's slice in a seeded order, resuming at `state.batch`."""
+    order = torch.from_numpy(np.random.default_rng([seed, state.epoch, collective.rank()]).permutation(len(local)))
+    totals = torch.zeros(4, dtype=torch.float64)  # loss, reconstruction, commitment, steps
+    for index in range(state.batch, steps_per_epoch):
+        started = time.perf_counter()
+        batch = local[order[index * micro:(index + 1) * micro]]
+        out = engine(batch)
+        engine.backward(out["loss"])
+        engine.step()
+        state.reseeded += model.update_codebooks(out["inputs"], out["codes"], decay=cfg.rqvae_ema_decay,
+                                                 dead_fraction=cfg.rqvae_dead_fraction, seed=[seed, state.step])
+        state.batch, state.step = index + 1, state.step + 1
+        totals += torch.tensor([float(out["loss"]), float(out["reconstruction"]), float(out["commitment"]), 1.0],
+                               dtype=torch.float64)
+        meter.step(loss=float(out["loss"]), samples=len(batch), seconds=time.perf_counter() - started,
+                   lr=cfg.rqvae_lr, grad_norm=engine.get_global_grad_norm())
+        if state.step % runtime.checkpoint_every == 0:
+            rt.save_checkpoint(engine, {"step": state.step, "loss": float(out["loss"])}, asdict(state))
+    loss, reconstruction, commitment, steps = collective.all_reduce_sum_(totals).tolist()
+    steps = max(steps, 1)
+    state.curve.append({"epoch": state.epoch + 1, "loss": round(loss / steps, 6),
+                        "reconstruction": round(reconstruction / steps, 6), "commitment": round(commitment / steps, 6)})

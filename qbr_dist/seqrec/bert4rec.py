@@ -6,13 +6,16 @@ An item's input vector comes from its tokens: its own ID vector (`IdTokens`, the
 the sum of its code embeddings, one table per RVQ level plus the disambiguation code
 (`SemanticTokens`), optionally plus its ID vector (hybrid). Scores are dot products with the
 same (tied) item vectors plus a per-item bias, so a new item with codes can be scored without
-retraining.
+retraining. Training scores the whole catalog, or, past a configured catalog size, only the targets
+and a sample of negatives (`sampled_softmax.py`); evaluation always ranks the whole catalog.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel
+
+from qbr_dist.seqrec.sampled_softmax import sampled_softmax_loss
 
 PAD = 0
 
@@ -32,6 +35,9 @@ class IdTokens(nn.Module):
         """Vectors of items [start, end)."""
         return self.table.weight[start:end]
 
+    def vectors(self, items: torch.Tensor) -> torch.Tensor:
+        return self.table.weight[items]
+
 
 class SemanticTokens(nn.Module):
     """Each item the sum of its code embeddings (one table per code position), plus its ID vector
@@ -47,18 +53,18 @@ class SemanticTokens(nn.Module):
         self.mask = nn.Parameter(torch.randn(hidden) * 0.02)
         self.ids = IdTokens(num_items=self.num_items, hidden=hidden) if hybrid else None
 
-    def compose(self, items: torch.Tensor) -> torch.Tensor:
+    def vectors(self, items: torch.Tensor) -> torch.Tensor:
         codes = self.codes[items]
         vectors = sum(table(codes[..., position]) for position, table in enumerate(self.tables))
         return vectors + self.ids(items) if self.ids is not None else vectors
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        vectors = self.compose(seq.clamp(max=self.num_items))
+        vectors = self.vectors(seq.clamp(max=self.num_items))
         vectors = torch.where((seq == self.num_items + 1).unsqueeze(-1), self.mask, vectors)
         return vectors.masked_fill((seq == PAD).unsqueeze(-1), 0.0)
 
     def catalog(self, start: int, end: int) -> torch.Tensor:
-        return self.compose(torch.arange(start, end, device=self.codes.device))
+        return self.vectors(torch.arange(start, end, device=self.codes.device))
 
 
 class BERT4Rec(nn.Module):
@@ -103,16 +109,29 @@ class BERT4Rec(nn.Module):
         end = self.num_items + 1 if end is None else end
         return hidden @ self.tokens.catalog(start, end).T + self.item_bias[start:end]
 
-    def forward(self, seq: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Summed cross-entropy over the full catalog at positions whose label is an item (> 0)."""
+    def score_given(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores of `items` (n,) for each row of `hidden` -> (rows, n); only those items' vectors are built."""
+        return hidden @ self.tokens.vectors(items).T + self.item_bias[items]
+
+    def score_own(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Score of each row of `hidden` for its own item, `items` (rows,) -> (rows,)."""
+        return (hidden * self.tokens.vectors(items)).sum(-1) + self.item_bias[items]
+
+    def forward(self, seq: torch.Tensor, labels: torch.Tensor, negatives: torch.Tensor | None = None,
+                log_kq: torch.Tensor | None = None) -> torch.Tensor:
+        """Summed cross-entropy at positions whose label is an item (> 0): over the full catalog, or, given
+        `negatives`, sampled softmax over target and negatives with log-Q correction `log_kq` (indexed by item)."""
         picked = labels > 0
-        logits = self.score_items(self.encode(seq)[picked])
-        return nn.functional.cross_entropy(logits, labels[picked] - 1, reduction="sum")
+        hidden, targets = self.encode(seq)[picked], labels[picked]
+        if negatives is None:
+            return nn.functional.cross_entropy(self.score_items(hidden), targets - 1, reduction="sum")
+        return sampled_softmax_loss(self.score_own(hidden, targets), self.score_given(hidden, negatives),
+                                    targets, negatives, log_kq)
 
     def tied_parameters(self) -> list[nn.Parameter]:
         """Parameters used outside their own module's forward (ZeRO-3 must gather them for ours)."""
         return list(self.tokens.parameters())
 
     def scoring_parameters(self) -> list[nn.Parameter]:
-        """What `score_items` reads; ZeRO-3 callers gather these around it."""
+        """What the scoring methods read; ZeRO-3 callers gather these around them."""
         return [*self.tokens.parameters(), self.item_bias]

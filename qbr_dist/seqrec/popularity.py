@@ -18,6 +18,21 @@ def training_counts(sequences: Iterable[np.ndarray], num_items: int) -> torch.Te
     return torch.from_numpy(counts)
 
 
+def batch_counts(batch: dict) -> dict:
+    """Ray Data batch function: the distinct training-part items of the batch's sequences and their counts."""
+    parts = [train_part(np.asarray(items, dtype=np.int64)) for items in batch["items"]]
+    item, count = np.unique(np.concatenate([np.zeros(0, dtype=np.int64), *parts]), return_counts=True)
+    return {"item": item, "count": count}
+
+
+def summed_counts(batches: Iterable[dict], num_items: int) -> np.ndarray:
+    """Training-part count per item (index = item) from `batch_counts` outputs, however re-batched."""
+    counts = np.zeros(num_items + 1, dtype=np.float64)
+    for batch in batches:
+        np.add.at(counts, batch["item"], batch["count"])
+    return counts
+
+
 def evaluate_popularity(
     sequences: list[np.ndarray], counts: torch.Tensor, *, split: str, chunk_size: int, exclude_history: bool
 ) -> dict:

@@ -1,7 +1,7 @@
 """BERT4Rec training loop, run by every Ray Train worker: pretrain with random item masking,
 then fine-tune with the last item masked; validation NDCG@10 selects the model.
 
-Masks and dropout are seeded from (seed, phase, epoch, batch), and the data order from
+Masks, sampled negatives and dropout are seeded from (seed, phase, epoch, batch), and the data order from
 (seed, phase, epoch), so the loop state in a checkpoint is all a restart needs to continue exactly.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from qbr_dist.seqrec.bert4rec import BERT4Rec, SemanticTokens
 from qbr_dist.seqrec.masking import (STRATEGIES, last_item_mask, mix_per_sequence, mixed_mask, multi_region_mask,
                                      random_item_mask, span_mask, tail_mask)
 from qbr_dist.seqrec.metrics import metric_means, metric_sums, target_ranks
+from qbr_dist.seqrec.sampled_softmax import NegativeSampler
 from qbr_dist.train import runtime as rt
 
 log = logging.getLogger("qbr.bert4rec")
@@ -90,6 +91,7 @@ def bert4rec_worker(loop_config: dict) -> None:
                  state.step, state.phase, state.epoch, state.batch)
     meter = TrainMeter(stage=loop_config["stage"], rank=rank, run=loop_config["run_name"])
     shards = {name: ray.train.get_dataset_shard(name) for name in ("pretrain", "finetune", "valid", "test")}
+    sampler = _sampler(loop_config, train_cfg)
 
     eval_batches: dict[str, list] = {}
 
@@ -102,8 +104,9 @@ def bert4rec_worker(loop_config: dict) -> None:
     while state.phase < len(plan) and not state.done:
         phase = plan[state.phase]
         while state.epoch < phase.epochs and state.bad_evals < train_cfg.patience:
-            _train_epoch(engine, model, shards[phase.name], state, train_cfg, runtime, meter, phase=phase,
-                         seed=seed, rank=rank, world=world, steps_per_epoch=loop_config["steps_per_epoch"][phase.name])
+            _train_epoch(engine, model, shards[phase.name], state, train_cfg, runtime, meter, phase=phase, seed=seed,
+                         rank=rank, world=world, steps_per_epoch=loop_config["steps_per_epoch"][phase.name],
+                         sampler=sampler)
             state.epoch, state.epochs = state.epoch + 1, state.epochs + 1
             meter.epoch.set(state.epoch)
             if state.epoch % phase.eval_every == 0 or state.epoch == phase.epochs:
@@ -125,8 +128,25 @@ def _tokens(loop_config: dict, model_cfg: ModelConfig):
                           hybrid=model_cfg.tokens == "hybrid")
 
 
-def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runtime, meter, *,
-                 phase: Phase, seed: int, rank: int, world: int, steps_per_epoch: int) -> None:
+def _sampler(loop_config: dict, cfg: TrainConfig) -> NegativeSampler | None:
+    """Sampled softmax when the driver sent item counts (a catalog past `train.sampled_softmax_above`), else None."""
+    if "counts_file" not in loop_config:
+        return None
+    import numpy as np
+
+    return NegativeSampler(torch.from_numpy(np.load(loop_config["counts_file"])), cfg.negatives)
+
+
+def _negatives(sampler: NegativeSampler | None, stream: tuple) -> dict:
+    """This step's sampled-softmax inputs of the model, drawn alike on every rank; none for the full softmax."""
+    if sampler is None:
+        return {}
+    generator = torch.Generator().manual_seed(rt.stream_seed(*stream, 104_729))
+    return {"negatives": sampler.draw(generator), "log_kq": sampler.log_kq}
+
+
+def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runtime, meter, *, phase: Phase,
+                 seed: int, rank: int, world: int, steps_per_epoch: int, sampler: NegativeSampler | None) -> None:
     batches = shard.iter_torch_batches(
         batch_size=cfg.batch_size, drop_last=True, dtypes=torch.long,
         local_shuffle_buffer_size=cfg.shuffle_buffer,
@@ -140,16 +160,16 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
         lr = learning_rate(cfg, phase, state.epoch * steps_per_epoch + index, steps_per_epoch)
         rt.set_lr(engine, lr)
         stream = (seed, state.phase, state.epoch, index)
-        generator = torch.Generator().manual_seed(hash(stream) & (2**62))
+        generator = torch.Generator().manual_seed(rt.stream_seed(*stream))
         seq = batch["seq"]
-        choices = torch.Generator().manual_seed(hash((*stream, 7919)) & (2**62))  # its own stream: adding
+        choices = torch.Generator().manual_seed(rt.stream_seed(*stream, 7919))  # its own stream: adding
         inputs, labels, chosen = _mask(seq, phase.name, cfg, model.mask_token, generator, choices)  # strategies
         if chosen is not None:  # leaves the random masks of the default mixture unchanged
             state.mask_counts = [c + int((chosen == i).sum()) for i, c in enumerate(state.mask_counts)]
         targets = int((labels > 0).sum())
-        torch.manual_seed(hash((*stream, rank)) & (2**62))  # dropout
+        torch.manual_seed(rt.stream_seed(*stream, rank))  # dropout
         mine = rt.my_slice(labels, rank, world)
-        loss_sum = engine(rt.my_slice(inputs, rank, world), mine)
+        loss_sum = engine(rt.my_slice(inputs, rank, world), mine, **_negatives(sampler, stream))
         # DeepSpeed averages gradients over ranks: scale so the result is the mean over the global batch.
         engine.backward(loss_sum * world / max(targets, 1))
         engine.step()

@@ -190,6 +190,11 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return collective.all_reduce_sum_(torch.tensor(values, dtype=torch.float64)).tolist()
 
 
+def stream_seed(*parts: int) -> int:
+    """A 62-bit seed from a tuple of ints: a fixed function of them (Python does not salt int hashes)."""
+    return hash(parts) & (2**62 - 1)
+
+
 def my_slice(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     """This rank's contiguous share of a global batch (the last ranks may get fewer rows)."""
     start, stop = collective.share(len(batch), rank, world)

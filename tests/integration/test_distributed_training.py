@@ -37,8 +37,9 @@ def data(tmp_path_factory):
     return path
 
 
-def train(root, data, name, workers, zero_stage=2):
-    overrides = tiny_overrides(root, data, name, **{"runtime.num_workers": workers, "runtime.zero_stage": zero_stage})
+def train(root, data, name, workers, zero_stage=2, **extra):
+    overrides = tiny_overrides(root, data, name, **{"runtime.num_workers": workers, "runtime.zero_stage": zero_stage},
+                               **extra)
     cfg = load_config(None, overrides)
     run = pipeline.run_dir(cfg)
     return cfg, pipeline.bert4rec(cfg, run, pipeline.ingest(cfg, run))
@@ -53,6 +54,7 @@ def one_worker(tmp_path_factory, data, ray_cluster):
 def test_two_workers_match_one_worker(zero_stage, tmp_path, data, one_worker, ray_cluster):
     cfg, two = train(tmp_path, data, f"two-zero{zero_stage}", workers=2, zero_stage=zero_stage)
 
+    assert not (two / "item_counts.npy").exists(), "30 items train on the full softmax by default"
     two_ckpt = final_checkpoint(two)
     digests = sorted(p.read_text() for p in two_ckpt.glob("params-rank*.sha256"))
     assert len(digests) == 2 and digests[0] == digests[1], "ranks ended with different parameters"
@@ -68,3 +70,18 @@ def test_two_workers_match_one_worker(zero_stage, tmp_path, data, one_worker, ra
     two_metrics, one_metrics = pipeline.read_metrics(two), pipeline.read_metrics(one_worker)
     assert two_metrics["steps"] == one_metrics["steps"] > 0
     assert two_metrics["test"]["NDCG@10"] == pytest.approx(one_metrics["test"]["NDCG@10"], abs=1e-6)
+
+
+def test_sampled_softmax_two_workers_match_one_worker(tmp_path, data, one_worker, ray_cluster):
+    """Every rank draws the same negatives per step, so 2 ZeRO-3 workers still equal 1 worker."""
+    sampled = {"train.sampled_softmax_above": 0, "train.negatives": 8}
+    _, one = train(tmp_path / "one", data, "sampled-one", workers=1, **sampled)
+    _, two = train(tmp_path / "two", data, "sampled-two", workers=2, zero_stage=3, **sampled)
+    assert (two / "item_counts.npy").is_file()
+    after_one, after_two = trained_parameters(final_checkpoint(one)), trained_parameters(final_checkpoint(two))
+    full_softmax = trained_parameters(final_checkpoint(one_worker))["tokens.table.weight"]
+    assert not torch.allclose(after_one["tokens.table.weight"], full_softmax), "sampled softmax was not used"
+    for name, value in after_one.items():
+        assert torch.allclose(value, after_two[name], atol=1e-5, rtol=0), name
+    assert pipeline.read_metrics(two)["test"]["NDCG@10"] == pytest.approx(
+        pipeline.read_metrics(one)["test"]["NDCG@10"], abs=1e-6)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -22,25 +21,6 @@ from qbr_dist.quant.codes import read_codes
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def encode_dir(tmp_path_factory):
-    """An encode-stage artifact: 500 items in two files, clustered text vectors (3 x 4 planted blobs)."""
-    folder = tmp_path_factory.mktemp("encode")
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(12, 8)) * 4
-    vectors = (centres[rng.integers(12, size=500)] + rng.normal(scale=0.2, size=(500, 8))).astype(np.float32)
-    for part, rows in enumerate((slice(0, 230), slice(230, 500))):
-        ids = [f"item{i}" for i in range(500)][rows]
-        pq.write_table(pa.table({
-            "item_id": ids,
-            "text_emb": pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].ravel()), 8),
-            "image_emb": pa.nulls(len(ids), pa.list_(pa.float32())), "has_image": [False] * len(ids),
-        }), folder / f"shard-{part:06d}.parquet")
-    artifacts.write_manifest(folder, {"stage": "encode"}, outputs=["shard-000000.parquet", "shard-000001.parquet"],
-                             rows={"items": 500})
-    return folder
-
-
 def run_quantize(tmp_path, encode_dir, workers: int):
     cfg = load_config(None, [f"run.root='{tmp_path / f'w{workers}'}'", "run.name=q", "quant.levels=2",
                              "quant.input=text_emb", "quant.codebook_size=6", "quant.iterations=20",
@@ -51,8 +31,8 @@ def run_quantize(tmp_path, encode_dir, workers: int):
 
 def test_one_and_two_workers_give_the_same_codebooks_and_unique_ids(tmp_path, encode_dir, ray_cluster):
     one, two = run_quantize(tmp_path, encode_dir, 1), run_quantize(tmp_path, encode_dir, 2)
-    (books_1, version_1), (books_2, _) = load_codebooks(one / CODEBOOKS), load_codebooks(two / CODEBOOKS)
-    assert torch.allclose(books_1, books_2, atol=1e-5)
+    (books_1, version_1, _), (books_2, _, _) = load_codebooks(one / CODEBOOKS), load_codebooks(two / CODEBOOKS)
+    assert torch.allclose(books_1["codebooks"], books_2["codebooks"], atol=1e-5)
     codes_1, codes_2 = read_codes(one / CODES), read_codes(two / CODES, expected_version=None)
     assert codes_1.column("item_id").to_pylist() == [f"item{i}" for i in range(500)]
     assert codes_1.column("codes").to_pylist() == codes_2.column("codes").to_pylist()
@@ -113,7 +93,7 @@ def test_retokenize_reproduces_the_codes_and_only_appends_suffixes(tmp_path, enc
                              "quant.input=text_emb", "quant.iterations=20", "quant.retokenize_batch_size=64", "quant.retokenize_actors=2",
                              "runtime.dashboard=false"])
     root = pipeline.run_dir(cfg)
-    first = read_codes(pipeline.retokenize(cfg, root, encode_dir, quantized) / CODES)
+    first = read_codes(pipeline.retokenize(cfg, root, encode_dir, {"quantize": quantized}) / CODES)
     original = read_codes(quantized / CODES)
     assert sorted(first.to_pylist(), key=lambda r: r["item_id"]) == sorted(original.to_pylist(),
                                                                           key=lambda r: r["item_id"])
@@ -126,7 +106,7 @@ def test_retokenize_reproduces_the_codes_and_only_appends_suffixes(tmp_path, enc
     copies = pq.read_table(encode_dir / "shard-000000.parquet").slice(0, 40)
     copies = copies.set_column(0, "item_id", pa.array([f"new{i}" for i in range(40)]))
     pq.write_table(copies, grown / "shard-000002.parquet")
-    again = read_codes(pipeline.retokenize(cfg, root, grown, quantized) / CODES)
+    again = read_codes(pipeline.retokenize(cfg, root, grown, {"quantize": quantized}) / CODES)
     before = {r["item_id"]: r["codes"] for r in original.to_pylist()}
     after = {r["item_id"]: r["codes"] for r in again.to_pylist()}
     assert len(after) == 540 and all(after[i] == c for i, c in before.items())  # old items: unchanged

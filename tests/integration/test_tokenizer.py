@@ -1,11 +1,13 @@
 """The whole semantic tokenizer on a small synthetic catalog, as `qbr quantize` runs it:
 ingest -> prebuilt shards -> encode (MiniLM + a tiny random ViT, on purpose) -> structure ->
 fusion (2 Ray Train workers, DeepSpeed ZeRO-2) -> distributed residual k-means -> unique IDs;
-then Q-BERT4Rec trained on those semantic IDs."""
+retokenization of a grown catalog through the exported fusion model; then Q-BERT4Rec trained on
+those semantic IDs."""
 from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -58,6 +60,8 @@ def test_tokenizer_end_to_end(tmp_path, ray_cluster):
     assert [lv["level"] for lv in quant["levels"]] == [0, 1] and 0 <= quant["collision_rate"] <= 1
     assert (dirs["quantize"] / CODEBOOKS).is_file()
 
+    check_fused_retokenize(cfg, dirs, tmp_path, cold_items=stats["cold_items"])
+
     manifests = {name: (d / artifacts.MANIFEST).read_text() for name, d in dirs.items()}
     again = pipeline.tokenize(cfg, pipeline.run_dir(cfg))
     assert {name: (d / artifacts.MANIFEST).read_text() for name, d in again.items()} == manifests
@@ -66,3 +70,24 @@ def test_tokenizer_end_to_end(tmp_path, ray_cluster):
     metrics = json.loads((qbert / pipeline.METRICS).read_text())
     assert qbert.name == "qbert4rec" and metrics["codebook_version"] == quant["codebook_version"]
     assert 0 <= metrics["test"]["NDCG@10"] <= 1 and metrics["steps"] > 0
+
+
+def check_fused_retokenize(cfg, dirs: dict, tmp_path, *, cold_items: int) -> None:
+    """Retokenizing the catalog through the exported fusion model gives the quantize stage's codes;
+    brand-new items (features only, no trained ID vector, no structure row) get codes from the
+    content-predicted query, and no existing item's codes change."""
+    grown = tmp_path / "grown"
+    grown.mkdir()
+    for part in pipeline.feature_files(dirs["encode"]):
+        (grown / part.name).write_bytes(part.read_bytes())
+    copies = pq.read_table(pipeline.feature_files(dirs["encode"])[0]).slice(0, 10)
+    copies = copies.set_column(0, "item_id", pa.array([f"new{i}" for i in range(10)], copies.schema.field(0).type))
+    pq.write_table(copies, grown / "zz-new.parquet")
+
+    stage = pipeline.retokenize(cfg, pipeline.run_dir(cfg), grown, dirs)
+    summary = artifacts.read_manifest(stage)["rows"]
+    assert summary["items"] == 250 and summary["content_queries"] == cold_items + 10
+    before = {r["item_id"]: r["codes"] for r in read_codes(dirs["quantize"] / CODES).to_pylist()}
+    after = {r["item_id"]: r["codes"] for r in read_codes(stage / CODES).to_pylist()}
+    assert {i: after[i] for i in before} == before
+    assert len({tuple(c) for c in after.values()}) == 250

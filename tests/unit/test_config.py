@@ -40,6 +40,7 @@ def test_int_accepted_for_float():
         ("runtime.use_gpu=1", "config key 'runtime.use_gpu': expected true or false"),
         ("runtime.precision='fp16'", "config key 'runtime.precision'"),
         ("train.mask_ratio=1.5", "config key 'train.mask_ratio'"),
+        ("train.negatives=0", "config key 'train.negatives'"),
         ("noequals", "expected section.key=value"),
     ],
 )

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from qbr_dist.seqrec.popularity import evaluate_popularity, training_counts
+from qbr_dist.seqrec.popularity import batch_counts, evaluate_popularity, summed_counts, training_counts
 
 NUM_ITEMS = 7
 # Training parts (all but the last two): [1, 1, 2], [1, 2, 3], [1, 4]
@@ -17,6 +17,12 @@ def evaluate(split, exclude_history=False, chunk_size=3):
 def test_training_counts_use_only_the_training_part():
     counts = training_counts(SEQUENCES, NUM_ITEMS)
     assert counts.tolist() == [0, 4, 2, 1, 1, 0, 0, 0]
+
+
+def test_per_batch_counts_sum_to_the_training_counts():
+    partial = [batch_counts({"items": part}) for part in (SEQUENCES[:2], SEQUENCES[2:], [])]
+    merged = {name: np.concatenate([p[name] for p in partial]) for name in ("item", "count")}  # an item twice
+    assert summed_counts([merged], NUM_ITEMS).tolist() == training_counts(SEQUENCES, NUM_ITEMS).tolist()
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 7])

@@ -16,7 +16,7 @@ def test_each_level_reduces_the_reconstruction_error():
     data = vectors()
     codebooks, codes, stats = residual_kmeans(data, levels=3, codebook_size=8, iterations=10)
     assert codebooks.shape == (3, 8, 16) and codes.shape == (600, 3)
-    errors = [reconstruction_error(data, codes[:, :level], codebooks[:level]) for level in (1, 2, 3)]
+    errors = [reconstruction_error(data, decode(codes[:, :level], codebooks[:level])) for level in (1, 2, 3)]
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.9
     assert [s.level for s in stats] == [0, 1, 2] and all(s.dead_codes == 0 for s in stats)
 
@@ -35,9 +35,10 @@ def test_level_stats_usage_perplexity_dead_codes():
 
 def test_codebook_file_round_trip_and_tampering(tmp_path):
     codebooks = torch.randn(2, 4, 3)
-    version = save_codebooks(tmp_path / "cb.safetensors", codebooks, levels="2")
-    loaded, loaded_version = load_codebooks(tmp_path / "cb.safetensors", expected_version=version)
-    assert torch.equal(loaded, codebooks) and loaded_version == version == codebook_version(codebooks)
+    version = save_codebooks(tmp_path / "cb.safetensors", {"codebooks": codebooks}, levels="2")
+    loaded, loaded_version, metadata = load_codebooks(tmp_path / "cb.safetensors", expected_version=version)
+    assert torch.equal(loaded["codebooks"], codebooks) and metadata["levels"] == "2"
+    assert loaded_version == version == codebook_version({"codebooks": codebooks})
     with pytest.raises(CodebookMismatch, match="version .* was expected"):
         load_codebooks(tmp_path / "cb.safetensors", expected_version="0" * 16)
     from safetensors.torch import save_file
@@ -90,3 +91,74 @@ def test_wide_code_ranges_group_correctly_and_arrow_ids_are_accepted():
     assert collision_rate(codes) == pytest.approx(2 / 3)
     suffixes = assign_suffixes(pa.array(["y", "x", "z"]), codes)
     assert suffixes.tolist() == [1, 0, 0]
+
+
+def staged_table(ids, codes, buckets):
+    import pyarrow as pa
+
+    from qbr_dist.quant.retokenize import with_buckets
+
+    flat = pa.array(np.asarray(codes, dtype=np.int32).ravel())
+    return with_buckets(pa.table({"item_id": ids, "codes": pa.FixedSizeListArray.from_arrays(flat, codes.shape[1])}),
+                        buckets)
+
+
+def test_the_bucketed_suffix_pass_gives_the_single_pass_assignment(tmp_path):
+    import pyarrow.parquet as pq
+
+    from qbr_dist.quant.codes import SUFFIX_KEY, read_codes, write_codes
+    from qbr_dist.quant.retokenize import assign_in_buckets
+
+    rng = np.random.default_rng(0)
+    n, buckets = 3000, 16  # 64 code tuples of ~47 items each, ~190 items per bucket
+    ids = np.array([f"item{i}" for i in rng.permutation(n)])
+    codes = rng.integers(0, 4, size=(n, 3))
+    old = rng.choice(n, size=2000, replace=False)
+    old_ids, old_codes = np.r_[ids[old], ["gone0", "gone1"]], np.r_[codes[old], [[0, 0, 0], [1, 1, 1]]]
+    moved = rng.random(len(old_codes)) < 0.2
+    old_codes[moved] = rng.integers(0, 4, size=(moved.sum(), 3))
+    old_suffixes = assign_suffixes(old_ids, old_codes)
+    write_codes(tmp_path / "previous.parquet", old_ids, old_codes, old_suffixes, "v1")
+    expected = assign_suffixes(ids, codes, Previous(old_ids, old_codes, old_suffixes))
+
+    staged = staged_table(ids, codes, buckets)
+    assert len(set(staged.column("bucket").to_pylist())) == buckets
+    pq.write_table(staged, tmp_path / "staged.parquet", row_group_size=500)
+    counts = assign_in_buckets([tmp_path / "staged.parquet"], tmp_path / "previous.parquet", tmp_path / "codes.parquet",
+                               "v1", buckets, work=tmp_path / "work", source="features")
+
+    table = read_codes(tmp_path / "codes.parquet", expected_version="v1")
+    got = dict(zip(table.column("item_id").to_pylist(), map(tuple, table.column("codes").to_pylist())))
+    assert got == {i: (*c, s) for i, c, s in zip(ids.tolist(), codes.tolist(), expected.tolist())}
+    assert counts == {"items": n, "collision_rate": collision_rate(codes), "suffix_table_size": expected.max() + 1}
+    assert table.schema.metadata[SUFFIX_KEY] == str(expected.max() + 1).encode()
+
+
+def test_an_item_id_repeated_in_two_buckets_is_refused(tmp_path):
+    import pyarrow.parquet as pq
+
+    from qbr_dist.quant.retokenize import assign_in_buckets
+
+    codes = np.arange(40).reshape(20, 2)
+    staged = staged_table(np.array([f"i{k}" for k in range(19)] + ["i7"]), codes, 8)
+    bucket = staged.column("bucket").to_pylist()
+    assert bucket[7] != bucket[19]  # the two rows of "i7" have their codes in different buckets
+    pq.write_table(staged, tmp_path / "staged.parquet")
+    with pytest.raises(ValueError, match="^features: item id 'i7' appears 2 times; every item must appear once$"):
+        assign_in_buckets([tmp_path / "staged.parquet"], None, tmp_path / "codes.parquet", "v1", 8,
+                          work=tmp_path / "work", source="features")
+    assert not (tmp_path / "codes.parquet").exists()
+
+
+def test_buckets_are_fixed_functions_of_the_codes_and_the_id_bytes():
+    import pyarrow as pa
+
+    from qbr_dist.quant.retokenize import code_buckets, id_buckets
+
+    ids = pa.array(["x", "item1", "", "élan", "item1"]).slice(1)  # an offset into the buffers
+    assert id_buckets(ids, 1000).tolist() == id_buckets(["item1", "", "élan", "item1"], 1000).tolist()
+    assert id_buckets(ids, 1000)[0] == id_buckets(ids, 1000)[3] and id_buckets([], 5).shape == (0,)
+    spread = id_buckets([f"item{i:09d}" for i in range(10_000)], 10)
+    assert np.bincount(spread, minlength=10).min() > 900  # ids that differ in one digit spread evenly
+    codes = np.array([[1, 2, 3], [3, 2, 1], [1, 2, 3]])
+    assert code_buckets(codes, 1000)[0] == code_buckets(codes, 1000)[2] != code_buckets(codes, 1000)[1]

@@ -23,9 +23,15 @@ def test_tokenizer_section_shows_usage_collisions_and_modality_weights(tmp_path)
     summary = tokenizer_summary({"fusion": tmp_path / "fusion", "quantize": tmp_path / "quantize"})
     assert "curve" not in summary["fusion"]
     text = markdown(REPORT | {"tokenizer": summary})
-    assert "collision rate before the suffix 0.2500" in text and "2 levels x 4 codes" in text
+    assert "collision rate before the suffix 0.2500" in text and "by residual k-means, 2 levels x 4 codes" in text
     assert "| 0 | 75.0% | 2.8 | 1 |" in text and "| 1 | 100.0% | 3.9 | 0 |" in text
     assert "| layer | text | image | tokens | cooc | mean gate |" in text and "| 1 | 0.500 | n/a | 0.200 | 0.300 | 0.910 |" in text
+
+
+def test_rqvae_codebooks_say_how_they_were_trained():
+    quant = QUANT | {"mode": "rqvae", "steps": 120, "reseeded": 3}
+    text = markdown(REPORT | {"tokenizer": {"quantize": quant}})
+    assert "by RQ-VAE (120 steps, 3 dead codes re-seeded), 2 levels x 4 codes" in text
 
 
 def test_the_masking_mixture_is_reported():

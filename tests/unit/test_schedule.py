@@ -31,3 +31,11 @@ def test_constant_schedule_only_warms_up():
     cfg = train_cfg("train.lr_schedule='constant'")
     assert rate(cfg, "pretrain", 4, steps_per_epoch=10) == pytest.approx(0.5)
     assert rate(cfg, "pretrain", 99, steps_per_epoch=10) == 1.0
+
+
+def test_stream_seeds_differ_per_step_and_repeat_per_stream():
+    from qbr_dist.train.runtime import stream_seed
+
+    seeds = {stream_seed(0, phase, epoch, batch) for phase in range(2) for epoch in range(5) for batch in range(100)}
+    assert len(seeds) == 1000 and all(0 <= s < 2**62 for s in seeds)
+    assert stream_seed(3, 1, 4) == stream_seed(3, 1, 4)

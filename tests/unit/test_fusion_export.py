@@ -1,0 +1,73 @@
+"""The exported fusion model: it round-trips without its ID table, fuses Arrow batches with the
+same result as the training-time model, and treats null or absent columns as missing modalities."""
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from qbr_dist.fusion.export import ID_VECTOR, batch_inputs, fuse_batch, load_model, save_model
+from qbr_dist.fusion.model import CrossModalFusion
+
+ARGUMENTS = {"input_dims": {"text": 6, "image": 4, "cooc": 3}, "vocab_size": 10, "dim": 8, "layers": 2,
+             "temperature": 0.1, "gate_threshold": 0.5, "dropout": 0.0}
+
+
+def vectors(rows, width, nulls=()):
+    values = np.arange(len(rows) * width, dtype=np.float32).reshape(len(rows), width) / 10
+    mask = pa.array([i in nulls for i in range(len(rows))])
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), width, mask=mask)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return CrossModalFusion(num_items=5, **ARGUMENTS).eval()
+
+
+def table(model, rows=("a", "b", "c")):
+    ids = model.id_embedding.weight[1:1 + len(rows)].detach().numpy()
+    return pa.table({
+        "item_id": list(rows), "text_emb": vectors(rows, 6), "image_emb": vectors(rows, 4, nulls=(1,)),
+        "has_image": [True, False, True], "struct_tokens": pa.array([[1, 2, 3], [], None], pa.list_(pa.int32())),
+        ID_VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(ids.ravel()), 8, mask=pa.array([False, False, True])),
+    })
+
+
+def test_round_trip_keeps_every_weight_but_the_id_table(tmp_path, model):
+    save_model(tmp_path / "m.safetensors", model, arguments=ARGUMENTS, max_tokens=2)
+    loaded, max_tokens = load_model(tmp_path / "m.safetensors")
+    assert max_tokens == 2 and not loaded.training and loaded.id_embedding.num_embeddings == 1
+    for name, tensor in model.state_dict().items():
+        if not name.startswith("id_embedding."):
+            assert torch.equal(loaded.state_dict()[name], tensor)
+
+
+def test_batch_inputs_mark_nulls_and_absent_columns_missing(model):
+    inputs = batch_inputs(table(model), model, max_tokens=2)
+    assert inputs["text_present"].tolist() == [True, True, True]
+    assert inputs["image_present"].tolist() == [True, False, True] and inputs["image"][1].abs().sum() == 0
+    assert inputs["cooc_present"].tolist() == [False] * 3 and inputs["cooc"].shape == (3, 3)
+    assert inputs["tokens"].tolist() == [[1, 2], [0, 0], [0, 0]]
+
+
+def test_fused_batch_matches_the_training_model(tmp_path, model):
+    save_model(tmp_path / "m.safetensors", model, arguments=ARGUMENTS, max_tokens=3)
+    loaded, max_tokens = load_model(tmp_path / "m.safetensors")
+    batch = table(model)
+    fused, has_id = fuse_batch(loaded, batch, max_tokens)
+    assert has_id.tolist() == [True, True, False]
+    expected = model(torch.tensor([1, 2, 3]), batch_inputs(batch, model, 3),
+                     use_id=torch.tensor([True, True, False]))["fused"].detach().numpy()
+    np.testing.assert_allclose(fused, expected, rtol=1e-6, atol=1e-6)  # item c: query from the content head
+
+
+def test_weights_that_do_not_fit_the_model_are_refused(tmp_path, model):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    save_model(tmp_path / "m.safetensors", model, arguments=ARGUMENTS, max_tokens=2)
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as handle:
+        metadata, tensors = handle.metadata(), {name: handle.get_tensor(name) for name in handle.keys()}
+    save_file(tensors | {"surplus": torch.zeros(1)}, str(tmp_path / "m.safetensors"), metadata=metadata)
+    with pytest.raises(ValueError, match="fusion weights do not fit"):
+        load_model(tmp_path / "m.safetensors")
