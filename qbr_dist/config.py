@@ -38,9 +38,15 @@ class DataConfig:
     catalog: str = ""  # .item or .parquet, optional with dataset = "files"
     text_fields: list[str] = field(default_factory=lambda: ["movie_title", "release_year", "class"])
     k_core: int = 0
+    # Cold-item split (an evaluation protocol): this share of the catalog, drawn uniformly with
+    # `cold_seed`, is removed from every training and validation input; users whose test target is
+    # a cold item are evaluated apart. 0 trains on every item, as a production run would.
+    cold_fraction: float = 0.0
+    cold_seed: int = 0
 
     def check(self) -> None:
         _require(self.k_core >= 0, "data.k_core", "an integer >= 0")
+        _require(0 <= self.cold_fraction < 1, "data.cold_fraction", "a number in [0, 1)")
         if self.dataset == "files":
             _require(bool(self.interactions), "data.interactions", "a file path when data.dataset = 'files'")
 

@@ -1,8 +1,9 @@
 """`qbr run`: the stages of a run, each skipped when its manifest matches.
 
-ingest -> shards -> encode -> structure -> fusion -> quantize (the tokenizer, unless
-run.tokenize = false) -> popularity -> bert4rec -> report. Stages meet only at files in the run
-directory.
+ingest -> shards -> encode -> structure -> fusion -> quantize (-> retokenize, giving the cold
+items of a cold-item split their codes) (the tokenizer, unless run.tokenize = false) ->
+popularity -> content-knn -> bert4rec -> qbert4rec -> report. Stages meet only at files in the
+run directory.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from qbr_dist.config import Config
 from qbr_dist.data.fetch import fetch
 from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.data.readers import read_catalog, read_interactions
-from qbr_dist.data.split import MIN_SPLIT_LENGTH, build_sequences, item_index
+from qbr_dist.data.split import (EVALUATIONS, MIN_SPLIT_LENGTH, build_sequences, choose_cold_items, item_index,
+                                 remove_cold)
 from qbr_dist.data.tables import column_matrix
 from qbr_dist.obs.metrics import quarantined_records
 from qbr_dist.report import write_report
@@ -29,10 +31,12 @@ from qbr_dist.report import write_report
 log = logging.getLogger("qbr")
 
 ITEMS, SEQUENCES, QUARANTINE, METRICS = "items.parquet", "sequences.parquet", "quarantine.jsonl", "metrics.json"
+COLD = "cold_items.npy"  # ingest, with data.cold_fraction > 0: (items + 1,) bool, the cold items
 STRUCTURE, STRUCTURE_VOCAB = "structure.parquet", "structure_vocab.json"
 
 
-MODEL_STAGES = ("popularity", "bert4rec", "qbert4rec")  # qbert4rec only with the tokenizer and model.tokens != "id"
+# content-knn only with the tokenizer stages; qbert4rec also needs model.tokens != "id"
+MODEL_STAGES = ("popularity", "content-knn", "bert4rec", "qbert4rec")
 
 
 def run_dir(cfg: Config) -> Path:
@@ -44,9 +48,13 @@ def run_pipeline(cfg: Config) -> dict:
     root = run_dir(cfg)
     ingest_dir = ingest(cfg, root)
     tokenizer = tokenize(cfg, root) if cfg.run.tokenize else {}
-    model_dirs = {"popularity": popularity(cfg, root, ingest_dir), "bert4rec": bert4rec(cfg, root, ingest_dir)}
+    model_dirs = {"popularity": popularity(cfg, root, ingest_dir)}
+    if tokenizer:
+        model_dirs["content-knn"] = content_knn(cfg, root, ingest_dir, tokenizer["encode"])
+    model_dirs["bert4rec"] = bert4rec(cfg, root, ingest_dir)
     if tokenizer and cfg.model.tokens != "id":
-        model_dirs["qbert4rec"] = bert4rec(cfg, root, ingest_dir, quantize_dir=tokenizer["quantize"])
+        model_dirs["qbert4rec"] = bert4rec(cfg, root, ingest_dir, quantize_dir=tokenizer["quantize"],
+                                           codes_dir=tokenizer.get("retokenize", tokenizer["quantize"]))
     return write_report(cfg, root, model_dirs, ingest_dir, tokenizer_dirs(tokenizer))
 
 
@@ -108,6 +116,16 @@ def ingest(cfg: Config, root: Path) -> Path:
             source=str(inputs["interactions"]),
         )
     quarantined_records.labels(stage="ingest", run=cfg.run.name).inc(quarantine.total)
+    rows = {**summary.as_dict(), "quarantined": dict(quarantine.counts)}
+    outputs = [ITEMS, SEQUENCES] + ([QUARANTINE] if quarantine.total else [])
+    if cfg.data.cold_fraction:
+        cold = choose_cold_items(catalog.num_rows, cfg.data.cold_fraction, cfg.data.cold_seed)
+        sequences, dropped = remove_cold(sequences, cold)
+        with artifacts.atomic_path(stage_dir / COLD) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, cold)
+        outputs.append(COLD)
+        rows |= {"users": sequences.num_rows, "cold_items": int(cold.sum()), "users_dropped_by_cold_split": dropped,
+                 "cold_test_users": int(pc.sum(sequences.column("cold_target")).as_py() or 0)}
     if sequences.num_rows == 0:
         raise ValueError(
             f"{inputs['interactions']}: no user has the {MIN_SPLIT_LENGTH} interactions a leave-one-out split needs"
@@ -115,8 +133,6 @@ def ingest(cfg: Config, root: Path) -> Path:
     for name, table in ((ITEMS, catalog), (SEQUENCES, sequences)):
         with artifacts.atomic_path(stage_dir / name) as tmp:
             pq.write_table(table, tmp)
-    rows = {**summary.as_dict(), "quarantined": dict(quarantine.counts)}
-    outputs = [ITEMS, SEQUENCES] + ([QUARANTINE] if quarantine.total else [])
     artifacts.write_manifest(stage_dir, key, outputs=outputs, rows=rows)
     log.info("ingest: %d users, %d items, %d interactions, %d quarantined",
              summary.users, summary.items, summary.interactions, quarantine.total)
@@ -236,14 +252,17 @@ def feature_files(stage_dir: Path) -> list[Path]:
 
 
 def tokenize(cfg: Config, root: Path) -> dict[str, Path]:
-    """ingest -> shards -> encode -> structure -> fusion (when quant.input = 'fused') -> quantize."""
+    """ingest -> shards -> encode -> structure -> fusion (when quant.input = 'fused') -> quantize, fitted on
+    warm items only under a cold-item split, then retokenize to give the cold items their codes."""
     dirs = {"ingest": ingest(cfg, root)}
     dirs["encode"] = encode(cfg, root, shards(cfg, dirs["ingest"]))
     dirs["structure"] = structure(cfg, root, dirs["ingest"])
     vectors = dirs["encode"]
     if cfg.quant.input == "fused":
         vectors = dirs["fusion"] = fusion(cfg, root, dirs["ingest"], dirs["encode"], dirs["structure"])
-    dirs["quantize"] = quantize(cfg, root, vectors)
+    dirs["quantize"] = quantize(cfg, root, vectors, exclude=dirs["ingest"] / COLD if cfg.data.cold_fraction else None)
+    if cfg.data.cold_fraction:
+        dirs["retokenize"] = retokenize(cfg, root, dirs["encode"], dirs)
     return dirs
 
 
@@ -305,8 +324,9 @@ def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structur
     return stage_dir
 
 
-def quantize(cfg: Config, root: Path, vectors_dir: Path) -> Path:
-    """Residual codebooks (k-means or RQ-VAE) fitted by Ray Train workers together, then unique semantic IDs per item."""
+def quantize(cfg: Config, root: Path, vectors_dir: Path, *, exclude: Path | None = None) -> Path:
+    """Residual codebooks (k-means or RQ-VAE) fitted by Ray Train workers together, then unique semantic IDs per
+    item; `exclude`, an ingest mask of items (the cold ones), leaves those items out of fitting and codes."""
     import shutil
 
     from qbr_dist.quant import CODEBOOKS, CODES, STATS
@@ -317,7 +337,8 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path) -> Path:
 
     key = artifacts.stage_key("quantize", cfg.section_hash("quant", seed=cfg.run.seed, precision=cfg.runtime.precision,
                                                            grad_clip=cfg.runtime.grad_clip),
-                              {"vectors": artifacts.manifest_fingerprint(vectors_dir)})
+                              {"vectors": artifacts.manifest_fingerprint(vectors_dir),
+                               "exclude": artifacts.file_fingerprint(exclude) if exclude else None})
     stage_dir, current = _stage("quantize", root, key)
     if current:
         return stage_dir
@@ -325,8 +346,9 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path) -> Path:
     shutil.rmtree(parts, ignore_errors=True)
     start_ray(cfg.runtime)
     loop_config = {"quant": cfg.quant.__dict__, "out_dir": str(parts.resolve()), "seed": cfg.run.seed,
-                   "run_name": cfg.run.name,
-                   "files": [str(p.resolve()) for p in feature_files(vectors_dir)]}
+                   "run_name": cfg.run.name, "files": [str(p.resolve()) for p in feature_files(vectors_dir)],
+                   "exclude": {"items": str((exclude.parent / ITEMS).resolve()), "mask": str(exclude.resolve())}
+                   if exclude else None}
     job = TrainJob(name=f"quantize-{artifacts.key_digest(key)}", storage_path=stage_dir / "ray", loop=quantize_worker,
                    loop_config=loop_config, datasets={})
     result = fit(job, cfg.runtime)
@@ -413,21 +435,56 @@ def num_items(ingest_dir: Path) -> int:
     return artifacts.read_manifest(ingest_dir)["rows"]["items"]
 
 
-def popularity(cfg: Config, root: Path, ingest_dir: Path) -> Path:
-    from qbr_dist.seqrec.popularity import evaluate_popularity, training_counts
+def evaluations(ingest_dir: Path) -> tuple[str, ...]:
+    """Validation and warm test always; cold test when the split has users with a cold test target."""
+    cold_users = artifacts.read_manifest(ingest_dir)["rows"].get("cold_test_users", 0)
+    return EVALUATIONS if cold_users else EVALUATIONS[:2]
 
-    inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
-    key = artifacts.stage_key("popularity", cfg.section_hash("eval"), inputs)
-    stage_dir, current = _stage("popularity", root, key)
+
+def load_cold_targets(ingest_dir: Path) -> np.ndarray:
+    return pq.read_table(ingest_dir / SEQUENCES, columns=["cold_target"]).column(0).to_numpy(zero_copy_only=False)
+
+
+def popularity(cfg: Config, root: Path, ingest_dir: Path) -> Path:
+    """Most-popular baseline, ranked on the driver."""
+    from qbr_dist.seqrec.popularity import popularity_scorer, training_counts
+
+    return _driver_baseline("popularity", cfg, root, ingest_dir, {}, lambda sequences: popularity_scorer(
+        training_counts(sequences, num_items(ingest_dir))))
+
+
+def content_knn(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path) -> Path:
+    """Content k-NN baseline over the encode stage's text features, ranked on the driver."""
+    import torch
+
+    from qbr_dist.seqrec.content_knn import content_knn_scorer, text_matrix
+
+    def scorer(_):
+        item_ids = pq.read_table(ingest_dir / ITEMS, columns=["item_id"]).column("item_id").to_pylist()
+        return content_knn_scorer(torch.from_numpy(text_matrix(feature_files(encode_dir), item_ids)))
+
+    return _driver_baseline("content-knn", cfg, root, ingest_dir,
+                            {"encode": artifacts.manifest_fingerprint(encode_dir)}, scorer)
+
+
+def _driver_baseline(stage: str, cfg: Config, root: Path, ingest_dir: Path, inputs: dict, make_scorer) -> Path:
+    """A model without training, scored on the driver for every evaluation with the shared metric code."""
+    from qbr_dist.seqrec.examples import evaluation_examples
+    from qbr_dist.seqrec.metrics import evaluate_examples
+
+    key = artifacts.stage_key(stage, cfg.section_hash("eval"), {"ingest": artifacts.manifest_fingerprint(ingest_dir),
+                                                                **inputs})
+    stage_dir, current = _stage(stage, root, key)
     if current:
         return stage_dir
     started = time.perf_counter()
-    sequences = load_sequences(ingest_dir)
-    counts = training_counts(sequences, num_items(ingest_dir))
+    sequences, cold_target = load_sequences(ingest_dir), load_cold_targets(ingest_dir)
+    scorer = make_scorer(sequences)
     metrics = {
-        split: evaluate_popularity(sequences, counts, split=split, chunk_size=cfg.eval.chunk_size,
-                                   exclude_history=cfg.eval.exclude_history)
-        for split in ("valid", "test")
+        evaluation: evaluate_examples(evaluation_examples(sequences, cold_target, evaluation), scorer,
+                                      num_items=num_items(ingest_dir), chunk_size=cfg.eval.chunk_size,
+                                      exclude_history=cfg.eval.exclude_history)
+        for evaluation in evaluations(ingest_dir)
     }
     metrics.update(train_wall_s=round(time.perf_counter() - started, 3), epochs=0)
     artifacts.write_json(stage_dir / METRICS, metrics)
@@ -435,9 +492,12 @@ def popularity(cfg: Config, root: Path, ingest_dir: Path) -> Path:
     return stage_dir
 
 
-def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | None = None) -> Path:
-    """BERT4Rec over item IDs (stage `bert4rec`, the baseline), or over the semantic IDs of the
-    quantize stage (stage `qbert4rec`, tokens from `model.tokens`); the same training and evaluation."""
+def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | None = None,
+             codes_dir: Path | None = None) -> Path:
+    """BERT4Rec over item IDs (stage `bert4rec`, the baseline), or over semantic IDs (stage
+    `qbert4rec`, tokens from `model.tokens`): the quantize stage's codebooks, and the codes of
+    `codes_dir` (the quantize or retokenize stage); the same training and evaluation. The ID-only
+    model is not evaluated on cold test targets: their ID vectors were never trained."""
     import dataclasses
 
     import ray.data
@@ -452,17 +512,20 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     config_hash = cfg.section_hash("train", "eval", model=model.__dict__, seed=cfg.run.seed,
                                    precision=cfg.runtime.precision, grad_clip=cfg.runtime.grad_clip)
     inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
+    codes_dir = codes_dir or quantize_dir
     if quantize_dir is not None:
-        inputs["quantize"] = artifacts.manifest_fingerprint(quantize_dir)
+        inputs |= {"quantize": artifacts.manifest_fingerprint(quantize_dir),
+                   "codes": artifacts.manifest_fingerprint(codes_dir)}
     key = artifacts.stage_key(stage, config_hash, inputs)
     stage_dir, current = _stage(stage, root, key)
     if current:
         return stage_dir
     items = num_items(ingest_dir)
-    semantic = _semantic_codes(ingest_dir, quantize_dir, stage_dir) if quantize_dir is not None else {}
+    semantic = _semantic_codes(ingest_dir, quantize_dir, codes_dir, stage_dir) if quantize_dir is not None else {}
     start_ray(cfg.runtime)
     sequences = ray.data.read_parquet(str((ingest_dir / SEQUENCES).resolve()))
     history_len = _longest_sequence(ingest_dir) if cfg.eval.exclude_history else 0
+    scored = [e for e in evaluations(ingest_dir) if e != "test_cold" or model.tokens != "id"]
     eval_kwargs = dict(max_len=cfg.model.max_len, mask_token=items + 1, history_len=history_len)
     windows = dict(max_len=cfg.model.max_len)
     datasets = {
@@ -470,8 +533,8 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
         "finetune": sequences.map_batches(
             training_windows, fn_kwargs=windows | {"stride": cfg.train.finetune_stride, "every_prefix": True}
         ),
-        "valid": sequences.map_batches(eval_inputs, fn_kwargs=dict(split="valid", **eval_kwargs)),
-        "test": sequences.map_batches(eval_inputs, fn_kwargs=dict(split="test", **eval_kwargs)),
+        **{evaluation: sequences.map_batches(eval_inputs, fn_kwargs=dict(evaluation=evaluation, **eval_kwargs))
+           for evaluation in scored},
     }
     # Built once and kept in the object store (spilled to disk when large): every epoch of every
     # worker then reads blocks instead of re-running the read-and-window pipeline.
@@ -484,7 +547,7 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     loop_config = {
         "model": model.__dict__, "train": cfg.train.__dict__, "eval": cfg.eval.__dict__, "stage": stage,
         "seed": cfg.run.seed, "num_items": items, "run_name": cfg.run.name, "steps_per_epoch": steps_per_epoch,
-        **semantic, **sampled,
+        "evaluations": scored, **semantic, **sampled,
     }
     started = time.perf_counter()
     # The Ray Train run name carries the stage key (config and inputs): a rerun resumes only a run
@@ -502,19 +565,19 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     return stage_dir
 
 
-def _semantic_codes(ingest_dir: Path, quantize_dir: Path, stage_dir: Path) -> dict:
+def _semantic_codes(ingest_dir: Path, quantize_dir: Path, codes_dir: Path, stage_dir: Path) -> dict:
     """Every catalog item's codes (level codes + suffix) in item-index order, saved for the workers."""
     from qbr_dist.quant import CODES, STATS
-    from qbr_dist.quant.codes import read_codes
+    from qbr_dist.quant.codes import read_codes, suffix_table_size
 
     version = artifacts.read_manifest(quantize_dir)["rows"]["codebook_version"]
     stats = json.loads((quantize_dir / STATS).read_text())
-    table = read_codes(quantize_dir / CODES, expected_version=version)
+    table = read_codes(codes_dir / CODES, expected_version=version)
     item_ids = pq.read_table(ingest_dir / ITEMS, columns=["item_id"]).column("item_id").combine_chunks()
     rows = pc.index_in(item_ids, value_set=table.column("item_id").combine_chunks())
     if rows.null_count:
         missing = item_ids.filter(rows.is_null())
-        raise ValueError(f"{quantize_dir / CODES}: {len(missing)} catalog items have no semantic ID "
+        raise ValueError(f"{codes_dir / CODES}: {len(missing)} catalog items have no semantic ID "
                          f"(e.g. {missing[0].as_py()!r}; quarantined at encode?); retokenize the catalog first")
     by_row = column_matrix(table.column("codes"), np.int64)
     codes = np.zeros((len(item_ids) + 1, by_row.shape[1]), dtype=np.int64)
@@ -522,7 +585,7 @@ def _semantic_codes(ingest_dir: Path, quantize_dir: Path, stage_dir: Path) -> di
     stage_dir.mkdir(parents=True, exist_ok=True)
     np.save(stage_dir / "codes.npy", codes)
     return {"codes_file": str((stage_dir / "codes.npy").resolve()), "codebook_version": version,
-            "code_sizes": [len(level["counts"]) for level in stats["levels"]] + [stats["suffix_table_size"]]}
+            "code_sizes": [len(level["counts"]) for level in stats["levels"]] + [suffix_table_size(codes_dir / CODES)]}
 
 
 def _item_counts(sequences, items: int, stage_dir: Path) -> dict:
@@ -539,7 +602,8 @@ def _training_metrics(final: dict, *, wall_s: float) -> dict:
     """metrics.json of a training stage from the final report of its workers."""
     metrics = {
         split: {k.split("/", 1)[1]: v for k, v in final.items() if k.startswith(f"{split}/")}
-        for split in ("valid", "test")
+        for split in EVALUATIONS
+        if any(k.startswith(f"{split}/") for k in final)
     }
     return metrics | {
         "train_wall_s": round(wall_s, 1), "epochs": final["epochs"], "steps": final["step"],

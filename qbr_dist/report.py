@@ -23,8 +23,8 @@ def write_report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_di
         "split": "leave-one-out",
         "data": artifacts.read_manifest(ingest_dir)["rows"],
         "models": {
-            name: {key: m.get(key) for key in ("valid", "test", "train_wall_s", "epochs", "steps", "best", "mask_mixture")
-                   if key in m}
+            name: {key: m.get(key) for key in ("valid", "test", "test_cold", "train_wall_s", "epochs", "steps", "best",
+                                               "mask_mixture") if key in m}
             for name, m in models.items()
         },
         "tokenizer": tokenizer_summary(tokenizer_dirs),
@@ -67,11 +67,32 @@ def markdown(report: dict) -> str:
         cells = [f"{m['test'][k]:.4f}" for k in METRIC_NAMES]
         cells += [f"{m['valid']['NDCG@10']:.4f}", str(m.get("epochs", 0)), f"{m.get('train_wall_s', 0):.0f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += cold_markdown(report)
     mixtures = [f"{name} " + ", ".join(f"{k} {v:.0%}" for k, v in m["mask_mixture"].items())
                 for name, m in report["models"].items() if m.get("mask_mixture")]
     if mixtures:
         lines += ["", "Pretraining masks (share of sequences per strategy): " + "; ".join(mixtures) + "."]
     return "\n".join(lines + tokenizer_markdown(report.get("tokenizer", {}))) + "\n"
+
+
+def cold_markdown(report: dict) -> list[str]:
+    """The cold-item split's own table; ID-only models are named, not scored (their cold rows were never trained)."""
+    data = report["data"]
+    if not data.get("cold_test_users"):
+        return []
+    lines = [
+        "", f"Cold-item split: {data['cold_items']:,} items never appear in training or validation inputs. "
+        f"The table above covers the users whose test target is warm; {data['cold_test_users']:,} users whose "
+        "test target is cold are ranked against all items here, with the same metric code.", "",
+        "| model (cold targets) | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|",
+    ]
+    for name, m in report["models"].items():
+        if "test_cold" in m:
+            lines.append(f"| {name} | " + " | ".join(f"{m['test_cold'][k]:.4f}" for k in METRIC_NAMES) + " |")
+        else:
+            lines.append(f"| {name} | ID-only: cannot score cold items (their ID vectors were never trained) |"
+                         + " |" * (len(METRIC_NAMES) - 1))
+    return lines
 
 
 def tokenizer_markdown(tokenizer: dict) -> list[str]:

@@ -3,6 +3,10 @@
 Each user's items are sorted by timestamp; equal timestamps keep the input's row order.
 Leave-one-out: the last item is the test target, the second-to-last the validation target,
 the rest is training. A user needs at least three interactions to appear in all three parts.
+
+Cold-item split: a seeded uniform share of the items is cold. Cold items are removed from every
+sequence except as its test target, so no training or validation input holds one; the
+sequences table marks the users whose test target is cold (`cold_target`), evaluated apart.
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ def item_index(catalog: pa.Table) -> dict[str, int]:
 def build_sequences(
     interactions: pa.Table, index: dict[str, int], *, k_core: int, quarantine: Quarantine, source: str
 ) -> tuple[pa.Table, SplitSummary]:
-    """Table (user_id: string, items: list<int32>) of time-ordered item indices, one row per user."""
+    """Table (user_id: string, items: list<int32>, cold_target: bool) of time-ordered item indices, one row per user."""
     item_ids = interactions.column("item_id").to_pylist()
     items = np.fromiter((index.get(i, 0) for i in item_ids), dtype=np.int64, count=len(item_ids))
     for row in np.flatnonzero(items == 0):
@@ -60,6 +64,7 @@ def build_sequences(
     table = pa.table({
         "user_id": pa.array(users[user_codes[starts[long_enough]]].tolist(), pa.string()),
         "items": pa.array(sequences, pa.list_(pa.int32())),
+        "cold_target": pa.array(np.zeros(len(sequences), dtype=bool)),
     })
     summary = SplitSummary(
         interactions_read=len(item_ids),
@@ -99,3 +104,41 @@ def valid_part(items: np.ndarray) -> tuple[np.ndarray, int]:
 def test_part(items: np.ndarray) -> tuple[np.ndarray, int]:
     """(history, target) for test: the whole history before the last item, validation item included."""
     return items[:-1], int(items[-1])
+
+
+def choose_cold_items(num_items: int, fraction: float, seed: int) -> np.ndarray:
+    """(num_items + 1,) bool: the cold items (index 0, padding, never cold)."""
+    cold = np.zeros(num_items + 1, dtype=bool)
+    picked = np.random.default_rng(seed).choice(num_items, size=int(round(fraction * num_items)), replace=False)
+    cold[picked + 1] = True
+    return cold
+
+
+def remove_cold(sequences: pa.Table, cold: np.ndarray) -> tuple[pa.Table, int]:
+    """Sequences without cold items before their test target, plus the `cold_target` column;
+    users left with fewer than MIN_SPLIT_LENGTH items are dropped (returned count)."""
+    kept_users, kept_items, cold_target = [], [], []
+    for user, items in zip(sequences.column("user_id").to_pylist(), sequences.column("items").to_numpy()):
+        items = np.asarray(items)
+        history = items[:-1][~cold[items[:-1]]]
+        if len(history) + 1 >= MIN_SPLIT_LENGTH:
+            kept_users.append(user)
+            kept_items.append(np.append(history, items[-1]).astype(np.int32))
+            cold_target.append(bool(cold[items[-1]]))
+    table = pa.table({"user_id": pa.array(kept_users, pa.string()), "items": pa.array(kept_items, pa.list_(pa.int32())),
+                      "cold_target": pa.array(cold_target, pa.bool_())})
+    return table, sequences.num_rows - table.num_rows
+
+
+EVALUATIONS = ("valid", "test", "test_cold")  # test: users whose test target is warm; test_cold: cold
+
+
+def evaluation_part(evaluation: str):
+    """The (history, target) function of an evaluation."""
+    return valid_part if evaluation == "valid" else test_part
+
+
+def evaluation_users(cold_target: np.ndarray, evaluation: str) -> np.ndarray:
+    """Which users an evaluation covers: all for validation (its targets are never cold), else by test target."""
+    cold_target = np.asarray(cold_target, dtype=bool)
+    return {"valid": np.ones_like(cold_target), "test": ~cold_target, "test_cold": cold_target}[evaluation]

@@ -57,6 +57,11 @@ def codes_version(path: Path) -> str:
     return metadata.get(VERSION_KEY, b"").decode()
 
 
+def suffix_table_size(path: Path) -> int:
+    """Disambiguation codes a model over this file needs (its largest suffix + 1)."""
+    return int((pq.read_schema(path).metadata or {}).get(SUFFIX_KEY, b"0"))
+
+
 def read_codes(path: Path, *, expected_version: str | None = None) -> pa.Table:
     """The codes table; refuses one whose codebook version differs from `expected_version`."""
     path = Path(path)

@@ -15,15 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from qbr_dist import artifacts
 from qbr_dist.config import QuantConfig
 from qbr_dist.data.tables import column_matrix
+from qbr_dist.obs.metrics import TrainMeter
 from qbr_dist.quant import CODEBOOKS, STATS
 from qbr_dist.quant.codebook import save_codebooks, verify_identical
-from qbr_dist.obs.metrics import TrainMeter
 from qbr_dist.quant.residual import decode, encode_with_stats, reconstruction_error, residual_kmeans
 from qbr_dist.quant.rqvae import RQVAE
 from qbr_dist.train import collective
@@ -74,6 +75,14 @@ class Fitted:
     summary: dict = field(default_factory=dict)  # mode-specific statistics
 
 
+def without_excluded(ids: list[str], local: torch.Tensor, *, items: str, mask: str) -> tuple[list[str], torch.Tensor]:
+    """Rows whose item is not marked in `mask` ((items + 1,) bool over the ingest catalog `items`)."""
+    catalog = pq.read_table(items, columns=["item_id"]).column("item_id").combine_chunks()
+    excluded = catalog.filter(pa.array(np.load(mask)[1:]))
+    keep = ~pc.is_in(pa.array(ids, pa.string()), value_set=excluded).to_numpy(zero_copy_only=False)
+    return [i for i, k in zip(ids, keep) if k], local[torch.from_numpy(keep)]
+
+
 def quantize_worker(loop_config: dict) -> None:
     runtime = rt.worker_runtime(loop_config)
     rt.prepare_worker(runtime)
@@ -83,6 +92,9 @@ def quantize_worker(loop_config: dict) -> None:
     rank, world = collective.rank(), collective.world_size()
     total = row_count(files)
     ids, local = read_rows(files, cfg.input, *collective.share(total, rank, world))
+    if loop_config.get("exclude"):
+        ids, local = without_excluded(ids, local, **loop_config["exclude"])
+    total = collective.row_offset(len(local))[1]
     fitted = (fit_rqvae if cfg.mode == "rqvae" else fit_rkmeans)(local, cfg, loop_config, runtime)
     fitted.tensors = {name: verify_identical(tensor.detach().float().contiguous(), what=f"{name} at save")
                       for name, tensor in fitted.tensors.items()}
@@ -127,10 +139,10 @@ def fit_rqvae(local: torch.Tensor, cfg: QuantConfig, loop_config: dict, runtime)
     torch.manual_seed(seed)
     model = RQVAE(input_dim=local.shape[1], hidden=cfg.rqvae_hidden, latent_dim=cfg.rqvae_latent_dim,
                   levels=cfg.levels, codebook_size=cfg.codebook_size, commitment=cfg.rqvae_commitment)
-    _, total = collective.row_offset(len(local))
+    total = collective.row_offset(len(local))[1]
     micro = max(cfg.rqvae_batch_size // world, 1)
-    last_start, last_stop = collective.share(total, world - 1, world)  # the smallest share
-    steps_per_epoch = (last_stop - last_start) // micro
+    smallest = int(collective.all_gather_rows(torch.tensor([len(local)])).min())  # ranks must step alike
+    steps_per_epoch = smallest // micro
     if not steps_per_epoch:
         raise ValueError(f"config key 'quant.rqvae_batch_size': {cfg.rqvae_batch_size} exceeds the {total} items "
                          f"to quantize over {world} workers")

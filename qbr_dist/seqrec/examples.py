@@ -4,7 +4,8 @@ Input batches carry `items` (each user's time-ordered item indices). Training yi
 `max_len` items over the training part, one every `stride` items counted back from the newest:
 for pretraining until the windows cover the whole part (every item appears in some window), for
 fine-tuning down to the shortest prefix (every `stride`-th item is the newest of some window).
-Evaluation yields the history before the target (newest `max_len - 1` items) followed by the
+Evaluation yields, for the users it covers (all for validation; warm or cold test targets for
+"test" and "test_cold"), the history before the target (newest `max_len - 1` items) followed by the
 mask token, and the target; with `history_len` > 0 also the whole history, left-padded to that
 length, for leaving seen items out of the ranking.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qbr_dist.data.split import test_part, train_part, valid_part
+from qbr_dist.data.split import evaluation_part, evaluation_users, train_part
 
 
 def left_pad(items: np.ndarray, length: int) -> np.ndarray:
@@ -41,15 +42,25 @@ def training_windows(batch: dict, *, max_len: int, stride: int, every_prefix: bo
     return {"seq": np.stack(rows) if rows else np.zeros((0, max_len), dtype=np.int64)}
 
 
-def eval_inputs(batch: dict, *, split: str, max_len: int, mask_token: int, history_len: int = 0) -> dict:
-    pick = {"valid": valid_part, "test": test_part}[split]
+def eval_inputs(batch: dict, *, evaluation: str, max_len: int, mask_token: int, history_len: int = 0) -> dict:
+    """Inputs of the batch's users that `evaluation` ("valid", "test", "test_cold") covers."""
+    pick = evaluation_part(evaluation)
+    users = evaluation_users(batch.get("cold_target", np.zeros(len(batch["items"]), bool)), evaluation)
     seqs, targets, histories = [], [], []
-    for items in batch["items"]:
+    for items in np.asarray(batch["items"], dtype=object)[users]:
         history, target = pick(np.asarray(items))
         seqs.append(left_pad(np.append(history[-(max_len - 1):], mask_token), max_len))
         targets.append(target)
         histories.append(left_pad(history, history_len))
-    out = {"seq": np.stack(seqs), "target": np.asarray(targets, dtype=np.int64)}
+    out = {"seq": np.stack(seqs) if seqs else np.zeros((0, max_len), np.int64),
+           "target": np.asarray(targets, dtype=np.int64)}
     if history_len:
-        out["history"] = np.stack(histories)
+        out["history"] = np.stack(histories) if histories else np.zeros((0, history_len), np.int64)
     return out
+
+
+def evaluation_examples(sequences: list[np.ndarray], cold_target: np.ndarray, evaluation: str) -> list[tuple]:
+    """(history, target) of every user `evaluation` covers, for models scored on the driver."""
+    pick = evaluation_part(evaluation)
+    users = evaluation_users(cold_target, evaluation)
+    return [pick(np.asarray(items)) for items, covered in zip(sequences, users) if covered]

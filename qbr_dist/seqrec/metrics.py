@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
+
+from qbr_dist.seqrec.examples import left_pad
 
 KS = (5, 10, 20)
 METRIC_NAMES = tuple(f"HR@{k}" for k in KS) + tuple(f"NDCG@{k}" for k in KS) + ("MRR",)
@@ -73,3 +76,23 @@ def metric_means(sums: dict[str, float], users: int) -> dict[str, float]:
     if users <= 0:
         raise ValueError("no users to evaluate")
     return {name: sums[name] / users for name in METRIC_NAMES}
+
+
+def evaluate_examples(examples: list[tuple[np.ndarray, int]], scorer, *, num_items: int, chunk_size: int,
+                      exclude_history: bool, users_per_batch: int = 4096) -> dict[str, float]:
+    """Full-ranking metrics of a driver-side model over (history, target) examples, a batch of users
+    at a time; `scorer(histories)` returns the `ScoreChunk` of those users."""
+    names, sums = METRIC_NAMES, dict.fromkeys(METRIC_NAMES, 0.0)
+    for first in range(0, len(examples), users_per_batch):
+        batch = examples[first:first + users_per_batch]
+        histories = [history for history, _ in batch]
+        history = None
+        if exclude_history:
+            longest = max(len(h) for h in histories)
+            history = torch.from_numpy(np.stack([left_pad(h, longest) for h in histories]))
+        ranks = target_ranks(scorer(histories), torch.tensor([target for _, target in batch]), first_item=1,
+                             end_item=num_items + 1, chunk_size=chunk_size, history=history)
+        for name, value in metric_sums(ranks).items():
+            sums[name] += value
+    return metric_means({name: sums[name] for name in names}, len(examples))
+

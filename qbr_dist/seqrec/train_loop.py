@@ -14,6 +14,7 @@ import ray.train
 import torch
 
 from qbr_dist.config import EvalConfig, ModelConfig, TrainConfig
+from qbr_dist.data.split import EVALUATIONS
 from qbr_dist.obs.metrics import TrainMeter
 from qbr_dist.quant.codebook import CodebookMismatch
 from qbr_dist.seqrec.bert4rec import BERT4Rec, SemanticTokens
@@ -90,7 +91,7 @@ def bert4rec_worker(loop_config: dict) -> None:
         log.info("resumed from the checkpoint at step %d (phase %d, epoch %d, batch %d)",
                  state.step, state.phase, state.epoch, state.batch)
     meter = TrainMeter(stage=loop_config["stage"], rank=rank, run=loop_config["run_name"])
-    shards = {name: ray.train.get_dataset_shard(name) for name in ("pretrain", "finetune", "valid", "test")}
+    shards = {name: ray.train.get_dataset_shard(name) for name in ("pretrain", "finetune", *loop_config["evaluations"])}
     sampler = _sampler(loop_config, train_cfg)
 
     eval_batches: dict[str, list] = {}
@@ -110,7 +111,7 @@ def bert4rec_worker(loop_config: dict) -> None:
             state.epoch, state.epochs = state.epoch + 1, state.epochs + 1
             meter.epoch.set(state.epoch)
             if state.epoch % phase.eval_every == 0 or state.epoch == phase.epochs:
-                _select(state, evaluate, phase.name, meter)
+                _select(state, evaluate, phase.name, meter, tests=loop_config["evaluations"][1:])
         state.phase, state.epoch, state.batch, state.bad_evals = state.phase + 1, 0, 0, 0
     state.done = True
     rt.save_checkpoint(engine, _report_metrics(state), asdict(state))
@@ -225,16 +226,16 @@ def _checkpoint(engine, state: LoopState, meter, phase: str, loss: float) -> Non
     meter.checkpoint_seconds.observe(time.perf_counter() - started)
 
 
-def _select(state: LoopState, evaluate, phase: str, meter) -> None:
-    """Validation decides: a new best also records test metrics of these same weights."""
+def _select(state: LoopState, evaluate, phase: str, meter, *, tests: list[str]) -> None:
+    """Validation decides: a new best also records the test metrics (warm, and cold) of these same weights."""
     valid = evaluate("valid")
     meter.valid_ndcg10.set(valid["NDCG@10"])
     log.info("%s epoch %d step %d: valid NDCG@10 %.4f HR@10 %.4f", phase, state.epoch, state.step,
              valid["NDCG@10"], valid["HR@10"])
     state.curve.append({"phase": phase, "epoch": state.epoch, "step": state.step, "valid_NDCG@10": valid["NDCG@10"]})
     if valid["NDCG@10"] > state.best["valid"]["NDCG@10"]:
-        test = evaluate("test")
-        state.best = {"valid": valid, "test": test, "phase": phase, "epoch": state.epoch, "step": state.step}
+        state.best = {"valid": valid, **{test: evaluate(test) for test in tests}, "phase": phase,
+                      "epoch": state.epoch, "step": state.step}
         state.bad_evals = 0
     else:
         state.bad_evals += 1
@@ -286,5 +287,4 @@ def _report_metrics(state: LoopState) -> dict:
     return {"done": True, "step": state.step, "epochs": state.epochs, "resumed_at": state.resumed_at,
             "mask_mixture": mixture,
             "best_phase": best.get("phase"), "best_epoch": best.get("epoch"), "curve": state.curve,
-            **{f"valid/{k}": v for k, v in best["valid"].items()},
-            **{f"test/{k}": v for k, v in best.get("test", {}).items()}}
+            **{f"{evaluation}/{k}": v for evaluation in EVALUATIONS for k, v in best.get(evaluation, {}).items()}}

@@ -17,6 +17,7 @@ from qbr_dist.config import load_config
 from qbr_dist.quant import CODEBOOKS, CODES, STATS
 from qbr_dist.quant.codebook import CodebookMismatch, load_codebooks, verify_identical
 from qbr_dist.quant.codes import read_codes
+from qbr_dist.quant.retokenize import retokenize as retokenize_job
 
 pytestmark = pytest.mark.integration
 
@@ -97,6 +98,11 @@ def test_retokenize_reproduces_the_codes_and_only_appends_suffixes(tmp_path, enc
     original = read_codes(quantized / CODES)
     assert sorted(first.to_pylist(), key=lambda r: r["item_id"]) == sorted(original.to_pylist(),
                                                                           key=lambda r: r["item_id"])
+    twice = tmp_path / "twice"
+    retokenize_job(sorted(encode_dir.glob("*.parquet")), "text_emb", quantized / CODEBOOKS, twice, previous=None,
+                   batch_size=100, bucket_rows=64)  # other batches and 8 buckets: the same rows
+    assert sorted(read_codes(twice / CODES).to_pylist(), key=lambda r: r["item_id"]) == sorted(
+        first.to_pylist(), key=lambda r: r["item_id"])
 
     # a grown catalog: copies of existing vectors under new ids, so they collide with old items
     grown = tmp_path / "grown"

@@ -1,8 +1,9 @@
 """The whole semantic tokenizer on a small synthetic catalog, as `qbr quantize` runs it:
-ingest -> prebuilt shards -> encode (MiniLM + a tiny random ViT, on purpose) -> structure ->
-fusion (2 Ray Train workers, DeepSpeed ZeRO-2) -> distributed residual k-means -> unique IDs;
-retokenization of a grown catalog through the exported fusion model; then Q-BERT4Rec trained on
-those semantic IDs."""
+ingest with a 10 % cold-item split -> prebuilt shards -> encode (MiniLM + a tiny random ViT, on
+purpose) -> structure -> fusion (2 Ray Train workers, DeepSpeed ZeRO-2) -> distributed residual
+k-means on the warm items -> unique IDs -> retokenization giving the cold items codes through the
+exported fusion model; retokenization of a grown catalog; then Q-BERT4Rec trained on those
+semantic IDs and evaluated on warm and cold test targets, next to content-knn."""
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ def test_tokenizer_end_to_end(tmp_path, ray_cluster):
     out = tmp_path / "synth"
     synth.synthesize(synth.SynthSpec(items=240, users=160, mean_length=8), out)
     cfg = load_config(None, [
-        f"run.root='{tmp_path / 'runs'}'", "run.name=tok", "data.dataset=files",
+        f"run.root='{tmp_path / 'runs'}'", "run.name=tok", "data.dataset=files", "data.cold_fraction=0.1",
         f"data.interactions='{out / synth.INTERACTIONS}'", f"data.catalog='{out / synth.CATALOG}'",
         "data.text_fields=['title', 'description']", f"shards.prebuilt_dir='{out / synth.SHARDS}'",
         "encode.image_model=qbr-tiny-vit", f"encode.image_model_config='{TINY_VIT}'",
@@ -54,8 +55,12 @@ def test_tokenizer_end_to_end(tmp_path, ray_cluster):
     assert fused.schema.field("fused").type.list_size == 16
     assert sum(pq.read_metadata(p).num_rows for p in pipeline.feature_files(dirs["fusion"])) == 240
 
-    codes = read_codes(dirs["quantize"] / CODES)
-    assert codes.num_rows == 240 and len({tuple(c) for c in codes.column("codes").to_pylist()}) == 240
+    cold = artifacts.read_manifest(dirs["ingest"])["rows"]["cold_items"]
+    assert cold == 24 and stats["cold_items"] >= cold
+    codes = read_codes(dirs["quantize"] / CODES)  # fitted on warm items only
+    assert codes.num_rows == 240 - cold and len({tuple(c) for c in codes.column("codes").to_pylist()}) == 240 - cold
+    everything = read_codes(dirs["retokenize"] / CODES)  # cold items coded afterwards
+    assert everything.num_rows == 240 and len({tuple(c) for c in everything.column("codes").to_pylist()}) == 240
     quant = json.loads((dirs["quantize"] / QUANT_STATS).read_text())
     assert [lv["level"] for lv in quant["levels"]] == [0, 1] and 0 <= quant["collision_rate"] <= 1
     assert (dirs["quantize"] / CODEBOOKS).is_file()
@@ -66,10 +71,15 @@ def test_tokenizer_end_to_end(tmp_path, ray_cluster):
     again = pipeline.tokenize(cfg, pipeline.run_dir(cfg))
     assert {name: (d / artifacts.MANIFEST).read_text() for name, d in again.items()} == manifests
 
-    qbert = pipeline.bert4rec(cfg, pipeline.run_dir(cfg), dirs["ingest"], quantize_dir=dirs["quantize"])
+    qbert = pipeline.bert4rec(cfg, pipeline.run_dir(cfg), dirs["ingest"], quantize_dir=dirs["quantize"],
+                              codes_dir=dirs["retokenize"])
     metrics = json.loads((qbert / pipeline.METRICS).read_text())
     assert qbert.name == "qbert4rec" and metrics["codebook_version"] == quant["codebook_version"]
     assert 0 <= metrics["test"]["NDCG@10"] <= 1 and metrics["steps"] > 0
+    assert 0 <= metrics["test_cold"]["HR@10"] <= 1  # cold test targets, scored from their codes
+    knn = json.loads((pipeline.content_knn(cfg, pipeline.run_dir(cfg), dirs["ingest"], dirs["encode"])
+                      / pipeline.METRICS).read_text())
+    assert set(knn) >= {"valid", "test", "test_cold"} and 0 <= knn["test_cold"]["HR@10"] <= 1
 
 
 def check_fused_retokenize(cfg, dirs: dict, tmp_path, *, cold_items: int) -> None:
@@ -84,10 +94,10 @@ def check_fused_retokenize(cfg, dirs: dict, tmp_path, *, cold_items: int) -> Non
     copies = copies.set_column(0, "item_id", pa.array([f"new{i}" for i in range(10)], copies.schema.field(0).type))
     pq.write_table(copies, grown / "zz-new.parquet")
 
-    stage = pipeline.retokenize(cfg, pipeline.run_dir(cfg), grown, dirs)
+    stage = pipeline.retokenize(cfg, tmp_path / "elsewhere", grown, dirs)
     summary = artifacts.read_manifest(stage)["rows"]
     assert summary["items"] == 250 and summary["content_queries"] == cold_items + 10
-    before = {r["item_id"]: r["codes"] for r in read_codes(dirs["quantize"] / CODES).to_pylist()}
+    before = {r["item_id"]: r["codes"] for r in read_codes(dirs["retokenize"] / CODES).to_pylist()}
     after = {r["item_id"]: r["codes"] for r in read_codes(stage / CODES).to_pylist()}
     assert {i: after[i] for i in before} == before
     assert len({tuple(c) for c in after.values()}) == 250

@@ -38,9 +38,21 @@ def test_fine_tuning_windows_end_at_every_prefix():
 
 def test_eval_inputs_hide_the_target_and_keep_history():
     items = np.array([3, 4, 5, 6, 7])
-    valid = eval_inputs(batch(items), split="valid", max_len=4, mask_token=99, history_len=6)
+    valid = eval_inputs(batch(items), evaluation="valid", max_len=4, mask_token=99, history_len=6)
     assert valid["seq"].tolist() == [[3, 4, 5, 99]] and valid["target"].tolist() == [6]
     assert valid["history"].tolist() == [[0, 0, 0, 3, 4, 5]]
-    test = eval_inputs(batch(items), split="test", max_len=4, mask_token=99)
+    test = eval_inputs(batch(items), evaluation="test", max_len=4, mask_token=99)
     assert test["seq"].tolist() == [[4, 5, 6, 99]] and test["target"].tolist() == [7]
     assert "history" not in test
+
+
+def test_eval_inputs_keep_the_users_an_evaluation_covers():
+    rows = {"items": np.array([np.array([1, 2, 3, 4]), np.array([5, 6, 7])], dtype=object),
+            "cold_target": np.array([False, True])}
+    assert eval_inputs(rows, evaluation="test", max_len=4, mask_token=99)["target"].tolist() == [4]
+    cold = eval_inputs(rows, evaluation="test_cold", max_len=4, mask_token=99, history_len=3)
+    assert cold["target"].tolist() == [7] and cold["history"].tolist() == [[0, 5, 6]]
+    assert eval_inputs(rows, evaluation="valid", max_len=4, mask_token=99)["target"].tolist() == [3, 6]
+    empty = eval_inputs({"items": rows["items"][:1], "cold_target": np.array([False])}, evaluation="test_cold",
+                        max_len=4, mask_token=99, history_len=3)
+    assert empty["seq"].shape == (0, 4) and empty["history"].shape == (0, 3)

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from qbr_dist.seqrec.popularity import batch_counts, evaluate_popularity, summed_counts, training_counts
+from qbr_dist.seqrec.examples import evaluation_examples
+from qbr_dist.seqrec.metrics import evaluate_examples
+from qbr_dist.seqrec.popularity import batch_counts, popularity_scorer, summed_counts, training_counts
 
 NUM_ITEMS = 7
 # Training parts (all but the last two): [1, 1, 2], [1, 2, 3], [1, 4]
@@ -9,9 +11,11 @@ NUM_ITEMS = 7
 SEQUENCES = [np.array([1, 1, 2, 3, 2]), np.array([1, 2, 3, 4, 1]), np.array([1, 4, 5, 6])]
 
 
-def evaluate(split, exclude_history=False, chunk_size=3):
+def evaluate(split, exclude_history=False, chunk_size=3, cold_target=(False, False, False), users_per_batch=4096):
     counts = training_counts(SEQUENCES, NUM_ITEMS)
-    return evaluate_popularity(SEQUENCES, counts, split=split, chunk_size=chunk_size, exclude_history=exclude_history)
+    examples = evaluation_examples(SEQUENCES, np.array(cold_target), split)
+    return evaluate_examples(examples, popularity_scorer(counts), num_items=NUM_ITEMS, chunk_size=chunk_size,
+                             exclude_history=exclude_history, users_per_batch=users_per_batch)
 
 
 def test_training_counts_use_only_the_training_part():
@@ -46,3 +50,14 @@ def test_excluding_history_by_hand():
     metrics = evaluate("test", exclude_history=True)
     assert metrics["HR@5"] == pytest.approx(1.0)
     assert metrics["MRR"] == pytest.approx((1 + 1 + 1 / 4) / 3)
+
+
+def test_users_in_batches_give_the_same_means():
+    assert evaluate("test", users_per_batch=1) == pytest.approx(evaluate("test"))
+
+
+def test_cold_and_warm_test_users_are_evaluated_apart():
+    cold_target = (False, True, True)  # targets 2 | 1, 6: ranks 2 | 1, 7
+    assert evaluate("test", cold_target=cold_target)["MRR"] == pytest.approx(1 / 2)
+    assert evaluate("test_cold", cold_target=cold_target)["MRR"] == pytest.approx((1 + 1 / 7) / 2)
+    assert evaluate("valid", cold_target=cold_target) == evaluate("valid")  # validation covers every user

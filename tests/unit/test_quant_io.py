@@ -61,8 +61,8 @@ def ingest_dir(tmp_path, item_ids):
 
 
 def test_codes_are_laid_out_in_item_order_with_the_table_sizes(tmp_path):
-    semantic = pipeline._semantic_codes(ingest_dir(tmp_path, ["b", "a"]), quantize_dir(tmp_path, ["a", "b"]),
-                                        tmp_path / "stage")
+    quantized = quantize_dir(tmp_path, ["a", "b"])
+    semantic = pipeline._semantic_codes(ingest_dir(tmp_path, ["b", "a"]), quantized, quantized, tmp_path / "stage")
     codes = np.load(semantic["codes_file"])
     assert codes.tolist() == [[0, 0, 0], [2, 3, 0], [0, 1, 0]]  # row 0 padding, then b, a
     assert semantic["code_sizes"] == [4, 4, 1] and semantic["codebook_version"] == "abc"
@@ -70,8 +70,8 @@ def test_codes_are_laid_out_in_item_order_with_the_table_sizes(tmp_path):
 
 def test_catalog_items_without_codes_are_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"codes.parquet: 1 catalog items have no semantic ID \(e.g. 'c'"):
-        pipeline._semantic_codes(ingest_dir(tmp_path, ["a", "c"]), quantize_dir(tmp_path, ["a", "b"]),
-                                 tmp_path / "stage")
+        quantized = quantize_dir(tmp_path, ["a", "b"])
+        pipeline._semantic_codes(ingest_dir(tmp_path, ["a", "c"]), quantized, quantized, tmp_path / "stage")
 
 
 def test_column_matrix_for_fixed_and_variable_lists_and_empty_columns():

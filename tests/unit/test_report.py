@@ -47,3 +47,15 @@ def test_without_tokenizer_stages_the_table_stands_alone():
 def test_code_usage_plot_is_a_png(tmp_path):
     plot_code_usage(QUANT["levels"], tmp_path / "usage.png")
     assert (tmp_path / "usage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cold_targets_get_their_own_table_and_id_only_models_are_named_not_scored():
+    metrics = dict.fromkeys(["HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR"], 0.1)
+    models = {"content-knn": {"test": metrics, "valid": metrics, "test_cold": metrics | {"HR@10": 0.25}},
+              "bert4rec": {"test": metrics, "valid": metrics}}
+    data = REPORT["data"] | {"cold_items": 3, "cold_test_users": 2}
+    text = markdown(REPORT | {"data": data, "models": models, "tokenizer": {}})
+    assert "Cold-item split: 3 items never appear" in text and "2 users whose test target is cold" in text
+    assert "| content-knn | 0.1000 | 0.2500 |" in text
+    assert "| bert4rec | ID-only: cannot score cold items" in text
+    assert "Cold-item split" not in markdown(REPORT | {"tokenizer": {}})

@@ -90,3 +90,23 @@ def test_nothing_left_after_k_core_counts_no_short_users():
     users, summary = sequences([("u", "a", 1), ("u", "a", 2), ("u", "b", 3)], k_core=3)
     assert users == {}
     assert summary.users == 0 and summary.users_too_short == 0 and summary.kcore_removed_rows == 3
+
+
+def test_cold_items_leave_every_input_but_stay_test_targets():
+    import numpy as np
+    import pyarrow as pa
+
+    from qbr_dist.data.split import choose_cold_items, remove_cold
+
+    cold = choose_cold_items(100, 0.1, seed=3)
+    assert cold.sum() == 10 and not cold[0] and (choose_cold_items(100, 0.1, seed=3) == cold).all()
+    c1, c2 = np.flatnonzero(cold)[:2]
+    warm = [int(i) for i in np.flatnonzero(~cold)[1:8]]
+    sequences = pa.table({"user_id": ["a", "b", "c"], "items": pa.array(
+        [[warm[0], c1, warm[1], warm[2], c2], [c1, warm[3], warm[4], warm[5]], [c1, c2, warm[6]]],
+        pa.list_(pa.int32()))})
+    table, dropped = remove_cold(sequences, cold)
+    assert dropped == 1  # user c keeps one item and its target: too short for a split
+    assert table.column("user_id").to_pylist() == ["a", "b"]
+    assert table.column("items").to_pylist() == [[warm[0], warm[1], warm[2], c2], [warm[3], warm[4], warm[5]]]
+    assert table.column("cold_target").to_pylist() == [True, False]
