@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "interrupted training stage resumes from its latest checkpoint.")
     _config_args(run)
     run.add_argument("--readme", type=Path, help="also write the results table into this README between its markers")
+    run.add_argument("--seeds", type=int, default=1,
+                     help="run the pipeline once per seed (run.seed, run.seed + 1, ...), each in <run.name>-seed<s>, "
+                          "and report the mean and spread (<run.name>/seeds.md)")
 
     data = commands.add_parser("data", help="dataset commands", description="Dataset commands.")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -118,7 +121,7 @@ def _dispatch(args) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     from qbr_dist import pipeline
-    from qbr_dist.report import markdown, update_readme
+    from qbr_dist.report import markdown, seeds_markdown, update_readme
 
     if args.command in ("quantize", "retokenize"):
         root = pipeline.run_dir(cfg)
@@ -133,11 +136,10 @@ def _dispatch(args) -> int:
         done = pipeline.shards(cfg, pipeline.ingest(cfg, root))
         print(pipeline.encode(cfg, root, done) if args.command == "encode" else done)
         return 0
-    if args.command == "run":
-        report = pipeline.run_pipeline(cfg)
+    if args.command == "run" and args.seeds > 1:
+        table = seeds_markdown(pipeline.run_seeds(cfg, args.seeds))
     else:
-        report = pipeline.report_only(cfg)
-    table = markdown(report)
+        table = markdown(pipeline.run_pipeline(cfg) if args.command == "run" else pipeline.report_only(cfg))
     print(table)
     if args.readme:
         update_readme(args.readme, table)

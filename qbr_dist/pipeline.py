@@ -58,6 +58,22 @@ def run_pipeline(cfg: Config) -> dict:
     return write_report(cfg, root, model_dirs, ingest_dir, tokenizer_dirs(tokenizer))
 
 
+def run_seeds(cfg: Config, seeds: int) -> dict:
+    """`run_pipeline` once per seed (run.seed, run.seed + 1, ...), each in <name>-seed<s>; then
+    the mean and spread of every model's metrics, written to <name>/seeds.json and seeds.md."""
+    import dataclasses
+
+    from qbr_dist.report import seed_summary, write_seed_report
+
+    reports = {}
+    for seed in range(cfg.run.seed, cfg.run.seed + seeds):
+        run = dataclasses.replace(cfg.run, name=f"{cfg.run.name}-seed{seed}", seed=seed)
+        reports[seed] = run_pipeline(dataclasses.replace(cfg, run=run))
+    summary = seed_summary(reports)
+    write_seed_report(run_dir(cfg), summary)
+    return summary
+
+
 def report_only(cfg: Config) -> dict:
     """The report of a run whose stages have all finished."""
     root = run_dir(cfg)

@@ -41,6 +41,47 @@ def write_report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_di
     return report
 
 
+def seed_summary(reports: dict[int, dict]) -> dict:
+    """Mean and sample standard deviation over seeds of every model's metrics, per evaluation."""
+    import numpy as np
+
+    first = next(iter(reports.values()))
+    models = {}
+    for name in first["models"]:
+        runs = [report["models"][name] for report in reports.values()]
+        models[name] = {
+            evaluation: {metric: {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if
+                                  len(values) > 1 else 0.0}
+                         for metric in METRIC_NAMES for values in [[run[evaluation][metric] for run in runs]]}
+            for evaluation in ("valid", "test", "test_cold") if all(evaluation in run for run in runs)
+        }
+    return {"dataset": first["dataset"], "split": first["split"], "data": first["data"], "seeds": list(reports),
+            "models": models}
+
+
+def write_seed_report(root: Path, summary: dict) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(root / "seeds.json", summary)
+    with artifacts.atomic_path(root / "seeds.md") as tmp:
+        tmp.write_text(seeds_markdown(summary))
+
+
+def seeds_markdown(summary: dict) -> str:
+    """Test metrics as mean ± standard deviation over the seeds (warm targets, then cold ones)."""
+    seeds = summary["seeds"]
+    lines = [f"Mean ± standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}); each seed "
+             "selects its model on validation NDCG@10 and reports test metrics.", ""]
+    for evaluation, title in (("test", "model"), ("test_cold", "model (cold targets)")):
+        rows = {name: m[evaluation] for name, m in summary["models"].items() if evaluation in m}
+        if not rows:
+            continue
+        lines += ["| " + title + " | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(f"{v[k]['mean']:.4f} ± {v[k]['std']:.4f}" for k in METRIC_NAMES) + " |"
+                  for name, v in rows.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def tokenizer_summary(dirs: dict[str, Path]) -> dict:
     """What the report shows of the fusion and quantize stages (their stats files, curves left out)."""
     summary = {}

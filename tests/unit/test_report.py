@@ -59,3 +59,20 @@ def test_cold_targets_get_their_own_table_and_id_only_models_are_named_not_score
     assert "| content-knn | 0.1000 | 0.2500 |" in text
     assert "| bert4rec | ID-only: cannot score cold items" in text
     assert "Cold-item split" not in markdown(REPORT | {"tokenizer": {}})
+
+
+def test_seed_summary_gives_mean_and_sample_spread_per_model():
+    from qbr_dist.report import seed_summary, seeds_markdown
+
+    def report(value):
+        metrics = dict.fromkeys(["HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR"], value)
+        return REPORT | {"models": {"qbert4rec": {"valid": metrics, "test": metrics, "test_cold": metrics},
+                                    "bert4rec": {"valid": metrics, "test": metrics}}}
+
+    summary = seed_summary({0: report(0.1), 1: report(0.2), 2: report(0.3)})
+    assert summary["seeds"] == [0, 1, 2] and set(summary["models"]["bert4rec"]) == {"valid", "test"}
+    ndcg = summary["models"]["qbert4rec"]["test_cold"]["NDCG@10"]
+    assert abs(ndcg["mean"] - 0.2) < 1e-12 and abs(ndcg["std"] - 0.1) < 1e-12
+    text = seeds_markdown(summary)
+    assert "over 3 seeds (0, 1, 2)" in text and "| qbert4rec | 0.2000 ± 0.1000 |" in text
+    assert "| model (cold targets) |" in text and text.count("| bert4rec |") == 1
