@@ -141,6 +141,7 @@ def ingest(cfg: Config, root: Path) -> Path:
             np.save(handle, cold)
         outputs.append(COLD)
         rows |= {"users": sequences.num_rows, "cold_items": int(cold.sum()), "users_dropped_by_cold_split": dropped,
+                 "interactions": int(pc.sum(pc.list_value_length(sequences.column("items"))).as_py() or 0),
                  "cold_test_users": int(pc.sum(sequences.column("cold_target")).as_py() or 0)}
     if sequences.num_rows == 0:
         raise ValueError(
