@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, default=1,
                      help="run the pipeline once per seed (run.seed, run.seed + 1, ...), each in <run.name>-seed<s>, "
                           "and report the mean and spread (<run.name>/seeds.md)")
+    run.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
+                     help="hyperparameter grid (repeatable: every combination), one run per point in "
+                          "<run.name>-<point>; each model keeps its best point on validation (<run.name>/grid.md)")
 
     data = commands.add_parser("data", help="dataset commands", description="Dataset commands.")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -121,7 +124,7 @@ def _dispatch(args) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     from qbr_dist import pipeline
-    from qbr_dist.report import markdown, seeds_markdown, update_readme
+    from qbr_dist.report import grid_markdown, markdown, seeds_markdown, update_readme
 
     if args.command in ("quantize", "retokenize"):
         root = pipeline.run_dir(cfg)
@@ -136,7 +139,10 @@ def _dispatch(args) -> int:
         done = pipeline.shards(cfg, pipeline.ingest(cfg, root))
         print(pipeline.encode(cfg, root, done) if args.command == "encode" else done)
         return 0
-    if args.command == "run" and args.seeds > 1:
+    if args.command == "run" and args.grid:
+        table = grid_markdown(pipeline.run_grid(lambda extra: load_config(args.config, args.overrides + extra),
+                                                args.grid))
+    elif args.command == "run" and args.seeds > 1:
         table = seeds_markdown(pipeline.run_seeds(cfg, args.seeds))
     else:
         table = markdown(pipeline.run_pipeline(cfg) if args.command == "run" else pipeline.report_only(cfg))

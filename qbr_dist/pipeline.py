@@ -74,6 +74,37 @@ def run_seeds(cfg: Config, seeds: int) -> dict:
     return summary
 
 
+def grid_points(grid: list[str]) -> list[list[str]]:
+    """Every combination of `SECTION.KEY=V1,V2,...` values, as lists of `--set` overrides."""
+    import itertools
+
+    axes = []
+    for spec in grid:
+        key, _, values = spec.partition("=")
+        if not key or not values:
+            raise ValueError(f"--grid {spec!r}: expected SECTION.KEY=VALUE1,VALUE2,...")
+        axes.append([f"{key}={value}" for value in values.split(",")])
+    return [list(point) for point in itertools.product(*axes)]
+
+
+def run_grid(make_config, grid: list[str]) -> dict:
+    """`run_pipeline` once per grid point (config from `make_config(overrides)`, in <name>-<point>);
+    each model keeps the point of its best validation NDCG@10 and reports that point's test metrics."""
+    import dataclasses
+
+    from qbr_dist.report import grid_summary, write_grid_report
+
+    base = make_config([])
+    runs = []
+    for overrides in grid_points(grid):
+        cfg = make_config(overrides)
+        name = f"{base.run.name}-" + "-".join(o.replace("=", "_") for o in overrides)
+        runs.append((overrides, run_pipeline(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name)))))
+    summary = grid_summary(runs)
+    write_grid_report(run_dir(base), summary)
+    return summary
+
+
 def report_only(cfg: Config) -> dict:
     """The report of a run whose stages have all finished."""
     root = run_dir(cfg)

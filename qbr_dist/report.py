@@ -82,6 +82,39 @@ def seeds_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def grid_summary(runs: list[tuple[list[str], dict]]) -> dict:
+    """Per model: every grid point's validation NDCG@10, and the test metrics of the best point."""
+    models = {}
+    for name in runs[0][1]["models"]:
+        points = [{"point": point, "valid_NDCG@10": report["models"][name]["valid"]["NDCG@10"]}
+                  for point, report in runs if name in report["models"]]
+        best = max(range(len(points)), key=lambda i: points[i]["valid_NDCG@10"])
+        chosen = runs[best][1]["models"][name]
+        models[name] = {"points": points, "best": points[best]["point"],
+                        **{e: chosen[e] for e in ("valid", "test", "test_cold") if e in chosen}}
+    return {"dataset": runs[0][1]["dataset"], "data": runs[0][1]["data"], "models": models}
+
+
+def write_grid_report(root: Path, summary: dict) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(root / "grid.json", summary)
+    with artifacts.atomic_path(root / "grid.md") as tmp:
+        tmp.write_text(grid_markdown(summary))
+
+
+def grid_markdown(summary: dict) -> str:
+    """The grid searched, each point's validation score, and each model's chosen point on test."""
+    lines = ["Grid search: each model picks the point with its best validation NDCG@10; test metrics of that "
+             "point.", "", "| model | point | valid NDCG@10 |", "|---|---|---|"]
+    for name, m in summary["models"].items():
+        lines += [f"| {name} | {' '.join(p['point']) or '(base)'}{' (chosen)' if p['point'] == m['best'] else ''} | "
+                  f"{p['valid_NDCG@10']:.4f} |" for p in m["points"]]
+    lines += ["", "| model (chosen point) | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{m['test'][k]:.4f}" for k in METRIC_NAMES) + " |"
+              for name, m in summary["models"].items()]
+    return "\n".join(lines) + "\n"
+
+
 def tokenizer_summary(dirs: dict[str, Path]) -> dict:
     """What the report shows of the fusion and quantize stages (their stats files, curves left out)."""
     summary = {}

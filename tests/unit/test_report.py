@@ -76,3 +76,28 @@ def test_seed_summary_gives_mean_and_sample_spread_per_model():
     text = seeds_markdown(summary)
     assert "over 3 seeds (0, 1, 2)" in text and "| qbert4rec | 0.2000 ± 0.1000 |" in text
     assert "| model (cold targets) |" in text and text.count("| bert4rec |") == 1
+
+
+def test_grid_points_and_each_model_choosing_its_point_on_validation_only():
+    import pytest
+
+    from qbr_dist.pipeline import grid_points
+    from qbr_dist.report import grid_markdown, grid_summary
+
+    assert grid_points(["train.lr=1e-3,3e-4", "model.tokens=semantic,hybrid"]) == [
+        ["train.lr=1e-3", "model.tokens=semantic"], ["train.lr=1e-3", "model.tokens=hybrid"],
+        ["train.lr=3e-4", "model.tokens=semantic"], ["train.lr=3e-4", "model.tokens=hybrid"]]
+    with pytest.raises(ValueError, match="expected SECTION.KEY=VALUE1,VALUE2"):
+        grid_points(["train.lr"])
+
+    def report(valid_a, test_a, valid_b, test_b):
+        def metrics(value):
+            return dict.fromkeys(["HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR"], value)
+        return REPORT | {"models": {"a": {"valid": metrics(valid_a), "test": metrics(test_a)},
+                                    "b": {"valid": metrics(valid_b), "test": metrics(test_b)}}}
+
+    summary = grid_summary([(["x=1"], report(0.2, 0.1, 0.1, 0.9)), (["x=2"], report(0.1, 0.9, 0.3, 0.2))])
+    assert summary["models"]["a"]["best"] == ["x=1"] and summary["models"]["a"]["test"]["MRR"] == 0.1
+    assert summary["models"]["b"]["best"] == ["x=2"] and summary["models"]["b"]["test"]["MRR"] == 0.2
+    text = grid_markdown(summary)
+    assert "| a | x=1 (chosen) | 0.2000 |" in text and "| a | x=2 | 0.1000 |" in text
