@@ -1,0 +1,42 @@
+"""The ablations of Q-BERT4Rec are config flags; each changes exactly what it names: no
+pretraining, a single masking strategy, hybrid vs pure semantic items. (Codes without fusion,
+`quant.input = "text_emb"`, is the path tests/integration/test_quantize.py runs.)"""
+import numpy as np
+import torch
+
+from qbr_dist.config import load_config
+from qbr_dist.seqrec.train_loop import _mask, _tokens, phases
+
+MASK = 99
+
+
+def config(*overrides):
+    return load_config(None, list(overrides))
+
+
+def test_without_pretraining_only_fine_tuning_has_epochs():
+    pretrain, finetune = phases(config("train.pretrain_epochs=0").train)
+    assert (pretrain.name, pretrain.epochs) == ("pretrain", 0) and finetune.epochs > 0
+
+
+def test_a_single_masking_strategy_is_the_only_one_drawn():
+    cfg = config("train.mask_weights=[0.0, 0.0, 1.0, 0.0]", "train.mask_tail=2").train
+    seq = torch.arange(1, 41).view(4, 10)
+    inputs, labels, chosen = _mask(seq, "pretrain", cfg, MASK, torch.Generator().manual_seed(0),
+                                   torch.Generator().manual_seed(1))
+    assert chosen.tolist() == [2, 2, 2, 2]  # "tail" for every sequence
+    assert (inputs[:, -2:] == MASK).all() and (inputs[:, :-2] == seq[:, :-2]).all()
+    assert (labels[:, -2:] == seq[:, -2:]).all() and (labels[:, :-2] == 0).all()
+
+
+def test_hybrid_items_add_an_id_vector_to_the_code_embeddings(tmp_path):
+    codes = np.array([[0, 0, 0], [1, 2, 0], [1, 2, 1]])
+    np.save(tmp_path / "codes.npy", codes)
+    loop = {"codes_file": str(tmp_path / "codes.npy"), "code_sizes": [4, 4, 2]}
+    pure = _tokens(loop, config("model.hidden=8").model)
+    hybrid = _tokens(loop, config("model.hidden=8", "model.tokens=hybrid").model)
+    assert pure.ids is None and hybrid.ids is not None
+    assert _tokens(loop, config("model.tokens=id").model) is None
+    items = torch.tensor([1, 2])
+    shared = sum(table(torch.from_numpy(codes[[1, 2]])[:, i]) for i, table in enumerate(hybrid.tables))
+    assert torch.allclose(hybrid.vectors(items), shared + hybrid.ids.vectors(items))
