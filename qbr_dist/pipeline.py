@@ -596,6 +596,7 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
         "model": model.__dict__, "train": cfg.train.__dict__, "eval": cfg.eval.__dict__, "stage": stage,
         "seed": cfg.run.seed, "num_items": items, "run_name": cfg.run.name, "steps_per_epoch": steps_per_epoch,
         "evaluations": scored, **semantic, **sampled,
+        "cold_file": str((ingest_dir / COLD).resolve()) if (ingest_dir / COLD).is_file() else None,
     }
     started = time.perf_counter()
     # The Ray Train run name carries the stage key (config and inputs): a rerun resumes only a run

@@ -5,8 +5,10 @@ Sequences are left-padded, so the newest item sits at the last position.
 An item's input vector comes from its tokens: its own ID vector (`IdTokens`, the baseline), or
 the sum of its code embeddings, one table per RVQ level plus the disambiguation code
 (`SemanticTokens`), optionally plus its ID vector (hybrid). Scores are dot products with the
-same (tied) item vectors plus a per-item bias, so a new item with codes can be scored without
-retraining. Training scores the whole catalog, or, past a configured catalog size, only the targets
+same (tied) item vectors plus a bias that the tokens also give (per item for IDs, the sum of
+per-code biases for semantic IDs), so a new item with codes can be scored without retraining.
+Items left out of training (the cold items of a cold-item split) never enter its softmax: they
+do not exist yet as far as training knows, and evaluation then ranks them like any other. Training scores the whole catalog, or, past a configured catalog size, only the targets
 and a sample of negatives (`sampled_softmax.py`); evaluation always ranks the whole catalog.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ class IdTokens(nn.Module):
         super().__init__()
         self.table = nn.Embedding(num_items + 2, hidden, padding_idx=PAD)
         nn.init.normal_(self.table.weight, std=0.02)
+        self.bias = nn.Parameter(torch.zeros(num_items + 2))
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         return self.table(seq)
@@ -37,6 +40,9 @@ class IdTokens(nn.Module):
 
     def vectors(self, items: torch.Tensor) -> torch.Tensor:
         return self.table.weight[items]
+
+    def biases(self, items: torch.Tensor) -> torch.Tensor:
+        return self.bias[items]
 
 
 class SemanticTokens(nn.Module):
@@ -50,6 +56,9 @@ class SemanticTokens(nn.Module):
         self.tables = nn.ModuleList(nn.Embedding(size, hidden) for size in code_sizes)
         for table in self.tables:
             nn.init.normal_(table.weight, std=0.02)
+        self.code_biases = nn.ModuleList(nn.Embedding(size, 1) for size in code_sizes)
+        for table in self.code_biases:
+            nn.init.zeros_(table.weight)
         self.mask = nn.Parameter(torch.randn(hidden) * 0.02)
         self.ids = IdTokens(num_items=self.num_items, hidden=hidden) if hybrid else None
 
@@ -57,6 +66,11 @@ class SemanticTokens(nn.Module):
         codes = self.codes[items]
         vectors = sum(table(codes[..., position]) for position, table in enumerate(self.tables))
         return vectors + self.ids(items) if self.ids is not None else vectors
+
+    def biases(self, items: torch.Tensor) -> torch.Tensor:
+        codes = self.codes[items]
+        bias = sum(table(codes[..., position]).squeeze(-1) for position, table in enumerate(self.code_biases))
+        return bias + self.ids.biases(items) if self.ids is not None else bias
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         vectors = self.vectors(seq.clamp(max=self.num_items))
@@ -78,6 +92,7 @@ class BERT4Rec(nn.Module):
         max_len: int = 50,
         dropout: float = 0.1,
         tokens: nn.Module | None = None,
+        excluded: torch.Tensor | None = None,
     ):
         super().__init__()
         self.num_items = num_items
@@ -97,7 +112,9 @@ class BERT4Rec(nn.Module):
         self.bert = BertModel(bert_config, add_pooling_layer=False)
         self.bert.embeddings.word_embeddings.requires_grad_(False)
         self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden))
-        self.item_bias = nn.Parameter(torch.zeros(num_items + 2))
+        # (num_items + 1,) bool by item: items kept out of the training softmax
+        self.register_buffer("excluded", excluded if excluded is not None else torch.zeros(num_items + 1, dtype=torch.bool),
+                             persistent=False)
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
         """Hidden state per position, (batch, length, hidden), ready to score against items."""
@@ -107,26 +124,29 @@ class BERT4Rec(nn.Module):
     def score_items(self, hidden: torch.Tensor, start: int = 1, end: int | None = None) -> torch.Tensor:
         """Scores of items [start, end) for each row of `hidden` (rows, hidden) -> (rows, end - start)."""
         end = self.num_items + 1 if end is None else end
-        return hidden @ self.tokens.catalog(start, end).T + self.item_bias[start:end]
+        items = torch.arange(start, end, device=hidden.device)
+        return hidden @ self.tokens.catalog(start, end).T + self.tokens.biases(items)
 
     def score_given(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores of `items` (n,) for each row of `hidden` -> (rows, n); only those items' vectors are built."""
-        return hidden @ self.tokens.vectors(items).T + self.item_bias[items]
+        return hidden @ self.tokens.vectors(items).T + self.tokens.biases(items)
 
     def score_own(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Score of each row of `hidden` for its own item, `items` (rows,) -> (rows,)."""
-        return (hidden * self.tokens.vectors(items)).sum(-1) + self.item_bias[items]
+        return (hidden * self.tokens.vectors(items)).sum(-1) + self.tokens.biases(items)
 
     def forward(self, seq: torch.Tensor, labels: torch.Tensor, negatives: torch.Tensor | None = None,
                 log_kq: torch.Tensor | None = None) -> torch.Tensor:
         """Summed cross-entropy at positions whose label is an item (> 0): over the full catalog, or, given
-        `negatives`, sampled softmax over target and negatives with log-Q correction `log_kq` (indexed by item)."""
+        `negatives`, sampled softmax over target and negatives with log-Q correction `log_kq` (indexed by item);
+        excluded items are out of both."""
         picked = labels > 0
         hidden, targets = self.encode(seq)[picked], labels[picked]
         if negatives is None:
-            return nn.functional.cross_entropy(self.score_items(hidden), targets - 1, reduction="sum")
-        return sampled_softmax_loss(self.score_own(hidden, targets), self.score_given(hidden, negatives),
-                                    targets, negatives, log_kq)
+            scores = self.score_items(hidden).masked_fill(self.excluded[1:], float("-inf"))
+            return nn.functional.cross_entropy(scores, targets - 1, reduction="sum")
+        negative_scores = self.score_given(hidden, negatives).masked_fill(self.excluded[negatives], float("-inf"))
+        return sampled_softmax_loss(self.score_own(hidden, targets), negative_scores, targets, negatives, log_kq)
 
     def tied_parameters(self) -> list[nn.Parameter]:
         """Parameters used outside their own module's forward (ZeRO-3 must gather them for ours)."""
@@ -134,4 +154,4 @@ class BERT4Rec(nn.Module):
 
     def scoring_parameters(self) -> list[nn.Parameter]:
         """What the scoring methods read; ZeRO-3 callers gather these around them."""
-        return [*self.tokens.parameters(), self.item_bias]
+        return list(self.tokens.parameters())

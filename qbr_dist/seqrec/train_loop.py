@@ -73,7 +73,7 @@ def bert4rec_worker(loop_config: dict) -> None:
     torch.manual_seed(seed)
     model = BERT4Rec(num_items=num_items, hidden=model_cfg.hidden, layers=model_cfg.layers,
                      heads=model_cfg.heads, max_len=model_cfg.max_len, dropout=model_cfg.dropout,
-                     tokens=_tokens(loop_config, model_cfg))
+                     tokens=_tokens(loop_config, model_cfg), excluded=_excluded(loop_config))
     engine = rt.init_engine(model, runtime=runtime, micro_batch=train_cfg.batch_size // world,
                             lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     if runtime.zero_stage == 3:
@@ -127,6 +127,13 @@ def _tokens(loop_config: dict, model_cfg: ModelConfig):
     codes = torch.from_numpy(np.load(loop_config["codes_file"]))
     return SemanticTokens(codes=codes, code_sizes=loop_config["code_sizes"], hidden=model_cfg.hidden,
                           hybrid=model_cfg.tokens == "hybrid")
+
+
+def _excluded(loop_config: dict) -> torch.Tensor | None:
+    """The cold items of a cold-item split, kept out of the training softmax; None without a split."""
+    import numpy as np
+
+    return torch.from_numpy(np.load(loop_config["cold_file"])) if loop_config.get("cold_file") else None
 
 
 def _sampler(loop_config: dict, cfg: TrainConfig) -> NegativeSampler | None:

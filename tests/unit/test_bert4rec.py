@@ -20,7 +20,7 @@ def test_chunked_item_scores_match_full_scores():
 def test_scores_use_the_tied_item_table():
     m = model()
     hidden = torch.randn(2, 16)
-    expected = hidden @ m.tokens.table.weight[1:21].T + m.item_bias[1:21]
+    expected = hidden @ m.tokens.table.weight[1:21].T + m.tokens.bias[1:21]
     assert torch.allclose(m.score_items(hidden), expected)
 
 
@@ -80,3 +80,34 @@ def test_semantic_model_trains_and_scores_the_catalog():
     loss.backward()
     assert loss.item() > 0 and m.tokens.tables[0].weight.grad is not None
     assert m.score_items(torch.randn(2, 8)).shape == (2, 4)
+
+
+def test_excluded_items_stay_out_of_the_training_softmax_but_are_ranked_at_evaluation():
+    excluded = torch.zeros(21, dtype=torch.bool)
+    excluded[[3, 7]] = True
+    torch.manual_seed(0)
+    kept = BERT4Rec(num_items=20, hidden=16, layers=1, heads=2, max_len=8, dropout=0.0, excluded=excluded)
+    torch.manual_seed(0)
+    plain = BERT4Rec(num_items=20, hidden=16, layers=1, heads=2, max_len=8, dropout=0.0)
+    seq = torch.tensor([[1, 2, 4, 21]])
+    labels = torch.tensor([[0, 0, 0, 5]])
+    hidden = plain.encode(seq)[0, -1:]
+    scores = plain.score_items(hidden)[0]
+    others = torch.ones(20, dtype=torch.bool)
+    others[[2, 6]] = False
+    expected = torch.logsumexp(scores[others], 0) - scores[4]
+    assert torch.allclose(kept(seq, labels), expected, atol=1e-5)
+    loss = kept(seq, labels)
+    loss.backward()
+    assert kept.tokens.table.weight.grad[[3, 7]].abs().sum() == 0  # no gradient reaches excluded items
+    assert kept.score_items(hidden).shape == (1, 20)  # evaluation still ranks every item
+
+
+def test_semantic_items_take_their_bias_from_their_codes():
+    from qbr_dist.seqrec.bert4rec import SemanticTokens
+
+    tokens = SemanticTokens(codes=torch.tensor([[0, 0], [1, 0], [1, 1], [2, 0]]), code_sizes=[3, 2], hidden=4)
+    with torch.no_grad():
+        tokens.code_biases[0].weight[:, 0] = torch.tensor([0.0, 1.0, 2.0])
+        tokens.code_biases[1].weight[:, 0] = torch.tensor([10.0, 20.0])
+    assert tokens.biases(torch.tensor([1, 2, 3])).tolist() == [11.0, 21.0, 12.0]

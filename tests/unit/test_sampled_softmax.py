@@ -60,7 +60,9 @@ def test_scoring_chunked_and_of_given_items_match_full_scoring(make):
     m = make()
     n = m.num_items
     with torch.no_grad():
-        m.item_bias.normal_()
+        for name, param in m.tokens.named_parameters():
+            if "bias" in name:
+                param.normal_()
     hidden = torch.randn(3, 16)
     full = m.score_items(hidden)
     assert full.shape == (3, n)
