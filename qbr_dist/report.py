@@ -236,8 +236,23 @@ def _figure(path: Path, *, xlabel: str, ylabel: str):
         plt.close(fig)
 
 
+def provenance() -> str:
+    """When and on what the results were made: date, CPUs, memory, accelerator."""
+    import datetime
+    import os
+    import platform
+
+    import torch
+
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"Run on {datetime.date.today().isoformat()}: {platform.system()} {platform.machine()}, "
+            f"{os.cpu_count()} CPUs, {memory_gb:.0f} GiB memory, {accelerator}.")
+
+
 def update_readme(readme: Path, table: str) -> None:
-    """Replace the text between the README's result markers with `table`."""
+    """Replace the text between the README's result markers with `table` and the machine it ran on."""
+    table = f"{table}\n{provenance()}\n"
     text = readme.read_text()
     pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
     if not pattern.search(text):

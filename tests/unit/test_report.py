@@ -101,3 +101,23 @@ def test_grid_points_and_each_model_choosing_its_point_on_validation_only():
     assert summary["models"]["b"]["best"] == ["x=2"] and summary["models"]["b"]["test"]["MRR"] == 0.2
     text = grid_markdown(summary)
     assert "| a | x=1 (chosen) | 0.2000 |" in text and "| a | x=2 | 0.1000 |" in text
+
+
+def test_readme_table_is_replaced_between_the_markers_with_date_and_machine(tmp_path):
+    import datetime
+    import os
+
+    import pytest
+
+    from qbr_dist.report import README_END, README_START, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nold table\n{README_END}\noutro\n")
+    update_readme(readme, "| new | table |\n")
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
+    assert "| new | table |" in text and f"Run on {datetime.date.today().isoformat()}" in text
+    assert f"{os.cpu_count()} CPUs" in text
+    (tmp_path / "bare.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="no <!-- qbr:results:start -->"):
+        update_readme(tmp_path / "bare.md", "x")
