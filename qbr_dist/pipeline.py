@@ -63,14 +63,14 @@ def run_seeds(cfg: Config, seeds: int) -> dict:
     the mean and spread of every model's metrics, written to <name>/seeds.json and seeds.md."""
     import dataclasses
 
-    from qbr_dist.report import seed_summary, write_seed_report
+    from qbr_dist.report import seed_summary, seeds_markdown, write_summary
 
     reports = {}
     for seed in range(cfg.run.seed, cfg.run.seed + seeds):
         run = dataclasses.replace(cfg.run, name=f"{cfg.run.name}-seed{seed}", seed=seed)
         reports[seed] = run_pipeline(dataclasses.replace(cfg, run=run))
     summary = seed_summary(reports)
-    write_seed_report(run_dir(cfg), summary)
+    write_summary(run_dir(cfg), "seeds", summary, seeds_markdown(summary))
     return summary
 
 
@@ -92,7 +92,7 @@ def run_grid(make_config, grid: list[str]) -> dict:
     each model keeps the point of its best validation NDCG@10 and reports that point's test metrics."""
     import dataclasses
 
-    from qbr_dist.report import grid_summary, write_grid_report
+    from qbr_dist.report import grid_markdown, grid_summary, write_summary
 
     base = make_config([])
     runs = []
@@ -101,7 +101,7 @@ def run_grid(make_config, grid: list[str]) -> dict:
         name = f"{base.run.name}-" + "-".join(o.replace("=", "_") for o in overrides)
         runs.append((overrides, run_pipeline(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name)))))
     summary = grid_summary(runs)
-    write_grid_report(run_dir(base), summary)
+    write_summary(run_dir(base), "grid", summary, grid_markdown(summary))
     return summary
 
 

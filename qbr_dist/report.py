@@ -59,11 +59,12 @@ def seed_summary(reports: dict[int, dict]) -> dict:
             "models": models}
 
 
-def write_seed_report(root: Path, summary: dict) -> None:
+def write_summary(root: Path, name: str, summary: dict, text: str) -> None:
+    """<root>/<name>.json and <name>.md of a summary over several runs (seeds, grid points)."""
     root.mkdir(parents=True, exist_ok=True)
-    artifacts.write_json(root / "seeds.json", summary)
-    with artifacts.atomic_path(root / "seeds.md") as tmp:
-        tmp.write_text(seeds_markdown(summary))
+    artifacts.write_json(root / f"{name}.json", summary)
+    with artifacts.atomic_path(root / f"{name}.md") as tmp:
+        tmp.write_text(text)
 
 
 def seeds_markdown(summary: dict) -> str:
@@ -86,20 +87,12 @@ def grid_summary(runs: list[tuple[list[str], dict]]) -> dict:
     """Per model: every grid point's validation NDCG@10, and the test metrics of the best point."""
     models = {}
     for name in runs[0][1]["models"]:
-        points = [{"point": point, "valid_NDCG@10": report["models"][name]["valid"]["NDCG@10"]}
-                  for point, report in runs if name in report["models"]]
-        best = max(range(len(points)), key=lambda i: points[i]["valid_NDCG@10"])
-        chosen = runs[best][1]["models"][name]
-        models[name] = {"points": points, "best": points[best]["point"],
+        scored = [(point, report["models"][name]) for point, report in runs if name in report["models"]]
+        points = [{"point": point, "valid_NDCG@10": m["valid"]["NDCG@10"]} for point, m in scored]
+        best_point, chosen = max(scored, key=lambda pair: pair[1]["valid"]["NDCG@10"])
+        models[name] = {"points": points, "best": best_point,
                         **{e: chosen[e] for e in ("valid", "test", "test_cold") if e in chosen}}
     return {"dataset": runs[0][1]["dataset"], "data": runs[0][1]["data"], "models": models}
-
-
-def write_grid_report(root: Path, summary: dict) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    artifacts.write_json(root / "grid.json", summary)
-    with artifacts.atomic_path(root / "grid.md") as tmp:
-        tmp.write_text(grid_markdown(summary))
 
 
 def grid_markdown(summary: dict) -> str:

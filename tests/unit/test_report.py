@@ -102,6 +102,11 @@ def test_grid_points_and_each_model_choosing_its_point_on_validation_only():
     text = grid_markdown(summary)
     assert "| a | x=1 (chosen) | 0.2000 |" in text and "| a | x=2 | 0.1000 |" in text
 
+    later = report(0.1, 0.9, 0.3, 0.2)
+    later["models"]["c"] = later["models"]["b"] | {"test": later["models"]["a"]["test"]}  # only at the second point
+    summary = grid_summary([(["x=1"], report(0.2, 0.1, 0.1, 0.9)), (["x=2"], later)])
+    assert summary["models"]["c"]["best"] == ["x=2"] and summary["models"]["c"]["test"]["MRR"] == 0.9
+
 
 def test_readme_table_is_replaced_between_the_markers_with_date_and_machine(tmp_path):
     import datetime
