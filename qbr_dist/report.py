@@ -86,7 +86,7 @@ def seeds_markdown(summary: dict) -> str:
 def grid_summary(runs: list[tuple[list[str], dict]]) -> dict:
     """Per model: every grid point's validation NDCG@10, and the test metrics of the best point."""
     models = {}
-    for name in runs[0][1]["models"]:
+    for name in dict.fromkeys(name for _, report in runs for name in report["models"]):
         scored = [(point, report["models"][name]) for point, report in runs if name in report["models"]]
         points = [{"point": point, "valid_NDCG@10": m["valid"]["NDCG@10"]} for point, m in scored]
         best_point, chosen = max(scored, key=lambda pair: pair[1]["valid"]["NDCG@10"])
