@@ -166,7 +166,8 @@ def fit_rqvae(local: torch.Tensor, cfg: QuantConfig, loop_config: dict, runtime)
     with rt.full_parameters(list(model.parameters())):
         latents = model.latents(local, chunk_size=cfg.chunk_size)
         codes, levels = encode_with_stats(latents, model.codebooks, chunk_size=cfg.chunk_size)
-        error = reconstruction_error(local, model.reconstruct(decode(codes, model.codebooks), chunk_size=cfg.chunk_size))
+        reconstructed = model.reconstruct(decode(codes, model.codebooks), chunk_size=cfg.chunk_size)
+        error = reconstruction_error(local, reconstructed)
         tensors = {name: tensor.clone() for name, tensor in model.tokenizer_tensors().items()}
     return Fitted(tensors=tensors, codes=codes, levels=levels, reconstruction_error=error,
                   metadata={"encoder_dims": json.dumps(model.encoder_dims)},

@@ -8,8 +8,9 @@ the sum of its code embeddings, one table per RVQ level plus the disambiguation 
 same (tied) item vectors plus a bias that the tokens also give (per item for IDs, the sum of
 per-code biases for semantic IDs), so a new item with codes can be scored without retraining.
 Items left out of training (the cold items of a cold-item split) never enter its softmax: they
-do not exist yet as far as training knows, and evaluation then ranks them like any other. Training scores the whole catalog, or, past a configured catalog size, only the targets
-and a sample of negatives (`sampled_softmax.py`); evaluation always ranks the whole catalog.
+do not exist yet as far as training knows, and evaluation then ranks them like any other.
+Training scores the whole catalog, or, past a configured catalog size, only the targets and a
+sample of negatives (`sampled_softmax.py`); evaluation always ranks the whole catalog.
 """
 from __future__ import annotations
 
@@ -33,10 +34,6 @@ class IdTokens(nn.Module):
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         return self.table(seq)
-
-    def catalog(self, start: int, end: int) -> torch.Tensor:
-        """Vectors of items [start, end)."""
-        return self.table.weight[start:end]
 
     def vectors(self, items: torch.Tensor) -> torch.Tensor:
         return self.table.weight[items]
@@ -77,9 +74,6 @@ class SemanticTokens(nn.Module):
         vectors = torch.where((seq == self.num_items + 1).unsqueeze(-1), self.mask, vectors)
         return vectors.masked_fill((seq == PAD).unsqueeze(-1), 0.0)
 
-    def catalog(self, start: int, end: int) -> torch.Tensor:
-        return self.vectors(torch.arange(start, end, device=self.codes.device))
-
 
 class BERT4Rec(nn.Module):
     def __init__(
@@ -113,8 +107,9 @@ class BERT4Rec(nn.Module):
         self.bert.embeddings.word_embeddings.requires_grad_(False)
         self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden))
         # (num_items + 1,) bool by item: items kept out of the training softmax
-        self.register_buffer("excluded", excluded if excluded is not None else torch.zeros(num_items + 1, dtype=torch.bool),
-                             persistent=False)
+        if excluded is None:
+            excluded = torch.zeros(num_items + 1, dtype=torch.bool)
+        self.register_buffer("excluded", excluded, persistent=False)
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
         """Hidden state per position, (batch, length, hidden), ready to score against items."""
@@ -124,8 +119,7 @@ class BERT4Rec(nn.Module):
     def score_items(self, hidden: torch.Tensor, start: int = 1, end: int | None = None) -> torch.Tensor:
         """Scores of items [start, end) for each row of `hidden` (rows, hidden) -> (rows, end - start)."""
         end = self.num_items + 1 if end is None else end
-        items = torch.arange(start, end, device=hidden.device)
-        return hidden @ self.tokens.catalog(start, end).T + self.tokens.biases(items)
+        return self.score_given(hidden, torch.arange(start, end, device=hidden.device))
 
     def score_given(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores of `items` (n,) for each row of `hidden` -> (rows, n); only those items' vectors are built."""

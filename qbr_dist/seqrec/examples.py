@@ -44,11 +44,9 @@ def training_windows(batch: dict, *, max_len: int, stride: int, every_prefix: bo
 
 def eval_inputs(batch: dict, *, evaluation: str, max_len: int, mask_token: int, history_len: int = 0) -> dict:
     """Inputs of the batch's users that `evaluation` ("valid", "test", "test_cold") covers."""
-    pick = evaluation_part(evaluation)
-    users = evaluation_users(batch.get("cold_target", np.zeros(len(batch["items"]), bool)), evaluation)
+    cold_target = batch.get("cold_target", np.zeros(len(batch["items"]), bool))
     seqs, targets, histories = [], [], []
-    for items in np.asarray(batch["items"], dtype=object)[users]:
-        history, target = pick(np.asarray(items))
+    for history, target in evaluation_examples(batch["items"], cold_target, evaluation):
         seqs.append(left_pad(np.append(history[-(max_len - 1):], mask_token), max_len))
         targets.append(target)
         histories.append(left_pad(history, history_len))

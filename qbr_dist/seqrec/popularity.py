@@ -10,10 +10,7 @@ from qbr_dist.data.split import train_part
 
 
 def training_counts(sequences: Iterable[np.ndarray], num_items: int) -> torch.Tensor:
-    counts = np.zeros(num_items + 1, dtype=np.float64)
-    for items in sequences:
-        np.add.at(counts, train_part(np.asarray(items)), 1.0)
-    return torch.from_numpy(counts)
+    return torch.from_numpy(summed_counts([batch_counts({"items": list(sequences)})], num_items))
 
 
 def batch_counts(batch: dict) -> dict:

@@ -58,7 +58,7 @@ def test_semantic_items_are_sums_of_their_code_vectors():
     m = semantic_model()
     tables = m.tokens.tables
     expected = tables[0].weight[1] + tables[1].weight[2] + tables[2].weight[1]
-    assert torch.allclose(m.tokens.catalog(1, 5)[1], expected)  # item 2: codes (1, 2, 1)
+    assert torch.allclose(m.tokens.vectors(torch.arange(1, 5))[1], expected)  # item 2: codes (1, 2, 1)
     vectors = m.tokens(torch.tensor([[0, 2, 5]]))  # pad, item 2, [MASK]
     assert torch.all(vectors[0, 0] == 0) and torch.allclose(vectors[0, 1], expected)
     assert torch.allclose(vectors[0, 2], m.tokens.mask)
@@ -66,10 +66,10 @@ def test_semantic_items_are_sums_of_their_code_vectors():
 
 def test_items_sharing_codes_differ_only_by_their_suffix_and_hybrid_adds_ids():
     m = semantic_model()
-    first, second = m.tokens.catalog(1, 3)
+    first, second = m.tokens.vectors(torch.arange(1, 3))
     assert torch.allclose(first - second, m.tokens.tables[2].weight[0] - m.tokens.tables[2].weight[1])
     hybrid = semantic_model(hybrid=True)
-    assert torch.allclose(hybrid.tokens.catalog(1, 2)[0] - hybrid.tokens.ids.table.weight[1],
+    assert torch.allclose(hybrid.tokens.vectors(torch.arange(1, 2))[0] - hybrid.tokens.ids.table.weight[1],
                           sum(t.weight[c] for t, c in zip(hybrid.tokens.tables, (1, 2, 0))))
 
 
