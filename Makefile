@@ -10,7 +10,7 @@ export RAY_AUTH_MODE := disabled
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-unit test-integration bench-encode bench-encode-quick bench-kmeans \
+.PHONY: setup test-tools ops demo test test-unit test-integration bench-encode bench-encode-quick bench-kmeans \
 	bench-kmeans-quick bench-retokenize bench-retokenize-quick clean
 
 setup: $(STAMP)
@@ -21,16 +21,27 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+# Debian's Prometheus (prometheus + promtool) for the tests that scrape a run; apt, as root or via sudo.
+test-tools:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q \
+	    --no-install-recommends prometheus; }
+
+# Grafana dashboards and alert rules from their one definition (qbr_dist/obs/dashboards.py).
+ops: setup
+	$(PY) -m qbr_dist.obs.dashboards ops
+
 demo: setup
 	$(VENV)/bin/qbr run --config launch/configs/ml100k.toml --readme README.md
 
-test: setup
+test: setup test-tools
 	$(PY) -m pytest -q tests
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
 
-test-integration: setup
+test-integration: setup test-tools
 	$(PY) -m pytest -q tests/integration
 
 # Benchmarks (not part of `make test`): JSON under bench/results/. Peers they compare against

@@ -126,6 +126,8 @@ def _dispatch(args) -> int:
     from qbr_dist import pipeline
     from qbr_dist.report import grid_markdown, markdown, seeds_markdown, update_readme
 
+    if args.command in ("quantize", "retokenize", "shards", "encode"):
+        pipeline.serve_driver(cfg)
     if args.command in ("quantize", "retokenize"):
         root = pipeline.run_dir(cfg)
         dirs = pipeline.tokenize(cfg, root)

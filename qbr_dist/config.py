@@ -304,6 +304,20 @@ class EvalConfig:
 
 
 @dataclass
+class ObsConfig:
+    """Where each process serves Prometheus metrics (see qbr_dist/obs/serve.py)."""
+
+    enabled: bool = True
+    bind: str = "127.0.0.1"  # an address, or "node": this Ray node's address (cluster runs)
+    port: int = 0  # 0 = a free port per process; each registers the one it got
+    targets_dir: str = ""  # Prometheus file_sd folder; "" = <run.root>/prometheus_targets
+
+    def check(self) -> None:
+        _require(bool(self.bind), "obs.bind", "an address to bind, or 'node'")
+        _require(0 <= self.port <= 65535, "obs.port", "an integer in [0, 65535] (0 = pick a free port)")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -316,6 +330,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    obs: ObsConfig = field(default_factory=ObsConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -25,7 +25,8 @@ from qbr_dist.data.readers import read_catalog, read_interactions
 from qbr_dist.data.split import (EVALUATIONS, MIN_SPLIT_LENGTH, build_sequences, choose_cold_items, item_index,
                                  remove_cold)
 from qbr_dist.data.tables import column_matrix
-from qbr_dist.obs.metrics import quarantined_records
+from qbr_dist.obs import metrics as obs_metrics
+from qbr_dist.obs import serve as obs_serve
 from qbr_dist.report import write_report
 
 log = logging.getLogger("qbr")
@@ -44,7 +45,24 @@ def run_dir(cfg: Config) -> Path:
 
 
 def run_pipeline(cfg: Config) -> dict:
-    """Every stage in order; returns the report."""
+    """Every stage in order; returns the report. The driver serves the run's job metrics meanwhile."""
+    serve_driver(cfg)
+    try:
+        return _run_stages(cfg)
+    except BaseException:
+        for stage in obs_metrics.running_stages(cfg.run.name):
+            obs_metrics.stage_ended(cfg.run.name, stage, failed=True)
+        raise
+
+
+def serve_driver(cfg: Config) -> None:
+    """This process serves the run's job metrics: stage times and status, tokenizer health."""
+    spec = obs_serve.endpoint(cfg)
+    obs_serve.serve(spec, process="driver")
+    obs_serve.count_registrations(spec)
+
+
+def _run_stages(cfg: Config) -> dict:
     root = run_dir(cfg)
     ingest_dir = ingest(cfg, root)
     tokenizer = tokenize(cfg, root) if cfg.run.tokenize else {}
@@ -125,7 +143,19 @@ def _stage(name: str, root: Path, key: dict) -> tuple[Path, bool]:
     stage_dir = root / name
     current = artifacts.stage_is_current(stage_dir, key)
     log.info("stage %s: %s", name, "up to date, skipped" if current else "running")
+    obs_metrics.stage_began(root.name, name, skipped=current)
     return stage_dir, current
+
+
+def _finish(stage_dir: Path, key: dict, **manifest) -> None:
+    """A stage ends when its manifest is written."""
+    artifacts.write_manifest(stage_dir, key, **manifest)
+    obs_metrics.stage_ended(stage_dir.parent.name, stage_dir.name)
+
+
+def _count_records(cfg: Config, stage: str, *, accepted: int, quarantined: int) -> None:
+    obs_metrics.input_records.labels(stage=stage, run=cfg.run.name).inc(accepted + quarantined)
+    obs_metrics.quarantined_records.labels(stage=stage, run=cfg.run.name).inc(quarantined)
 
 
 def raw_inputs(cfg: Config) -> dict[str, Path]:
@@ -162,7 +192,7 @@ def ingest(cfg: Config, root: Path) -> Path:
             interactions, item_index(catalog), k_core=cfg.data.k_core, quarantine=quarantine,
             source=str(inputs["interactions"]),
         )
-    quarantined_records.labels(stage="ingest", run=cfg.run.name).inc(quarantine.total)
+    _count_records(cfg, "ingest", accepted=interactions.num_rows + catalog.num_rows, quarantined=quarantine.total)
     rows = {**summary.as_dict(), "quarantined": dict(quarantine.counts)}
     outputs = [ITEMS, SEQUENCES] + ([QUARANTINE] if quarantine.total else [])
     if cfg.data.cold_fraction:
@@ -181,7 +211,7 @@ def ingest(cfg: Config, root: Path) -> Path:
     for name, table in ((ITEMS, catalog), (SEQUENCES, sequences)):
         with artifacts.atomic_path(stage_dir / name) as tmp:
             pq.write_table(table, tmp)
-    artifacts.write_manifest(stage_dir, key, outputs=outputs, rows=rows)
+    _finish(stage_dir, key, outputs=outputs, rows=rows)
     log.info("ingest: %d users, %d items, %d interactions, %d quarantined",
              summary.users, summary.items, summary.interactions, quarantine.total)
     return stage_dir
@@ -196,7 +226,9 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
     folder = Path(cfg.shards.root) / (cfg.shards.name or cfg.run.name)
     inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
     key = artifacts.stage_key("shards", cfg.section_hash("shards"), inputs)
-    if artifacts.stage_is_current(folder, key):
+    current = artifacts.stage_is_current(folder, key)
+    obs_metrics.stage_began(cfg.run.name, "shards", skipped=current)
+    if current:
         log.info("stage shards: up to date, skipped")
         return folder
     log.info("stage shards: writing %s", folder)
@@ -210,10 +242,11 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
             image_max_side=cfg.shards.image_max_side, max_pixels=cfg.shards.max_image_pixels,
             jpeg_quality=cfg.shards.jpeg_quality, quarantine=quarantine,
         )
-    quarantined_records.labels(stage="shards", run=cfg.run.name).inc(quarantine.total)
+    _count_records(cfg, "shards", accepted=index["items"], quarantined=quarantine.total)
     outputs = [INDEX] + [s["file"] for s in index["shards"]] + ([QUARANTINE] if quarantine.total else [])
     artifacts.write_manifest(folder, key, outputs=outputs,
                              rows={k: index[k] for k in ("items", "with_image", "quarantined")})
+    obs_metrics.stage_ended(cfg.run.name, "shards")
     log.info("shards: %d items (%d with an image) in %d shards, %d quarantined",
              index["items"], index["with_image"], len(index["shards"]), index["quarantined"])
     return folder
@@ -257,7 +290,7 @@ def structure(cfg: Config, root: Path, ingest_dir: Path) -> Path:
     artifacts.write_json(stage_dir / STRUCTURE_VOCAB, vocab)
     rows = {"items": catalog.num_rows, "vocabulary": len(vocab) - 1, "with_tokens": sum(map(bool, tokens)),
             "with_cooccurrence": int(has_cooc.sum())}
-    artifacts.write_manifest(stage_dir, key, outputs=[STRUCTURE, STRUCTURE_VOCAB], rows=rows)
+    _finish(stage_dir, key, outputs=[STRUCTURE, STRUCTURE_VOCAB], rows=rows)
     log.info("structure: %d items, %d tokens, %d with tokens, %d with co-occurrence", *rows.values())
     return stage_dir
 
@@ -280,17 +313,19 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     bars, context.enable_progress_bars = context.enable_progress_bars, True  # the encode job shows its own
     try:
         with Quarantine(stage_dir / QUARANTINE) as quarantine:
-            totals = encode_shards(shards_dir, stage_dir, cfg.encode, quarantine=quarantine)
+            totals = encode_shards(shards_dir, stage_dir, cfg.encode, quarantine=quarantine,
+                                   metrics=_endpoint_dict(cfg))
     finally:
         context.enable_progress_bars = bars
-    quarantined_records.labels(stage="encode", run=cfg.run.name).inc(totals["quarantined"])
+        obs_serve.retire(obs_serve.endpoint(cfg), "encode-actor")
+    _count_records(cfg, "encode", accepted=totals["items"], quarantined=totals["quarantined"])
     log.info("encode: %d items (%d with an image), %d quarantined, %d shards already done, %.1f items/s",
              totals["items"], totals["with_image"], totals["quarantined"], totals["skipped_shards"],
              totals["items_per_s"])
     outputs = [SHARDS_DONE] + [p.name for p in feature_files(stage_dir)]
     outputs += [QUARANTINE] if (stage_dir / QUARANTINE).is_file() else []
     rows = {"items": sum(e["rows"] for e in json.loads((stage_dir / SHARDS_DONE).read_text()).values())}
-    artifacts.write_manifest(stage_dir, key, outputs=outputs, rows=rows)
+    _finish(stage_dir, key, outputs=outputs, rows=rows)
     return stage_dir
 
 
@@ -309,6 +344,7 @@ def tokenize(cfg: Config, root: Path) -> dict[str, Path]:
     if cfg.quant.input == "fused":
         vectors = dirs["fusion"] = fusion(cfg, root, dirs["ingest"], dirs["encode"], dirs["structure"])
     dirs["quantize"] = quantize(cfg, root, vectors, exclude=dirs["ingest"] / COLD if cfg.data.cold_fraction else None)
+    _record_tokenizer(cfg, dirs["quantize"])
     if cfg.data.cold_fraction:
         dirs["retokenize"] = retokenize(cfg, root, dirs["encode"], dirs)
     return dirs
@@ -357,14 +393,14 @@ def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structur
     }
     started = time.perf_counter()
     job = TrainJob(name=f"fusion-{artifacts.key_digest(key)}", storage_path=stage_dir / "ray", loop=fusion_worker,
-                   loop_config=loop_config, datasets={"pairs": pairs})
+                   loop_config=loop_config, datasets={"pairs": pairs}, metrics=obs_serve.endpoint(cfg))
     result = fit(job, cfg.runtime)
     if result.error is not None:
         raise RuntimeError(f"fusion training failed: {result.error}")
     stats = json.loads((stage_dir / STATS).read_text()) | {"train_wall_s": round(time.perf_counter() - started, 1)}
     artifacts.write_json(stage_dir / STATS, stats)
     outputs = [STATS, MODEL] + [p.name for p in feature_files(stage_dir)]
-    artifacts.write_manifest(stage_dir, key, outputs=outputs, rows={
+    _finish(stage_dir, key, outputs=outputs, rows={
         "items": stats["items"], "cold_items": stats["cold_items"], "mean_depth": stats["mean_depth"],
         "steps": stats["steps"]})
     log.info("fusion: %d items (%d without a trained ID vector), mean depth %.2f, modality weights %s",
@@ -398,7 +434,7 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path, *, exclude: Path | None
                    "exclude": {"items": str((exclude.parent / ITEMS).resolve()), "mask": str(exclude.resolve())}
                    if exclude else None}
     job = TrainJob(name=f"quantize-{artifacts.key_digest(key)}", storage_path=stage_dir / "ray", loop=quantize_worker,
-                   loop_config=loop_config, datasets={})
+                   loop_config=loop_config, datasets={}, metrics=obs_serve.endpoint(cfg))
     result = fit(job, cfg.runtime)
     if result.error is not None:
         raise RuntimeError(f"quantize failed: {result.error}")
@@ -416,10 +452,21 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path, *, exclude: Path | None
     artifacts.write_json(stage_dir / STATS, stats)
     rows = {"items": len(item_ids), "codebook_version": stats["codebook_version"],
             "collision_rate": stats["collision_rate"], "suffix_table_size": stats["suffix_table_size"]}
-    artifacts.write_manifest(stage_dir, key, outputs=[CODES, CODEBOOKS, STATS], rows=rows)
+    _finish(stage_dir, key, outputs=[CODES, CODEBOOKS, STATS], rows=rows)
     log.info("quantize: %d items, codebook %s, collision rate %.4f before suffixes, suffix table %d",
              len(item_ids), stats["codebook_version"], stats["collision_rate"], stats["suffix_table_size"])
     return stage_dir
+
+
+def _record_tokenizer(cfg: Config, quantize_dir: Path) -> None:
+    from qbr_dist.quant import STATS
+
+    obs_metrics.record_tokenizer(json.loads((quantize_dir / STATS).read_text()), stage="quantize", run=cfg.run.name)
+
+
+def _endpoint_dict(cfg: Config) -> dict | None:
+    spec = obs_serve.endpoint(cfg)
+    return spec.as_dict() if spec else None
 
 
 def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path]) -> Path:
@@ -452,8 +499,9 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path]) -
     summary = retokenize_job(files, cfg.quant.input, quantize_dir / CODEBOOKS, stage_dir,
                              previous=quantize_dir / CODES, fusion=fusion, batch_size=cfg.quant.retokenize_batch_size,
                              actors=cfg.quant.retokenize_actors, cpus_per_actor=cfg.quant.retokenize_cpus_per_actor,
-                             chunk_size=cfg.quant.chunk_size)
-    artifacts.write_manifest(stage_dir, key, outputs=[CODES], rows=summary)
+                             chunk_size=cfg.quant.chunk_size, metrics=_endpoint_dict(cfg))
+    obs_serve.retire(obs_serve.endpoint(cfg), "retokenize-actor")
+    _finish(stage_dir, key, outputs=[CODES], rows=summary)
     log.info("retokenize: %d items (%d with a content-predicted query) with codebook %s at %.0f items/s, "
              "collision rate %.4f, suffix table %d", summary["items"], summary["content_queries"], version,
              summary["items_per_s"], summary["collision_rate"], summary["suffix_table_size"])
@@ -536,7 +584,7 @@ def _driver_baseline(stage: str, cfg: Config, root: Path, ingest_dir: Path, inpu
     }
     metrics.update(train_wall_s=round(time.perf_counter() - started, 3), epochs=0)
     artifacts.write_json(stage_dir / METRICS, metrics)
-    artifacts.write_manifest(stage_dir, key, outputs=[METRICS], rows={"users": len(sequences)})
+    _finish(stage_dir, key, outputs=[METRICS], rows={"users": len(sequences)})
     return stage_dir
 
 
@@ -602,7 +650,7 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     # The Ray Train run name carries the stage key (config and inputs): a rerun resumes only a run
     # of the same config on the same data and codebook.
     job = TrainJob(name=f"{stage}-{artifacts.key_digest(key)}", storage_path=stage_dir / "ray", loop=bert4rec_worker,
-                   loop_config=loop_config, datasets=datasets)
+                   loop_config=loop_config, datasets=datasets, metrics=obs_serve.endpoint(cfg))
     result = fit(job, cfg.runtime)
     if result.error is not None:
         raise RuntimeError(f"{stage} training failed: {result.error}")
@@ -610,7 +658,7 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     metrics["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     metrics["codebook_version"] = semantic.get("codebook_version")
     artifacts.write_json(stage_dir / METRICS, metrics)
-    artifacts.write_manifest(stage_dir, key, outputs=[METRICS], rows={"steps": metrics["steps"]})
+    _finish(stage_dir, key, outputs=[METRICS], rows={"steps": metrics["steps"]})
     return stage_dir
 
 

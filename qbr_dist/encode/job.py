@@ -27,6 +27,8 @@ from qbr_dist import artifacts
 from qbr_dist.config import EncodeConfig
 from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.data.shards import INDEX, item_id_of, open_image, salvage_shard
+from qbr_dist.obs.metrics import actor_labels, encode_batch_seconds, encode_items
+from qbr_dist.obs.serve import serve
 
 log = logging.getLogger("qbr.encode")
 SHARDS_DONE, SALVAGED = "shards_done.json", "salvaged"
@@ -86,13 +88,16 @@ def _square_rgb(Image, data: bytes, size: int, max_pixels: int) -> np.ndarray:
 class EncoderActor:
     """Loads the text and image encoders once; encodes decoded batches."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, metrics: dict | None = None):
         import torch
 
         from qbr_dist.encode.image import ImageEncoder, resolve_model
         from qbr_dist.encode.text import TextEncoder
 
         torch.set_num_threads(1)
+        serve(metrics, process="encode-actor")
+        labels = actor_labels(metrics, stage="encode")
+        self.items, self.batch_seconds = encode_items.labels(**labels), encode_batch_seconds.labels(**labels)
         cfg = EncodeConfig(**cfg)
         device = "cuda" if cfg.gpus_per_actor > 0 else "cpu"
         self.text = TextEncoder(cfg.text_model, device=device)
@@ -105,6 +110,12 @@ class EncoderActor:
             self.std = torch.tensor(std).view(1, 3, 1, 1)
 
     def __call__(self, batch: dict) -> dict:
+        with self.batch_seconds.time():
+            encoded = self._encode(batch)
+        self.items.inc(len(encoded["item_id"]))
+        return encoded
+
+    def _encode(self, batch: dict) -> dict:
         import torch
 
         text_emb = self.text(list(batch["text"]))
@@ -119,8 +130,10 @@ class EncoderActor:
                 "fatal": batch["fatal"]}
 
 
-def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quarantine: Quarantine) -> dict:
-    """Encode every shard listed in `shard_dir/index.json` that has no current output; returns totals."""
+def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quarantine: Quarantine,
+                  metrics: dict | None = None) -> dict:
+    """Encode every shard listed in `shard_dir/index.json` that has no current output; returns totals.
+    The encoder actors serve their metrics where `metrics` (an obs Endpoint as a dict) says."""
     import ray.data
 
     from qbr_dist.encode.image import input_size, resolve_model
@@ -147,7 +160,7 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
             ray.data.read_webdataset(str(tar.resolve()), decoder=None)
             .map_batches(decode_batch, fn_kwargs={"image_size": image_size, "max_pixels": cfg.max_image_pixels},
                          batch_size=cfg.batch_size, num_cpus=0.5)
-            .map_batches(EncoderActor, fn_constructor_kwargs={"cfg": asdict(cfg)}, batch_size=cfg.batch_size,
+            .map_batches(EncoderActor, fn_constructor_kwargs={"cfg": asdict(cfg), "metrics": metrics}, batch_size=cfg.batch_size,
                          compute=ray.data.ActorPoolStrategy(size=cfg.actors),
                          num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None)
         )

@@ -31,6 +31,8 @@ import pyarrow.parquet as pq
 
 from qbr_dist.data.tables import column_matrix
 from qbr_dist.fusion.export import ID_VECTOR, TOKENS_COLUMN, VECTOR_COLUMNS, fuse_batch, load_model
+from qbr_dist.obs.metrics import actor_labels, retokenized_items
+from qbr_dist.obs.serve import serve
 from qbr_dist.quant import CODES
 from qbr_dist.quant.codes import codes_version, codes_writer
 from qbr_dist.quant.semantic_ids import Previous, as_ids, assign_suffixes, shared_items
@@ -55,11 +57,14 @@ class Retokenizer:
     """Ray Data actor: quantizes batches with a tokenizer from the object store, after fusing the
     batch's features when given the fusion model."""
 
-    def __init__(self, tokenizer: list, column: str, chunk_size: int, buckets: int, fusion_model: str | None):
+    def __init__(self, tokenizer: list, column: str, chunk_size: int, buckets: int, fusion_model: str | None,
+                 metrics: dict | None = None):
         import ray
         import torch
 
         torch.set_num_threads(1)
+        serve(metrics, process="retokenize-actor")
+        self.retokenized = retokenized_items.labels(**actor_labels(metrics, stage="retokenize"))
         self.tokenizer = Tokenizer.from_parts(ray.get(tokenizer[0]))  # fetched once per actor
         self.column, self.chunk_size, self.buckets = column, chunk_size, buckets
         self.fusion = load_model(Path(fusion_model)) if fusion_model else None
@@ -73,6 +78,7 @@ class Retokenizer:
         table = pa.table({"item_id": batch.column("item_id"),
                           "codes": pa.FixedSizeListArray.from_arrays(flat, codes.shape[1]),
                           TRAINED_ID: pa.array(trained_id)})
+        self.retokenized.inc(table.num_rows)
         return with_buckets(table, self.buckets)
 
     def _vectors(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -88,9 +94,11 @@ class Retokenizer:
 
 def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Path, *, previous: Path | None,
                fusion: FusionInputs | None = None, batch_size: int = 4096, actors: int = 1,
-               cpus_per_actor: float = 0.5, chunk_size: int = 65536, bucket_rows: int = 250_000) -> dict:
+               cpus_per_actor: float = 0.5, chunk_size: int = 65536, bucket_rows: int = 250_000,
+               metrics: dict | None = None) -> dict:
     """Write `out_dir/codes.parquet` for every row of `files` (their `column`, or their features
-    through `fusion`); returns counts and throughput."""
+    through `fusion`); returns counts and throughput. The actors serve their metrics where `metrics`
+    (an obs Endpoint as a dict) says."""
     tokenizer = Tokenizer.parts(codebooks_file)
     version = tokenizer["version"]
     started = time.perf_counter()
@@ -100,7 +108,7 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
         raise ValueError(f"{files[0]}: no column '{column}' (quant.input) to retokenize")
     buckets = max(1, -(-row_count(files) // bucket_rows))
     _encode(files, column, tokenizer, staging / "encoded", fusion=fusion, buckets=buckets, batch_size=batch_size,
-            actors=actors, cpus_per_actor=cpus_per_actor, chunk_size=chunk_size)
+            actors=actors, cpus_per_actor=cpus_per_actor, chunk_size=chunk_size, metrics=metrics)
     encoded_s = time.perf_counter() - started
     staged = sorted((staging / "encoded").glob("*.parquet"))
     counts = assign_in_buckets(staged, _previous_file(previous, version), Path(out_dir) / CODES, version, buckets,
@@ -114,7 +122,8 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
 
 
 def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fusion: FusionInputs | None,
-            buckets: int, batch_size: int, actors: int, cpus_per_actor: float, chunk_size: int) -> None:
+            buckets: int, batch_size: int, actors: int, cpus_per_actor: float, chunk_size: int,
+            metrics: dict | None) -> None:
     """The Ray Data job: staging parquet of item ids, codes and bucket numbers in `folder`."""
     import ray
     import ray.data
@@ -125,7 +134,8 @@ def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fu
         dataset
         .map_batches(Retokenizer, fn_constructor_kwargs={
                          "tokenizer": [reference], "column": column, "chunk_size": chunk_size, "buckets": buckets,
-                         "fusion_model": str(Path(fusion.model).resolve()) if fusion else None},
+                         "fusion_model": str(Path(fusion.model).resolve()) if fusion else None,
+                         "metrics": metrics},
                      batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
                      num_cpus=cpus_per_actor)
         .write_parquet(str(folder.resolve()))

@@ -21,6 +21,7 @@ import ray.data
 import torch
 
 from qbr_dist.config import RuntimeConfig
+from qbr_dist.obs.serve import Endpoint, retire, serve, unregister
 from qbr_dist.train import collective
 
 CHECKPOINT_TAG = "state"
@@ -53,10 +54,12 @@ class TrainJob:
     loop: Callable[[dict], None]
     loop_config: dict
     datasets: dict
+    metrics: Endpoint | None = None  # where the workers serve and register their metrics
 
 
 def fit(job: TrainJob, runtime: RuntimeConfig):
-    """Run `job.loop` on `runtime.num_workers` workers; returns Ray Train's Result."""
+    """Run `job.loop` on `runtime.num_workers` workers; returns Ray Train's Result. Each worker
+    serves its metrics meanwhile; their registrations are retired when the run returns."""
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -65,7 +68,7 @@ def fit(job: TrainJob, runtime: RuntimeConfig):
     if runtime.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
-        job.loop,
+        _serving(job.loop, job.metrics),
         train_loop_config={**job.loop_config, "runtime": runtime.__dict__},
         scaling_config=ScalingConfig(
             num_workers=runtime.num_workers, use_gpu=runtime.use_gpu, resources_per_worker=resources
@@ -81,7 +84,22 @@ def fit(job: TrainJob, runtime: RuntimeConfig):
             datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
         ),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        retire(job.metrics, "train-worker")
+
+
+def _serving(loop: Callable[[dict], None], metrics: Endpoint | None) -> Callable[[dict], None]:
+    """`loop`, run while the worker serves /metrics and is registered for discovery."""
+    def serving_loop(loop_config: dict) -> None:
+        serve(metrics, process="train-worker")
+        try:
+            loop(loop_config)
+        finally:
+            unregister()
+
+    return serving_loop
 
 
 # ---------------------------------------------------------------- worker side

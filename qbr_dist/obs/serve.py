@@ -1,0 +1,130 @@
+"""Each qbr process serves `/metrics` and registers itself for Prometheus file-based discovery.
+
+Registration is one JSON file per process and run, `<targets_dir>/<run>--<host>--<pid>.json`,
+holding one `file_sd` target group. One file per process, rather than one shared file, means
+processes on many nodes never edit the same file (no locks on shared storage), and one
+`file_sd_configs` glob (`<targets_dir>/*.json`) finds them all. A process removes its files when
+it exits normally; the driver retires the files of a stage's workers when the stage ends. A
+process killed outright leaves its file behind until then, and Prometheus reports it down
+(`up == 0`), which the worker-down alert watches.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from prometheus_client import REGISTRY, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+from qbr_dist import artifacts
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How the processes of one run serve and register (plain values: it travels to Ray workers)."""
+
+    run: str
+    targets_dir: str
+    bind: str = "127.0.0.1"
+    port: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def endpoint(cfg) -> Endpoint | None:
+    """The run's Endpoint from its Config, or None with `obs.enabled = false`."""
+    if not cfg.obs.enabled:
+        return None
+    targets = cfg.obs.targets_dir or str(Path(cfg.run.root).resolve() / "prometheus_targets")
+    return Endpoint(run=cfg.run.name, targets_dir=targets, bind=cfg.obs.bind, port=cfg.obs.port)
+
+
+_server: tuple[str, int] | None = None  # this process's (address, port) once serving
+_registered: set[Path] = set()
+
+
+def serve(spec: Endpoint | dict | None, *, process: str) -> str | None:
+    """Serve this process's metrics (once per process) and register it for `spec.run`; returns host:port."""
+    global _server
+    if spec is None:
+        return None
+    spec = Endpoint(**spec) if isinstance(spec, dict) else spec
+    if _server is None:
+        address = bind_address(spec.bind)
+        server, _ = start_http_server(spec.port, addr=address)
+        _server = (address, server.server_port)
+        atexit.register(unregister)
+    target = f"{_server[0]}:{_server[1]}"
+    path = Path(spec.targets_dir) / f"{spec.run}--{socket.gethostname()}--{os.getpid()}.json"
+    if path not in _registered:
+        artifacts.write_json(path, [{"targets": [target], "labels": {"run": spec.run, "process": process}}])
+        _registered.add(path)
+    return target
+
+
+def bind_address(bind: str) -> str:
+    """`node` is this Ray node's address (what other nodes reach); anything else is used as given."""
+    if bind != "node":
+        return bind
+    import ray.util
+
+    return ray.util.get_node_ip_address()
+
+
+def unregister() -> None:
+    """Remove every registration of this process (its server stops with the process)."""
+    for path in list(_registered):
+        path.unlink(missing_ok=True)
+        _registered.discard(path)
+
+
+def retire(spec: Endpoint | None, process: str) -> int:
+    """Remove the registrations of `process` kind for spec.run, on every node (a stage's workers are
+    done once the stage returns); returns how many were removed."""
+    removed = 0
+    for path, group in _registrations(spec):
+        if group["labels"].get("process") == process:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _registrations(spec: Endpoint | None):
+    folder = Path(spec.targets_dir) if spec else None
+    if folder is None or not folder.is_dir():
+        return
+    for path in sorted(folder.glob(f"{spec.run}--*.json")):
+        try:
+            (group,) = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # removed or being replaced meanwhile
+        yield path, group
+
+
+class RegisteredTargets:
+    """`qbr_registered_targets{run}`: processes registered for each watched run, counted at scrape
+    time; with Prometheus' `up` it tells registered processes that stopped answering."""
+
+    def __init__(self):
+        self.runs: dict[str, Endpoint] = {}
+
+    def collect(self):
+        family = GaugeMetricFamily("qbr_registered_targets", "Processes registered for discovery", labels=["run"])
+        for run, spec in self.runs.items():
+            family.add_metric([run], float(sum(1 for _ in _registrations(spec))))
+        yield family
+
+
+_targets = RegisteredTargets()
+REGISTRY.register(_targets)
+
+
+def count_registrations(spec: Endpoint | None) -> None:
+    """Export qbr_registered_targets for spec.run from this process (the driver)."""
+    if spec is not None:
+        _targets.runs[spec.run] = spec
