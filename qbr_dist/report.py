@@ -30,15 +30,35 @@ def write_report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_di
         "tokenizer": tokenizer_summary(tokenizer_dirs),
         "config": cfg.to_dict(),
     }
+    report["plots"] = write_plots(report, {name: m.get("curve") or [] for name, m in models.items()}, root)
     artifacts.write_json(root / "report.json", report)
     with artifacts.atomic_path(root / "report.md") as tmp:
-        tmp.write_text(markdown(report))
-    curves = {name: m["curve"] for name, m in models.items() if m.get("curve")}
+        tmp.write_text(markdown(report) + plots_markdown(report["plots"]))
+    return report
+
+
+def plots_markdown(plots: dict[str, str]) -> str:
+    """Links to the plots, next to report.md (not part of the README table)."""
+    return "".join(f"\n![{caption}]({name})\n" for caption, name in plots.items())
+
+
+def write_plots(report: dict, curves: dict[str, list[dict]], root: Path) -> dict[str, str]:
+    """The report's PNG plots in `root`: {caption: file name}."""
+    plots = {}
+    curves = {name: curve for name, curve in curves.items() if curve}
     if curves:
-        plot_curves(curves, root / "training_curves.png")
+        plot_curves(curves, "valid_NDCG@10", "validation NDCG@10", root / "training_curves.png")
+        plots["validation NDCG@10 over optimizer steps"] = "training_curves.png"
+        losses = {name: [p for p in curve if p.get("train_loss") is not None] for name, curve in curves.items()}
+        if any(losses.values()):
+            plot_curves(losses, "train_loss", "training loss", root / "training_loss.png")
+            plots["training loss (mean per masked item, per epoch) over optimizer steps"] = "training_loss.png"
+    plot_model_metrics(report["models"], root / "model_metrics.png")
+    plots["test metrics side by side per model"] = "model_metrics.png"
     if "quantize" in report["tokenizer"]:
         plot_code_usage(report["tokenizer"]["quantize"]["levels"], root / "codebook_usage.png")
-    return report
+        plots["items per code, per codebook level"] = "codebook_usage.png"
+    return plots
 
 
 def seed_summary(reports: dict[int, dict]) -> dict:
@@ -192,10 +212,25 @@ def tokenizer_markdown(tokenizer: dict) -> list[str]:
     return lines
 
 
-def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
-    with _figure(path, xlabel="optimizer step", ylabel="validation NDCG@10") as ax:
+def plot_curves(curves: dict[str, list[dict]], key: str, label: str, path: Path) -> None:
+    with _figure(path, xlabel="optimizer step", ylabel=label) as ax:
         for name, curve in curves.items():
-            ax.plot([p["step"] for p in curve], [p["valid_NDCG@10"] for p in curve], marker=".", label=name)
+            ax.plot([p["step"] for p in curve], [p[key] for p in curve], marker=".", label=name)
+
+
+PLOTTED_METRICS = ("HR@10", "NDCG@10", "MRR")
+
+
+def plot_model_metrics(models: dict[str, dict], path: Path) -> None:
+    """Grouped bars: each model's test metrics, warm targets (and cold targets where scored)."""
+    bars = [(f"{name}{' cold' if evaluation == 'test_cold' else ''}", m[evaluation])
+            for evaluation in ("test", "test_cold") for name, m in models.items() if m.get(evaluation)]
+    width = 0.8 / max(len(bars), 1)
+    with _figure(path, xlabel="metric (test)", ylabel="value") as ax:
+        for i, (label, values) in enumerate(bars):
+            ax.bar([x + i * width for x in range(len(PLOTTED_METRICS))], [values[k] for k in PLOTTED_METRICS],
+                   width=width, label=label)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(PLOTTED_METRICS))], PLOTTED_METRICS)
 
 
 def plot_code_usage(levels: list[dict], path: Path) -> None:

@@ -146,7 +146,8 @@ def _train_epoch(engine, arrays, pairs, state: FusionState, cfg: FusionConfig, r
         meter.step(loss=float(loss), samples=len(items), seconds=time.perf_counter() - started, lr=lr,
                    grad_norm=engine.get_global_grad_norm())
         if state.step % runtime.checkpoint_every == 0:
-            rt.save_checkpoint(engine, {"step": state.step, "loss": float(loss), "done": False}, asdict(state))
+            rt.save_checkpoint(engine, {"step": state.step, "loss": float(loss), "done": False}, asdict(state),
+                               meter)
     names = sorted(totals)
     summed = rt.all_reduce_sum([totals[n] for n in names] + [steps])
     means = {n: round(v / max(summed[-1], 1), 5) for n, v in zip(names, summed[:-1])}

@@ -194,7 +194,7 @@ def _rqvae_epoch(engine, model: RQVAE, local: torch.Tensor, state: RQVAEState, c
         meter.step(loss=float(out["loss"]), samples=len(batch), seconds=time.perf_counter() - started,
                    lr=cfg.rqvae_lr, grad_norm=engine.get_global_grad_norm())
         if state.step % runtime.checkpoint_every == 0:
-            rt.save_checkpoint(engine, {"step": state.step, "loss": float(out["loss"])}, asdict(state))
+            rt.save_checkpoint(engine, {"step": state.step, "loss": float(out["loss"])}, asdict(state), meter)
     loss, reconstruction, commitment, steps = collective.all_reduce_sum_(totals).tolist()
     steps = max(steps, 1)
     state.curve.append({"epoch": state.epoch + 1, "loss": round(loss / steps, 6),

@@ -58,6 +58,7 @@ class LoopState:
     resumed_at: list = field(default_factory=list)  # steps of the checkpoints this run restarted from
     codebook_version: str | None = None  # semantic IDs the model was trained on (None: item IDs)
     mask_counts: list = field(default_factory=lambda: [0] * len(STRATEGIES))  # pretraining sequences per strategy
+    train_loss: float | None = None  # mean loss per masked position over the latest epoch
 
 
 def bert4rec_worker(loop_config: dict) -> None:
@@ -192,6 +193,8 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
         steps += 1
     state.batch = 0
     loss_sum, masked = rt.all_reduce_sum(epoch_loss)
+    if steps:
+        state.train_loss = loss_sum / max(masked, 1)
     if rank == 0 and steps:
         seconds = time.perf_counter() - epoch_started
         log.info("%s epoch %d: %d steps, loss %.4f, %.0f sequences/s", phase.name, state.epoch + 1, steps,
@@ -228,9 +231,8 @@ def _mask(seq: torch.Tensor, phase: str, cfg: TrainConfig, mask_token: int, gene
 
 
 def _checkpoint(engine, state: LoopState, meter, phase: str, loss: float) -> None:
-    started = time.perf_counter()
-    rt.save_checkpoint(engine, {"phase": phase, "step": state.step, "loss": loss, "done": False}, asdict(state))
-    meter.checkpoint_seconds.observe(time.perf_counter() - started)
+    rt.save_checkpoint(engine, {"phase": phase, "step": state.step, "loss": loss, "done": False}, asdict(state),
+                       meter)
 
 
 def _select(state: LoopState, evaluate, phase: str, meter, *, tests: list[str]) -> None:
@@ -239,7 +241,8 @@ def _select(state: LoopState, evaluate, phase: str, meter, *, tests: list[str]) 
     meter.valid_ndcg10.set(valid["NDCG@10"])
     log.info("%s epoch %d step %d: valid NDCG@10 %.4f HR@10 %.4f", phase, state.epoch, state.step,
              valid["NDCG@10"], valid["HR@10"])
-    state.curve.append({"phase": phase, "epoch": state.epoch, "step": state.step, "valid_NDCG@10": valid["NDCG@10"]})
+    state.curve.append({"phase": phase, "epoch": state.epoch, "step": state.step, "valid_NDCG@10": valid["NDCG@10"],
+                        "train_loss": state.train_loss})
     if valid["NDCG@10"] > state.best["valid"]["NDCG@10"]:
         state.best = {"valid": valid, **{test: evaluate(test) for test in tests}, "phase": phase,
                       "epoch": state.epoch, "step": state.step}

@@ -10,8 +10,10 @@ reproducible across worker counts and resumes mid-epoch exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -156,18 +158,26 @@ def set_lr(engine, lr: float) -> None:
         group["lr"] = lr
 
 
-def save_checkpoint(engine, metrics: dict, state: dict) -> None:
+def save_checkpoint(engine, metrics: dict, state: dict, meter=None) -> None:
     """Every rank saves its ZeRO shard and reports it; Ray Train gathers them into one checkpoint.
 
     Each rank also writes the sha256 of the parameters it holds, so a checkpoint shows whether
-    the ranks were in sync (`params-rank<N>.sha256`).
+    the ranks were in sync (`params-rank<N>.sha256`). `meter` (a TrainMeter) records the seconds.
     """
     from ray.train import Checkpoint
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _timed(meter):
         engine.save_checkpoint(tmp, tag=CHECKPOINT_TAG, client_state={"loop_state": state})
         (Path(tmp) / f"params-rank{collective.rank()}.sha256").write_text(parameter_digest(engine.module) + "\n")
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+@contextlib.contextmanager
+def _timed(meter):
+    started = time.perf_counter()
+    yield
+    if meter is not None:
+        meter.checkpoint_seconds.observe(time.perf_counter() - started)
 
 
 def parameter_digest(module: torch.nn.Module) -> str:

@@ -1,7 +1,7 @@
 """Report rendering of the tokenizer stages (stats files as the stages write them)."""
 import json
 
-from qbr_dist.report import markdown, plot_code_usage, tokenizer_summary
+from qbr_dist.report import markdown, plot_code_usage, plots_markdown, tokenizer_summary, write_plots
 
 QUANT = {"codebook_version": "523e0f3263b1c0b0", "items": 12, "reconstruction_error": 0.37, "collision_rate": 0.25,
          "suffix_table_size": 2, "dim": 4, "workers": 2,
@@ -47,6 +47,19 @@ def test_without_tokenizer_stages_the_table_stands_alone():
 def test_code_usage_plot_is_a_png(tmp_path):
     plot_code_usage(QUANT["levels"], tmp_path / "usage.png")
     assert (tmp_path / "usage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_plots_curves_losses_model_metrics_and_code_usage(tmp_path):
+    curve = [{"step": 10, "valid_NDCG@10": 0.1, "train_loss": 5.0}, {"step": 20, "valid_NDCG@10": 0.2, "train_loss": 4.0}]
+    models = {"bert4rec": REPORT["models"]["popularity"] | {"test_cold": REPORT["models"]["popularity"]["test"]}}
+    plots = write_plots(REPORT | {"models": models, "tokenizer": {"quantize": QUANT}},
+                        {"bert4rec": curve, "popularity": []}, tmp_path)
+    assert sorted(plots.values()) == ["codebook_usage.png", "model_metrics.png", "training_curves.png",
+                                      "training_loss.png"]
+    assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in plots.values())
+    assert "![test metrics side by side per model](model_metrics.png)" in plots_markdown(plots)
+    older = [{k: v for k, v in point.items() if k != "train_loss"} for point in curve]  # curves before losses
+    assert "training_loss.png" not in write_plots(REPORT | {"tokenizer": {}}, {"bert4rec": older}, tmp_path).values()
 
 
 def test_cold_targets_get_their_own_table_and_id_only_models_are_named_not_scored():
