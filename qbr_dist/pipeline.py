@@ -141,10 +141,35 @@ def tokenizer_dirs(dirs: dict[str, Path]) -> dict[str, Path]:
 
 def _stage(name: str, root: Path, key: dict) -> tuple[Path, bool]:
     stage_dir = root / name
-    current = artifacts.stage_is_current(stage_dir, key)
+    current = artifacts.stage_is_current(stage_dir, key) or _reuse(stage_dir, key)
     log.info("stage %s: %s", name, "up to date, skipped" if current else "running")
     obs_metrics.stage_began(root.name, name, skipped=current)
     return stage_dir, current
+
+
+def _reuse(stage_dir: Path, key: dict) -> bool:
+    """Take a finished stage with the same key from another run under the same root (grid points and
+    seeds then share the stages their settings do not change): hard links where possible, copied into
+    place under a temporary name, so an interrupted copy is never mistaken for a finished stage."""
+    import os
+    import shutil
+
+    def link_or_copy(source, target):
+        try:
+            os.link(source, target)  # safe to share: every artifact is replaced by rename, never edited
+        except OSError:
+            shutil.copy2(source, target)
+
+    for other in sorted(stage_dir.parent.parent.glob(f"*/{stage_dir.name}")):
+        if other.parent != stage_dir.parent and artifacts.stage_is_current(other, key):
+            staging = stage_dir.with_name(stage_dir.name + ".reusing")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(other, staging, copy_function=link_or_copy)
+            shutil.rmtree(stage_dir, ignore_errors=True)
+            staging.rename(stage_dir)
+            log.info("stage %s: same inputs and settings as %s, reused", stage_dir.name, other)
+            return True
+    return False
 
 
 def _finish(stage_dir: Path, key: dict, **manifest) -> None:
