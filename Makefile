@@ -10,7 +10,7 @@ export RAY_AUTH_MODE := disabled
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test-tools ops demo test test-unit test-integration bench-encode bench-encode-quick bench-kmeans \
+.PHONY: setup test-tools ops submit demo test test-unit test-integration bench-encode bench-encode-quick bench-kmeans \
 	bench-kmeans-quick bench-retokenize bench-retokenize-quick clean
 
 setup: $(STAMP)
@@ -31,6 +31,11 @@ test-tools:
 # Grafana dashboards and alert rules from their one definition (qbr_dist/obs/dashboards.py).
 ops: setup
 	$(PY) -m qbr_dist.obs.dashboards ops
+
+# make submit CONFIG=launch/configs/amazon2014-beauty.toml ARGS="--set train.lr=3e-4"
+# (dashboard address from RAY_API_SERVER_ADDRESS; a cluster with token auth needs RAY_AUTH_MODE unset)
+submit: setup
+	env -u RAY_AUTH_MODE PATH="$(CURDIR)/$(VENV)/bin:$$PATH" launch/submit.sh $(CONFIG) $(ARGS)
 
 demo: setup
 	$(VENV)/bin/qbr run --config launch/configs/ml100k.toml --readme README.md
