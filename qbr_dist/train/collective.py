@@ -26,17 +26,30 @@ def share(n: int, rank: int, world: int) -> tuple[int, int]:
     return min(rank * size, n), min((rank + 1) * size, n)
 
 
+def backend_device() -> torch.device:
+    """Where the process group's collectives run: NCCL takes only CUDA tensors, gloo CPU ones."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks, in place."""
     if dist.is_initialized():
-        dist.all_reduce(tensor)
+        moved = tensor.to(backend_device())
+        dist.all_reduce(moved)
+        if moved is not tensor:
+            tensor.copy_(moved)
     return tensor
 
 
 def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Rank `src`'s values on every rank, in place."""
     if dist.is_initialized():
-        dist.broadcast(tensor, src=src)
+        moved = tensor.to(backend_device())
+        dist.broadcast(moved, src=src)
+        if moved is not tensor:
+            tensor.copy_(moved)
     return tensor
 
 
@@ -44,14 +57,15 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's rows concatenated in rank order; ranks may hold different numbers of rows."""
     if not dist.is_initialized():
         return tensor
-    counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size())]
-    dist.all_gather(counts, torch.tensor([len(tensor)], dtype=torch.int64))
+    device = backend_device()
+    counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world_size())]
+    dist.all_gather(counts, torch.tensor([len(tensor)], dtype=torch.int64, device=device))
     longest = int(max(c.item() for c in counts))
-    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype)
+    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=device)
     padded[:len(tensor)] = tensor
     gathered = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(gathered, padded)
-    return torch.cat([g[:int(c.item())] for g, c in zip(gathered, counts)])
+    return torch.cat([g[:int(c.item())] for g, c in zip(gathered, counts)]).to(tensor.device)
 
 
 def row_offset(local_rows: int) -> tuple[int, int]:
