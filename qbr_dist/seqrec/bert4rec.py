@@ -44,9 +44,14 @@ class IdTokens(nn.Module):
 
 class SemanticTokens(nn.Module):
     """Each item the sum of its code embeddings (one table per code position), plus its ID vector
-    when `hybrid`. `codes` (num_items + 1, positions): row i holds item i's codes (row 0 unused)."""
+    when `hybrid`. `codes` (num_items + 1, positions): row i holds item i's codes (row 0 unused).
 
-    def __init__(self, *, codes: torch.Tensor, code_sizes: list[int], hidden: int, hybrid: bool = False):
+    In hybrid mode an item left out of training (`untrained`, e.g. the cold items) has no trained ID
+    vector; it takes the mean ID vector and bias of the trained items that share its longest code
+    prefix instead, computed from the current tables, so new items still need no retraining."""
+
+    def __init__(self, *, codes: torch.Tensor, code_sizes: list[int], hidden: int, hybrid: bool = False,
+                 untrained: torch.Tensor | None = None):
         super().__init__()
         self.num_items = len(codes) - 1
         self.register_buffer("codes", codes.long(), persistent=False)
@@ -58,21 +63,68 @@ class SemanticTokens(nn.Module):
             nn.init.zeros_(table.weight)
         self.mask = nn.Parameter(torch.randn(hidden) * 0.02)
         self.ids = IdTokens(num_items=self.num_items, hidden=hidden) if hybrid else None
+        self.backoff = None
+        if hybrid and untrained is not None and bool(untrained[1:].any()):
+            self.backoff = PrefixBackoff(codes[:, :len(code_sizes) - 1], untrained.bool())
 
     def vectors(self, items: torch.Tensor) -> torch.Tensor:
         codes = self.codes[items]
         vectors = sum(table(codes[..., position]) for position, table in enumerate(self.tables))
-        return vectors + self.ids(items) if self.ids is not None else vectors
+        return vectors + self._id_part(self.ids.table.weight, items) if self.ids is not None else vectors
 
     def biases(self, items: torch.Tensor) -> torch.Tensor:
         codes = self.codes[items]
         bias = sum(table(codes[..., position]).squeeze(-1) for position, table in enumerate(self.code_biases))
-        return bias + self.ids.biases(items) if self.ids is not None else bias
+        return bias + self._id_part(self.ids.bias, items) if self.ids is not None else bias
+
+    def _id_part(self, table: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return table[items] if self.backoff is None else self.backoff(table, items)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         vectors = self.vectors(seq.clamp(max=self.num_items))
         vectors = torch.where((seq == self.num_items + 1).unsqueeze(-1), self.mask, vectors)
         return vectors.masked_fill((seq == PAD).unsqueeze(-1), 0.0)
+
+
+class PrefixBackoff(nn.Module):
+    """Rows of an item table (ID vectors or biases) where each untrained item's row is the mean row of
+    the trained items sharing its longest code prefix (down to the empty prefix: all trained items)."""
+
+    def __init__(self, level_codes: torch.Tensor, untrained: torch.Tensor):
+        super().__init__()
+        import numpy as np
+
+        codes, cold = level_codes.numpy(), untrained.numpy().copy()
+        cold[0] = False  # row 0 is padding
+        trained = ~cold
+        trained[0] = False
+        backoff = np.full(len(codes), -1)
+        members, groups, offset = [], [], 0
+        for depth in range(codes.shape[1], -1, -1):  # deepest prefix first
+            _, inverse = np.unique(codes[:, :depth] if depth else np.zeros((len(codes), 1)), axis=0,
+                                   return_inverse=True)
+            inverse = inverse.ravel()
+            covered = np.zeros(inverse.max() + 1, dtype=bool)
+            covered[inverse[trained]] = True
+            pick = cold & (backoff < 0) & covered[inverse]
+            backoff[pick] = inverse[pick] + offset
+            members.append(np.nonzero(trained)[0])
+            groups.append(inverse[trained] + offset)
+            offset += inverse.max() + 1
+        self.groups = offset
+        self.register_buffer("cold", torch.from_numpy(cold), persistent=False)
+        self.register_buffer("backoff", torch.from_numpy(backoff.clip(min=0)), persistent=False)
+        self.register_buffer("members", torch.from_numpy(np.concatenate(members)), persistent=False)
+        self.register_buffer("member_groups", torch.from_numpy(np.concatenate(groups)), persistent=False)
+        counts = torch.bincount(self.member_groups, minlength=offset).clamp_min(1)
+        self.register_buffer("counts", counts, persistent=False)
+
+    def forward(self, table: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        rows = table[self.members]
+        sums = torch.zeros((self.groups, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+        means = sums.index_add(0, self.member_groups, rows) / self.counts.view(-1, *[1] * (rows.dim() - 1))
+        cold = self.cold[items].view(*items.shape, *[1] * (rows.dim() - 1))
+        return torch.where(cold, means[self.backoff[items]], table[items])
 
 
 class BERT4Rec(nn.Module):

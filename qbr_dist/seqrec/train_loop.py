@@ -127,7 +127,7 @@ def _tokens(loop_config: dict, model_cfg: ModelConfig):
 
     codes = torch.from_numpy(np.load(loop_config["codes_file"]))
     return SemanticTokens(codes=codes, code_sizes=loop_config["code_sizes"], hidden=model_cfg.hidden,
-                          hybrid=model_cfg.tokens == "hybrid")
+                          hybrid=model_cfg.tokens == "hybrid", untrained=_excluded(loop_config))
 
 
 def _excluded(loop_config: dict) -> torch.Tensor | None:

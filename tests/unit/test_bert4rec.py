@@ -73,6 +73,26 @@ def test_items_sharing_codes_differ_only_by_their_suffix_and_hybrid_adds_ids():
                           sum(t.weight[c] for t, c in zip(hybrid.tokens.tables, (1, 2, 0))))
 
 
+def test_untrained_hybrid_items_take_the_mean_id_part_of_their_longest_trained_prefix():
+    from qbr_dist.seqrec.bert4rec import SemanticTokens
+
+    # items 1..6: 2 levels + suffix; items 5 and 6 untrained (cold)
+    codes = torch.tensor([[0, 0, 0], [1, 2, 0], [1, 2, 1], [1, 3, 0], [2, 0, 0], [1, 2, 2], [3, 1, 0]])
+    untrained = torch.tensor([False, False, False, False, False, True, True])
+    torch.manual_seed(0)
+    tokens = SemanticTokens(codes=codes, code_sizes=[4, 4, 3], hidden=4, hybrid=True, untrained=untrained)
+    with torch.no_grad():
+        tokens.ids.bias.copy_(torch.arange(8, dtype=torch.float32))
+    table, bias = tokens.ids.table.weight, tokens.ids.bias
+    part = tokens._id_part(table, torch.arange(7))
+    assert torch.equal(part[1:5], table[1:5])  # trained items keep their own
+    assert torch.allclose(part[5], (table[1] + table[2]) / 2)  # prefix (1, 2): items 1 and 2
+    assert torch.allclose(part[6], table[1:5].mean(0))  # no trained item starts with 3: all trained items
+    assert torch.allclose(tokens._id_part(bias, torch.tensor([[5, 6]])), torch.tensor([[1.5, 2.5]]))
+    codes_only = SemanticTokens(codes=codes, code_sizes=[4, 4, 3], hidden=4, hybrid=False, untrained=untrained)
+    assert codes_only.backoff is None
+
+
 def test_semantic_model_trains_and_scores_the_catalog():
     m = semantic_model()
     seq, labels = torch.tensor([[0, 1, 3, 5]]), torch.tensor([[0, 0, 0, 4]])
