@@ -328,8 +328,10 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
 
     import ray.data
 
-    key = artifacts.stage_key("encode", cfg.section_hash("encode"),
-                              {"shards": artifacts.file_fingerprint(shards_dir / INDEX)})
+    # Keyed by the shards' contents, not the index file (which names the run it was written for), so
+    # runs with the same catalog share their encoded features.
+    shard_hashes = [shard["sha256"] for shard in json.loads((shards_dir / INDEX).read_text())["shards"]]
+    key = artifacts.stage_key("encode", cfg.section_hash("encode"), {"shards": shard_hashes})
     stage_dir, current = _stage("encode", root, key)
     if current:
         return stage_dir
