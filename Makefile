@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup test-tools ops submit demo test test-unit test-integration bench-encode bench-encode-quick bench-kmeans \
-	bench-kmeans-quick bench-retokenize bench-retokenize-quick clean
+	bench-kmeans-quick bench-retokenize bench-retokenize-quick bench-ablations bench-ablations-quick clean
 
 setup: $(STAMP)
 
@@ -72,6 +72,12 @@ bench-retokenize: $(BENCH_STAMP)
 
 bench-retokenize-quick: $(BENCH_STAMP)
 	$(PY) bench/retokenize.py --quick
+
+bench-ablations: $(BENCH_STAMP)
+	$(PY) bench/ablations.py
+
+bench-ablations-quick: $(BENCH_STAMP)
+	$(PY) bench/ablations.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -108,7 +108,8 @@ def prometheus(tmp_path):
 
 def tiny_run(tmp_path: Path):
     out = tmp_path / "synth"
-    synth.synthesize(synth.SynthSpec(items=120, users=96, mean_length=8), out)
+    # enough items that the encoder actor works for several 1 s scrapes after loading its model
+    synth.synthesize(synth.SynthSpec(items=480, users=96, mean_length=8), out)
     return load_config(None, [
         f"run.root='{tmp_path / 'runs'}'", "run.name=prom", "data.dataset=files", "data.cold_fraction=0.1",
         f"data.interactions='{out / synth.INTERACTIONS}'", f"data.catalog='{out / synth.CATALOG}'",

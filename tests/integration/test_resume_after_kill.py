@@ -21,8 +21,9 @@ EPOCHS = {"train.pretrain_epochs": 6, "train.finetune_epochs": 2}
 
 
 def qbr_run(tmp_path, interactions, name) -> subprocess.Popen:
+    """`qbr run` of run `name` under its own root (runs under one root would share finished stages)."""
     command = [sys.executable, "-m", "qbr_dist.cli", "run"]
-    for item in tiny_overrides(tmp_path, interactions, name, **EPOCHS):
+    for item in tiny_overrides(tmp_path / name, interactions, name, **EPOCHS):
         command += ["--set", item]
     log = open(tmp_path / f"{name}.log", "ab")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -63,21 +64,21 @@ def test_killed_driver_resumes_from_its_checkpoint(tmp_path, interactions_file):
 
     crashed = qbr_run(tmp_path, interactions_file, "crashed")
     deadline = time.time() + 600
-    while latest_checkpoint_step(tmp_path / "crashed") < KILL_AFTER_STEP:
+    while latest_checkpoint_step(tmp_path / "crashed" / "crashed") < KILL_AFTER_STEP:
         assert crashed.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.1)
     kill_tree(crashed)
-    killed_at = latest_checkpoint_step(tmp_path / "crashed")
-    assert not (tmp_path / "crashed" / "bert4rec" / "metrics.json").exists()
+    killed_at = latest_checkpoint_step(tmp_path / "crashed" / "crashed")
+    assert not (tmp_path / "crashed" / "crashed" / "bert4rec" / "metrics.json").exists()
 
     rerun = qbr_run(tmp_path, interactions_file, "crashed")
     assert rerun.wait(timeout=600) == 0, (tmp_path / "crashed.log").read_text()[-3000:]
     log = (tmp_path / "crashed.log").read_text()
     assert "stage ingest: up to date, skipped" in log
 
-    expected, expected_params = final_parameters(tmp_path / "straight")
-    resumed, resumed_params = final_parameters(tmp_path / "crashed")
+    expected, expected_params = final_parameters(tmp_path / "straight" / "straight")
+    resumed, resumed_params = final_parameters(tmp_path / "crashed" / "crashed")
     assert resumed["resumed_at"] == [killed_at]
     assert expected["resumed_at"] == []
     assert resumed["steps"] == expected["steps"]
