@@ -341,7 +341,7 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     try:
         with Quarantine(stage_dir / QUARANTINE) as quarantine:
             totals = encode_shards(shards_dir, stage_dir, cfg.encode, quarantine=quarantine,
-                                   metrics=_endpoint_dict(cfg))
+                                   metrics=obs_serve.endpoint(cfg))
     finally:
         context.enable_progress_bars = bars
         obs_serve.retire(obs_serve.endpoint(cfg), "encode-actor")
@@ -491,11 +491,6 @@ def _record_tokenizer(cfg: Config, quantize_dir: Path) -> None:
     obs_metrics.record_tokenizer(json.loads((quantize_dir / STATS).read_text()), stage="quantize", run=cfg.run.name)
 
 
-def _endpoint_dict(cfg: Config) -> dict | None:
-    spec = obs_serve.endpoint(cfg)
-    return spec.as_dict() if spec else None
-
-
 def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path]) -> Path:
     """Codes for every row of a feature table (a parquet file or a folder of them) with the run's
     codebook, suffixes kept from the quantize stage's codes; in <run>/retokenize/. With
@@ -526,7 +521,7 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path]) -
     summary = retokenize_job(files, cfg.quant.input, quantize_dir / CODEBOOKS, stage_dir,
                              previous=quantize_dir / CODES, fusion=fusion, batch_size=cfg.quant.retokenize_batch_size,
                              actors=cfg.quant.retokenize_actors, cpus_per_actor=cfg.quant.retokenize_cpus_per_actor,
-                             chunk_size=cfg.quant.chunk_size, metrics=_endpoint_dict(cfg))
+                             chunk_size=cfg.quant.chunk_size, metrics=obs_serve.endpoint(cfg))
     obs_serve.retire(obs_serve.endpoint(cfg), "retokenize-actor")
     _finish(stage_dir, key, outputs=[CODES], rows=summary)
     log.info("retokenize: %d items (%d with a content-predicted query) with codebook %s at %.0f items/s, "

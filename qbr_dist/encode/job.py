@@ -28,7 +28,7 @@ from qbr_dist.config import EncodeConfig
 from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.data.shards import INDEX, item_id_of, open_image, salvage_shard
 from qbr_dist.obs.metrics import actor_labels, encode_batch_seconds, encode_items
-from qbr_dist.obs.serve import serve
+from qbr_dist.obs.serve import Endpoint, serve
 
 log = logging.getLogger("qbr.encode")
 SHARDS_DONE, SALVAGED = "shards_done.json", "salvaged"
@@ -88,7 +88,7 @@ def _square_rgb(Image, data: bytes, size: int, max_pixels: int) -> np.ndarray:
 class EncoderActor:
     """Loads the text and image encoders once; encodes decoded batches."""
 
-    def __init__(self, cfg: dict, metrics: dict | None = None):
+    def __init__(self, cfg: dict, metrics: Endpoint | None = None):
         import torch
 
         from qbr_dist.encode.image import ImageEncoder, resolve_model
@@ -132,9 +132,9 @@ class EncoderActor:
 
 
 def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quarantine: Quarantine,
-                  metrics: dict | None = None) -> dict:
+                  metrics: Endpoint | None = None) -> dict:
     """Encode every shard listed in `shard_dir/index.json` that has no current output; returns totals.
-    The encoder actors serve their metrics where `metrics` (an obs Endpoint as a dict) says."""
+    The encoder actors serve their metrics where `metrics` says."""
     import ray.data
 
     from qbr_dist.encode.image import input_size, resolve_model
@@ -161,7 +161,8 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
             ray.data.read_webdataset(str(tar.resolve()), decoder=None)
             .map_batches(decode_batch, fn_kwargs={"image_size": image_size, "max_pixels": cfg.max_image_pixels},
                          batch_size=cfg.batch_size, num_cpus=0.5)
-            .map_batches(EncoderActor, fn_constructor_kwargs={"cfg": asdict(cfg), "metrics": metrics}, batch_size=cfg.batch_size,
+            .map_batches(EncoderActor, fn_constructor_kwargs={"cfg": asdict(cfg), "metrics": metrics},
+                         batch_size=cfg.batch_size,
                          compute=ray.data.ActorPoolStrategy(size=cfg.actors),
                          num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None)
         )

@@ -81,11 +81,11 @@ class TrainMeter:
             self.grad_norm.set(grad_norm)
 
 
-def actor_labels(spec: dict | None, *, stage: str) -> dict:
-    """Labels of a Ray Data actor's metrics: its process id stands in for a rank."""
+def actor_labels(spec, *, stage: str) -> dict:
+    """Labels of a Ray Data actor's metrics (`spec`: its obs Endpoint or None); its process id stands in for a rank."""
     import os
 
-    return {"stage": stage, "rank": str(os.getpid()), "run": spec["run"] if spec else ""}
+    return {"stage": stage, "rank": str(os.getpid()), "run": spec.run if spec else ""}
 
 
 def stage_began(run: str, stage: str, *, skipped: bool) -> None:

@@ -14,7 +14,7 @@ import atexit
 import json
 import os
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import REGISTRY, start_http_server
@@ -32,9 +32,6 @@ class Endpoint:
     bind: str = "127.0.0.1"
     port: int = 0
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def endpoint(cfg) -> Endpoint | None:
     """The run's Endpoint from its Config, or None with `obs.enabled = false`."""
@@ -48,12 +45,11 @@ _server: tuple[str, int] | None = None  # this process's (address, port) once se
 _registered: set[Path] = set()
 
 
-def serve(spec: Endpoint | dict | None, *, process: str) -> str | None:
+def serve(spec: Endpoint | None, *, process: str) -> str | None:
     """Serve this process's metrics (once per process) and register it for `spec.run`; returns host:port."""
     global _server
     if spec is None:
         return None
-    spec = Endpoint(**spec) if isinstance(spec, dict) else spec
     if _server is None:
         address = bind_address(spec.bind)
         server, _ = start_http_server(spec.port, addr=address)

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from qbr_dist.data.tables import column_matrix
 from qbr_dist.fusion.export import ID_VECTOR, TOKENS_COLUMN, VECTOR_COLUMNS, fuse_batch, load_model
 from qbr_dist.obs.metrics import actor_labels, retokenized_items
-from qbr_dist.obs.serve import serve
+from qbr_dist.obs.serve import Endpoint, serve
 from qbr_dist.quant import CODES
 from qbr_dist.quant.codes import codes_version, codes_writer
 from qbr_dist.quant.semantic_ids import Previous, as_ids, assign_suffixes, shared_items
@@ -58,7 +58,7 @@ class Retokenizer:
     batch's features when given the fusion model."""
 
     def __init__(self, tokenizer: list, column: str, chunk_size: int, buckets: int, fusion_model: str | None,
-                 metrics: dict | None = None):
+                 metrics: Endpoint | None = None):
         import ray
         import torch
 
@@ -95,10 +95,10 @@ class Retokenizer:
 def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Path, *, previous: Path | None,
                fusion: FusionInputs | None = None, batch_size: int = 4096, actors: int = 1,
                cpus_per_actor: float = 0.5, chunk_size: int = 65536, bucket_rows: int = 250_000,
-               metrics: dict | None = None) -> dict:
+               metrics: Endpoint | None = None) -> dict:
     """Write `out_dir/codes.parquet` for every row of `files` (their `column`, or their features
     through `fusion`); returns counts and throughput. The actors serve their metrics where `metrics`
-    (an obs Endpoint as a dict) says."""
+    says."""
     tokenizer = Tokenizer.parts(codebooks_file)
     version = tokenizer["version"]
     started = time.perf_counter()
@@ -123,7 +123,7 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
 
 def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fusion: FusionInputs | None,
             buckets: int, batch_size: int, actors: int, cpus_per_actor: float, chunk_size: int,
-            metrics: dict | None) -> None:
+            metrics: Endpoint | None) -> None:
     """The Ray Data job: staging parquet of item ids, codes and bucket numbers in `folder`."""
     import ray
     import ray.data

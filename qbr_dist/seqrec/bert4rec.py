@@ -48,7 +48,9 @@ class SemanticTokens(nn.Module):
 
     In hybrid mode an item left out of training (`untrained`, e.g. the cold items) has no trained ID
     vector; it takes the mean ID vector and bias of the trained items that share its longest code
-    prefix instead, computed from the current tables, so new items still need no retraining."""
+    prefix instead, computed from the current tables when scoring outside training, so new items still
+    need no retraining. In training such items are never inputs and are masked out of the softmax, so
+    the training forward skips that work."""
 
     def __init__(self, *, codes: torch.Tensor, code_sizes: list[int], hidden: int, hybrid: bool = False,
                  untrained: torch.Tensor | None = None):
@@ -78,7 +80,7 @@ class SemanticTokens(nn.Module):
         return bias + self._id_part(self.ids.bias, items) if self.ids is not None else bias
 
     def _id_part(self, table: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return table[items] if self.backoff is None else self.backoff(table, items)
+        return table[items] if self.backoff is None or self.training else self.backoff(table, items)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         vectors = self.vectors(seq.clamp(max=self.num_items))

@@ -72,9 +72,10 @@ def bert4rec_worker(loop_config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
 
     torch.manual_seed(seed)
+    excluded = _excluded(loop_config)
     model = BERT4Rec(num_items=num_items, hidden=model_cfg.hidden, layers=model_cfg.layers,
                      heads=model_cfg.heads, max_len=model_cfg.max_len, dropout=model_cfg.dropout,
-                     tokens=_tokens(loop_config, model_cfg), excluded=_excluded(loop_config))
+                     tokens=_tokens(loop_config, model_cfg, excluded), excluded=excluded)
     engine = rt.init_engine(model, runtime=runtime, micro_batch=train_cfg.batch_size // world,
                             lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     if runtime.zero_stage == 3:
@@ -119,15 +120,16 @@ def bert4rec_worker(loop_config: dict) -> None:
     rt.finish_worker()
 
 
-def _tokens(loop_config: dict, model_cfg: ModelConfig):
-    """Item tokens of the model: None (item IDs) or the semantic codes of the quantize stage."""
+def _tokens(loop_config: dict, model_cfg: ModelConfig, excluded: torch.Tensor | None = None):
+    """Item tokens of the model: None (item IDs) or the semantic codes of the quantize stage; `excluded`
+    items (kept out of training) back off to their code prefix in hybrid mode."""
     if model_cfg.tokens == "id":
         return None
     import numpy as np
 
     codes = torch.from_numpy(np.load(loop_config["codes_file"]))
     return SemanticTokens(codes=codes, code_sizes=loop_config["code_sizes"], hidden=model_cfg.hidden,
-                          hybrid=model_cfg.tokens == "hybrid", untrained=_excluded(loop_config))
+                          hybrid=model_cfg.tokens == "hybrid", untrained=excluded)
 
 
 def _excluded(loop_config: dict) -> torch.Tensor | None:

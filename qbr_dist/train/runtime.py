@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -166,18 +165,11 @@ def save_checkpoint(engine, metrics: dict, state: dict, meter=None) -> None:
     """
     from ray.train import Checkpoint
 
-    with tempfile.TemporaryDirectory() as tmp, _timed(meter):
+    timer = meter.checkpoint_seconds.time() if meter is not None else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory() as tmp, timer:
         engine.save_checkpoint(tmp, tag=CHECKPOINT_TAG, client_state={"loop_state": state})
         (Path(tmp) / f"params-rank{collective.rank()}.sha256").write_text(parameter_digest(engine.module) + "\n")
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
-
-
-@contextlib.contextmanager
-def _timed(meter):
-    started = time.perf_counter()
-    yield
-    if meter is not None:
-        meter.checkpoint_seconds.observe(time.perf_counter() - started)
 
 
 def parameter_digest(module: torch.nn.Module) -> str:

@@ -80,7 +80,7 @@ def test_untrained_hybrid_items_take_the_mean_id_part_of_their_longest_trained_p
     codes = torch.tensor([[0, 0, 0], [1, 2, 0], [1, 2, 1], [1, 3, 0], [2, 0, 0], [1, 2, 2], [3, 1, 0]])
     untrained = torch.tensor([False, False, False, False, False, True, True])
     torch.manual_seed(0)
-    tokens = SemanticTokens(codes=codes, code_sizes=[4, 4, 3], hidden=4, hybrid=True, untrained=untrained)
+    tokens = SemanticTokens(codes=codes, code_sizes=[4, 4, 3], hidden=4, hybrid=True, untrained=untrained).eval()
     with torch.no_grad():
         tokens.ids.bias.copy_(torch.arange(8, dtype=torch.float32))
     table, bias = tokens.ids.table.weight, tokens.ids.bias

@@ -25,7 +25,7 @@ def test_endpoint_follows_config(tmp_path):
 def test_serve_registers_a_scrapeable_target_and_unregisters(tmp_path):
     spec = serve.Endpoint(run="unit-serve", targets_dir=str(tmp_path))
     target = serve.serve(spec, process="driver")
-    assert serve.serve(spec.as_dict(), process="driver") == target  # once per process and run
+    assert serve.serve(spec, process="driver") == target  # once per process and run
     (path,) = tmp_path.glob("unit-serve--*.json")
     assert json.loads(path.read_text()) == [{"labels": {"process": "driver", "run": "unit-serve"},
                                              "targets": [target]}]
