@@ -10,8 +10,8 @@ export RAY_AUTH_MODE := disabled
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test-tools ops submit demo test test-unit test-integration bench-encode bench-encode-quick bench-kmeans \
-	bench-kmeans-quick bench-retokenize bench-retokenize-quick bench-ablations bench-ablations-quick clean
+.PHONY: setup test-tools ops submit demo test test-unit test-integration test-reliability bench-encode bench-encode-quick bench-kmeans \
+	bench-kmeans-quick bench-retokenize bench-retokenize-quick bench-ablations bench-ablations-quick bench-load bench-load-quick clean
 
 setup: $(STAMP)
 
@@ -41,13 +41,16 @@ demo: setup
 	$(VENV)/bin/qbr run --config launch/configs/ml100k.toml --readme README.md
 
 test: setup test-tools
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
 
 test-integration: setup test-tools
 	$(PY) -m pytest -q tests/integration
+
+test-reliability: setup
+	$(PY) -m pytest -q tests/reliability
 
 # Benchmarks (not part of `make test`): JSON under bench/results/. Peers they compare against
 # (faiss) are installed only here.
@@ -72,6 +75,12 @@ bench-retokenize: $(BENCH_STAMP)
 
 bench-retokenize-quick: $(BENCH_STAMP)
 	$(PY) bench/retokenize.py --quick
+
+bench-load: $(BENCH_STAMP)
+	$(PY) bench/load.py
+
+bench-load-quick: $(BENCH_STAMP)
+	$(PY) bench/load.py --items 20000
 
 bench-ablations: $(BENCH_STAMP)
 	$(PY) bench/ablations.py

@@ -87,6 +87,15 @@ def stage_is_current(stage_dir: str | Path, key: dict) -> bool:
     return all((Path(stage_dir) / name).exists() for name in manifest.get("outputs", []))
 
 
+def begin_stage(stage_dir: str | Path) -> None:
+    """Before a stage (re)computes: drop its old manifest, so outputs half replaced by this run can never
+    pass for the old finished stage, and the temporary files of writes a killed process left behind."""
+    stage_dir = Path(stage_dir)
+    (stage_dir / MANIFEST).unlink(missing_ok=True)
+    for leftover in stage_dir.glob(".*.tmp-*"):
+        leftover.unlink()
+
+
 def write_manifest(stage_dir: str | Path, key: dict, *, outputs: list[str], rows: dict) -> dict:
     manifest = {
         "key": key,

@@ -143,6 +143,8 @@ def _stage(name: str, root: Path, key: dict) -> tuple[Path, bool]:
     stage_dir = root / name
     current = artifacts.stage_is_current(stage_dir, key) or _reuse(stage_dir, key)
     log.info("stage %s: %s", name, "up to date, skipped" if current else "running")
+    if not current:
+        artifacts.begin_stage(stage_dir)
     obs_metrics.stage_began(root.name, name, skipped=current)
     return stage_dir, current
 
@@ -178,8 +180,8 @@ def _finish(stage_dir: Path, key: dict, **manifest) -> None:
     obs_metrics.stage_ended(stage_dir.parent.name, stage_dir.name)
 
 
-def _count_records(cfg: Config, stage: str, *, accepted: int, quarantined: int) -> None:
-    obs_metrics.input_records.labels(stage=stage, run=cfg.run.name).inc(accepted + quarantined)
+def _count_records(cfg: Config, stage: str, *, read: int, quarantined: int) -> None:
+    obs_metrics.input_records.labels(stage=stage, run=cfg.run.name).inc(read)
     obs_metrics.quarantined_records.labels(stage=stage, run=cfg.run.name).inc(quarantined)
 
 
@@ -213,12 +215,13 @@ def ingest(cfg: Config, root: Path) -> Path:
         else:
             seen = list(dict.fromkeys(interactions.column("item_id").to_pylist()))
             catalog = pa.table({"item_id": pa.array(seen, pa.string()), "text": pa.array([""] * len(seen))})
+        read = quarantine.read  # rows of the input files, each accepted or quarantined
         sequences, summary = build_sequences(
             interactions, item_index(catalog), k_core=cfg.data.k_core, quarantine=quarantine,
             source=str(inputs["interactions"]),
         )
-    _count_records(cfg, "ingest", accepted=interactions.num_rows + catalog.num_rows, quarantined=quarantine.total)
-    rows = {**summary.as_dict(), "quarantined": dict(quarantine.counts)}
+    _count_records(cfg, "ingest", read=read, quarantined=quarantine.total)
+    rows = {**summary.as_dict(), "rows_read": read, "quarantined": dict(quarantine.counts)}
     outputs = [ITEMS, SEQUENCES] + ([QUARANTINE] if quarantine.total else [])
     if cfg.data.cold_fraction:
         cold = choose_cold_items(catalog.num_rows, cfg.data.cold_fraction, cfg.data.cold_seed)
@@ -257,6 +260,7 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
         log.info("stage shards: up to date, skipped")
         return folder
     log.info("stage shards: writing %s", folder)
+    artifacts.begin_stage(folder)
     (folder / QUARANTINE).unlink(missing_ok=True)
     with Quarantine(folder / QUARANTINE) as quarantine:
         if cfg.shards.fetch_images:
@@ -267,7 +271,7 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
             image_max_side=cfg.shards.image_max_side, max_pixels=cfg.shards.max_image_pixels,
             jpeg_quality=cfg.shards.jpeg_quality, quarantine=quarantine,
         )
-    _count_records(cfg, "shards", accepted=index["items"], quarantined=quarantine.total)
+    _count_records(cfg, "shards", read=index["items"], quarantined=quarantine.total)  # every catalog row is written
     outputs = [INDEX] + [s["file"] for s in index["shards"]] + ([QUARANTINE] if quarantine.total else [])
     artifacts.write_manifest(folder, key, outputs=outputs,
                              rows={k: index[k] for k in ("items", "with_image", "quarantined")})
@@ -345,7 +349,7 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     finally:
         context.enable_progress_bars = bars
         obs_serve.retire(obs_serve.endpoint(cfg), "encode-actor")
-    _count_records(cfg, "encode", accepted=totals["items"], quarantined=totals["quarantined"])
+    _count_records(cfg, "encode", read=totals["items"] + totals["quarantined"], quarantined=totals["quarantined"])
     log.info("encode: %d items (%d with an image), %d quarantined, %d shards already done, %.1f items/s",
              totals["items"], totals["with_image"], totals["quarantined"], totals["skipped_shards"],
              totals["items_per_s"])
@@ -677,11 +681,24 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     if result.error is not None:
         raise RuntimeError(f"{stage} training failed: {result.error}")
     metrics = _training_metrics(result.metrics, wall_s=time.perf_counter() - started)
-    metrics["checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    metrics["checkpoint"] = result.checkpoint.path
     metrics["codebook_version"] = semantic.get("codebook_version")
+    outputs = [METRICS] + _export_weights(cfg, result.checkpoint.path, stage_dir)
     artifacts.write_json(stage_dir / METRICS, metrics)
-    _finish(stage_dir, key, outputs=[METRICS], rows={"steps": metrics["steps"]})
+    _finish(stage_dir, key, outputs=outputs, rows={"steps": metrics["steps"]})
     return stage_dir
+
+
+def _export_weights(cfg: Config, checkpoint: str, stage_dir: Path) -> list[str]:
+    """The final weights as <stage>/model.safetensors (ZeRO stages 1-3; stage 0 keeps no ZeRO partitions)."""
+    from qbr_dist.train.export import WEIGHTS, export_weights
+    from qbr_dist.train.runtime import CHECKPOINT_TAG
+
+    if cfg.runtime.zero_stage == 0:
+        log.warning("runtime.zero_stage = 0: no %s exported (the DeepSpeed checkpoint is in %s)", WEIGHTS, checkpoint)
+        return []
+    export_weights(checkpoint, stage_dir / WEIGHTS, tag=CHECKPOINT_TAG)
+    return [WEIGHTS]
 
 
 def _semantic_codes(ingest_dir: Path, quantize_dir: Path, codes_dir: Path, stage_dir: Path) -> dict:

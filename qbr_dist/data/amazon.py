@@ -3,8 +3,11 @@ Python-literal dict per line), 2018 and 2023 (JSON lines), gzip or plain.
 
 Fields are mapped onto the design's tables: interactions (user_id, item_id, timestamp seconds)
 and catalog rows (item_id, text from the configured fields, category, brand, image_url).
-A line that is neither JSON nor a Python literal, or lacks a required field, is quarantined;
-a truncated gzip keeps the lines decoded before the break and quarantines the break once.
+A line that is neither JSON nor a Python literal, or lacks a required field, is quarantined, as is
+one whose id is not a string or integer, whose timestamp is not a finite number, or whose output
+strings are not valid Unicode (a lone surrogate escape). A truncated gzip keeps the lines decoded
+before the break and quarantines the break once. Every non-blank line counts in `quarantine.read`,
+and the break as one more, so rows read = rows returned + rows quarantined.
 Python literals are parsed with `ast.literal_eval`, which evaluates no code.
 """
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import ast
 import gzip
 import json
+import math
+import warnings
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -47,15 +52,14 @@ def read_amazon_interactions(path: Path, quarantine: Quarantine) -> pa.Table:
     rows = {"user_id": [], "item_id": [], "timestamp": []}
     for where, record in _records(path, quarantine):
         values = {ours: _first(record, theirs) for ours, theirs in REVIEW_FIELDS.items()}
-        missing = [name for name, value in values.items() if value in (None, "")]
-        stamp = _seconds(values["timestamp"])
-        if missing or stamp is None:
-            field = missing[0] if missing else "timestamp"
+        row = {"user_id": _id(values["user_id"]), "item_id": _id(values["item_id"]),
+               "timestamp": _seconds(values["timestamp"])}
+        field = next((name for name, value in row.items() if value is None), None)
+        if field:
             quarantine.add(source=str(path), where=where, field=field, reason=f"missing or invalid {field}")
             continue
-        rows["user_id"].append(str(values["user_id"]))
-        rows["item_id"].append(str(values["item_id"]))
-        rows["timestamp"].append(stamp)
+        for name, value in row.items():
+            rows[name].append(value)
     return pa.table(rows, schema=INTERACTIONS_SCHEMA)
 
 
@@ -64,22 +68,28 @@ def read_amazon_catalog(path: Path, text_fields: list[str], quarantine: Quaranti
     rows, seen = [], set()
     for where, record in _records(path, quarantine):
         item = {ours: _first(record, theirs) for ours, theirs in META_FIELDS.items()}
-        item_id = item["item_id"]
-        if not item_id:
-            quarantine.add(source=str(path), where=where, field="item_id", reason="missing item id")
+        item_id = _id(item["item_id"])
+        if item_id is None:
+            reason = "missing item id" if item["item_id"] is None else "item id not a string or integer, or not Unicode"
+            quarantine.add(source=str(path), where=where, field="item_id", reason=reason)
             continue
         if item_id in seen:
             quarantine.add(source=str(path), where=where, field="item_id", reason="duplicate item id")
             continue
-        seen.add(item_id)
         flat = {name: _flatten(value) for name, value in item.items() if name != "images"}
-        rows.append({
-            "item_id": str(item_id),
+        row = {
+            "item_id": item_id,
             "text": ". ".join(flat[f] for f in text_fields if flat.get(f)),
             "category": _last_category(item["categories"]),
             "brand": flat["brand"] or None,
             "image_url": _image_url(item["images"]),
-        })
+        }
+        bad = next((name for name, value in row.items() if value is not None and not _utf8(value)), None)
+        if bad:
+            quarantine.add(source=str(path), where=where, field=bad, reason="not valid Unicode (lone surrogate)")
+            continue
+        seen.add(item_id)
+        rows.append(row)
     names = ("item_id", "text", "category", "brand", "image_url")
     return pa.table({n: pa.array([r[n] for r in rows], pa.string()) for n in names})
 
@@ -91,7 +101,8 @@ def _records(path: Path, quarantine: Quarantine) -> Iterator[tuple[str, dict]]:
         with opener(path, "rb") as handle:
             for line_no, raw in enumerate(handle, start=1):
                 if not raw.strip():
-                    continue
+                    continue  # a blank line is not a row
+                quarantine.read += 1
                 record = _parse(raw)
                 if record is None:
                     quarantine.add(source=str(path), where=f"line {line_no}", field="*",
@@ -99,6 +110,7 @@ def _records(path: Path, quarantine: Quarantine) -> Iterator[tuple[str, dict]]:
                     continue
                 yield f"line {line_no}", record
     except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        quarantine.read += 1  # the break: one row read, one quarantined
         quarantine.add(source=str(path), where=f"after line {line_no}", field="*",
                        reason=f"truncated or corrupt gzip: {err}")
 
@@ -108,13 +120,21 @@ def _parse(raw: bytes) -> dict | None:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    for parse in (json.loads, ast.literal_eval):
+    for parse in (json.loads, _literal):
         try:
             value = parse(text)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # TypeError: {[1]: 2}
             continue
         return value if isinstance(value, dict) else None
     return None
+
+
+def _literal(text: str):
+    """`ast.literal_eval` without the compiler's warning on an odd escape (`'\\:'`); where warnings
+    are errors, that warning would reject a good line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ast.literal_eval(text)
 
 
 def _first(record: dict, names: tuple[str, ...]):
@@ -124,10 +144,32 @@ def _first(record: dict, names: tuple[str, ...]):
     return None
 
 
+def _id(value) -> str | None:
+    """An id as text: a non-empty string or an integer, in valid Unicode; anything else is None."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    text = str(value)
+    return text if text and _utf8(text) else None
+
+
+def _utf8(text: str) -> bool:
+    """False for a string holding a lone surrogate (a JSON `\\ud800` escape), which Arrow cannot store."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _seconds(value) -> float | None:
+    """Seconds since the epoch from a number or numeric string (ms above MILLISECONDS_AFTER); else None."""
+    if isinstance(value, bool):
+        return None
     try:
         stamp = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(stamp):
         return None
     return stamp / 1000.0 if stamp > MILLISECONDS_AFTER else stamp
 
@@ -152,12 +194,10 @@ def _last_category(value) -> str | None:
 
 
 def _image_url(value) -> str | None:
-    """First image URL: a string, a list of strings (2014/2018) or of dicts with sizes (2023)."""
-    if isinstance(value, str):
-        return value or None
-    if isinstance(value, (list, tuple)) and value:
-        first = value[0]
-        if isinstance(first, dict):
-            return first.get("hi_res") or first.get("large") or first.get("thumb")
-        return str(first)
-    return None
+    """First image URL: a string, a list of strings (2014/2018) or of dicts with sizes (2023); a
+    value of another type is no URL (None)."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    if isinstance(value, dict):
+        value = value.get("hi_res") or value.get("large") or value.get("thumb")
+    return value if isinstance(value, str) and value else None

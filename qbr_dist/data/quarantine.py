@@ -1,4 +1,8 @@
-"""Bad records are skipped, counted by reason and listed in a JSON-lines quarantine file."""
+"""Bad records are skipped, counted by reason and listed in a JSON-lines quarantine file.
+
+The readers also count the rows they read in `read`, so that for one reader call on a fresh
+quarantine `read == rows returned + total` holds exactly (what counts as a row: `readers.py`).
+"""
 from __future__ import annotations
 
 import json
@@ -12,6 +16,7 @@ class Quarantine:
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path else None
         self.counts: Counter[str] = Counter()
+        self.read = 0  # rows the readers consumed, each either accepted or quarantined
         self._handle = None
 
     def add(self, *, source: str, where: str, field: str, reason: str) -> None:

@@ -2,8 +2,14 @@
 
 Interactions: user_id (string), item_id (string), timestamp (float64).
 Catalog: item_id (string), text (string), plus the source's other fields as strings.
-A missing file or a header without a required field stops at once with a one-line error;
-a malformed row is skipped and recorded in the quarantine.
+A missing or unreadable file, a header without a required field or a parquet column of the wrong
+type stops at once with a one-line error naming the file and the field; a malformed row is skipped
+and recorded in the quarantine.
+
+Counts reconcile: each reader adds the rows it read to `quarantine.read`, and every row read is
+either returned or quarantined. A row is a non-blank line after the header of a text file (a
+line of bad bytes included) or a row of a parquet file. A truncated or corrupt gzip counts the
+lines decoded before the break, and the break itself as one row read and one quarantine entry.
 """
 from __future__ import annotations
 
@@ -21,6 +27,9 @@ from qbr_dist.data.tables import INTERACTION_FIELDS, INTERACTIONS_SCHEMA
 
 class DataError(ValueError):
     """A file that cannot be read as the expected table; the message names the file and field."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(message.splitlines()))  # one line, whatever the file's text held
 
 
 def read_interactions(path: str | Path, quarantine: Quarantine) -> pa.Table:
@@ -49,9 +58,9 @@ def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantin
     if amazon.is_amazon_file(path):
         return amazon.read_amazon_catalog(path, text_fields, quarantine)
     if path.suffix == ".parquet":
-        table = pq.read_table(path)
-        _require(path, table.schema.names, ("item_id", *text_fields))
-        columns = {name: table.column(name).cast(pa.string()).to_pylist() for name in table.schema.names}
+        table = _read_parquet(path, ("item_id", *text_fields))
+        columns = {name: _column(path, table, name, pa.string()) for name in table.schema.names}
+        quarantine.read += table.num_rows
         records = ((i + 1, {k: v[i] for k, v in columns.items()}) for i in range(table.num_rows))
     else:
         records = _atomic_records(path, ("item_id", *text_fields), quarantine)
@@ -73,14 +82,11 @@ def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantin
 
 
 def _interactions_from_parquet(path: Path, quarantine: Quarantine) -> pa.Table:
-    table = pq.read_table(path)
-    _require(path, table.schema.names, INTERACTION_FIELDS)
-    users = table.column("user_id").cast(pa.string()).to_pylist()
-    items = table.column("item_id").cast(pa.string()).to_pylist()
-    try:
-        stamps = table.column("timestamp").cast(pa.float64()).to_pylist()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        raise DataError(f"{path}: field 'timestamp' must be numeric ({err})") from None
+    table = _read_parquet(path, INTERACTION_FIELDS)
+    users = _column(path, table, "user_id", pa.string())
+    items = _column(path, table, "item_id", pa.string())
+    stamps = _column(path, table, "timestamp", pa.float64())
+    quarantine.read += table.num_rows
     keep = []
     for row, (user, item, stamp) in enumerate(zip(users, items, stamps)):
         problem = _interaction_problem(user, item, stamp)
@@ -113,18 +119,19 @@ def _atomic_records(path: Path, required: tuple[str, ...], quarantine: Quarantin
         try:
             header = handle.readline().decode("utf-8").rstrip("\r\n").split("\t")
         except UnicodeDecodeError:
-            raise DataError(f"{path}: header is not UTF-8 text") from None
+            raise DataError(f"{path}: header is not UTF-8 text (expected fields {', '.join(required)})") from None
         names = [column.split(":", 1)[0] for column in header]
         _require(path, names, required)
         for line_no, raw in enumerate(handle, start=2):
+            if not raw.rstrip(b"\r\n"):
+                continue  # a blank line is not a row
+            quarantine.read += 1
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
                 quarantine.add(source=str(path), where=f"line {line_no}", field="*", reason="not UTF-8 text")
                 continue
             values = line.rstrip("\r\n").split("\t")
-            if values == [""]:
-                continue
             if len(values) != len(names):
                 quarantine.add(
                     source=str(path), where=f"line {line_no}", field="*",
@@ -141,11 +148,30 @@ def _as_float(value: str) -> float | None:
         return None
 
 
+def _read_parquet(path: Path, required: tuple[str, ...]) -> pa.Table:
+    """The whole table, with the required fields present; a damaged file is a DataError."""
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{path}: not a readable parquet file (expected fields {', '.join(required)}; {err})") from None
+    _require(path, table.schema.names, required)
+    return table
+
+
+def _column(path: Path, table: pa.Table, name: str, type_: pa.DataType) -> list:
+    """The column as Python values of `type_` (nulls stay None); a column that cannot be cast is a DataError."""
+    try:
+        return table.column(name).cast(type_).to_pylist()
+    except (pa.ArrowException, KeyError) as err:
+        raise DataError(f"{path}: field '{name}' cannot be read as {type_} ({err})") from None
+
+
 def _require(path: Path, names, required) -> None:
     missing = [field for field in required if field not in names]
     if missing:
         raise DataError(
-            f"{path}: missing field '{missing[0]}' (expected fields {', '.join(required)}; found {', '.join(names)})"
+            f"{path}: missing field '{missing[0]}' (expected fields {', '.join(required)}; "
+            f"found {', '.join(map(repr, names))})"
         )
 
 

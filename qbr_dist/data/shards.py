@@ -171,28 +171,39 @@ def salvage_shard(path: Path, out: Path, *, expected_items: int) -> tuple[int, s
     """Copy the complete samples of a damaged shard, up to its first break, into a new tar at `out`.
 
     Returns (samples copied, what was wrong or None). A sample counts as complete once the next
-    sample's first file has been read. The last one counts only when the tar ends cleanly with as
-    many samples as the index lists: a tar cut at a file boundary also "ends cleanly", and its last
-    sample may be missing files.
+    sample's first header has been read. The last one counts only when the tar ends with its
+    end-of-archive block and holds as many samples as the index lists: Python's tarfile also stops
+    quietly at a cut on a file boundary, or at a damaged header, and the last sample may then be
+    missing files. Counts, as the encode job keeps them: the samples copied are read and accepted,
+    the break is one more read and quarantined; nothing after it is read.
     """
     import tarfile
 
-    copied, problem, pending = 0, None, []
+    copied, problem, pending, end = 0, None, [], 0
     with artifacts.atomic_path(out) as tmp, tarfile.open(tmp, "w") as sink, open(path, "rb") as source:
         try:
             with tarfile.open(fileobj=source, mode="r|") as tar:
                 for member in tar:
-                    data = tar.extractfile(member).read() if member.isfile() else b""
                     if pending and _sample_key(member.name) != _sample_key(pending[0][0].name):
                         copied += _copy_sample(sink, pending)
-                    pending.append((member, data))
+                    pending.append((member, tar.extractfile(member).read() if member.isfile() else b""))
+                end = tar.offset
         except (tarfile.TarError, EOFError, OSError) as err:
             problem = f"{type(err).__name__}: {err}"
+        if problem is None and not _end_block_at(path, end):
+            problem = f"cut short: no end-of-archive block after {copied + bool(pending)} samples"
         if problem is None and copied + bool(pending) == expected_items:
             copied += _copy_sample(sink, pending)
         elif problem is None:
             problem = f"ends after {copied + bool(pending)} of the {expected_items} samples its index lists"
     return copied, problem
+
+
+def _end_block_at(path: Path, offset: int) -> bool:
+    """Whether the tar's end-of-archive block (512 zero bytes) is at `offset`, where reading stopped."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read(512) == bytes(512)
 
 
 def _sample_key(name: str) -> str:

@@ -41,6 +41,9 @@ def input_size(model: str) -> int:
     return size if isinstance(size, int) else size[0]
 
 
+RANDOM_INIT_SEED = 0
+
+
 class ImageEncoder:
     def __init__(self, model: str, *, weights: str = "", random_init: bool = False, device: str = "cpu"):
         import open_clip
@@ -54,7 +57,9 @@ class ImageEncoder:
                 f"image encoder {model!r}: no weights given; set encode.image_weights to a local "
                 "checkpoint file (hub downloads are not used), or encode.image_random_init = true on purpose"
             )
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=weights or None)
+        with torch.random.fork_rng():
+            torch.manual_seed(RANDOM_INIT_SEED)  # random weights, when asked for, are the same in every run
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=weights or None)
         self.model = self.model.to(device).eval()
         self.device = device
         self.image_size = self.model.visual.image_size

@@ -59,6 +59,7 @@ class FusionState:
     curve: list = field(default_factory=list)  # per epoch: mean loss and its parts
     resumed_at: list = field(default_factory=list)
     done: bool = False
+    epoch_sums: dict = field(default_factory=dict)  # this epoch's loss sums and steps up to the last checkpoint
 
 
 def model_arguments(cfg: FusionConfig, arrays: dict, vocab_size: int) -> dict:
@@ -91,7 +92,7 @@ def fusion_worker(loop_config: dict) -> None:
     model = build_model(cfg, arrays, num_items, loop_config["vocab_size"])
     engine = rt.init_engine(model, runtime=runtime, micro_batch=max(cfg.batch_size // world, 1), lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
-    restored = rt.restore_checkpoint(engine)
+    restored = rt.restore_checkpoint(engine, loop_config)
     state = FusionState(**restored) if restored else FusionState()
     if restored:
         state.resumed_at.append(state.step)
@@ -119,8 +120,7 @@ def _train_epoch(engine, arrays, pairs, state: FusionState, cfg: FusionConfig, r
     batches = pairs.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True, dtypes=torch.long,
                                        local_shuffle_buffer_size=cfg.shuffle_buffer,
                                        local_shuffle_seed=seed * 1_000_003 + state.epoch)
-    totals: dict[str, float] = {}
-    steps = 0
+    sums: dict[str, float] = {}  # since the last checkpoint, this rank's
     for index, batch in enumerate(batches):
         if index < state.batch:
             continue  # resumed mid-epoch: trained before the checkpoint
@@ -140,17 +140,17 @@ def _train_epoch(engine, arrays, pairs, state: FusionState, cfg: FusionConfig, r
         engine.backward(loss)
         engine.step()
         state.batch, state.step = index + 1, state.step + 1
-        for name, value in {"loss": float(loss), **parts}.items():
-            totals[name] = totals.get(name, 0.0) + value
-        steps += 1
+        for name, value in {"loss": float(loss), **parts, "steps": 1}.items():
+            sums[name] = sums.get(name, 0.0) + value
         meter.step(loss=float(loss), samples=len(items), seconds=time.perf_counter() - started, lr=lr,
                    grad_norm=engine.get_global_grad_norm())
         if state.step % runtime.checkpoint_every == 0:
+            state.epoch_sums, sums = rt.carry_epoch_sums(state.epoch_sums, sums), {}
             rt.save_checkpoint(engine, {"step": state.step, "loss": float(loss), "done": False}, asdict(state),
                                meter)
-    names = sorted(totals)
-    summed = rt.all_reduce_sum([totals[n] for n in names] + [steps])
-    means = {n: round(v / max(summed[-1], 1), 5) for n, v in zip(names, summed[:-1])}
+    totals, state.epoch_sums = rt.carry_epoch_sums(state.epoch_sums, sums), {}
+    steps = totals.pop("steps", 0)
+    means = {name: round(value / max(steps, 1), 5) for name, value in totals.items()}
     state.curve.append({"epoch": state.epoch + 1, **means})
     if rank == 0:
         log.info("fusion epoch %d: %s", state.epoch + 1, means)

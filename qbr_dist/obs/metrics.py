@@ -34,7 +34,7 @@ checkpoint_seconds = Histogram(
 quarantined_records = Counter(
     "qbr_quarantined_records", "Input records skipped and listed in a quarantine file", STAGE_LABELS
 )
-input_records = Counter("qbr_input_records", "Input records read (accepted + quarantined)", STAGE_LABELS)
+input_records = Counter("qbr_input_records", "Input records read (each accepted or quarantined)", STAGE_LABELS)
 
 encode_items = Counter("qbr_encode_items", "Items encoded by this actor", TRAIN_LABELS)
 encode_batch_seconds = Histogram(

@@ -151,7 +151,7 @@ def fit_rqvae(local: torch.Tensor, cfg: QuantConfig, loop_config: dict, runtime)
         iterations=cfg.iterations, seed=seed, sample_size=cfg.sample_size, chunk_size=cfg.chunk_size)
     model.start_codebooks(codebooks, torch.tensor([s.counts for s in stats]), micro * world / total)
     engine = rt.init_engine(model, runtime=runtime, micro_batch=micro, lr=cfg.rqvae_lr, weight_decay=0.0)
-    restored = rt.restore_checkpoint(engine)
+    restored = rt.restore_checkpoint(engine, loop_config)
     state = RQVAEState(**restored) if restored else RQVAEState()
     if restored:
         state.resumed_at.append(state.step)

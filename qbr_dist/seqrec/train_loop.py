@@ -59,6 +59,7 @@ class LoopState:
     codebook_version: str | None = None  # semantic IDs the model was trained on (None: item IDs)
     mask_counts: list = field(default_factory=lambda: [0] * len(STRATEGIES))  # pretraining sequences per strategy
     train_loss: float | None = None  # mean loss per masked position over the latest epoch
+    epoch_sums: dict = field(default_factory=dict)  # this epoch's loss and masked positions up to the last checkpoint
 
 
 def bert4rec_worker(loop_config: dict) -> None:
@@ -83,7 +84,7 @@ def bert4rec_worker(loop_config: dict) -> None:
 
         for param in model.tied_parameters():
             deepspeed.zero.register_external_parameter(model, param)
-    restored = rt.restore_checkpoint(engine)
+    restored = rt.restore_checkpoint(engine, loop_config)
     state = LoopState(**restored) if restored else LoopState(codebook_version=loop_config.get("codebook_version"))
     if state.codebook_version != loop_config.get("codebook_version"):
         raise CodebookMismatch(f"checkpoint trained with codebook {state.codebook_version}, but the codes in use "
@@ -163,7 +164,7 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
         local_shuffle_buffer_size=cfg.shuffle_buffer,
         local_shuffle_seed=(seed * 1_000 + state.phase) * 100_003 + state.epoch,
     )
-    epoch_started, epoch_loss, steps = time.perf_counter(), [0.0, 0], 0
+    epoch_started, sums, steps = time.perf_counter(), {}, 0
     for index, batch in enumerate(batches):
         if index < state.batch:
             continue  # resumed mid-epoch: these batches were trained before the checkpoint
@@ -184,23 +185,23 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
         # DeepSpeed averages gradients over ranks: scale so the result is the mean over the global batch.
         engine.backward(loss_sum * world / max(targets, 1))
         engine.step()
-        local = [float(loss_sum), int((mine > 0).sum())]
-        epoch_loss = [a + b for a, b in zip(epoch_loss, local)]
-        step_loss = local[0] / max(local[1], 1)
+        masked = int((mine > 0).sum())
+        sums = {"loss": sums.get("loss", 0.0) + float(loss_sum), "masked": sums.get("masked", 0) + masked}
+        step_loss = float(loss_sum) / max(masked, 1)
         state.batch, state.step = index + 1, state.step + 1
         meter.step(loss=step_loss, samples=len(seq) // world, seconds=time.perf_counter() - started,
                    lr=lr, grad_norm=engine.get_global_grad_norm())
         if state.step % runtime.checkpoint_every == 0:
+            state.epoch_sums, sums = rt.carry_epoch_sums(state.epoch_sums, sums), {}
             _checkpoint(engine, state, meter, phase.name, step_loss)
         steps += 1
-    state.batch = 0
-    loss_sum, masked = rt.all_reduce_sum(epoch_loss)
-    if steps:
-        state.train_loss = loss_sum / max(masked, 1)
+    totals, state.batch, state.epoch_sums = rt.carry_epoch_sums(state.epoch_sums, sums), 0, {}
+    if totals.get("masked"):
+        state.train_loss = totals["loss"] / totals["masked"]
     if rank == 0 and steps:
         seconds = time.perf_counter() - epoch_started
         log.info("%s epoch %d: %d steps, loss %.4f, %.0f sequences/s", phase.name, state.epoch + 1, steps,
-                 loss_sum / max(masked, 1), steps * cfg.batch_size / seconds)
+                 state.train_loss, steps * cfg.batch_size / seconds)
 
 
 def learning_rate(cfg: TrainConfig, phase: Phase, phase_step: int, steps_per_epoch: int) -> float:

@@ -26,6 +26,11 @@ from qbr_dist.obs.serve import Endpoint, retire, serve, unregister
 from qbr_dist.train import collective
 
 CHECKPOINT_TAG = "state"
+CHECKPOINT_ROOT = "checkpoint_root"  # loop-config key: the only folder this run's workers restore from
+
+
+class ForeignCheckpoint(RuntimeError):
+    """A checkpoint outside the run's own folder: DeepSpeed unpickles checkpoints, so they are never followed."""
 
 
 def start_ray(runtime: RuntimeConfig) -> None:
@@ -70,7 +75,8 @@ def fit(job: TrainJob, runtime: RuntimeConfig):
         resources["GPU"] = 1
     trainer = TorchTrainer(
         _serving(job.loop, job.metrics),
-        train_loop_config={**job.loop_config, "runtime": runtime.__dict__},
+        train_loop_config={**job.loop_config, "runtime": runtime.__dict__,
+                           CHECKPOINT_ROOT: str(Path(job.storage_path).resolve() / job.name)},
         scaling_config=ScalingConfig(
             num_workers=runtime.num_workers, use_gpu=runtime.use_gpu, resources_per_worker=resources
         ),
@@ -196,18 +202,37 @@ def full_parameters(parameters: list[torch.nn.Parameter]):
     return deepspeed.zero.GatheredParameters(params)
 
 
-def restore_checkpoint(engine) -> dict | None:
-    """Loop state of the latest checkpoint of this run (after a restart or a rerun), else None."""
+def restore_checkpoint(engine, loop_config: dict) -> dict | None:
+    """Loop state of the latest checkpoint of this run (after a restart or a rerun), else None.
+    Only a checkpoint inside the run's own folder is loaded (DeepSpeed checkpoints are pickles)."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
+    check_own_checkpoint(checkpoint.path, loop_config[CHECKPOINT_ROOT])
     with checkpoint.as_directory() as folder:
         _, client_state = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
     return client_state["loop_state"]
 
 
+def check_own_checkpoint(path: str | Path, root: str | Path) -> None:
+    """Raise ForeignCheckpoint unless `path` lies inside `root` (links resolved)."""
+    root = Path(root).resolve()
+    if not Path(path).resolve().is_relative_to(root):
+        raise ForeignCheckpoint(f"{path}: not under this run's checkpoint folder {root}; refusing to load it")
+
+
 def all_reduce_sum(values: list[float]) -> list[float]:
     return collective.all_reduce_sum_(torch.tensor(values, dtype=torch.float64)).tolist()
+
+
+def carry_epoch_sums(carried: dict[str, float], local: dict[str, float]) -> dict[str, float]:
+    """An epoch's global running sums: `carried` (as of the last checkpoint, the same on every rank)
+    plus every rank's `local` sums since then (a collective). Loops store the result in each
+    checkpoint and restart `local` at zero, so an epoch resumed mid-way reports the same totals,
+    summed in the same order, as one that ran straight through."""
+    names = sorted(set(carried) | set(local))
+    summed = all_reduce_sum([local.get(name, 0.0) for name in names])
+    return {name: carried.get(name, 0.0) + value for name, value in zip(names, summed)}
 
 
 def stream_seed(*parts: int) -> int:

@@ -21,12 +21,10 @@ from qbr_dist.cli import main
 from qbr_dist.data import synth
 from qbr_dist.data.shards import INDEX, image_path
 from qbr_dist.encode.job import SHARDS_DONE
-
-from ..conftest import QuietHandler, local_http_server
+from ..conftest import TINY_VIT, QuietHandler, local_http_server
 
 pytestmark = pytest.mark.integration
 
-TINY_VIT = Path(__file__).parents[1] / "fixtures" / "qbr-tiny-vit.json"
 ENCODE = ["encode.image_model=qbr-tiny-vit", f"encode.image_model_config='{TINY_VIT}'",
           "encode.image_random_init=true", "encode.batch_size=16", "runtime.ray_num_cpus=2",
           "runtime.object_store_mb=256", "runtime.dashboard=false"]

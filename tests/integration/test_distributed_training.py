@@ -9,6 +9,7 @@ import torch
 from qbr_dist import pipeline
 from qbr_dist.config import load_config
 from qbr_dist.seqrec.bert4rec import BERT4Rec
+from qbr_dist.train.export import WEIGHTS, load_weights
 from tests.conftest import synthetic_interactions
 from tests.integration.conftest import tiny_overrides
 
@@ -21,11 +22,9 @@ def final_checkpoint(stage_dir: Path) -> Path:
     return checkpoint
 
 
-def trained_parameters(checkpoint: Path) -> dict[str, torch.Tensor]:
-    # DeepSpeed's model-state file (ZeRO-3: consolidated by DeepSpeed's own zero_to_fp32 helper).
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag="state")
+def trained_parameters(stage_dir: Path) -> dict[str, torch.Tensor]:
+    """The stage's exported weights: consolidated from its ZeRO checkpoint by DeepSpeed's zero_to_fp32."""
+    return load_weights(stage_dir / WEIGHTS)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,7 @@ def test_two_workers_match_one_worker(zero_stage, tmp_path, data, one_worker, ra
     digests = sorted(p.read_text() for p in two_ckpt.glob("params-rank*.sha256"))
     assert len(digests) == 2 and digests[0] == digests[1], "ranks ended with different parameters"
 
-    after_two, after_one = trained_parameters(two_ckpt), trained_parameters(final_checkpoint(one_worker))
+    after_two, after_one = trained_parameters(two), trained_parameters(one_worker)
     torch.manual_seed(cfg.run.seed)
     initial = BERT4Rec(num_items=30, hidden=16, layers=1, heads=2, max_len=8, dropout=0.0).state_dict()
     assert not torch.allclose(initial["tokens.table.weight"], after_two["tokens.table.weight"]), "training changed nothing"
@@ -78,8 +77,8 @@ def test_sampled_softmax_two_workers_match_one_worker(tmp_path, data, one_worker
     _, one = train(tmp_path / "one", data, "sampled-one", workers=1, **sampled)
     _, two = train(tmp_path / "two", data, "sampled-two", workers=2, zero_stage=3, **sampled)
     assert (two / "item_counts.npy").is_file()
-    after_one, after_two = trained_parameters(final_checkpoint(one)), trained_parameters(final_checkpoint(two))
-    full_softmax = trained_parameters(final_checkpoint(one_worker))["tokens.table.weight"]
+    after_one, after_two = trained_parameters(one), trained_parameters(two)
+    full_softmax = trained_parameters(one_worker)["tokens.table.weight"]
     assert not torch.allclose(after_one["tokens.table.weight"], full_softmax), "sampled softmax was not used"
     for name, value in after_one.items():
         assert torch.allclose(value, after_two[name], atol=1e-5, rtol=0), name

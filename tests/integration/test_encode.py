@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,10 +17,10 @@ from qbr_dist.config import load_config
 from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.data.shards import INDEX, shard_key, write_shards
 from qbr_dist.encode.job import encode_shards
+from tests.conftest import TINY_VIT
 
 pytestmark = pytest.mark.integration
 
-TINY_VIT = Path(__file__).parents[1] / "fixtures" / "qbr-tiny-vit.json"
 
 
 def jpeg(color) -> bytes:

@@ -1,4 +1,4 @@
-"""The whole semantic tokenizer on a small synthetic catalog, as `qbr quantize` runs it:
+"""The whole semantic tokenizer on a small synthetic catalog, from the shared tiny `qbr run`:
 ingest with a 10 % cold-item split -> prebuilt shards -> encode (MiniLM + a tiny random ViT, on
 purpose) -> structure -> fusion (2 Ray Train workers, DeepSpeed ZeRO-2) -> distributed residual
 k-means on the warm items -> unique IDs -> retokenization giving the cold items codes through the
@@ -13,35 +13,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from qbr_dist import artifacts, pipeline
-from qbr_dist.config import load_config
-from qbr_dist.data import synth
 from qbr_dist.fusion import STATS as FUSION_STATS
 from qbr_dist.fusion.model import MODALITIES
 from qbr_dist.quant import CODEBOOKS, CODES, STATS as QUANT_STATS
 from qbr_dist.quant.codes import read_codes
 
-from .test_content_pipeline import TINY_VIT
-
 pytestmark = pytest.mark.integration
 
 
-def test_tokenizer_end_to_end(tmp_path, ray_cluster):
-    out = tmp_path / "synth"
-    synth.synthesize(synth.SynthSpec(items=240, users=160, mean_length=8), out)
-    cfg = load_config(None, [
-        f"run.root='{tmp_path / 'runs'}'", "run.name=tok", "data.dataset=files", "data.cold_fraction=0.1",
-        f"data.interactions='{out / synth.INTERACTIONS}'", f"data.catalog='{out / synth.CATALOG}'",
-        "data.text_fields=['title', 'description']", f"shards.prebuilt_dir='{out / synth.SHARDS}'",
-        "encode.image_model=qbr-tiny-vit", f"encode.image_model_config='{TINY_VIT}'",
-        "encode.image_random_init=true", "structure.fields=['category', 'brand']", "structure.dim=8",
-        "fusion.dim=16", "fusion.epochs=2", "fusion.batch_size=64", "fusion.warmup_steps=2",
-        "quant.levels=2", "quant.codebook_size=8", "quant.iterations=10",
-        "model.hidden=16", "model.layers=1", "model.max_len=8", "train.batch_size=64", "train.pretrain_epochs=2",
-        "train.finetune_epochs=1", "train.eval_every=1", "train.warmup_steps=2",
-        "runtime.num_workers=2", "runtime.checkpoint_every=1000", "runtime.ray_num_cpus=2",
-        "runtime.object_store_mb=256", "runtime.dashboard=false",
-    ])
-    dirs = pipeline.tokenize(cfg, pipeline.run_dir(cfg))
+def test_tokenizer_end_to_end(tmp_path, tokenized_run, ray_cluster):
+    cfg = tokenized_run
+    dirs = pipeline.tokenize(cfg, pipeline.run_dir(cfg))  # every stage is current: only their folders
 
     stats = json.loads((dirs["fusion"] / FUSION_STATS).read_text())
     assert stats["items"] == 240 and len(stats["modality_weights"]) == 2
@@ -71,14 +53,12 @@ def test_tokenizer_end_to_end(tmp_path, ray_cluster):
     again = pipeline.tokenize(cfg, pipeline.run_dir(cfg))
     assert {name: (d / artifacts.MANIFEST).read_text() for name, d in again.items()} == manifests
 
-    qbert = pipeline.bert4rec(cfg, pipeline.run_dir(cfg), dirs["ingest"], quantize_dir=dirs["quantize"],
-                              codes_dir=dirs["retokenize"])
+    qbert = pipeline.run_dir(cfg) / "qbert4rec"
     metrics = json.loads((qbert / pipeline.METRICS).read_text())
-    assert qbert.name == "qbert4rec" and metrics["codebook_version"] == quant["codebook_version"]
+    assert metrics["codebook_version"] == quant["codebook_version"]
     assert 0 <= metrics["test"]["NDCG@10"] <= 1 and metrics["steps"] > 0
     assert 0 <= metrics["test_cold"]["HR@10"] <= 1  # cold test targets, scored from their codes
-    knn = json.loads((pipeline.content_knn(cfg, pipeline.run_dir(cfg), dirs["ingest"], dirs["encode"])
-                      / pipeline.METRICS).read_text())
+    knn = json.loads((pipeline.run_dir(cfg) / "content-knn" / pipeline.METRICS).read_text())
     assert set(knn) >= {"valid", "test", "test_cold"} and 0 <= knn["test_cold"]["HR@10"] <= 1
 
 

@@ -1,6 +1,4 @@
 """Real encoders: the packaged MiniLM text model, and a tiny open_clip ViT built at random on purpose."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -8,8 +6,8 @@ from PIL import Image
 
 from qbr_dist.encode.image import ImageEncoder, register_model_config
 from qbr_dist.encode.text import EncoderUnavailable, TextEncoder, text_model_path
+from tests.conftest import TINY_VIT
 
-TINY_VIT = Path(__file__).parents[1] / "fixtures" / "qbr-tiny-vit.json"
 TEXTS = ["Toy Story (1995). Animation Children's Comedy", "GoldenEye (1995). Action Adventure Thriller", ""]
 
 

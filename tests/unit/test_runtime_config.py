@@ -1,7 +1,7 @@
 import torch
 
 from qbr_dist.config import load_config
-from qbr_dist.train.runtime import deepspeed_config, my_slice
+from qbr_dist.train.runtime import carry_epoch_sums, deepspeed_config, my_slice
 
 
 def test_deepspeed_config_follows_the_runtime_section():
@@ -19,3 +19,12 @@ def test_rank_slices_partition_a_global_batch_in_order():
     assert torch.equal(torch.cat(slices), batch)
     assert [len(s) for s in slices] == [4, 4, 2]
     assert torch.equal(my_slice(batch, 0, 1), batch)
+
+
+def test_epoch_sums_carried_through_checkpoints_equal_sums_run_straight_through():
+    """One process: the all-reduce is the identity. Two checkpoints mid-epoch, then the epoch's end."""
+    carried = carry_epoch_sums({}, {"loss": 1.5, "masked": 3})
+    carried = carry_epoch_sums(carried, {"loss": 2.0, "masked": 4})
+    assert carry_epoch_sums(carried, {"loss": 0.25, "masked": 1, "steps": 2}) == {
+        "loss": 3.75, "masked": 8, "steps": 2}
+    assert carry_epoch_sums({}, {}) == {}
