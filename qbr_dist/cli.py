@@ -95,6 +95,33 @@ def build_parser() -> argparse.ArgumentParser:
     retokenize.add_argument("--features", type=Path,
                             help="parquet file or folder to retokenize (default: the run's own vectors)")
 
+    inspect = commands.add_parser("inspect", help="look into a finished run", description="Look into a finished run.")
+    inspect_commands = inspect.add_subparsers(dest="inspect_command", required=True)
+    codes = inspect_commands.add_parser(
+        "codes", help="what each semantic code stands for: items, words, field values, examples",
+        description="Summarise every code prefix of the first --levels levels of the run's codes (retokenize "
+                    "stage, else quantize): item count, characteristic words (TF-IDF), top values of the "
+                    "structure.fields, examples; written to <run>/inspect/codes.json and .md. With --prefix, "
+                    "the items under one prefix instead.")
+    _config_args(codes)
+    codes.add_argument("--levels", type=int, default=1, help="code levels to summarise (default 1)")
+    codes.add_argument("--top", type=int, default=8, help="words per code (default 8)")
+    codes.add_argument("--prefix", help="list the items under this code prefix, e.g. 3-41")
+    codes.add_argument("--limit", type=int, default=20, help="items shown with --prefix (default 20)")
+
+    recommend = commands.add_parser(
+        "recommend", help="top-k next items from a trained model, explained by shared semantic codes",
+        description="Score every item after a user's history (--user) or a given one (--history i1,i2,...) with "
+                    "the exported weights of a training stage, and explain each recommendation by the code "
+                    "prefixes it shares with the history and their words; cold items are marked.")
+    _config_args(recommend)
+    who = recommend.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user id of the run's data")
+    who.add_argument("--history", help="comma-separated item ids, oldest first")
+    recommend.add_argument("--k", type=int, default=10, help="items to recommend (default 10)")
+    recommend.add_argument("--model", default="qbert4rec", choices=("qbert4rec", "bert4rec"),
+                           help="the training stage whose weights to use (default qbert4rec)")
+
     report = commands.add_parser("report", help="rewrite report.json/report.md of a finished run",
                                  description="Render the report of a run whose stages have finished.")
     _config_args(report)
@@ -126,6 +153,8 @@ def _dispatch(args) -> int:
     from qbr_dist import pipeline
     from qbr_dist.report import grid_markdown, markdown, seeds_markdown, update_readme
 
+    if args.command in ("inspect", "recommend"):
+        return _inspect(args, cfg)
     if args.command in ("quantize", "retokenize", "shards", "encode"):
         pipeline.serve_driver(cfg)
     if args.command in ("quantize", "retokenize"):
@@ -151,6 +180,16 @@ def _dispatch(args) -> int:
     print(table)
     if args.readme:
         update_readme(args.readme, table)
+    return 0
+
+
+def _inspect(args, cfg) -> int:
+    from qbr_dist.inspect.run import inspect_codes, recommend_for
+
+    if args.command == "recommend":
+        print(recommend_for(cfg, stage=args.model, user=args.user, history=args.history, k=args.k))
+    else:
+        print(inspect_codes(cfg, levels=args.levels, top=args.top, prefix=args.prefix, limit=args.limit))
     return 0
 
 

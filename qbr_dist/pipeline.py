@@ -683,14 +683,17 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     metrics = _training_metrics(result.metrics, wall_s=time.perf_counter() - started)
     metrics["checkpoint"] = result.checkpoint.path
     metrics["codebook_version"] = semantic.get("codebook_version")
-    outputs = [METRICS] + _export_weights(cfg, result.checkpoint.path, stage_dir)
+    outputs = [METRICS] + (["codes.npy"] if semantic else []) + _export_weights(cfg, result.checkpoint.path,
+                                                                                  stage_dir, loop_config)
     artifacts.write_json(stage_dir / METRICS, metrics)
     _finish(stage_dir, key, outputs=outputs, rows={"steps": metrics["steps"]})
     return stage_dir
 
 
-def _export_weights(cfg: Config, checkpoint: str, stage_dir: Path) -> list[str]:
-    """The final weights as <stage>/model.safetensors (ZeRO stages 1-3; stage 0 keeps no ZeRO partitions)."""
+def _export_weights(cfg: Config, checkpoint: str, stage_dir: Path, loop_config: dict) -> list[str]:
+    """The final weights as <stage>/model.safetensors, with model.json to rebuild the model around them
+    (ZeRO stages 1-3; stage 0 keeps no ZeRO partitions)."""
+    from qbr_dist.seqrec.trained import MODEL_SPEC, SPEC_KEYS
     from qbr_dist.train.export import WEIGHTS, export_weights
     from qbr_dist.train.runtime import CHECKPOINT_TAG
 
@@ -698,7 +701,8 @@ def _export_weights(cfg: Config, checkpoint: str, stage_dir: Path) -> list[str]:
         log.warning("runtime.zero_stage = 0: no %s exported (the DeepSpeed checkpoint is in %s)", WEIGHTS, checkpoint)
         return []
     export_weights(checkpoint, stage_dir / WEIGHTS, tag=CHECKPOINT_TAG)
-    return [WEIGHTS]
+    artifacts.write_json(stage_dir / MODEL_SPEC, {key: loop_config.get(key) for key in SPEC_KEYS})
+    return [WEIGHTS, MODEL_SPEC]
 
 
 def _semantic_codes(ingest_dir: Path, quantize_dir: Path, codes_dir: Path, stage_dir: Path) -> dict:

@@ -13,15 +13,16 @@ from dataclasses import asdict, dataclass, field
 import ray.train
 import torch
 
-from qbr_dist.config import EvalConfig, ModelConfig, TrainConfig
+from qbr_dist.config import EvalConfig, TrainConfig
 from qbr_dist.data.split import EVALUATIONS
 from qbr_dist.obs.metrics import TrainMeter
 from qbr_dist.quant.codebook import CodebookMismatch
-from qbr_dist.seqrec.bert4rec import BERT4Rec, SemanticTokens
+from qbr_dist.seqrec.bert4rec import BERT4Rec
 from qbr_dist.seqrec.masking import (STRATEGIES, last_item_mask, mix_per_sequence, mixed_mask, multi_region_mask,
                                      random_item_mask, span_mask, tail_mask)
 from qbr_dist.seqrec.metrics import metric_means, metric_sums, target_ranks
 from qbr_dist.seqrec.sampled_softmax import NegativeSampler
+from qbr_dist.seqrec.trained import build_model
 from qbr_dist.train import runtime as rt
 
 log = logging.getLogger("qbr.bert4rec")
@@ -65,18 +66,14 @@ class LoopState:
 def bert4rec_worker(loop_config: dict) -> None:
     runtime = rt.worker_runtime(loop_config)
     rt.prepare_worker(runtime)
-    model_cfg = ModelConfig(**loop_config["model"])
     train_cfg = TrainConfig(**loop_config["train"])
     eval_cfg = EvalConfig(**loop_config["eval"])
-    seed, num_items = loop_config["seed"], loop_config["num_items"]
+    seed = loop_config["seed"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
 
     torch.manual_seed(seed)
-    excluded = _excluded(loop_config)
-    model = BERT4Rec(num_items=num_items, hidden=model_cfg.hidden, layers=model_cfg.layers,
-                     heads=model_cfg.heads, max_len=model_cfg.max_len, dropout=model_cfg.dropout,
-                     tokens=_tokens(loop_config, model_cfg, excluded), excluded=excluded)
+    model = build_model(loop_config)
     engine = rt.init_engine(model, runtime=runtime, micro_batch=train_cfg.batch_size // world,
                             lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     if runtime.zero_stage == 3:
@@ -119,25 +116,6 @@ def bert4rec_worker(loop_config: dict) -> None:
     state.done = True
     rt.save_checkpoint(engine, _report_metrics(state), asdict(state))
     rt.finish_worker()
-
-
-def _tokens(loop_config: dict, model_cfg: ModelConfig, excluded: torch.Tensor | None = None):
-    """Item tokens of the model: None (item IDs) or the semantic codes of the quantize stage; `excluded`
-    items (kept out of training) back off to their code prefix in hybrid mode."""
-    if model_cfg.tokens == "id":
-        return None
-    import numpy as np
-
-    codes = torch.from_numpy(np.load(loop_config["codes_file"]))
-    return SemanticTokens(codes=codes, code_sizes=loop_config["code_sizes"], hidden=model_cfg.hidden,
-                          hybrid=model_cfg.tokens == "hybrid", untrained=excluded)
-
-
-def _excluded(loop_config: dict) -> torch.Tensor | None:
-    """The cold items of a cold-item split, kept out of the training softmax; None without a split."""
-    import numpy as np
-
-    return torch.from_numpy(np.load(loop_config["cold_file"])) if loop_config.get("cold_file") else None
 
 
 def _sampler(loop_config: dict, cfg: TrainConfig) -> NegativeSampler | None:

@@ -20,29 +20,31 @@ from qbr_dist.quant.codes import read_codes
 
 pytestmark = pytest.mark.integration
 
+ITEMS = 480  # the shared run's catalog (tests/conftest.py)
+
 
 def test_tokenizer_end_to_end(tmp_path, tokenized_run, ray_cluster):
-    cfg = tokenized_run
+    cfg = tokenized_run.cfg
     dirs = pipeline.tokenize(cfg, pipeline.run_dir(cfg))  # every stage is current: only their folders
 
     stats = json.loads((dirs["fusion"] / FUSION_STATS).read_text())
-    assert stats["items"] == 240 and len(stats["modality_weights"]) == 2
+    assert stats["items"] == ITEMS and len(stats["modality_weights"]) == 2
     assert set(stats["modality_weights"][0]) == set(MODALITIES)
     for layer in stats["modality_weights"]:  # mean weight over the items that have the modality
         assert all(0 < weight < 1 for weight in layer.values())
-    assert stats["modality_presence"]["image"] == 240 and len(stats["curve"]) == 2
-    assert sum(stats["depth_histogram"]) == 240 and 0 <= stats["mean_depth"] <= 2
+    assert stats["modality_presence"]["image"] == ITEMS and len(stats["curve"]) == 2
+    assert sum(stats["depth_histogram"]) == ITEMS and 0 <= stats["mean_depth"] <= 2
 
     fused = pq.read_table(dirs["fusion"] / "fused-rank0000.parquet")
     assert fused.schema.field("fused").type.list_size == 16
-    assert sum(pq.read_metadata(p).num_rows for p in pipeline.feature_files(dirs["fusion"])) == 240
+    assert sum(pq.read_metadata(p).num_rows for p in pipeline.feature_files(dirs["fusion"])) == ITEMS
 
     cold = artifacts.read_manifest(dirs["ingest"])["rows"]["cold_items"]
-    assert cold == 24 and stats["cold_items"] >= cold
+    assert cold == ITEMS // 10 and stats["cold_items"] >= cold
     codes = read_codes(dirs["quantize"] / CODES)  # fitted on warm items only
-    assert codes.num_rows == 240 - cold and len({tuple(c) for c in codes.column("codes").to_pylist()}) == 240 - cold
+    assert codes.num_rows == ITEMS - cold and len({tuple(c) for c in codes.column("codes").to_pylist()}) == ITEMS - cold
     everything = read_codes(dirs["retokenize"] / CODES)  # cold items coded afterwards
-    assert everything.num_rows == 240 and len({tuple(c) for c in everything.column("codes").to_pylist()}) == 240
+    assert everything.num_rows == ITEMS and len({tuple(c) for c in everything.column("codes").to_pylist()}) == ITEMS
     quant = json.loads((dirs["quantize"] / QUANT_STATS).read_text())
     assert [lv["level"] for lv in quant["levels"]] == [0, 1] and 0 <= quant["collision_rate"] <= 1
     assert (dirs["quantize"] / CODEBOOKS).is_file()
@@ -76,8 +78,8 @@ def check_fused_retokenize(cfg, dirs: dict, tmp_path, *, cold_items: int) -> Non
 
     stage = pipeline.retokenize(cfg, tmp_path / "elsewhere", grown, dirs)
     summary = artifacts.read_manifest(stage)["rows"]
-    assert summary["items"] == 250 and summary["content_queries"] == cold_items + 10
+    assert summary["items"] == ITEMS + 10 and summary["content_queries"] == cold_items + 10
     before = {r["item_id"]: r["codes"] for r in read_codes(dirs["retokenize"] / CODES).to_pylist()}
     after = {r["item_id"]: r["codes"] for r in read_codes(stage / CODES).to_pylist()}
     assert {i: after[i] for i in before} == before
-    assert len({tuple(c) for c in after.values()}) == 250
+    assert len({tuple(c) for c in after.values()}) == ITEMS + 10

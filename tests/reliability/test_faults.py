@@ -43,9 +43,9 @@ def metrics(run, stage: str) -> dict:
 
 
 def test_a_run_survives_killed_drivers_and_a_dead_worker(tmp_path, synth_catalog, tokenized_run):
-    straight = pipeline.run_dir(tokenized_run)
+    straight = pipeline.run_dir(tokenized_run.cfg)
     crashed = tmp_path / straight.name
-    overrides = tokenizer_run_overrides(tmp_path, synth_catalog)
+    overrides = tokenizer_run_overrides(tmp_path, synth_catalog)  # obs off, dashboard off: results unchanged
     logs = [tmp_path / f"attempt{n}.log" for n in (1, 2, 3)]
 
     attempt = qbr_run(overrides, logs[0])

@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 from qbr_dist.config import load_config
-from qbr_dist.seqrec.train_loop import _mask, _tokens, phases
+from qbr_dist.seqrec.train_loop import _mask, phases
+from qbr_dist.seqrec.trained import build_model
 
 MASK = 99
 
@@ -32,11 +33,15 @@ def test_a_single_masking_strategy_is_the_only_one_drawn():
 def test_hybrid_items_add_an_id_vector_to_the_code_embeddings(tmp_path):
     codes = np.array([[0, 0, 0], [1, 2, 0], [1, 2, 1]])
     np.save(tmp_path / "codes.npy", codes)
-    loop = {"codes_file": str(tmp_path / "codes.npy"), "code_sizes": [4, 4, 2]}
-    pure = _tokens(loop, config("model.hidden=8").model)
-    hybrid = _tokens(loop, config("model.hidden=8", "model.tokens=hybrid").model)
+
+    def tokens(*overrides):
+        spec = {"model": config("model.hidden=8", *overrides).model.__dict__, "num_items": 2,
+                "codes_file": str(tmp_path / "codes.npy"), "code_sizes": [4, 4, 2]}
+        return build_model(spec).tokens
+
+    pure, hybrid = tokens(), tokens("model.tokens=hybrid")
     assert pure.ids is None and hybrid.ids is not None
-    assert _tokens(loop, config("model.tokens=id").model) is None
+    assert not hasattr(tokens("model.tokens=id"), "tables")  # item IDs only
     items = torch.tensor([1, 2])
     shared = sum(table(torch.from_numpy(codes[[1, 2]])[:, i]) for i, table in enumerate(hybrid.tables))
     assert torch.allclose(hybrid.vectors(items), shared + hybrid.ids.vectors(items))

@@ -1,0 +1,185 @@
+"""`qbr inspect codes`: what each semantic code stands for.
+
+For every code prefix of the first `levels` levels (`3` at level 0, `3-41` at level 1): how many
+items carry it, its most characteristic words, its most frequent values of the catalog's
+structured fields (category, brand, genres), and a few example items. A word's score in a code
+is TF-IDF with items as documents: the share of the code's items whose text has the word, times
+log(catalog items / catalog items with the word).
+
+Scale: the catalog's text is streamed in record batches; what stays in memory is the codes as
+arrays (the ids column and an int32 matrix, about 30 bytes an item at 4 levels) and one word
+counter per code prefix summarised (so `levels` = 1, the default, stays small at any size).
+`items_under` streams the codes file itself.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from qbr_dist.data.tables import column_matrix
+
+WORD = re.compile(r"[a-z][a-z0-9']{2,}")
+STOPWORDS = frozenset(
+    "the and for with from that this are was were has have had not but its into than then them they their "
+    "you your our out all any can will one two new".split()
+)
+
+
+def words(text: str | None) -> set[str]:
+    """The distinct words of a text (lower case, 3+ characters, common English words left out)."""
+    return {w for w in WORD.findall((text or "").lower()) if w not in STOPWORDS}
+
+
+def prefix_name(codes) -> str:
+    return "-".join(str(int(c)) for c in codes)
+
+
+def parse_prefix(text: str) -> tuple[int, ...]:
+    """`3-41` -> (3, 41); a one-line error for anything else."""
+    try:
+        parts = tuple(int(p) for p in text.split("-"))
+    except ValueError:
+        raise ValueError(f"code prefix {text!r}: expected codes joined by '-', e.g. 3-41") from None
+    if not parts or min(parts) < 0:
+        raise ValueError(f"code prefix {text!r}: expected non-negative codes joined by '-', e.g. 3-41")
+    return parts
+
+
+class CodeLookup:
+    """Each item's codes by item id: the codes file's two columns as arrays, not Python objects."""
+
+    def __init__(self, codes_file: Path):
+        table = pq.read_table(codes_file, columns=["item_id", "codes"])
+        self.ids = table.column("item_id").combine_chunks()
+        self.codes = column_matrix(table.column("codes"), np.int32)
+
+    def rows(self, item_ids: pa.Array) -> np.ndarray:
+        """Row of each id in the codes, -1 where an item has none."""
+        return pc.index_in(item_ids, value_set=self.ids).fill_null(-1).to_numpy()
+
+
+class CodeSummary:
+    """Counts per code prefix, filled batch by batch; `result` turns them into the report."""
+
+    def __init__(self, levels: int, fields: list[str], examples: int, separator: str = ""):
+        self.levels, self.fields, self.max_examples, self.separator = levels, fields, examples, separator
+        self.items: Counter = Counter()
+        self.word_items: dict[str, Counter] = defaultdict(Counter)
+        self.field_values: dict[tuple[str, str], Counter] = defaultdict(Counter)
+        self.examples: dict[str, list] = defaultdict(list)
+        self.document_frequency: Counter = Counter()
+        self.catalog_items = self.without_codes = 0
+
+    def add(self, item_id: str, text: str | None, fields: dict, codes: np.ndarray | None) -> None:
+        found = words(text)
+        self.catalog_items += 1
+        self.document_frequency.update(found)
+        if codes is None:
+            self.without_codes += 1
+            return
+        for level in range(min(self.levels, len(codes))):
+            prefix = prefix_name(codes[: level + 1])
+            self.items[prefix] += 1
+            self.word_items[prefix].update(found)
+            for field in self.fields:
+                self.field_values[prefix, field].update(self._values(fields.get(field)))
+            if len(self.examples[prefix]) < self.max_examples:
+                self.examples[prefix].append({"item_id": item_id, "text": (text or "")[:80]})
+
+    def _values(self, value: str | None) -> list[str]:
+        """A field's values: one, or several split on the separator (genres "Action Comedy")."""
+        if not value:
+            return []
+        return [v for v in value.split(self.separator) if v] if self.separator else [value]
+
+    def result(self, top: int) -> dict:
+        levels = []
+        for level in range(self.levels):
+            prefixes = sorted((p for p in self.items if p.count("-") == level), key=parse_prefix)
+            levels.append({
+                "level": level,
+                "codes": [self._code(p, top) for p in prefixes],
+                "purity": {field: self._purity(prefixes, field) for field in self.fields},
+            })
+        return {"catalog_items": self.catalog_items, "items_without_codes": self.without_codes, "levels": levels}
+
+    def _code(self, prefix: str, top: int) -> dict:
+        n = self.items[prefix]
+        scores = {w: c / n * math.log(self.catalog_items / self.document_frequency[w])
+                  for w, c in self.word_items[prefix].items()}
+        best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        return {
+            "prefix": prefix, "items": n, "words": [[w, round(s, 4)] for w, s in best],
+            "fields": {f: self.field_values[prefix, f].most_common(3) for f in self.fields},
+            "examples": self.examples[prefix],
+        }
+
+    def _purity(self, prefixes: list[str], field: str) -> float | None:
+        """Share of the level's items whose field value is their code's most common one."""
+        counted = [self.field_values[p, field] for p in prefixes]
+        total = sum(sum(c.values()) for c in counted)
+        return round(sum(max(c.values(), default=0) for c in counted) / total, 4) if total else None
+
+
+def summarize_codes(codes_file: Path, catalog_file: Path, *, levels: int = 1, fields: list[str] = (),
+                    separator: str = "", top: int = 8, examples: int = 3, batch_rows: int = 65_536) -> dict:
+    """The report of every code prefix of the first `levels` levels (see the module docstring);
+    `fields` missing from the catalog are left out."""
+    lookup = CodeLookup(codes_file)
+    present = set(pq.read_schema(catalog_file).names)
+    fields = [f for f in fields if f in present]
+    summary = CodeSummary(levels, fields, examples, separator)
+    columns = ["item_id", "text", *fields]
+    for batch in pq.ParquetFile(catalog_file).iter_batches(batch_size=batch_rows, columns=columns):
+        rows = lookup.rows(batch.column("item_id"))
+        values = {name: batch.column(name).cast(pa.string()).to_pylist() for name in columns}
+        for i, row in enumerate(rows):
+            summary.add(values["item_id"][i], values["text"][i], {f: values[f][i] for f in fields},
+                        lookup.codes[row] if row >= 0 else None)
+    return summary.result(top) | {"codes_file": str(codes_file), "fields": fields}
+
+
+def items_under(codes_file: Path, catalog_file: Path, prefix: tuple[int, ...], *, limit: int = 50,
+                batch_rows: int = 65_536) -> dict:
+    """How many items carry `prefix`, and the first `limit` of them with their text; streams both files."""
+    matched, count = [], 0
+    for batch in pq.ParquetFile(codes_file).iter_batches(batch_size=batch_rows, columns=["item_id", "codes"]):
+        codes = column_matrix(batch.column("codes"), np.int32)
+        if codes.shape[1] < len(prefix):
+            raise ValueError(f"code prefix {prefix_name(prefix)}: longer than the {codes.shape[1]} codes per item")
+        hits = np.flatnonzero((codes[:, : len(prefix)] == np.asarray(prefix)).all(axis=1))
+        count += len(hits)
+        for i in hits[: max(limit - len(matched), 0)]:
+            matched.append({"item_id": batch.column("item_id")[int(i)].as_py(), "codes": codes[i].tolist()})
+    wanted = pa.array([m["item_id"] for m in matched], pa.string())
+    text = {}
+    for batch in pq.ParquetFile(catalog_file).iter_batches(batch_size=batch_rows, columns=["item_id", "text"]):
+        keep = pc.is_in(batch.column("item_id"), value_set=wanted)
+        for row in batch.filter(keep).to_pylist():
+            text[row["item_id"]] = row["text"]
+    return {"prefix": prefix_name(prefix), "items": count,
+            "shown": [m | {"text": text.get(m["item_id"])} for m in matched]}
+
+
+def codes_markdown(summary: dict) -> str:
+    """A readable table per level: code, items, top words, top field values, one example."""
+    lines = []
+    for level in summary["levels"]:
+        purity = ", ".join(f"{f} {p:.2f}" for f, p in level["purity"].items() if p is not None)
+        lines += [f"## Level {level['level']}" + (f" (purity: {purity})" if purity else ""), "",
+                  "| code | items | words | " + " | ".join(summary["fields"]) + " | example |",
+                  "|---|---|---|" + "---|" * len(summary["fields"]) + "---|"]
+        for code in level["codes"]:
+            values = [", ".join(f"{v} ({n})" for v, n in code["fields"][f]) for f in summary["fields"]]
+            example = code["examples"][0]["text"] if code["examples"] else ""
+            lines.append(f"| {code['prefix']} | {code['items']} | {' '.join(w for w, _ in code['words'])} | "
+                         + " | ".join(values) + f" | {example} |")
+        lines.append("")
+    return "\n".join(lines)

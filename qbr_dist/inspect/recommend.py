@@ -1,0 +1,115 @@
+"""`qbr recommend`: the top-k next items for a user (their whole history) or a given history, from a
+trained model's exported weights, each explained by the semantic codes it shares with the history.
+
+An explanation cites, level by level, the recommended item's own code prefixes that some history
+item also has (`3`, then `3-41`, ...), with the number of history items sharing it and the words
+that characterise it (the code inspector's TF-IDF). Items kept out of training by a cold-item
+split are marked cold: their scores come from their codes alone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from qbr_dist.inspect.codes import prefix_name, summarize_codes
+from qbr_dist.pipeline import COLD, ITEMS, SEQUENCES
+from qbr_dist.seqrec.bert4rec import PAD
+
+
+def user_history(ingest: Path, user: str) -> list[int]:
+    """A user's whole time-ordered history (item indexes)."""
+    table = pq.read_table(ingest / SEQUENCES, columns=["user_id", "items"])
+    found = table.filter(pc.equal(table.column("user_id"), user))
+    if not found.num_rows:
+        raise ValueError(f"{ingest / SEQUENCES}: no user '{user}'")
+    return found.column("items")[0].as_py()
+
+
+def item_indexes(item_ids: pa.Array, wanted: list[str], source: Path) -> list[int]:
+    """Item index (row + 1 in the ingest catalog) of each id; a one-line error names an unknown one."""
+    rows = pc.index_in(pa.array(wanted, pa.string()), value_set=item_ids)
+    for item, row in zip(wanted, rows.to_pylist()):
+        if row is None:
+            raise ValueError(f"{source}: no item '{item}' in the run's catalog")
+    return [row + 1 for row in rows.to_pylist()]
+
+
+def score_next(model, history: list[int]) -> torch.Tensor:
+    """Scores of every item (index 1..N at 0..N-1) as the item after `history`, history items at -inf."""
+    recent = history[-(model.bert.config.max_position_embeddings - 1):] + [model.mask_token]
+    seq = torch.full((1, model.bert.config.max_position_embeddings), PAD, dtype=torch.long)
+    seq[0, -len(recent):] = torch.tensor(recent)
+    with torch.no_grad():
+        scores = model.score_items(model.encode(seq)[:, -1])[0]
+    scores[torch.tensor(history) - 1] = float("-inf")
+    return scores
+
+
+def shared_prefixes(item_codes: np.ndarray, history_codes: np.ndarray) -> list[dict]:
+    """The item's own level prefixes that history items also have, with how many do (suffix excluded)."""
+    cited = []
+    for level in range(item_codes.shape[0] - 1):
+        same = (history_codes[:, : level + 1] == item_codes[: level + 1]).all(axis=1)
+        if not same.any():
+            break
+        cited.append({"prefix": prefix_name(item_codes[: level + 1]), "history_items": int(same.sum())})
+    return cited
+
+
+def recommend(run: Path, *, stage: str = "qbert4rec", user: str | None = None, history: list[str] | None = None,
+              k: int = 10, words: int = 5) -> dict:
+    """Top-k items after a user's history or a given one, explained (see the module docstring)."""
+    from qbr_dist.seqrec.trained import load_trained
+
+    ingest = run / "ingest"
+    catalog = pq.read_table(ingest / ITEMS, columns=["item_id", "text"])
+    ids = catalog.column("item_id").combine_chunks()
+    past = user_history(ingest, user) if user is not None else item_indexes(ids, history or [], ingest / ITEMS)
+    if not past:
+        raise ValueError("recommend: give a user (--user) or a non-empty history (--history i1,i2,...)")
+    model, _ = load_trained(run / stage, ingest / COLD)
+    scores = score_next(model, past)
+    top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices.add(1).tolist()
+    codes = np.load(run / stage / "codes.npy") if (run / stage / "codes.npy").is_file() else None
+    cold = np.load(ingest / COLD) if (ingest / COLD).is_file() else np.zeros(len(ids) + 1, bool)
+    items = []
+    for item in top:
+        entry = {"item_id": ids[item - 1].as_py(), "score": round(float(scores[item - 1]), 4),
+                 "cold": bool(cold[item]), "text": catalog.column("text")[item - 1].as_py()}
+        if codes is not None:
+            entry |= {"codes": codes[item].tolist(), "shared": shared_prefixes(codes[item], codes[past])}
+        items.append(entry)
+    _describe_codes(items, run, words)
+    return {"stage": stage, "user": user, "history": [ids[i - 1].as_py() for i in past], "items": items}
+
+
+def _describe_codes(items: list[dict], run: Path, words: int) -> None:
+    """Adds each cited prefix's characteristic words (one inspector pass over the levels cited)."""
+    from qbr_dist.inspect.run import run_codes
+
+    depth = max((len(item.get("shared", [])) for item in items), default=0)
+    if not depth:
+        return
+    summary = summarize_codes(run_codes(run), run / "ingest" / ITEMS, levels=depth, top=words, examples=0)
+    meaning = {code["prefix"]: [w for w, _ in code["words"]] for level in summary["levels"] for code in level["codes"]}
+    for item in items:
+        for cited in item.get("shared", []):
+            cited["words"] = meaning.get(cited["prefix"], [])
+
+
+def recommend_markdown(found: dict) -> str:
+    lines = [f"Top {len(found['items'])} from {found['stage']} after "
+             + (f"user {found['user']}'s" if found["user"] is not None else "the given")
+             + f" history of {len(found['history'])} items", "",
+             "| # | item | score | codes shared with the history (items; words) | text |", "|---|---|---|---|---|"]
+    for rank, item in enumerate(found["items"], start=1):
+        shared = "; ".join(f"{c['prefix']} ({c['history_items']}; {' '.join(c.get('words', []))})"
+                           for c in item.get("shared", [])) or "none"
+        name = item["item_id"] + (" (cold)" if item["cold"] else "")
+        lines.append(f"| {rank} | {name} | {item['score']} | {shared} | {(item['text'] or '')[:60]} |")
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""`qbr inspect` on a run directory: finds the run's codes and catalog, writes <run>/inspect/."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from qbr_dist import artifacts
+from qbr_dist.config import Config
+from qbr_dist.inspect.codes import codes_markdown, items_under, parse_prefix, summarize_codes
+from qbr_dist.pipeline import ITEMS, run_dir
+from qbr_dist.quant import CODES
+
+CATALOG = Path("ingest") / ITEMS
+
+
+def run_codes(run: Path) -> Path:
+    """The run's codes: every item's (retokenize stage) when it ran, else the quantize stage's."""
+    for stage in ("retokenize", "quantize"):
+        if artifacts.read_manifest(run / stage) is not None:
+            return run / stage / CODES
+    raise FileNotFoundError(f"{run}: no finished quantize stage; run `qbr quantize` or `qbr run` first")
+
+
+def inspect_codes(cfg: Config, *, levels: int, top: int, prefix: str | None, limit: int) -> str:
+    """Markdown of the code summary (or of the items under `prefix`); the JSON goes to <run>/inspect/."""
+    run = run_dir(cfg)
+    codes, catalog = run_codes(run), run / CATALOG
+    out = run / "inspect"
+    if prefix:
+        found = items_under(codes, catalog, parse_prefix(prefix), limit=limit)
+        artifacts.write_json(out / f"prefix-{found['prefix']}.json", found)
+        rows = [f"| {item['item_id']} | {'-'.join(map(str, item['codes']))} | {item['text'] or ''} |"
+                for item in found["shown"]]
+        return "\n".join([f"{found['items']} items under code prefix {found['prefix']} (showing {len(rows)})", "",
+                          "| item | codes | text |", "|---|---|---|", *rows])
+    summary = summarize_codes(codes, catalog, levels=levels, fields=cfg.structure.fields,
+                              separator=cfg.structure.separator, top=top)
+    table = codes_markdown(summary)
+    artifacts.write_json(out / "codes.json", summary)
+    with artifacts.atomic_path(out / "codes.md") as tmp:
+        tmp.write_text(table)
+    return table
+
+
+def recommend_for(cfg: Config, *, stage: str, user: str | None, history: str | None, k: int) -> str:
+    """Markdown of `recommend` on the run; the JSON goes to <run>/inspect/recommend-<who>.json."""
+    from qbr_dist.inspect.recommend import recommend, recommend_markdown
+
+    run = run_dir(cfg)
+    found = recommend(run, stage=stage, user=user, history=history.split(",") if history else None, k=k)
+    who = f"user-{user}" if user is not None else "history"
+    artifacts.write_json(run / "inspect" / f"recommend-{who}.json", found)
+    return recommend_markdown(found)
