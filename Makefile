@@ -21,12 +21,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-# Debian's Prometheus (prometheus + promtool) for the tests that scrape a run; apt, as root or via sudo.
+# Debian's Prometheus (prometheus + promtool) for the tests that scrape a run, and Chromium for the
+# one that opens report.html (driven by Playwright, no browser download); apt, as root or via sudo.
 test-tools:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && test -x /usr/bin/chromium || { \
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q \
-	    --no-install-recommends prometheus; }
+	    --no-install-recommends prometheus chromium; }
 
 # Grafana dashboards and alert rules from their one definition (qbr_dist/obs/dashboards.py).
 ops: setup

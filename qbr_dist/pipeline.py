@@ -73,7 +73,7 @@ def _run_stages(cfg: Config) -> dict:
     if tokenizer and cfg.model.tokens != "id":
         model_dirs["qbert4rec"] = bert4rec(cfg, root, ingest_dir, quantize_dir=tokenizer["quantize"],
                                            codes_dir=tokenizer.get("retokenize", tokenizer["quantize"]))
-    return write_report(cfg, root, model_dirs, ingest_dir, tokenizer_dirs(tokenizer))
+    return _report(cfg, root, model_dirs, ingest_dir, tokenizer_dirs(tokenizer))
 
 
 def run_seeds(cfg: Config, seeds: int) -> dict:
@@ -131,7 +131,16 @@ def report_only(cfg: Config) -> dict:
         raise FileNotFoundError(f"{root}: stage(s) {', '.join(missing)} not finished; run `qbr run` first")
     finished = {name: root / name for name in ("fusion", "quantize") if artifacts.read_manifest(root / name)}
     models = {name: root / name for name in MODEL_STAGES if artifacts.read_manifest(root / name)}
-    return write_report(cfg, root, models, root / "ingest", tokenizer_dirs(finished))
+    return _report(cfg, root, models, root / "ingest", tokenizer_dirs(finished))
+
+
+def _report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_dir: Path, tokenizer: dict) -> dict:
+    """report.json, report.md and the plots, then report.html around them."""
+    from qbr_dist.inspect.html_report import write_html
+
+    report = write_report(cfg, root, model_dirs, ingest_dir, tokenizer)
+    write_html(cfg, root)
+    return report
 
 
 def tokenizer_dirs(dirs: dict[str, Path]) -> dict[str, Path]:

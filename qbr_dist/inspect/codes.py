@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from qbr_dist.data.tables import column_matrix
+from qbr_dist.inspect.tables import markdown_table
 
 WORD = re.compile(r"[a-z][a-z0-9']{2,}")
 STOPWORDS = frozenset(
@@ -168,18 +169,22 @@ def items_under(codes_file: Path, catalog_file: Path, prefix: tuple[int, ...], *
             "shown": [m | {"text": text.get(m["item_id"])} for m in matched]}
 
 
+def code_table(summary: dict, level: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one level: code, items, top words, top field values, one example."""
+    header = ["code", "items", "words", *summary["fields"], "example"]
+    rows = [[code["prefix"], str(code["items"]), " ".join(w for w, _ in code["words"]),
+             *(", ".join(f"{v} ({n})" for v, n in code["fields"][f]) for f in summary["fields"]),
+             code["examples"][0]["text"] if code["examples"] else ""] for code in level["codes"]]
+    return header, rows
+
+
+def level_title(level: dict) -> str:
+    purity = ", ".join(f"{f} {p:.2f}" for f, p in level["purity"].items() if p is not None)
+    return f"Level {level['level']}" + (f" (purity: {purity})" if purity else "")
+
+
 def codes_markdown(summary: dict) -> str:
-    """A readable table per level: code, items, top words, top field values, one example."""
     lines = []
     for level in summary["levels"]:
-        purity = ", ".join(f"{f} {p:.2f}" for f, p in level["purity"].items() if p is not None)
-        lines += [f"## Level {level['level']}" + (f" (purity: {purity})" if purity else ""), "",
-                  "| code | items | words | " + " | ".join(summary["fields"]) + " | example |",
-                  "|---|---|---|" + "---|" * len(summary["fields"]) + "---|"]
-        for code in level["codes"]:
-            values = [", ".join(f"{v} ({n})" for v, n in code["fields"][f]) for f in summary["fields"]]
-            example = code["examples"][0]["text"] if code["examples"] else ""
-            lines.append(f"| {code['prefix']} | {code['items']} | {' '.join(w for w, _ in code['words'])} | "
-                         + " | ".join(values) + f" | {example} |")
-        lines.append("")
+        lines += [f"## {level_title(level)}", "", *markdown_table(*code_table(summary, level)), ""]
     return "\n".join(lines)

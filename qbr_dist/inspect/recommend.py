@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import torch
 
 from qbr_dist.inspect.codes import prefix_name, summarize_codes
+from qbr_dist.inspect.tables import markdown_table
 from qbr_dist.pipeline import COLD, ITEMS, SEQUENCES
 from qbr_dist.seqrec.bert4rec import PAD
 
@@ -102,14 +103,21 @@ def _describe_codes(items: list[dict], run: Path, words: int) -> None:
             cited["words"] = meaning.get(cited["prefix"], [])
 
 
-def recommend_markdown(found: dict) -> str:
-    lines = [f"Top {len(found['items'])} from {found['stage']} after "
-             + (f"user {found['user']}'s" if found["user"] is not None else "the given")
-             + f" history of {len(found['history'])} items", "",
-             "| # | item | score | codes shared with the history (items; words) | text |", "|---|---|---|---|---|"]
+def recommend_title(found: dict) -> str:
+    who = f"user {found['user']}'s" if found["user"] is not None else "the given"
+    return f"Top {len(found['items'])} from {found['stage']} after {who} history of {len(found['history'])} items"
+
+
+def recommend_table(found: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["#", "item", "score", "codes shared with the history (items; words)", "text"]
+    rows = []
     for rank, item in enumerate(found["items"], start=1):
         shared = "; ".join(f"{c['prefix']} ({c['history_items']}; {' '.join(c.get('words', []))})"
                            for c in item.get("shared", [])) or "none"
-        name = item["item_id"] + (" (cold)" if item["cold"] else "")
-        lines.append(f"| {rank} | {name} | {item['score']} | {shared} | {(item['text'] or '')[:60]} |")
-    return "\n".join(lines)
+        rows.append([str(rank), item["item_id"] + (" (cold)" if item["cold"] else ""), str(item["score"]), shared,
+                     (item["text"] or "")[:60]])
+    return header, rows
+
+
+def recommend_markdown(found: dict) -> str:
+    return "\n".join([recommend_title(found), "", *markdown_table(*recommend_table(found))])

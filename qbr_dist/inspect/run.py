@@ -6,6 +6,7 @@ from pathlib import Path
 from qbr_dist import artifacts
 from qbr_dist.config import Config
 from qbr_dist.inspect.codes import codes_markdown, items_under, parse_prefix, summarize_codes
+from qbr_dist.inspect.tables import markdown_table
 from qbr_dist.pipeline import ITEMS, run_dir
 from qbr_dist.quant import CODES
 
@@ -28,10 +29,9 @@ def inspect_codes(cfg: Config, *, levels: int, top: int, prefix: str | None, lim
     if prefix:
         found = items_under(codes, catalog, parse_prefix(prefix), limit=limit)
         artifacts.write_json(out / f"prefix-{found['prefix']}.json", found)
-        rows = [f"| {item['item_id']} | {'-'.join(map(str, item['codes']))} | {item['text'] or ''} |"
-                for item in found["shown"]]
+        rows = [[item["item_id"], "-".join(map(str, item["codes"])), item["text"] or ""] for item in found["shown"]]
         return "\n".join([f"{found['items']} items under code prefix {found['prefix']} (showing {len(rows)})", "",
-                          "| item | codes | text |", "|---|---|---|", *rows])
+                          *markdown_table(["item", "codes", "text"], rows)])
     summary = summarize_codes(codes, catalog, levels=levels, fields=cfg.structure.fields,
                               separator=cfg.structure.separator, top=top)
     table = codes_markdown(summary)
