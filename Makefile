@@ -5,13 +5,16 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+RECBOLE_VENV := .venv-recbole
+RECBOLE_STAMP := $(RECBOLE_VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup test-tools ops submit demo test test-unit test-integration test-reliability bench-encode bench-encode-quick bench-kmeans \
-	bench-kmeans-quick bench-retokenize bench-retokenize-quick bench-ablations bench-ablations-quick bench-load bench-load-quick clean
+	bench-kmeans-quick bench-retokenize bench-retokenize-quick bench-ablations bench-ablations-quick bench-load bench-load-quick \
+	bench-quality bench-quality-quick clean
 
 setup: $(STAMP)
 
@@ -89,5 +92,18 @@ bench-ablations: $(BENCH_STAMP)
 bench-ablations-quick: $(BENCH_STAMP)
 	$(PY) bench/ablations.py --quick
 
+# RecBole 1.2.1 (the peers of bench/quality.py) pins an old Ray: its own venv, with the project's torch pin.
+$(RECBOLE_STAMP): bench/recbole/requirements.txt constraints.txt
+	test -x $(RECBOLE_VENV)/bin/python || $(PYTHON) -m venv $(RECBOLE_VENV)
+	$(RECBOLE_VENV)/bin/python -m pip --disable-pip-version-check install -q -c constraints.txt \
+	  -r bench/recbole/requirements.txt
+	touch $(RECBOLE_STAMP)
+
+bench-quality: $(STAMP) $(RECBOLE_STAMP)
+	$(PY) bench/quality.py
+
+bench-quality-quick: $(STAMP) $(RECBOLE_STAMP)
+	$(PY) bench/quality.py --quick
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(RECBOLE_VENV) .pytest_cache

@@ -31,7 +31,7 @@ def latest_checkpoint_step(stage_dir: Path) -> int:
     return latest["metrics"]["step"] if latest else -1
 
 
-def wait_for(condition, process: subprocess.Popen, *, what: str, timeout: float = 600) -> None:
+def wait_for(condition, process: subprocess.Popen, *, what: str, timeout: float = 1200) -> None:
     """Poll `condition` until it holds; fails if `process` ends first or time runs out."""
     deadline = time.time() + timeout
     while not condition():
