@@ -266,7 +266,8 @@ def main(argv: list[str]) -> int:
         "side_by_side": side_by_side(models),
         "models": models,
         "settings": {
-            "project": {"config": str(CONFIG.relative_to(REPO)), "overrides": overrides, "summary": str(summary),
+            "project": {"config": str(CONFIG.relative_to(REPO)), "summary": str(summary),
+                        "overrides": None if args.project_summary else overrides,  # None: an existing summary
                         "seeds": project["seeds"],
                         **{s: project_cfg[s] for s in ("model", "train", "eval", "runtime") if s in project_cfg}},
             "recbole": {"seeds": recbole_seeds, "arguments": recbole["arguments"], "models": recbole["settings"]},
@@ -277,8 +278,10 @@ def main(argv: list[str]) -> int:
     RESULTS.mkdir(exist_ok=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2) + "\n")
-    plot(models, out_path.with_suffix(".png"),
-         f"MovieLens-100K, leave-one-out, warm test targets; mean ± std over {len(recbole_seeds)} seed(s)")
+    counts = sorted({len(project["seeds"]), len(recbole_seeds)})
+    plot(models, out_path.with_suffix(".png"), "MovieLens-100K, leave-one-out, warm test targets; mean ± std over "
+         + (f"{counts[0]} seed(s)" if len(counts) == 1 else
+            f"{len(project['seeds'])} (qbr-dist) and {len(recbole_seeds)} (RecBole) seeds"))
     pair = result["side_by_side"]
     print(f"qbert4rec test NDCG@10 {pair.get('qbert4rec_test_ndcg10', float('nan')):.4f}; best RecBole "
           f"({pair['best_recbole']['model']}) {pair['best_recbole']['test_ndcg10']:.4f}", flush=True)
