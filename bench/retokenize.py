@@ -80,9 +80,10 @@ class WorkerMemory:
                     self.peak_mb = max(self.peak_mb, process.info["memory_info"].rss / 2**20)
 
 
-def run(items: int, actors: int) -> dict:
-    """Write the table and fit the codebook here; retokenize in a fresh process that reports its memory."""
-    folder = WORK / f"{items}"
+def run(items: int, actors: int, work: Path = WORK) -> dict:
+    """Write the table (under `work`) and fit the codebook here; retokenize in a fresh process that reports its
+    memory."""
+    folder = work / f"{items}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     started = time.perf_counter()

@@ -226,7 +226,8 @@ class RuntimeConfig:
 
 @dataclass
 class ModelConfig:
-    tokens: str = "semantic"  # Q-BERT4Rec's items: "semantic" (code embeddings), "hybrid" (+ ID vector); "id": no Q-BERT
+    # Q-BERT4Rec's items: "semantic" (code embeddings), "hybrid" (+ ID vector); "id": no Q-BERT
+    tokens: str = "semantic"
     hidden: int = 64
     layers: int = 2
     heads: int = 2

@@ -358,7 +358,7 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     finally:
         context.enable_progress_bars = bars
         obs_serve.retire(obs_serve.endpoint(cfg), "encode-actor")
-    _count_records(cfg, "encode", read=totals["items"] + totals["quarantined"], quarantined=totals["quarantined"])
+    _count_records(cfg, "encode", read=totals["read"], quarantined=totals["quarantined"])
     log.info("encode: %d items (%d with an image), %d quarantined, %d shards already done, %.1f items/s",
              totals["items"], totals["with_image"], totals["quarantined"], totals["skipped_shards"],
              totals["items_per_s"])

@@ -145,7 +145,7 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
     index = json.loads((shard_dir / INDEX).read_text())
     done = _read_done(out_dir)
     config_hash = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
-    totals = {"items": 0, "with_image": 0, "skipped_shards": 0}
+    totals = {"read": 0, "items": 0, "with_image": 0, "skipped_shards": 0}
     quarantined_before = quarantine.total
     started = time.perf_counter()
     for shard in index["shards"]:
@@ -172,7 +172,7 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
             pq.write_table(_feature_table(kept), tmp)
         done[shard["file"]] = entry | {"rows": kept.num_rows}
         artifacts.write_json(out_dir / SHARDS_DONE, done)
-        totals["items"] += kept.num_rows
+        totals["read"], totals["items"] = totals["read"] + table.num_rows, totals["items"] + kept.num_rows
         totals["with_image"] += int(pa.compute.sum(kept.column("has_image")).as_py() or 0)
     totals["quarantined"] = quarantine.total - quarantined_before
     totals["items_per_s"] = round(totals["items"] / max(time.perf_counter() - started, 1e-9), 1)

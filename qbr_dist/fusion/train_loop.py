@@ -29,6 +29,7 @@ from qbr_dist.fusion.model import MODALITIES, CrossModalFusion
 from qbr_dist.obs.metrics import TrainMeter
 from qbr_dist.train import collective
 from qbr_dist.train import runtime as rt
+from qbr_dist.train.engine import init_engine
 
 log = logging.getLogger("qbr.fusion")
 
@@ -90,7 +91,7 @@ def fusion_worker(loop_config: dict) -> None:
     arrays = features.load(Path(loop_config["features_dir"]))
     torch.manual_seed(seed)
     model = build_model(cfg, arrays, num_items, loop_config["vocab_size"])
-    engine = rt.init_engine(model, runtime=runtime, micro_batch=max(cfg.batch_size // world, 1), lr=cfg.lr,
+    engine = init_engine(model, runtime=runtime, micro_batch=max(cfg.batch_size // world, 1), lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     restored = rt.restore_checkpoint(engine, loop_config)
     state = FusionState(**restored) if restored else FusionState()
@@ -167,7 +168,8 @@ def write_fused(model: CrossModalFusion, arrays: dict, loop_config: dict, out: P
     first, last = 1 + start, 1 + stop  # item indices start at 1
     passes = collective.share(num_items, 0, world)[1]  # rank 0's share is the largest: every rank runs as many
     layers, modalities = cfg.layers, len(MODALITIES)
-    weight_sums, present_counts = torch.zeros(layers, modalities, dtype=torch.float64), torch.zeros(modalities, dtype=torch.float64)
+    weight_sums = torch.zeros(layers, modalities, dtype=torch.float64)
+    present_counts = torch.zeros(modalities, dtype=torch.float64)
     gate_sums, depth_counts = torch.zeros(layers, dtype=torch.float64), torch.zeros(layers + 1, dtype=torch.float64)
     fused, depths = [], []
     model.eval()

@@ -6,15 +6,16 @@ structured fields (category, brand, genres), and a few example items. A word's s
 is TF-IDF with items as documents: the share of the code's items whose text has the word, times
 log(catalog items / catalog items with the word).
 
-Scale: the catalog's text is streamed in record batches; what stays in memory is the codes as
-arrays (the ids column and an int32 matrix, about 30 bytes an item at 4 levels) and one word
-counter per code prefix summarised (so `levels` = 1, the default, stays small at any size).
-`items_under` streams the codes file itself.
+Scale: both files are streamed. The codes and the catalog are first spread over hash buckets of
+the item id on disk (a temporary folder), then joined a bucket at a time, so what stays in memory is
+one bucket's codes and one word counter per code prefix summarised (`levels` = 1, the default,
+stays small at any size). `items_under` streams the codes file in one pass.
 """
 from __future__ import annotations
 
 import math
 import re
+import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from qbr_dist.data.buckets import BucketFiles, id_buckets
 from qbr_dist.data.tables import column_matrix
 from qbr_dist.inspect.tables import markdown_table
 
@@ -54,10 +56,11 @@ def parse_prefix(text: str) -> tuple[int, ...]:
 
 
 class CodeLookup:
-    """Each item's codes by item id: the codes file's two columns as arrays, not Python objects."""
+    """Each item's codes by item id: a (bucket of the) codes file's two columns as arrays, not Python objects."""
 
-    def __init__(self, codes_file: Path):
-        table = pq.read_table(codes_file, columns=["item_id", "codes"])
+    def __init__(self, table: pa.Table | None):
+        table = table if table is not None else pa.table({"item_id": pa.array([], pa.string()),
+                                                          "codes": pa.array([], pa.list_(pa.int32()))})
         self.ids = table.column("item_id").combine_chunks()
         self.codes = column_matrix(table.column("codes"), np.int32)
 
@@ -69,8 +72,10 @@ class CodeLookup:
 class CodeSummary:
     """Counts per code prefix, filled batch by batch; `result` turns them into the report."""
 
-    def __init__(self, levels: int, fields: list[str], examples: int, separator: str = ""):
+    def __init__(self, levels: int, fields: list[str], examples: int, separator: str = "",
+                 also: frozenset[str] = frozenset()):
         self.levels, self.fields, self.max_examples, self.separator = levels, fields, examples, separator
+        self.also, self.depth = also, max([levels, *(p.count("-") + 1 for p in also)])
         self.items: Counter = Counter()
         self.word_items: dict[str, Counter] = defaultdict(Counter)
         self.field_values: dict[tuple[str, str], Counter] = defaultdict(Counter)
@@ -85,8 +90,10 @@ class CodeSummary:
         if codes is None:
             self.without_codes += 1
             return
-        for level in range(min(self.levels, len(codes))):
+        for level in range(min(self.depth, len(codes))):
             prefix = prefix_name(codes[: level + 1])
+            if level >= self.levels and prefix not in self.also:
+                continue
             self.items[prefix] += 1
             self.word_items[prefix].update(found)
             for field in self.fields:
@@ -109,7 +116,9 @@ class CodeSummary:
                 "codes": [self._code(p, top) for p in prefixes],
                 "purity": {field: self._purity(prefixes, field) for field in self.fields},
             })
-        return {"catalog_items": self.catalog_items, "items_without_codes": self.without_codes, "levels": levels}
+        also = [self._code(p, top) for p in sorted(self.also, key=parse_prefix) if p in self.items]
+        return {"catalog_items": self.catalog_items, "items_without_codes": self.without_codes, "levels": levels,
+                "also": also}
 
     def _code(self, prefix: str, top: int) -> dict:
         n = self.items[prefix]
@@ -130,21 +139,38 @@ class CodeSummary:
 
 
 def summarize_codes(codes_file: Path, catalog_file: Path, *, levels: int = 1, fields: list[str] = (),
-                    separator: str = "", top: int = 8, examples: int = 3, batch_rows: int = 65_536) -> dict:
-    """The report of every code prefix of the first `levels` levels (see the module docstring);
-    `fields` missing from the catalog are left out."""
-    lookup = CodeLookup(codes_file)
+                    separator: str = "", top: int = 8, examples: int = 3, also: frozenset[str] = frozenset(),
+                    batch_rows: int = 65_536, bucket_rows: int = 1_000_000, work: Path | None = None) -> dict:
+    """The report of every code prefix of the first `levels` levels, and of the deeper prefixes in `also`
+    (see the module docstring); `fields` missing from the catalog are left out. The buckets hold about
+    `bucket_rows` codes each and live in a temporary folder under `work` (the system's by default)."""
     present = set(pq.read_schema(catalog_file).names)
     fields = [f for f in fields if f in present]
-    summary = CodeSummary(levels, fields, examples, separator)
+    summary = CodeSummary(levels, fields, examples, separator, also)
     columns = ["item_id", "text", *fields]
-    for batch in pq.ParquetFile(catalog_file).iter_batches(batch_size=batch_rows, columns=columns):
-        rows = lookup.rows(batch.column("item_id"))
-        values = {name: batch.column(name).cast(pa.string()).to_pylist() for name in columns}
-        for i, row in enumerate(rows):
-            summary.add(values["item_id"][i], values["text"][i], {f: values[f][i] for f in fields},
-                        lookup.codes[row] if row >= 0 else None)
+    buckets = max(1, -(-pq.ParquetFile(codes_file).metadata.num_rows // bucket_rows))
+    with tempfile.TemporaryDirectory(dir=work, prefix="inspect-") as folder:
+        codes = _by_item_bucket(codes_file, ["item_id", "codes"], Path(folder) / "codes", buckets, batch_rows)
+        catalog = _by_item_bucket(catalog_file, columns, Path(folder) / "catalog", buckets, batch_rows)
+        for bucket in range(buckets):
+            if not catalog.path(bucket).is_file():
+                continue
+            lookup = CodeLookup(codes.read(bucket))
+            for batch in pq.ParquetFile(catalog.path(bucket)).iter_batches(batch_size=batch_rows):
+                rows = lookup.rows(batch.column("item_id"))
+                values = {name: batch.column(name).cast(pa.string()).to_pylist() for name in columns}
+                for i, row in enumerate(rows):
+                    summary.add(values["item_id"][i], values["text"][i], {f: values[f][i] for f in fields},
+                                lookup.codes[row] if row >= 0 else None)
     return summary.result(top) | {"codes_file": str(codes_file), "fields": fields}
+
+
+def _by_item_bucket(path: Path, columns: list[str], folder: Path, buckets: int, batch_rows: int) -> BucketFiles:
+    """`columns` of a parquet file spread over `buckets` files by item id, streamed."""
+    with BucketFiles(folder, buckets) as spread:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+            spread.add(pa.Table.from_batches([batch]), id_buckets(batch.column("item_id"), buckets))
+    return spread
 
 
 def items_under(codes_file: Path, catalog_file: Path, prefix: tuple[int, ...], *, limit: int = 50,

@@ -59,9 +59,7 @@ def inline_images(page: str, folder: Path) -> str:
     return re.sub(r'src="([^":]+\.png)"', inline, page)
 
 
-def code_browser(cfg: Config, run: Path) -> str:
-    summary = summarize_codes(run_codes(run), run / CATALOG, levels=1, fields=cfg.structure.fields,
-                              separator=cfg.structure.separator)
+def code_browser(summary: dict) -> str:
     level = summary["levels"][0]
     return ('<section id="codes"><h2>Semantic codes</h2><p>Every first-level code: its items, characteristic '
             'words (TF-IDF against the catalog), most frequent field values and an example. '
@@ -69,26 +67,39 @@ def code_browser(cfg: Config, run: Path) -> str:
             f"</p><h3>{html.escape(level_title(level))}</h3>{html_table(*code_table(summary, level))}</section>")
 
 
-def recommendations(run: Path) -> str:
-    from qbr_dist.inspect.recommend import recommend, recommend_table, recommend_title
+def recommendations(found: list[dict]) -> str:
+    from qbr_dist.inspect.recommend import recommend_table, recommend_title
 
-    users = pq.read_table(run / "ingest" / "sequences.parquet", columns=["user_id"]).column("user_id")
-    found = [recommend(run, user=user.as_py(), k=5) for user in users[:RECOMMENDED_USERS]]
     parts = [f"<h3>{html.escape(recommend_title(f))}</h3>{html_table(*recommend_table(f))}" for f in found]
     return '<section id="recommendations"><h2>Explained recommendations</h2>' + "".join(parts) + "</section>"
+
+
+def recommend_some_users(run: Path) -> list[dict]:
+    """Top 5 for the first few users of the run, from one load of the Q-BERT4Rec weights."""
+    from qbr_dist.inspect.recommend import Recommender
+
+    users = pq.read_table(run / "ingest" / "sequences.parquet", columns=["user_id"]).column("user_id")
+    recommender = Recommender(run)
+    return [recommender.top(user=user.as_py(), k=5) for user in users[:RECOMMENDED_USERS]]
 
 
 def write_html(cfg: Config, run: Path) -> Path:
     """<run>/report.html from the run's report.md and plots, codes and Q-BERT4Rec weights (where they exist)."""
     from qbr_dist.train.export import WEIGHTS
 
+    from qbr_dist.inspect.recommend import cited_prefixes, describe_codes
+
     sections = [f"<section id=\"results\"><h2>Results</h2>{to_html((run / 'report.md').read_text())}</section>"]
+    found = recommend_some_users(run) if (run / "qbert4rec" / WEIGHTS).is_file() else []
     script = ""
     if artifacts.read_manifest(run / "quantize") is not None:
-        sections.append(code_browser(cfg, run))
+        summary = summarize_codes(run_codes(run), run / CATALOG, levels=1, fields=cfg.structure.fields,
+                                  separator=cfg.structure.separator, also=cited_prefixes(found), work=run)
+        describe_codes(found, summary)
+        sections.append(code_browser(summary))
         script = f"<script>{FILTER}</script>"
-    if (run / "qbert4rec" / WEIGHTS).is_file():
-        sections.append(recommendations(run))
+    if found:
+        sections.append(recommendations(found))
     title = html.escape(f"qbr-dist run {cfg.run.name}")
     page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
             f"<style>{STYLE}</style></head><body><h1>{title}</h1>{''.join(sections)}"

@@ -62,45 +62,65 @@ def shared_prefixes(item_codes: np.ndarray, history_codes: np.ndarray) -> list[d
     return cited
 
 
+class Recommender:
+    """One run's trained model, catalog, codes and cold mask, loaded once for any number of histories."""
+
+    def __init__(self, run: Path, stage: str = "qbert4rec"):
+        from qbr_dist.seqrec.trained import load_trained
+
+        self.run, self.stage, ingest = run, stage, run / "ingest"
+        self.catalog = pq.read_table(ingest / ITEMS, columns=["item_id", "text"])
+        self.ids = self.catalog.column("item_id").combine_chunks()
+        self.model, _ = load_trained(run / stage, ingest / COLD)
+        codes = run / stage / "codes.npy"
+        self.codes = np.load(codes) if codes.is_file() else None
+        self.cold = np.load(ingest / COLD) if (ingest / COLD).is_file() else np.zeros(len(self.ids) + 1, bool)
+
+    def history(self, user: str | None, history: list[str] | None) -> list[int]:
+        past = user_history(self.run / "ingest", user) if user is not None else \
+            item_indexes(self.ids, history or [], self.run / "ingest" / ITEMS)
+        if not past:
+            raise ValueError("recommend: give a user (--user) or a non-empty history (--history i1,i2,...)")
+        return past
+
+    def top(self, *, user: str | None = None, history: list[str] | None = None, k: int = 10) -> dict:
+        """Top-k items after the history, each with the code prefixes it shares with it (no words yet)."""
+        past = self.history(user, history)
+        scores = score_next(self.model, past)
+        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices.add(1).tolist()
+        items = []
+        for item in top:
+            entry = {"item_id": self.ids[item - 1].as_py(), "score": round(float(scores[item - 1]), 4),
+                     "cold": bool(self.cold[item]), "text": self.catalog.column("text")[item - 1].as_py()}
+            if self.codes is not None:
+                entry |= {"codes": self.codes[item].tolist(), "shared": shared_prefixes(self.codes[item],
+                                                                                        self.codes[past])}
+            items.append(entry)
+        return {"stage": self.stage, "user": user, "history": [self.ids[i - 1].as_py() for i in past], "items": items}
+
+
+def cited_prefixes(found: list[dict]) -> frozenset[str]:
+    return frozenset(c["prefix"] for f in found for item in f["items"] for c in item.get("shared", []))
+
+
+def describe_codes(found: list[dict], summary: dict) -> None:
+    """Adds to each cited prefix its characteristic words from a code summary that covers it."""
+    codes = [c for level in summary["levels"] for c in level["codes"]] + summary.get("also", [])
+    meaning = {code["prefix"]: [w for w, _ in code["words"]] for code in codes}
+    for cited in (c for f in found for item in f["items"] for c in item.get("shared", [])):
+        cited["words"] = meaning.get(cited["prefix"], [])
+
+
 def recommend(run: Path, *, stage: str = "qbert4rec", user: str | None = None, history: list[str] | None = None,
               k: int = 10, words: int = 5) -> dict:
     """Top-k items after a user's history or a given one, explained (see the module docstring)."""
-    from qbr_dist.seqrec.trained import load_trained
-
-    ingest = run / "ingest"
-    catalog = pq.read_table(ingest / ITEMS, columns=["item_id", "text"])
-    ids = catalog.column("item_id").combine_chunks()
-    past = user_history(ingest, user) if user is not None else item_indexes(ids, history or [], ingest / ITEMS)
-    if not past:
-        raise ValueError("recommend: give a user (--user) or a non-empty history (--history i1,i2,...)")
-    model, _ = load_trained(run / stage, ingest / COLD)
-    scores = score_next(model, past)
-    top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices.add(1).tolist()
-    codes = np.load(run / stage / "codes.npy") if (run / stage / "codes.npy").is_file() else None
-    cold = np.load(ingest / COLD) if (ingest / COLD).is_file() else np.zeros(len(ids) + 1, bool)
-    items = []
-    for item in top:
-        entry = {"item_id": ids[item - 1].as_py(), "score": round(float(scores[item - 1]), 4),
-                 "cold": bool(cold[item]), "text": catalog.column("text")[item - 1].as_py()}
-        if codes is not None:
-            entry |= {"codes": codes[item].tolist(), "shared": shared_prefixes(codes[item], codes[past])}
-        items.append(entry)
-    _describe_codes(items, run, words)
-    return {"stage": stage, "user": user, "history": [ids[i - 1].as_py() for i in past], "items": items}
-
-
-def _describe_codes(items: list[dict], run: Path, words: int) -> None:
-    """Adds each cited prefix's characteristic words (one inspector pass over the levels cited)."""
     from qbr_dist.inspect.run import run_codes
 
-    depth = max((len(item.get("shared", [])) for item in items), default=0)
-    if not depth:
-        return
-    summary = summarize_codes(run_codes(run), run / "ingest" / ITEMS, levels=depth, top=words, examples=0)
-    meaning = {code["prefix"]: [w for w, _ in code["words"]] for level in summary["levels"] for code in level["codes"]}
-    for item in items:
-        for cited in item.get("shared", []):
-            cited["words"] = meaning.get(cited["prefix"], [])
+    found = Recommender(run, stage).top(user=user, history=history, k=k)
+    if cited := cited_prefixes([found]):
+        describe_codes([found], summarize_codes(run_codes(run), run / "ingest" / ITEMS, levels=0, also=cited,
+                                                top=words, examples=0, work=run))
+    return found
 
 
 def recommend_title(found: dict) -> str:

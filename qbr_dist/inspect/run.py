@@ -33,7 +33,7 @@ def inspect_codes(cfg: Config, *, levels: int, top: int, prefix: str | None, lim
         return "\n".join([f"{found['items']} items under code prefix {found['prefix']} (showing {len(rows)})", "",
                           *markdown_table(["item", "codes", "text"], rows)])
     summary = summarize_codes(codes, catalog, levels=levels, fields=cfg.structure.fields,
-                              separator=cfg.structure.separator, top=top)
+                              separator=cfg.structure.separator, top=top, work=run)
     table = codes_markdown(summary)
     artifacts.write_json(out / "codes.json", summary)
     with artifacts.atomic_path(out / "codes.md") as tmp:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qbr_dist import artifacts
+from qbr_dist.data.buckets import as_ids
 from qbr_dist.quant.codebook import CodebookMismatch
 
 VERSION_KEY, SUFFIX_KEY = b"qbr.codebook_version", b"qbr.suffix_table_size"
@@ -28,8 +29,6 @@ def _schema(version: str, suffix_table_size: int) -> pa.Schema:
 
 def _table(item_ids, codes: np.ndarray, suffixes: np.ndarray, schema: pa.Schema) -> pa.Table:
     """`item_ids`: Arrow, numpy or a list; codes (n, L) and suffixes (n,) become one list per item."""
-    from qbr_dist.quant.semantic_ids import as_ids
-
     full = np.concatenate([np.asarray(codes), np.asarray(suffixes)[:, None]], axis=1).astype(np.int32)
     offsets = pa.array(np.arange(0, full.size + 1, full.shape[1], dtype=np.int32))
     ids = as_ids(item_ids)

@@ -86,7 +86,8 @@ def _seed_centroids(local: torch.Tensor, k: int, offset: int, total: int, seed: 
         if cumulative[-1] <= 0:  # fewer distinct points than clusters: any point will do
             pick = int(rng.integers(len(sample)))
         else:
-            pick = int(torch.searchsorted(cumulative, rng.random() * cumulative[-1], right=True).clamp_max(len(sample) - 1))
+            drawn = torch.searchsorted(cumulative, rng.random() * cumulative[-1], right=True)
+            pick = int(drawn.clamp_max(len(sample) - 1))
         picks.append(pick)
         closest = torch.minimum(closest, _distances_to(sample, norms, pick))
     return sample[torch.tensor(picks)].clone()

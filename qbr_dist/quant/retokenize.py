@@ -29,13 +29,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from qbr_dist.data.buckets import BucketFiles, id_buckets, mix64
 from qbr_dist.data.tables import column_matrix
 from qbr_dist.fusion.export import ID_VECTOR, TOKENS_COLUMN, VECTOR_COLUMNS, fuse_batch, load_model
 from qbr_dist.obs.metrics import actor_labels, retokenized_items
 from qbr_dist.obs.serve import Endpoint, serve
 from qbr_dist.quant import CODES
 from qbr_dist.quant.codes import codes_version, codes_writer
-from qbr_dist.quant.semantic_ids import Previous, as_ids, assign_suffixes, shared_items
+from qbr_dist.quant.semantic_ids import Previous, assign_suffixes, shared_items
 from qbr_dist.quant.tokenizer import Tokenizer
 from qbr_dist.quant.worker import row_count
 
@@ -196,48 +197,6 @@ def _suffix_buckets(items: BucketFiles, earlier: BucketFiles, suffixed: BucketFi
     return {"items": total, "collision_rate": shared / total if total else 0.0, "suffix_table_size": largest + 1}
 
 
-class BucketFiles:
-    """One parquet file per bucket in a folder: appended to batch by batch, read back a bucket at a time."""
-
-    def __init__(self, folder: Path, buckets: int):
-        self.folder, self.buckets, self.writers = Path(folder), buckets, {}
-
-    def __enter__(self) -> BucketFiles:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for writer in self.writers.values():
-            writer.close()
-        self.writers.clear()
-
-    def path(self, bucket: int) -> Path:
-        return self.folder / f"{bucket:06d}.parquet"
-
-    def write(self, bucket: int, table: pa.Table) -> None:
-        if bucket not in self.writers:
-            self.writers[bucket] = pq.ParquetWriter(self.path(bucket), table.schema)
-        self.writers[bucket].write_table(table)
-
-    def add(self, table: pa.Table, bucket: np.ndarray) -> None:
-        """Each row of `table` to the file of its bucket."""
-        order = np.argsort(bucket, kind="stable")
-        table, bucket = table.take(order), bucket[order]
-        starts = np.flatnonzero(np.diff(bucket, prepend=-1))
-        for start, stop in zip(starts, [*starts[1:], len(bucket)]):
-            self.write(int(bucket[start]), table.slice(start, stop - start))
-
-    def read(self, bucket: int) -> pa.Table | None:
-        """The bucket's rows; None when it got none."""
-        return pq.read_table(self.path(bucket)) if self.path(bucket).is_file() else None
-
-    def tables(self) -> Iterator[tuple[int, pa.Table]]:
-        """(bucket, rows) of every bucket that got rows, in bucket order."""
-        for bucket in range(self.buckets):
-            if (table := self.read(bucket)) is not None:
-                yield bucket, table
-
-
 def with_buckets(table: pa.Table, buckets: int) -> pa.Table:
     """`table` (item_id, codes) with the bucket of each code tuple and the bucket of each item id."""
     codes = column_matrix(table.column("codes"), np.int64)
@@ -249,37 +208,8 @@ def code_buckets(codes: np.ndarray, buckets: int) -> np.ndarray:
     """(n,) bucket of each code tuple (n, L); the same tuple always gets the same bucket."""
     key = np.zeros(len(codes), dtype=np.uint64)
     for column in np.asarray(codes, dtype=np.int64).T:
-        key = _mix(key ^ column.astype(np.uint64))
+        key = mix64(key ^ column.astype(np.uint64))
     return (key % np.uint64(buckets)).astype(np.int32)
-
-
-def id_buckets(item_ids, buckets: int) -> np.ndarray:
-    """(n,) bucket of each item id, from its UTF-8 bytes (no Python string per item)."""
-    ids = as_ids(item_ids).cast(pa.large_string())
-    if not len(ids):
-        return np.zeros(0, dtype=np.int32)
-    _, offsets, data = ids.buffers()
-    offsets = np.frombuffer(offsets, dtype=np.int64)[ids.offset:ids.offset + len(ids) + 1]
-    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
-    data, starts, lengths = data[offsets[0]:offsets[-1]], offsets[:-1] - offsets[0], np.diff(offsets)
-    position = np.arange(len(data)) - np.repeat(starts, lengths)
-    with np.errstate(over="ignore"):
-        terms = data.astype(np.uint64) * _mix(position.astype(np.uint64) + np.uint64(1))
-        running = np.concatenate([np.zeros(1, dtype=np.uint64), np.cumsum(terms, dtype=np.uint64)])
-        key = _mix((running[starts + lengths] - running[starts]) ^ lengths.astype(np.uint64))
-    return (key % np.uint64(buckets)).astype(np.int32)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer: a fixed 64-bit mixing (Python's hash() is salted per process)."""
-    x = x.astype(np.uint64)
-    with np.errstate(over="ignore"):
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    return x
 
 
 def _batches(files: list[Path], columns: list[str]) -> Iterator[pa.Table]:

@@ -14,8 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# Item ids stay in Arrow throughout: a Python string per item would cost more memory than
-# everything else this module holds for a multi-million-item catalog.
+from qbr_dist.data.buckets import as_ids
 
 
 @dataclass
@@ -23,15 +22,6 @@ class Previous:
     item_ids: pa.Array  # (m,) string
     codes: np.ndarray  # (m, L) base codes
     suffixes: np.ndarray  # (m,)
-
-
-def as_ids(item_ids) -> pa.Array:
-    """Item ids as one Arrow string array (from Arrow, numpy or a list)."""
-    if isinstance(item_ids, pa.ChunkedArray):
-        return item_ids.combine_chunks().cast(pa.string())
-    if isinstance(item_ids, pa.Array):
-        return item_ids.cast(pa.string())
-    return pa.array([str(i) for i in item_ids], pa.string())
 
 
 def tuple_groups(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -29,6 +29,7 @@ from qbr_dist.quant.residual import decode, encode_with_stats, reconstruction_er
 from qbr_dist.quant.rqvae import RQVAE
 from qbr_dist.train import collective
 from qbr_dist.train import runtime as rt
+from qbr_dist.train.engine import init_engine
 
 log = logging.getLogger("qbr.quant")
 
@@ -150,7 +151,7 @@ def fit_rqvae(local: torch.Tensor, cfg: QuantConfig, loop_config: dict, runtime)
         model.latents(local, chunk_size=cfg.chunk_size), levels=cfg.levels, codebook_size=cfg.codebook_size,
         iterations=cfg.iterations, seed=seed, sample_size=cfg.sample_size, chunk_size=cfg.chunk_size)
     model.start_codebooks(codebooks, torch.tensor([s.counts for s in stats]), micro * world / total)
-    engine = rt.init_engine(model, runtime=runtime, micro_batch=micro, lr=cfg.rqvae_lr, weight_decay=0.0)
+    engine = init_engine(model, runtime=runtime, micro_batch=micro, lr=cfg.rqvae_lr, weight_decay=0.0)
     restored = rt.restore_checkpoint(engine, loop_config)
     state = RQVAEState(**restored) if restored else RQVAEState()
     if restored:

@@ -24,6 +24,7 @@ from qbr_dist.seqrec.metrics import metric_means, metric_sums, target_ranks
 from qbr_dist.seqrec.sampled_softmax import NegativeSampler
 from qbr_dist.seqrec.trained import build_model
 from qbr_dist.train import runtime as rt
+from qbr_dist.train.engine import init_engine
 
 log = logging.getLogger("qbr.bert4rec")
 
@@ -74,7 +75,7 @@ def bert4rec_worker(loop_config: dict) -> None:
 
     torch.manual_seed(seed)
     model = build_model(loop_config)
-    engine = rt.init_engine(model, runtime=runtime, micro_batch=train_cfg.batch_size // world,
+    engine = init_engine(model, runtime=runtime, micro_batch=train_cfg.batch_size // world,
                             lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     if runtime.zero_stage == 3:
         import deepspeed

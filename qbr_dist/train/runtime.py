@@ -2,7 +2,7 @@
 
 Driver side: `start_ray` (embedded one-node Ray, or the cluster named by RAY_ADDRESS) and `fit`
 (TorchTrainer with scaling, failure and checkpoint settings from RuntimeConfig).
-Worker side: `init_engine`, `save_checkpoint`, `restore_checkpoint`, `all_reduce_sum`.
+Worker side: `engine.init_engine`, `save_checkpoint`, `restore_checkpoint`, `all_reduce_sum`.
 
 Every worker streams the same ordered datasets (nothing is split by Ray Data) and keeps its
 own slice of each global batch: data order is then fixed by the seed alone, so a run is
@@ -121,30 +121,6 @@ def prepare_worker(runtime: RuntimeConfig) -> None:
     torch.set_num_threads(runtime.threads_per_worker)
     if not runtime.use_gpu:
         os.environ["DS_ACCELERATOR"] = "cpu"
-
-
-def deepspeed_config(runtime: RuntimeConfig, *, micro_batch: int) -> dict:
-    return {
-        "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": 1,
-        "gradient_clipping": runtime.grad_clip,
-        "zero_optimization": {"stage": runtime.zero_stage},
-        "bf16": {"enabled": runtime.precision == "bf16"},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-
-
-def init_engine(model: torch.nn.Module, *, runtime: RuntimeConfig, micro_batch: int, lr: float, weight_decay: float):
-    """DeepSpeed engine around `model` with torch's AdamW (DeepSpeed's own Adam compiles C++ first)."""
-    import deepspeed
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    engine, *_ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=deepspeed_config(runtime, micro_batch=micro_batch)
-    )
-    return engine
 
 
 def scheduled_lr(base_lr: float, step: int, *, total_steps: int, warmup_steps: int, schedule: str) -> float:

@@ -87,6 +87,7 @@ def test_encode_job_features_quarantine_and_resume(shard_dir, tmp_path, ray_clus
     assert not by_id["item.9"]["has_image"] and by_id["item.9"]["image_emb"] is None
     assert not by_id["bad-jpg"]["has_image"] and by_id["bad-jpg"]["image_emb"] is None
     assert totals["items"] == 15 and totals["with_image"] == 8
+    assert totals["read"] == 17  # the 15 kept and the 2 left out; bad-jpg is kept, without its image
 
     records = [json.loads(line) for line in (tmp_path / "quarantine.jsonl").read_text().splitlines()]
     reasons = " | ".join(r["reason"] for r in records)

@@ -30,6 +30,8 @@ def test_first_level_codes_recover_the_planted_categories(tmp_path, tokenized_ru
     run = pipeline.run_dir(tokenized_run.cfg)
     codes, catalog = run_codes(run), run / CATALOG
     ours = summarize_codes(codes, catalog, fields=["category"])["levels"][0]["purity"]["category"]
+    bucketed = summarize_codes(codes, catalog, fields=["category"], bucket_rows=100, work=tmp_path)
+    assert bucketed["levels"][0]["purity"]["category"] == ours  # 5 buckets of the item id, joined one by one
     chance = summarize_codes(shuffled_codes(codes, tmp_path / "shuffled.parquet"), catalog,
                              fields=["category"])["levels"][0]["purity"]["category"]
     assert ours >= 2 * chance, (ours, chance)

@@ -43,6 +43,30 @@ def test_each_code_gets_its_items_words_fields_and_examples(files):
     assert [c["prefix"] for c in summary["levels"][1]["codes"]] == ["0-3", "0-5", "1-3", "1-4"]
 
 
+def test_bucketed_summary_equals_the_one_bucket_summary(tmp_path, files):
+    """Spreading the files over many buckets (what a catalog of millions does) changes nothing but
+    which items serve as examples, and leaves nothing behind in the work folder."""
+    def without_examples(summary):
+        for code in [c for level in summary["levels"] for c in level["codes"]]:
+            assert {e["item_id"] for e in code.pop("examples")} <= {i for i, c in CODES.items()
+                                                                    if "-".join(map(str, c)).startswith(code["prefix"])}
+        return summary
+
+    one = summarize_codes(*files, levels=2, fields=["category"])
+    work = tmp_path / "work"
+    work.mkdir()
+    many = summarize_codes(*files, levels=2, fields=["category"], bucket_rows=1, batch_rows=1, work=work)
+    assert without_examples(many) == without_examples(one)
+    assert list(work.iterdir()) == []
+
+
+def test_deeper_prefixes_asked_for_are_summarised_alone(files):
+    summary = summarize_codes(*files, levels=0, also=frozenset({"0-3", "1-4", "7-7"}))
+    assert summary["levels"] == []
+    assert [(c["prefix"], c["items"]) for c in summary["also"]] == [("0-3", 2), ("1-4", 1)]
+    assert {w for w, _ in summary["also"][0]["words"]} >= {"mug", "ceramic"}
+
+
 def test_purity_drops_when_codes_do_not_follow_the_categories(tmp_path, files):
     _, catalog = files
     shuffled = tmp_path / "shuffled.parquet"

@@ -153,7 +153,8 @@ def test_an_item_id_repeated_in_two_buckets_is_refused(tmp_path):
 def test_buckets_are_fixed_functions_of_the_codes_and_the_id_bytes():
     import pyarrow as pa
 
-    from qbr_dist.quant.retokenize import code_buckets, id_buckets
+    from qbr_dist.data.buckets import id_buckets
+    from qbr_dist.quant.retokenize import code_buckets
 
     ids = pa.array(["x", "item1", "", "élan", "item1"]).slice(1)  # an offset into the buffers
     assert id_buckets(ids, 1000).tolist() == id_buckets(["item1", "", "élan", "item1"], 1000).tolist()

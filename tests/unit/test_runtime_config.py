@@ -1,7 +1,8 @@
 import torch
 
 from qbr_dist.config import load_config
-from qbr_dist.train.runtime import carry_epoch_sums, deepspeed_config, my_slice
+from qbr_dist.train.engine import deepspeed_config
+from qbr_dist.train.runtime import carry_epoch_sums, my_slice
 
 
 def test_deepspeed_config_follows_the_runtime_section():
