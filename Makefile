@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup test-tools ops submit demo test test-unit test-integration test-reliability bench-encode bench-encode-quick bench-kmeans \
 	bench-kmeans-quick bench-retokenize bench-retokenize-quick bench-ablations bench-ablations-quick bench-load bench-load-quick \
-	bench-quality bench-quality-quick clean
+	bench-quality bench-quality-quick bench-scaling bench-scaling-quick bench-throughput bench-throughput-quick bench-gpu-smoke gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -92,6 +92,12 @@ bench-ablations: $(BENCH_STAMP)
 bench-ablations-quick: $(BENCH_STAMP)
 	$(PY) bench/ablations.py --quick
 
+bench-scaling: $(BENCH_STAMP)
+	$(PY) bench/scaling.py
+
+bench-scaling-quick: $(BENCH_STAMP)
+	$(PY) bench/scaling.py --quick
+
 # RecBole 1.2.1 (the peers of bench/quality.py) pins an old Ray: its own venv, with the project's torch pin.
 $(RECBOLE_STAMP): bench/recbole/requirements.txt constraints.txt
 	test -x $(RECBOLE_VENV)/bin/python || $(PYTHON) -m venv $(RECBOLE_VENV)
@@ -104,6 +110,19 @@ bench-quality: $(STAMP) $(RECBOLE_STAMP)
 
 bench-quality-quick: $(STAMP) $(RECBOLE_STAMP)
 	$(PY) bench/quality.py --quick
+
+bench-throughput: $(STAMP) $(RECBOLE_STAMP)
+	$(PY) bench/train_throughput.py
+
+bench-throughput-quick: $(STAMP) $(RECBOLE_STAMP)
+	$(PY) bench/train_throughput.py --quick
+
+# bench/gpu/run.sh runs on a lent GPU machine (bench/README.md); here: its wheels, and its code path tiny on the CPU.
+gpu-wheels: $(STAMP)
+	PYTHON=$(PY) bash bench/gpu/wheels.sh
+
+bench-gpu-smoke: $(STAMP)
+	PYTHON=$(PY) bash bench/gpu/run.sh --smoke
 
 clean:
 	rm -rf $(VENV) $(RECBOLE_VENV) .pytest_cache

@@ -271,6 +271,18 @@ def _plain(value) -> bool:
 
 # ---------------------------------------------------------------- main
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The settings RecBole's models take from the project's config (bench/quality.py and train_throughput.py)."""
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--mask-ratio", type=float, default=0.2)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ingest", type=Path, required=True, help="a qbr-dist ingest folder (read only)")
@@ -280,14 +292,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--stopping-step", type=int, default=5, help="evaluations without a better valid NDCG@10")
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--heads", type=int, default=2)
-    parser.add_argument("--max-len", type=int, default=50)
-    parser.add_argument("--dropout", type=float, default=0.2)
-    parser.add_argument("--mask-ratio", type=float, default=0.2)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    add_model_arguments(parser)
     parser.add_argument("--eval-batch-size", type=int, default=512, help="users per scoring pass")
     parser.add_argument("--exclude-history", action="store_true")
     parser.add_argument("--threads", type=int, default=1)

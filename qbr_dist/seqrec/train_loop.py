@@ -62,6 +62,8 @@ class LoopState:
     mask_counts: list = field(default_factory=lambda: [0] * len(STRATEGIES))  # pretraining sequences per strategy
     train_loss: float | None = None  # mean loss per masked position over the latest epoch
     epoch_sums: dict = field(default_factory=dict)  # this epoch's loss and masked positions up to the last checkpoint
+    train_s: float = 0.0  # seconds of training steps, streaming their batches included; evaluation, checkpoints out
+    train_sequences: int = 0  # sequences trained over all ranks (global batches x batch size)
 
 
 def bert4rec_worker(loop_config: dict) -> None:
@@ -144,8 +146,10 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
         local_shuffle_seed=(seed * 1_000 + state.phase) * 100_003 + state.epoch,
     )
     epoch_started, sums, steps = time.perf_counter(), {}, 0
+    since = epoch_started  # end of the previous step: a step's time includes streaming its batch
     for index, batch in enumerate(batches):
         if index < state.batch:
+            since = time.perf_counter()
             continue  # resumed mid-epoch: these batches were trained before the checkpoint
         started = time.perf_counter()
         lr = learning_rate(cfg, phase, state.epoch * steps_per_epoch + index, steps_per_epoch)
@@ -168,12 +172,14 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
         sums = {"loss": sums.get("loss", 0.0) + float(loss_sum), "masked": sums.get("masked", 0) + masked}
         step_loss = float(loss_sum) / max(masked, 1)
         state.batch, state.step = index + 1, state.step + 1
+        state.train_s, state.train_sequences = state.train_s + time.perf_counter() - since, \
+            state.train_sequences + len(seq)
         meter.step(loss=step_loss, samples=len(seq) // world, seconds=time.perf_counter() - started,
                    lr=lr, grad_norm=engine.get_global_grad_norm())
         if state.step % runtime.checkpoint_every == 0:
             state.epoch_sums, sums = rt.carry_epoch_sums(state.epoch_sums, sums), {}
             _checkpoint(engine, state, meter, phase.name, step_loss)
-        steps += 1
+        steps, since = steps + 1, time.perf_counter()  # checkpoint time left out
     totals, state.batch, state.epoch_sums = rt.carry_epoch_sums(state.epoch_sums, sums), 0, {}
     if totals.get("masked"):
         state.train_loss = totals["loss"] / totals["masked"]
@@ -277,6 +283,7 @@ def _report_metrics(state: LoopState) -> dict:
     total = max(sum(state.mask_counts), 1)
     mixture = {name: round(count / total, 4) for name, count in zip(STRATEGIES, state.mask_counts) if count}
     return {"done": True, "step": state.step, "epochs": state.epochs, "resumed_at": state.resumed_at,
+            "train_s": state.train_s, "train_sequences": state.train_sequences,
             "mask_mixture": mixture,
             "best_phase": best.get("phase"), "best_epoch": best.get("epoch"), "curve": state.curve,
             **{f"{evaluation}/{k}": v for evaluation in EVALUATIONS for k, v in best.get(evaluation, {}).items()}}
