@@ -69,6 +69,10 @@ def test_two_workers_match_one_worker(zero_stage, tmp_path, data, one_worker, ra
     two_metrics, one_metrics = pipeline.read_metrics(two), pipeline.read_metrics(one_worker)
     assert two_metrics["steps"] == one_metrics["steps"] > 0
     assert two_metrics["test"]["NDCG@10"] == pytest.approx(one_metrics["test"]["NDCG@10"], abs=1e-6)
+    for run in (two_metrics, one_metrics):  # the training steps' own time: less than the whole fit
+        assert run["train_sequences"] == run["steps"] * cfg.train.batch_size
+        assert 0 < run["train_s"] < run["train_wall_s"]
+        assert run["sequences_per_s"] == pytest.approx(run["train_sequences"] / run["train_s"], rel=0.01)
 
 
 def test_sampled_softmax_two_workers_match_one_worker(tmp_path, data, one_worker, ray_cluster):
