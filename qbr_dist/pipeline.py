@@ -64,8 +64,8 @@ def serve_driver(cfg: Config) -> None:
 
 def _run_stages(cfg: Config) -> dict:
     root = run_dir(cfg)
-    ingest_dir = ingest(cfg, root)
     tokenizer = tokenize(cfg, root) if cfg.run.tokenize else {}
+    ingest_dir = tokenizer.get("ingest") or ingest(cfg, root)
     model_dirs = {"popularity": popularity(cfg, root, ingest_dir)}
     if tokenizer:
         model_dirs["content-knn"] = content_knn(cfg, root, ingest_dir, tokenizer["encode"])
