@@ -100,7 +100,7 @@ def tokenizer_run_overrides(root: Path, catalog: Path) -> list[str]:
         f"data.interactions='{catalog / synth.INTERACTIONS}'", f"data.catalog='{catalog / synth.CATALOG}'",
         "data.text_fields=['title', 'description']", f"shards.prebuilt_dir='{catalog / synth.SHARDS}'",
         "encode.image_model=qbr-tiny-vit", f"encode.image_model_config='{TINY_VIT}'",
-        "encode.image_random_init=true", "encode.batch_size=4", "structure.fields=['category', 'brand']",
+        "encode.image_random_init=true", "encode.batch_size=8", "structure.fields=['category', 'brand']",
         "structure.dim=8", "fusion.dim=16", "fusion.epochs=2", "fusion.batch_size=64", "fusion.warmup_steps=2",
         "quant.levels=2", "quant.codebook_size=8", "quant.iterations=10", "quant.retokenize_batch_size=8",
         "model.hidden=16", "model.layers=1", "model.heads=2", "model.max_len=8", "model.dropout=0.0",
@@ -145,7 +145,7 @@ def prometheus_config(folder: Path, *, targets_dir: Path | None) -> Path:
         files = {"qbr": [str(targets_dir / "*.json")], "ray": [str(RAY_DISCOVERY)]}
         for job in config["scrape_configs"]:
             job["file_sd_configs"] = [{"files": files[job["job_name"]], "refresh_interval": "1s"}]
-        # The tiny run's encoder actors live a second or two on an idle machine: scrape qbr processes
+        # The tiny run's encoder actors live a few seconds on an idle machine: scrape qbr processes
         # often enough that each is seen at least twice (rate() needs two samples).
         (qbr,) = [job for job in config["scrape_configs"] if job["job_name"] == "qbr"]
         qbr |= {"scrape_interval": "250ms", "scrape_timeout": "250ms"}

@@ -94,6 +94,11 @@ class EncoderActor:
         from qbr_dist.encode.image import ImageEncoder, resolve_model
         from qbr_dist.encode.text import TextEncoder
 
+        # Registered before the models load: Prometheus applies new targets every few seconds, and an actor
+        # of a small job may be done before that if it registers only once it can encode.
+        serve(metrics, process="encode-actor")
+        labels = actor_labels(metrics, stage="encode")
+        self.items, self.batch_seconds = encode_items.labels(**labels), encode_batch_seconds.labels(**labels)
         torch.set_num_threads(1)
         cfg = EncodeConfig(**cfg)
         device = "cuda" if cfg.gpus_per_actor > 0 else "cpu"
@@ -105,10 +110,6 @@ class EncoderActor:
             mean, std = self.image.model.visual.image_mean, self.image.model.visual.image_std
             self.mean = torch.tensor(mean).view(1, 3, 1, 1)
             self.std = torch.tensor(std).view(1, 3, 1, 1)
-        # Registered once the models are loaded: loading holds the interpreter, so scrapes would time out.
-        serve(metrics, process="encode-actor")
-        labels = actor_labels(metrics, stage="encode")
-        self.items, self.batch_seconds = encode_items.labels(**labels), encode_batch_seconds.labels(**labels)
 
     def __call__(self, batch: dict) -> dict:
         with self.batch_seconds.time():
