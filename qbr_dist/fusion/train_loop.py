@@ -92,7 +92,7 @@ def fusion_worker(loop_config: dict) -> None:
     torch.manual_seed(seed)
     model = build_model(cfg, arrays, num_items, loop_config["vocab_size"])
     engine = init_engine(model, runtime=runtime, micro_batch=max(cfg.batch_size // world, 1), lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
+                         weight_decay=cfg.weight_decay)
     restored = rt.restore_checkpoint(engine, loop_config)
     state = FusionState(**restored) if restored else FusionState()
     if restored:

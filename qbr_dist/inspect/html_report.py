@@ -85,9 +85,8 @@ def recommend_some_users(run: Path) -> list[dict]:
 
 def write_html(cfg: Config, run: Path) -> Path:
     """<run>/report.html from the run's report.md and plots, codes and Q-BERT4Rec weights (where they exist)."""
-    from qbr_dist.train.export import WEIGHTS
-
     from qbr_dist.inspect.recommend import cited_prefixes, describe_codes
+    from qbr_dist.train.export import WEIGHTS
 
     sections = [f"<section id=\"results\"><h2>Results</h2>{to_html((run / 'report.md').read_text())}</section>"]
     found = recommend_some_users(run) if (run / "qbert4rec" / WEIGHTS).is_file() else []

@@ -78,7 +78,7 @@ def bert4rec_worker(loop_config: dict) -> None:
     torch.manual_seed(seed)
     model = build_model(loop_config)
     engine = init_engine(model, runtime=runtime, micro_batch=train_cfg.batch_size // world,
-                            lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+                         lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     if runtime.zero_stage == 3:
         import deepspeed
 
