@@ -756,7 +756,7 @@ def _training_metrics(final: dict, *, wall_s: float) -> dict:
     }
     return metrics | {
         "train_wall_s": round(wall_s, 1), "epochs": final["epochs"], "steps": final["step"],
-        "train_s": round(final["train_s"], 2), "train_sequences": final["train_sequences"],
+        "train_s": round(final["train_s"], 4), "train_sequences": final["train_sequences"],
         "sequences_per_s": round(final["train_sequences"] / final["train_s"], 1) if final["train_s"] else None,
         "best": {"phase": final["best_phase"], "epoch": final["best_epoch"]},
         "curve": final["curve"], "resumed_at": final["resumed_at"], "mask_mixture": final.get("mask_mixture"),
