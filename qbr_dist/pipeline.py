@@ -634,13 +634,13 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     import ray.data
 
     from qbr_dist.seqrec.examples import eval_inputs, training_windows
-    from qbr_dist.seqrec.train_loop import bert4rec_worker
+    from qbr_dist.seqrec.train_loop import LOOP_VERSION, bert4rec_worker
     from qbr_dist.train.runtime import TrainJob, fit, start_ray
 
     stage = "qbert4rec" if quantize_dir is not None else "bert4rec"
     model = cfg.model if quantize_dir is not None else dataclasses.replace(cfg.model, tokens="id")
     # Worker count, checkpoint cadence and the like do not change the result; precision and clipping do.
-    config_hash = cfg.section_hash("train", "eval", model=model.__dict__, seed=cfg.run.seed,
+    config_hash = cfg.section_hash("train", "eval", model=model.__dict__, seed=cfg.run.seed, loop=LOOP_VERSION,
                                    precision=cfg.runtime.precision, grad_clip=cfg.runtime.grad_clip)
     inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
     codes_dir = codes_dir or quantize_dir
@@ -758,7 +758,8 @@ def _training_metrics(final: dict, *, wall_s: float) -> dict:
         "train_wall_s": round(wall_s, 1), "epochs": final["epochs"], "steps": final["step"],
         "train_s": round(final["train_s"], 4), "train_sequences": final["train_sequences"],
         "sequences_per_s": round(final["train_sequences"] / final["train_s"], 1) if final["train_s"] else None,
-        "best": {"phase": final["best_phase"], "epoch": final["best_epoch"]},
+        "best": {"phase": final["best_phase"], "epoch": final["best_epoch"],
+                 "params_sha256": final.get("best_params_sha256")},
         "curve": final["curve"], "resumed_at": final["resumed_at"], "mask_mixture": final.get("mask_mixture"),
     }
 

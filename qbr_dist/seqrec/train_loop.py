@@ -1,6 +1,10 @@
 """BERT4Rec training loop, run by every Ray Train worker: pretrain with random item masking,
 then fine-tune with the last item masked; validation NDCG@10 selects the model.
 
+The best point so far is kept as a DeepSpeed checkpoint: fine-tuning starts from the best pretraining
+state (not from the epochs that early stopping waited through), and the run ends on the best state of
+both phases, so the final checkpoint, and the weights exported from it, are the model that was selected.
+
 Masks, sampled negatives and dropout are seeded from (seed, phase, epoch, batch), and the data order from
 (seed, phase, epoch), so the loop state in a checkpoint is all a restart needs to continue exactly.
 """
@@ -27,6 +31,10 @@ from qbr_dist.train import runtime as rt
 from qbr_dist.train.engine import init_engine
 
 log = logging.getLogger("qbr.bert4rec")
+
+# Raised whenever a change to this loop changes what a run with the same settings trains; the training stages'
+# keys carry it, so their finished results from an older loop are not reused. 2: fine-tune from the best state.
+LOOP_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -110,14 +118,20 @@ def bert4rec_worker(loop_config: dict) -> None:
         while state.epoch < phase.epochs and state.bad_evals < train_cfg.patience:
             _train_epoch(engine, model, shards[phase.name], state, train_cfg, runtime, meter, phase=phase, seed=seed,
                          rank=rank, world=world, steps_per_epoch=loop_config["steps_per_epoch"][phase.name],
-                         sampler=sampler)
+                         sampler=sampler, loop_config=loop_config)
             state.epoch, state.epochs = state.epoch + 1, state.epochs + 1
             meter.epoch.set(state.epoch)
             if state.epoch % phase.eval_every == 0 or state.epoch == phase.epochs:
                 _select(state, evaluate, phase.name, meter, tests=loop_config["evaluations"][1:])
+                if state.bad_evals == 0:
+                    state.best |= {"tag": rt.save_best(engine, loop_config, state.step),
+                                   "params_sha256": rt.parameter_digest(engine.module)}
+        if state.best.get("tag"):
+            rt.load_best(engine, loop_config, state.best["tag"])
         state.phase, state.epoch, state.batch, state.bad_evals = state.phase + 1, 0, 0, 0
     state.done = True
     rt.save_checkpoint(engine, _report_metrics(state), asdict(state))
+    rt.prune_best(loop_config, keep=None)
     rt.finish_worker()
 
 
@@ -139,7 +153,8 @@ def _negatives(sampler: NegativeSampler | None, stream: tuple) -> dict:
 
 
 def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runtime, meter, *, phase: Phase,
-                 seed: int, rank: int, world: int, steps_per_epoch: int, sampler: NegativeSampler | None) -> None:
+                 seed: int, rank: int, world: int, steps_per_epoch: int, sampler: NegativeSampler | None,
+                 loop_config: dict) -> None:
     batches = shard.iter_torch_batches(
         batch_size=cfg.batch_size, drop_last=True, dtypes=torch.long,
         local_shuffle_buffer_size=cfg.shuffle_buffer,
@@ -178,7 +193,7 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
                    lr=lr, grad_norm=engine.get_global_grad_norm())
         if state.step % runtime.checkpoint_every == 0:
             state.epoch_sums, sums = rt.carry_epoch_sums(state.epoch_sums, sums), {}
-            _checkpoint(engine, state, meter, phase.name, step_loss)
+            _checkpoint(engine, state, meter, phase.name, step_loss, loop_config)
         steps, since = steps + 1, time.perf_counter()  # checkpoint time left out
     totals, state.batch, state.epoch_sums = rt.carry_epoch_sums(state.epoch_sums, sums), 0, {}
     if totals.get("masked"):
@@ -218,9 +233,10 @@ def _mask(seq: torch.Tensor, phase: str, cfg: TrainConfig, mask_token: int, gene
     return mixed_mask(seq, weights=dict(zip(STRATEGIES, cfg.mask_weights)), makers=makers, generator=choices)
 
 
-def _checkpoint(engine, state: LoopState, meter, phase: str, loss: float) -> None:
+def _checkpoint(engine, state: LoopState, meter, phase: str, loss: float, loop_config: dict) -> None:
     rt.save_checkpoint(engine, {"phase": phase, "step": state.step, "loss": loss, "done": False}, asdict(state),
                        meter)
+    rt.prune_best(loop_config, keep=state.best.get("tag"))  # a restart resumes from here: older bests are unused
 
 
 def _select(state: LoopState, evaluate, phase: str, meter, *, tests: list[str]) -> None:
@@ -285,5 +301,6 @@ def _report_metrics(state: LoopState) -> dict:
     return {"done": True, "step": state.step, "epochs": state.epochs, "resumed_at": state.resumed_at,
             "train_s": state.train_s, "train_sequences": state.train_sequences,
             "mask_mixture": mixture,
-            "best_phase": best.get("phase"), "best_epoch": best.get("epoch"), "curve": state.curve,
+            "best_phase": best.get("phase"), "best_epoch": best.get("epoch"),
+            "best_params_sha256": best.get("params_sha256"), "curve": state.curve,
             **{f"{evaluation}/{k}": v for evaluation in EVALUATIONS for k, v in best.get(evaluation, {}).items()}}

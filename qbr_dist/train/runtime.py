@@ -154,6 +154,34 @@ def save_checkpoint(engine, metrics: dict, state: dict, meter=None) -> None:
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
+def save_best(engine, loop_config: dict, step: int) -> str:
+    """The model and optimizer state of a new best point, as a DeepSpeed checkpoint tagged by its step in the
+    run's checkpoint folder (every rank writes its shard); returns the tag. Earlier tags stay until `prune_best`."""
+    tag = f"best-step{step}"
+    engine.save_checkpoint(str(best_folder(loop_config)), tag=tag, save_latest=False)
+    return tag
+
+
+def load_best(engine, loop_config: dict, tag: str) -> None:
+    """Back to the state `save_best` kept under `tag`."""
+    engine.load_checkpoint(str(best_folder(loop_config)), tag=tag)
+
+
+def prune_best(loop_config: dict, keep: str | None) -> None:
+    """Rank 0 removes every best tag but `keep`: call it once a reported checkpoint no longer needs them."""
+    import shutil
+
+    if collective.rank() != 0 or not best_folder(loop_config).is_dir():
+        return
+    for folder in best_folder(loop_config).iterdir():
+        if folder.name != keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def best_folder(loop_config: dict) -> Path:
+    return Path(loop_config[CHECKPOINT_ROOT]) / "best"
+
+
 def parameter_digest(module: torch.nn.Module) -> str:
     """sha256 over every parameter's name and bytes (under ZeRO-3, the gathered full tensors)."""
     import hashlib

@@ -57,6 +57,8 @@ def test_two_workers_match_one_worker(zero_stage, tmp_path, data, one_worker, ra
     two_ckpt = final_checkpoint(two)
     digests = sorted(p.read_text() for p in two_ckpt.glob("params-rank*.sha256"))
     assert len(digests) == 2 and digests[0] == digests[1], "ranks ended with different parameters"
+    assert digests[0].strip() == pipeline.read_metrics(two)["best"]["params_sha256"], \
+        "the final weights are not those of the best validation point"
 
     after_two, after_one = trained_parameters(two), trained_parameters(one_worker)
     torch.manual_seed(cfg.run.seed)
