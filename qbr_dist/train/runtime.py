@@ -134,6 +134,14 @@ def scheduled_lr(base_lr: float, step: int, *, total_steps: int, warmup_steps: i
     return base_lr * warm * max(0.0, 1.0 - step / max(total_steps, 1))
 
 
+def on_device(value, device: torch.device):
+    """A tensor, or a dict of them, on `device`: Ray Data and numpy hand inputs over on the CPU, and the
+    engine's outputs go back there for numpy and parquet."""
+    if isinstance(value, dict):
+        return {name: on_device(item, device) for name, item in value.items()}
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
 def set_lr(engine, lr: float) -> None:
     for group in engine.optimizer.param_groups:
         group["lr"] = lr
