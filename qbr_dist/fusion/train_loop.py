@@ -132,7 +132,8 @@ def _train_epoch(engine, arrays, pairs, state: FusionState, cfg: FusionConfig, r
         anchors, neighbours = (rt.my_slice(batch[name], rank, world) for name in ("anchor", "neighbour"))
         items = torch.cat([anchors, neighbours])
         torch.manual_seed(rt.stream_seed(seed, state.epoch, index, rank))  # dropout
-        out = engine(rt.on_device(items, engine.device), rt.on_device(tensors(arrays, items), engine.device))
+        inputs = rt.on_device(tensors(arrays, items), engine.device, rt.parameter_dtype(engine.module))
+        out = engine(items.to(engine.device), inputs)
         half = len(anchors)
         anchor = {k: v[:half] for k, v in out.items() if k in ("fused", "views", "present", "id", "predicted_id")}
         neighbour = {"fused": out["fused"][half:]}
@@ -181,7 +182,8 @@ def write_fused(model: CrossModalFusion, arrays: dict, loop_config: dict, out: P
             if placeholder:  # this rank's slice is done: still take part, with one item, and count nothing
                 items = torch.ones(1, dtype=torch.long)
             use_id = torch.from_numpy(seen[items.numpy()]).to(device)
-            result = model(items.to(device), rt.on_device(tensors(arrays, items), device), use_id=use_id)
+            inputs = rt.on_device(tensors(arrays, items), device, rt.parameter_dtype(model))
+            result = model(items.to(device), inputs, use_id=use_id)
             result = rt.on_device(result, torch.device("cpu"))
             if placeholder:
                 continue
