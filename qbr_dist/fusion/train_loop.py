@@ -107,7 +107,7 @@ def fusion_worker(loop_config: dict) -> None:
         state.epoch, state.batch = state.epoch + 1, 0
         meter.epoch.set(state.epoch)
     out = Path(loop_config["out_dir"])
-    stats = write_fused(model, arrays, loop_config, out, rank=rank, world=world)
+    stats = write_fused(model, arrays, loop_config, out, rank=rank, world=world, device=engine.device)
     state.done = True
     if rank == 0:
         artifacts.write_json(out / STATS, stats | {"curve": state.curve, "resumed_at": state.resumed_at,
@@ -132,7 +132,8 @@ def _train_epoch(engine, arrays, pairs, state: FusionState, cfg: FusionConfig, r
         anchors, neighbours = (rt.my_slice(batch[name], rank, world) for name in ("anchor", "neighbour"))
         items = torch.cat([anchors, neighbours])
         torch.manual_seed(rt.stream_seed(seed, state.epoch, index, rank))  # dropout
-        out = engine(items, tensors(arrays, items))
+        inputs = rt.on_device(tensors(arrays, items), engine.device, rt.parameter_dtype(engine.module))
+        out = engine(items.to(engine.device), inputs)
         half = len(anchors)
         anchor = {k: v[:half] for k, v in out.items() if k in ("fused", "views", "present", "id", "predicted_id")}
         neighbour = {"fused": out["fused"][half:]}
@@ -158,7 +159,8 @@ def _train_epoch(engine, arrays, pairs, state: FusionState, cfg: FusionConfig, r
 
 
 @torch.no_grad()
-def write_fused(model: CrossModalFusion, arrays: dict, loop_config: dict, out: Path, *, rank: int, world: int) -> dict:
+def write_fused(model: CrossModalFusion, arrays: dict, loop_config: dict, out: Path, *, rank: int, world: int,
+                device: torch.device) -> dict:
     """This rank's slice of the catalog through the fusion model; returns the global statistics."""
     cfg = FusionConfig(**loop_config["fusion"])
     num_items = loop_config["num_items"]
@@ -179,7 +181,10 @@ def write_fused(model: CrossModalFusion, arrays: dict, loop_config: dict, out: P
             placeholder = not len(items)
             if placeholder:  # this rank's slice is done: still take part, with one item, and count nothing
                 items = torch.ones(1, dtype=torch.long)
-            result = model(items, tensors(arrays, items), use_id=torch.from_numpy(seen[items.numpy()]))
+            use_id = torch.from_numpy(seen[items.numpy()]).to(device)
+            inputs = rt.on_device(tensors(arrays, items), device, rt.parameter_dtype(model))
+            result = model(items.to(device), inputs, use_id=use_id)
+            result = rt.on_device(result, torch.device("cpu"))
             if placeholder:
                 continue
             present = result["present"].double()
@@ -189,7 +194,7 @@ def write_fused(model: CrossModalFusion, arrays: dict, loop_config: dict, out: P
             depth_counts += torch.bincount(result["depth"], minlength=layers + 1).double()
             fused.append(result["fused"].float().numpy())
             depths.append(result["depth"].numpy())
-        id_vectors = model.id_embedding.weight[first:last].detach().float().numpy().copy()
+        id_vectors = model.id_embedding.weight[first:last].detach().float().cpu().numpy().copy()
         if rank == 0:
             save_model(out / MODEL, model, arguments=model_arguments(cfg, arrays, loop_config["vocab_size"]),
                        max_tokens=cfg.max_tokens)

@@ -165,12 +165,13 @@ def fit_rqvae(local: torch.Tensor, cfg: QuantConfig, loop_config: dict, runtime)
     rt.save_checkpoint(engine, {"step": state.step, "done": True}, asdict(state))
     model.eval()
     with rt.full_parameters(list(model.parameters())):
-        latents = model.latents(local, chunk_size=cfg.chunk_size)
+        on_engine = local.to(engine.device, rt.parameter_dtype(model))
+        latents = model.latents(on_engine, chunk_size=cfg.chunk_size)
         codes, levels = encode_with_stats(latents, model.codebooks, chunk_size=cfg.chunk_size)
         reconstructed = model.reconstruct(decode(codes, model.codebooks), chunk_size=cfg.chunk_size)
-        error = reconstruction_error(local, reconstructed)
-        tensors = {name: tensor.clone() for name, tensor in model.tokenizer_tensors().items()}
-    return Fitted(tensors=tensors, codes=codes, levels=levels, reconstruction_error=error,
+        error = reconstruction_error(on_engine, reconstructed)
+        tensors = {name: tensor.detach().cpu().clone() for name, tensor in model.tokenizer_tensors().items()}
+    return Fitted(tensors=tensors, codes=codes.cpu(), levels=levels, reconstruction_error=error,
                   metadata={"encoder_dims": json.dumps(model.encoder_dims)},
                   summary={"curve": state.curve, "reseeded": state.reseeded, "steps": state.step,
                            "resumed_at": state.resumed_at})
@@ -183,7 +184,7 @@ def _rqvae_epoch(engine, model: RQVAE, local: torch.Tensor, state: RQVAEState, c
     totals = torch.zeros(4, dtype=torch.float64)  # loss, reconstruction, commitment, steps
     for index in range(state.batch, steps_per_epoch):
         started = time.perf_counter()
-        batch = local[order[index * micro:(index + 1) * micro]]
+        batch = local[order[index * micro:(index + 1) * micro]].to(engine.device, rt.parameter_dtype(model))
         out = engine(batch)
         engine.backward(out["loss"])
         engine.step()

@@ -37,14 +37,14 @@ def target_ranks(
     if len(targets) and not bool(((targets >= first_item) & (targets < end_item)).all()):
         raise ValueError(f"every target must be an item in [{first_item}, {end_item})")
     chunks = [(s, min(s + chunk_size, end_item)) for s in range(first_item, end_item, chunk_size)]
-    rows = torch.arange(len(targets))
-    target_score = torch.empty(len(targets))
+    rows = torch.arange(len(targets), device=targets.device)
+    target_score = torch.empty(len(targets), device=targets.device)
     for start, end in chunks:
         inside = (targets >= start) & (targets < end)
         if inside.any():
             scores = score_chunk(start, end)
             target_score[inside] = scores[rows[inside], targets[inside] - start].float()
-    better = torch.zeros(len(targets), dtype=torch.long)
+    better = torch.zeros(len(targets), dtype=torch.long, device=targets.device)
     for start, end in chunks:
         scores = score_chunk(start, end).float()
         if history is not None:
@@ -56,7 +56,7 @@ def target_ranks(
 
 def _drop_history(scores, history, targets, start, end):
     in_chunk = (history >= start) & (history < end) & (history != targets[:, None])
-    rows = torch.arange(len(targets))[:, None].expand_as(history)
+    rows = torch.arange(len(targets), device=targets.device)[:, None].expand_as(history)
     scores = scores.clone()
     scores[rows[in_chunk], history[in_chunk] - start] = float("-inf")
     return scores

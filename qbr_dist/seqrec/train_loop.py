@@ -110,7 +110,7 @@ def bert4rec_worker(loop_config: dict) -> None:
     def evaluate(split: str) -> dict:
         if split not in eval_batches:
             eval_batches[split] = _rank_eval_batches(shards[split], eval_cfg, rank=rank, world=world)
-        return _evaluate(model, eval_batches[split], eval_cfg)
+        return _evaluate(model, eval_batches[split], eval_cfg, device=engine.device)
 
     plan = phases(train_cfg)
     while state.phase < len(plan) and not state.done:
@@ -178,8 +178,9 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
             state.mask_counts = [c + int((chosen == i).sum()) for i, c in enumerate(state.mask_counts)]
         targets = int((labels > 0).sum())
         torch.manual_seed(rt.stream_seed(*stream, rank))  # dropout
-        mine = rt.my_slice(labels, rank, world)
-        loss_sum = engine(rt.my_slice(inputs, rank, world), mine, **_negatives(sampler, stream))
+        mine = rt.on_device(rt.my_slice(labels, rank, world), engine.device)
+        loss_sum = engine(rt.on_device(rt.my_slice(inputs, rank, world), engine.device), mine,
+                          **rt.on_device(_negatives(sampler, stream), engine.device))
         # DeepSpeed averages gradients over ranks: scale so the result is the mean over the global batch.
         engine.backward(loss_sum * world / max(targets, 1))
         engine.step()
@@ -268,7 +269,7 @@ def _rank_eval_batches(shard, cfg: EvalConfig, *, rank: int, world: int) -> list
 
 
 @torch.no_grad()
-def _evaluate(model: BERT4Rec, batches: list[dict], cfg: EvalConfig) -> dict:
+def _evaluate(model: BERT4Rec, batches: list[dict], cfg: EvalConfig, *, device: torch.device) -> dict:
     """Full-ranking metrics over every rank's users (sums all-reduced, then averaged)."""
     model.eval()
     names = sorted(metric_sums(torch.ones(1)))
@@ -279,6 +280,8 @@ def _evaluate(model: BERT4Rec, batches: list[dict], cfg: EvalConfig) -> dict:
         placeholder = len(seq) == 0
         if placeholder:  # no users left for this rank: still take part, score one dummy row, count nothing
             seq, target, history = torch.full((1, seq.shape[1]), model.mask_token), torch.ones(1).long(), None
+        seq, target = rt.on_device(seq, device), rt.on_device(target, device)
+        history = None if history is None else rt.on_device(history, device)
         hidden = model.encode(seq)[:, -1]  # under ZeRO-3 the forward hooks gather what it needs
         with rt.full_parameters(model.scoring_parameters()):
             ranks = target_ranks(

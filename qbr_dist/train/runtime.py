@@ -134,6 +134,22 @@ def scheduled_lr(base_lr: float, step: int, *, total_steps: int, warmup_steps: i
     return base_lr * warm * max(0.0, 1.0 - step / max(total_steps, 1))
 
 
+def on_device(value, device: torch.device, dtype: torch.dtype | None = None):
+    """A tensor, or a dict of them, on `device`: Ray Data and numpy hand inputs over on the CPU, and the
+    engine's outputs go back there for numpy and parquet. Floating tensors also take `dtype` when given:
+    DeepSpeed casts a bf16 run's parameters but not its float inputs."""
+    if isinstance(value, dict):
+        return {name: on_device(item, device, dtype) for name, item in value.items()}
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.to(device, dtype=dtype) if dtype is not None and value.is_floating_point() else value.to(device)
+
+
+def parameter_dtype(module: torch.nn.Module) -> torch.dtype:
+    """What the engine made of the parameters (bf16 or fp32); the float inputs must match it."""
+    return next(module.parameters()).dtype
+
+
 def set_lr(engine, lr: float) -> None:
     for group in engine.optimizer.param_groups:
         group["lr"] = lr
@@ -168,14 +184,20 @@ def load_best(engine, loop_config: dict, tag: str) -> None:
 
 
 def prune_best(loop_config: dict, keep: str | None) -> None:
-    """Rank 0 removes every best tag but `keep`: call it once a reported checkpoint no longer needs them."""
+    """Rank 0 removes every best tag but `keep` (the one the checkpoint just reported refers to), once Ray Train
+    has committed that checkpoint: until then a restart would resume from the one before, and its tag."""
     import shutil
 
     if collective.rank() != 0 or not best_folder(loop_config).is_dir():
         return
-    for folder in best_folder(loop_config).iterdir():
-        if folder.name != keep:
-            shutil.rmtree(folder, ignore_errors=True)
+    ray.train.get_all_reported_checkpoints()  # blocks until every report so far is committed
+    for path in best_folder(loop_config).iterdir():
+        if path.name == keep:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()  # DeepSpeed's zero_to_fp32.py copy
 
 
 def best_folder(loop_config: dict) -> Path:
