@@ -72,7 +72,8 @@ class CrossModalFusion(nn.Module):
 
     def content_query(self, views: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """The ID vector as predicted from content (the query of items without a trained ID vector)."""
-        weights = present.float() / present.float().sum(1, keepdim=True).clamp_min(1)
+        weights = present.to(views.dtype)  # the views' type: bf16 in a bf16 run
+        weights = weights / weights.sum(1, keepdim=True).clamp_min(1)
         return self.id_head((weights.unsqueeze(-1) * views).sum(1))
 
     def forward(self, items: torch.Tensor, features: dict[str, torch.Tensor], *, use_id: torch.Tensor | None = None):

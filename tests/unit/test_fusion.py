@@ -122,3 +122,12 @@ def test_feature_arrays_follow_item_order_and_mark_missing_rows(tmp_path):
 def test_batch_features_reads_rows(tmp_path, n):
     arrays = {"x": np.arange(10).reshape(5, 2)}
     assert features.batch_features(arrays, np.arange(n))["x"].shape == (n, 2)
+
+
+def test_a_bf16_model_fuses_bf16_inputs():
+    """What a bf16 DeepSpeed run does: parameters cast to bf16, float inputs cast to match (runtime.on_device)."""
+    from qbr_dist.train.runtime import on_device
+
+    bf16 = model().bfloat16()
+    out = bf16(torch.arange(1, 5), on_device(batch(), torch.device("cpu"), torch.bfloat16))
+    assert out["fused"].dtype == torch.bfloat16 and torch.isfinite(out["fused"].float()).all()
