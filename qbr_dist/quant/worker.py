@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +151,10 @@ def fit_rqvae(local: torch.Tensor, cfg: QuantConfig, loop_config: dict, runtime)
         model.latents(local, chunk_size=cfg.chunk_size), levels=cfg.levels, codebook_size=cfg.codebook_size,
         iterations=cfg.iterations, seed=seed, sample_size=cfg.sample_size, chunk_size=cfg.chunk_size)
     model.start_codebooks(codebooks, torch.tensor([s.counts for s in stats]), micro * world / total)
-    engine = init_engine(model, runtime=runtime, micro_batch=micro, lr=cfg.rqvae_lr, weight_decay=0.0)
+    # Always fp32: a bf16 engine casts every float buffer, the float64 EMA statistics of the codebooks too,
+    # and the small RQ-VAE has little to gain from bf16.
+    engine = init_engine(model, runtime=replace(runtime, precision="fp32"), micro_batch=micro, lr=cfg.rqvae_lr,
+                         weight_decay=0.0)
     restored = rt.restore_checkpoint(engine, loop_config)
     state = RQVAEState(**restored) if restored else RQVAEState()
     if restored:
