@@ -168,7 +168,7 @@ def fit_rqvae(local: torch.Tensor, cfg: QuantConfig, loop_config: dict, runtime)
     rt.save_checkpoint(engine, {"step": state.step, "done": True}, asdict(state))
     model.eval()
     with rt.full_parameters(list(model.parameters())):
-        on_engine = local.to(engine.device, rt.parameter_dtype(model))
+        on_engine = local.to(engine.device)
         latents = model.latents(on_engine, chunk_size=cfg.chunk_size)
         codes, levels = encode_with_stats(latents, model.codebooks, chunk_size=cfg.chunk_size)
         reconstructed = model.reconstruct(decode(codes, model.codebooks), chunk_size=cfg.chunk_size)
@@ -187,7 +187,7 @@ def _rqvae_epoch(engine, model: RQVAE, local: torch.Tensor, state: RQVAEState, c
     totals = torch.zeros(4, dtype=torch.float64)  # loss, reconstruction, commitment, steps
     for index in range(state.batch, steps_per_epoch):
         started = time.perf_counter()
-        batch = local[order[index * micro:(index + 1) * micro]].to(engine.device, rt.parameter_dtype(model))
+        batch = local[order[index * micro:(index + 1) * micro]].to(engine.device)
         out = engine(batch)
         engine.backward(out["loss"])
         engine.step()
