@@ -162,6 +162,13 @@ def recbole_models(recbole: dict) -> dict:
     return out
 
 
+def in_repository(settings: dict) -> dict:
+    """RecBole's settings with its scratch paths relative to the repository, as any clone would have them."""
+    prefix = f"{REPO}/"
+    return {model: {k: v.replace(prefix, "") if isinstance(v, str) else v for k, v in values.items()}
+            for model, values in settings.items()}
+
+
 def _mean_std(values: list[float]) -> dict:
     return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
@@ -270,7 +277,8 @@ def main(argv: list[str]) -> int:
                         "overrides": None if args.project_summary else overrides,  # None: an existing summary
                         "seeds": project["seeds"],
                         **{s: project_cfg[s] for s in ("model", "train", "eval", "runtime") if s in project_cfg}},
-            "recbole": {"seeds": recbole_seeds, "arguments": recbole["arguments"], "models": recbole["settings"]},
+            "recbole": {"seeds": recbole_seeds, "arguments": recbole["arguments"],
+                        "models": in_repository(recbole["settings"])},
         },
         "notes": NOTES,
         "wall_s": round(time.perf_counter() - started, 1),
