@@ -233,6 +233,9 @@ class ModelConfig:
     heads: int = 2
     max_len: int = 50
     dropout: float = 0.2
+    # hybrid only: chance that a training lookup leaves out an item's ID vector and bias, so that its
+    # codes alone must place it (as they must for cold items, which have no trained ID vector)
+    id_dropout: float = 0.0
 
     def check(self) -> None:
         _require(self.tokens in ("id", "semantic", "hybrid"), "model.tokens", "'id', 'semantic' or 'hybrid'")
@@ -240,6 +243,14 @@ class ModelConfig:
         _require(self.layers >= 1, "model.layers", "an integer >= 1")
         _require(self.max_len >= 2, "model.max_len", "an integer >= 2")
         _require(0 <= self.dropout < 1, "model.dropout", "a number in [0, 1)")
+        _require(0 <= self.id_dropout < 1, "model.id_dropout", "a number in [0, 1)")
+        _require(self.id_dropout == 0 or self.tokens == "hybrid", "model.id_dropout",
+                 "0 unless model.tokens = 'hybrid' (only hybrid items have an ID vector to leave out)")
+
+    def key(self) -> dict:
+        """The settings that change a trained model; ID dropout at 0 is left out, so a model without it
+        keeps the key it had before the option existed."""
+        return {name: value for name, value in self.__dict__.items() if name != "id_dropout" or value}
 
 
 @dataclass

@@ -638,9 +638,9 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     from qbr_dist.train.runtime import TrainJob, fit, start_ray
 
     stage = "qbert4rec" if quantize_dir is not None else "bert4rec"
-    model = cfg.model if quantize_dir is not None else dataclasses.replace(cfg.model, tokens="id")
+    model = cfg.model if quantize_dir is not None else dataclasses.replace(cfg.model, tokens="id", id_dropout=0.0)
     # Worker count, checkpoint cadence and the like do not change the result; precision and clipping do.
-    config_hash = cfg.section_hash("train", "eval", model=model.__dict__, seed=cfg.run.seed, loop=LOOP_VERSION,
+    config_hash = cfg.section_hash("train", "eval", model=model.key(), seed=cfg.run.seed, loop=LOOP_VERSION,
                                    precision=cfg.runtime.precision, grad_clip=cfg.runtime.grad_clip)
     inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
     codes_dir = codes_dir or quantize_dir

@@ -38,8 +38,8 @@ class IdTokens(nn.Module):
     def vectors(self, items: torch.Tensor) -> torch.Tensor:
         return self.table.weight[items]
 
-    def biases(self, items: torch.Tensor) -> torch.Tensor:
-        return self.bias[items]
+    def weights(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.table.weight[items], self.bias[items]
 
 
 class SemanticTokens(nn.Module):
@@ -50,12 +50,16 @@ class SemanticTokens(nn.Module):
     vector; it takes the mean ID vector and bias of the trained items that share its longest code
     prefix instead, computed from the current tables when scoring outside training, so new items still
     need no retraining. In training such items are never inputs and are masked out of the softmax, so
-    the training forward skips that work."""
+    the training forward skips that work.
+
+    `id_dropout` (hybrid): in training, the chance that one lookup of an item leaves out its ID vector
+    and bias, so its codes alone must place it, as they must for every item no training has seen."""
 
     def __init__(self, *, codes: torch.Tensor, code_sizes: list[int], hidden: int, hybrid: bool = False,
-                 untrained: torch.Tensor | None = None):
+                 untrained: torch.Tensor | None = None, id_dropout: float = 0.0):
         super().__init__()
         self.num_items = len(codes) - 1
+        self.id_dropout = id_dropout
         self.register_buffer("codes", codes.long(), persistent=False)
         self.tables = nn.ModuleList(nn.Embedding(size, hidden) for size in code_sizes)
         for table in self.tables:
@@ -70,14 +74,20 @@ class SemanticTokens(nn.Module):
             self.backoff = PrefixBackoff(codes[:, :len(code_sizes) - 1], untrained.bool())
 
     def vectors(self, items: torch.Tensor) -> torch.Tensor:
+        return self.weights(items)[0]
+
+    def weights(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vectors (..., hidden) and biases (...) of `items`; one ID-dropout draw per lookup covers both."""
         codes = self.codes[items]
         vectors = sum(table(codes[..., position]) for position, table in enumerate(self.tables))
-        return vectors + self._id_part(self.ids.table.weight, items) if self.ids is not None else vectors
-
-    def biases(self, items: torch.Tensor) -> torch.Tensor:
-        codes = self.codes[items]
         bias = sum(table(codes[..., position]).squeeze(-1) for position, table in enumerate(self.code_biases))
-        return bias + self._id_part(self.ids.bias, items) if self.ids is not None else bias
+        if self.ids is None:
+            return vectors, bias
+        id_vectors, id_bias = self._id_part(self.ids.table.weight, items), self._id_part(self.ids.bias, items)
+        if self.training and self.id_dropout > 0:
+            kept = (torch.rand(items.shape, device=items.device) >= self.id_dropout).to(id_bias.dtype)
+            id_vectors, id_bias = id_vectors * kept.unsqueeze(-1), id_bias * kept
+        return vectors + id_vectors, bias + id_bias
 
     def _id_part(self, table: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return table[items] if self.backoff is None or self.training else self.backoff(table, items)
@@ -177,11 +187,13 @@ class BERT4Rec(nn.Module):
 
     def score_given(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores of `items` (n,) for each row of `hidden` -> (rows, n); only those items' vectors are built."""
-        return hidden @ self.tokens.vectors(items).T + self.tokens.biases(items)
+        vectors, biases = self.tokens.weights(items)
+        return hidden @ vectors.T + biases
 
     def score_own(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Score of each row of `hidden` for its own item, `items` (rows,) -> (rows,)."""
-        return (hidden * self.tokens.vectors(items)).sum(-1) + self.tokens.biases(items)
+        vectors, biases = self.tokens.weights(items)
+        return (hidden * vectors).sum(-1) + biases
 
     def forward(self, seq: torch.Tensor, labels: torch.Tensor, negatives: torch.Tensor | None = None,
                 log_kq: torch.Tensor | None = None) -> torch.Tensor:

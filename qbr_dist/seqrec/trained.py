@@ -26,7 +26,8 @@ def build_model(spec: dict) -> BERT4Rec:
     tokens = None
     if cfg.tokens != "id":
         tokens = SemanticTokens(codes=torch.from_numpy(np.load(spec["codes_file"])), code_sizes=spec["code_sizes"],
-                                hidden=cfg.hidden, hybrid=cfg.tokens == "hybrid", untrained=excluded)
+                                hidden=cfg.hidden, hybrid=cfg.tokens == "hybrid", untrained=excluded,
+                                id_dropout=cfg.id_dropout)
     return BERT4Rec(num_items=spec["num_items"], hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads,
                     max_len=cfg.max_len, dropout=cfg.dropout, tokens=tokens, excluded=excluded)
 

@@ -130,4 +130,23 @@ def test_semantic_items_take_their_bias_from_their_codes():
     with torch.no_grad():
         tokens.code_biases[0].weight[:, 0] = torch.tensor([0.0, 1.0, 2.0])
         tokens.code_biases[1].weight[:, 0] = torch.tensor([10.0, 20.0])
-    assert tokens.biases(torch.tensor([1, 2, 3])).tolist() == [11.0, 21.0, 12.0]
+    assert tokens.weights(torch.tensor([1, 2, 3]))[1].tolist() == [11.0, 21.0, 12.0]
+
+
+def test_id_dropout_leaves_out_vector_and_bias_together_and_only_in_training():
+    from qbr_dist.seqrec.bert4rec import SemanticTokens
+
+    codes = torch.tensor([[0, 0], [1, 0], [1, 1], [2, 0]])
+    torch.manual_seed(0)
+    tokens = SemanticTokens(codes=codes, code_sizes=[3, 2], hidden=4, hybrid=True, id_dropout=0.5)
+    with torch.no_grad():
+        tokens.ids.table.weight.fill_(100.0)
+        tokens.ids.bias.fill_(100.0)
+    items = torch.randint(1, 4, (4000,))
+    vectors, biases = tokens.weights(items)
+    with_id = biases > 50
+    assert torch.equal(with_id, (vectors > 50).all(-1))  # one draw per lookup covers vector and bias
+    assert 0.45 < with_id.float().mean() < 0.55
+    assert ((vectors < 50).all(-1) == ~with_id).all()
+    tokens.eval()
+    assert (tokens.weights(items)[1] > 50).all()  # scoring outside training always has the ID part

@@ -67,3 +67,12 @@ def test_section_hash_tracks_only_named_sections():
 def test_demo_config_is_valid():
     cfg = load_config("launch/configs/ml100k.toml")
     assert cfg.run.name == "ml100k" and cfg.runtime.num_workers == 2 and cfg.runtime.zero_stage == 2
+
+
+def test_id_dropout_needs_hybrid_tokens_and_is_keyed_only_when_set():
+    from qbr_dist.config import ModelConfig
+
+    with pytest.raises(ConfigError, match="model.id_dropout"):
+        load_config(None, ["model.tokens=semantic", "model.id_dropout=0.3"])
+    assert "id_dropout" not in ModelConfig(tokens="hybrid").key()
+    assert ModelConfig(tokens="hybrid", id_dropout=0.3).key()["id_dropout"] == 0.3
