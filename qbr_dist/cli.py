@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run every stage of the pipeline; finished stages are skipped",
-                              description="Run ingest -> popularity -> bert4rec -> report in the run directory "
+                              description="Run ingest -> (with run.tokenize: shards -> encode -> structure -> fusion "
+                                          "-> quantize -> retokenize) -> popularity, content-knn -> bert4rec "
+                                          "-> qbert4rec -> report in the run directory "
                                           "<run.root>/<run.name>. A stage whose manifest matches is skipped; an "
                                           "interrupted training stage resumes from its latest checkpoint.")
     _config_args(run)

@@ -97,16 +97,15 @@ def bench_qbert(settings: dict, device: str) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             torch.manual_seed(0)
             model = build_model(qbert_spec(settings, Path(tmp)))
-        sampler = NegativeSampler(zipf_counts(settings["items"]), settings["negatives"])
+        sampler = NegativeSampler(zipf_counts(settings["items"]), settings["negatives"], device)
         runtime = RuntimeConfig(zero_stage=settings["zero_stage"], precision=settings["precision"])
         engine = init_engine(model, runtime=runtime, micro_batch=settings["batch"], lr=LR, weight_decay=WEIGHT_DECAY)
         batches = make_batches(settings, model.mask_token, sampler, device)
-        log_kq = sampler.log_kq.to(device)
         losses = []
 
         def step() -> None:
             batch = batches[len(losses) % len(batches)]
-            loss_sum = engine(batch["inputs"], batch["labels"], negatives=batch["negatives"], log_kq=log_kq)
+            loss_sum = engine(batch["inputs"], batch["labels"], negatives=batch["negatives"], log_kq=sampler.log_kq)
             loss = loss_sum / batch["targets"]  # the mean over the batch's masked positions
             engine.backward(loss)
             engine.step()

@@ -15,12 +15,13 @@ from torch import nn
 class NegativeSampler:
     """K negatives per step from the smoothed popularity of items 1..num_items (`counts` row 0 is padding)."""
 
-    def __init__(self, counts: torch.Tensor, negatives: int):
+    def __init__(self, counts: torch.Tensor, negatives: int, device: torch.device | str = "cpu"):
         smoothed = torch.cat([torch.zeros(1, dtype=torch.float64), counts[1:].double() + 1.0])
         self.q = smoothed / smoothed.sum()
         self.cdf = self.q.cumsum(0)
         self.negatives = negatives
-        self.log_kq = torch.log(negatives * self.q).float()  # log of each item's expected count in a draw
+        # log of each item's expected count in a draw; catalog-sized, so it moves to the device once
+        self.log_kq = torch.log(negatives * self.q).float().to(device)
 
     def draw(self, generator: torch.Generator) -> torch.Tensor:
         """K item indices by inverse-CDF sampling (no category limit, unlike torch.multinomial)."""

@@ -103,7 +103,7 @@ def bert4rec_worker(loop_config: dict) -> None:
                  state.step, state.phase, state.epoch, state.batch)
     meter = TrainMeter(stage=loop_config["stage"], rank=rank, run=loop_config["run_name"])
     shards = {name: ray.train.get_dataset_shard(name) for name in ("pretrain", "finetune", *loop_config["evaluations"])}
-    sampler = _sampler(loop_config, train_cfg)
+    sampler = _sampler(loop_config, train_cfg, engine.device)
 
     eval_batches: dict[str, list] = {}
 
@@ -135,13 +135,13 @@ def bert4rec_worker(loop_config: dict) -> None:
     rt.finish_worker()
 
 
-def _sampler(loop_config: dict, cfg: TrainConfig) -> NegativeSampler | None:
+def _sampler(loop_config: dict, cfg: TrainConfig, device: torch.device) -> NegativeSampler | None:
     """Sampled softmax when the driver sent item counts (a catalog past `train.sampled_softmax_above`), else None."""
     if "counts_file" not in loop_config:
         return None
     import numpy as np
 
-    return NegativeSampler(torch.from_numpy(np.load(loop_config["counts_file"])), cfg.negatives)
+    return NegativeSampler(torch.from_numpy(np.load(loop_config["counts_file"])), cfg.negatives, device)
 
 
 def _negatives(sampler: NegativeSampler | None, stream: tuple) -> dict:
@@ -184,9 +184,9 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
         # DeepSpeed averages gradients over ranks: scale so the result is the mean over the global batch.
         engine.backward(loss_sum * world / max(targets, 1))
         engine.step()
-        masked = int((mine > 0).sum())
-        sums = {"loss": sums.get("loss", 0.0) + float(loss_sum), "masked": sums.get("masked", 0) + masked}
-        step_loss = float(loss_sum) / max(masked, 1)
+        masked, loss_value = int((mine > 0).sum()), loss_sum.item()
+        sums = {"loss": sums.get("loss", 0.0) + loss_value, "masked": sums.get("masked", 0) + masked}
+        step_loss = loss_value / max(masked, 1)
         state.batch, state.step = index + 1, state.step + 1
         state.train_s, state.train_sequences = state.train_s + time.perf_counter() - since, \
             state.train_sequences + len(seq)
