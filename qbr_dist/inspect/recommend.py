@@ -23,9 +23,9 @@ from qbr_dist.seqrec.bert4rec import PAD
 
 
 def user_history(ingest: Path, user: str) -> list[int]:
-    """A user's whole time-ordered history (item indexes)."""
-    table = pq.read_table(ingest / SEQUENCES, columns=["user_id", "items"])
-    found = table.filter(pc.equal(table.column("user_id"), user))
+    """A user's whole time-ordered history (item indexes); row groups whose user_id statistics rule the
+    user out are not read."""
+    found = pq.read_table(ingest / SEQUENCES, columns=["items"], filters=[("user_id", "==", user)])
     if not found.num_rows:
         raise ValueError(f"{ingest / SEQUENCES}: no user '{user}'")
     return found.column("items")[0].as_py()

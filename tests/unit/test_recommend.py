@@ -1,0 +1,16 @@
+"""A user's history comes from the ingest sequences, read one user at a time."""
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from qbr_dist.inspect.recommend import user_history
+from qbr_dist.pipeline import SEQUENCES
+
+
+def test_a_users_history_is_found_across_row_groups_and_an_unknown_user_is_a_one_line_error(tmp_path):
+    table = pa.table({"user_id": ["a", "b", "c"], "items": [[1, 2], [3], [4, 5, 6]]})
+    pq.write_table(table, tmp_path / SEQUENCES, row_group_size=1)
+    assert user_history(tmp_path, "c") == [4, 5, 6]
+    assert user_history(tmp_path, "a") == [1, 2]
+    with pytest.raises(ValueError, match=r"sequences.parquet: no user 'zz'"):
+        user_history(tmp_path, "zz")
