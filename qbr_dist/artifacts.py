@@ -8,9 +8,11 @@ name and renamed into place, so a killed process never leaves a file that looks 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Iterator
 from qbr_dist import __version__
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 
 
 @contextlib.contextmanager
@@ -34,6 +37,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | Path) -> Iterator[None]:
+    """Hold `<folder>/.lock` for the block, so a second process given the same folder stops with a
+    one-line error naming the holder instead of overwriting its files. The lock is the kernel's
+    (flock), so it goes away with its holder, even one that was killed."""
+    path = Path(folder) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RuntimeError(f"{path}: this run directory is in use by {holder}; wait for it to end or choose "
+                               "another run.name") from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield
 
 
 def write_json(path: str | Path, payload) -> None:

@@ -45,14 +45,16 @@ def run_dir(cfg: Config) -> Path:
 
 
 def run_pipeline(cfg: Config) -> dict:
-    """Every stage in order; returns the report. The driver serves the run's job metrics meanwhile."""
-    serve_driver(cfg)
-    try:
-        return _run_stages(cfg)
-    except BaseException:
-        for stage in obs_metrics.running_stages(cfg.run.name):
-            obs_metrics.stage_ended(cfg.run.name, stage, failed=True)
-        raise
+    """Every stage in order; returns the report. The driver serves the run's job metrics meanwhile and
+    holds the run directory, so a second `qbr run` of the same run stops instead of writing into it."""
+    with artifacts.exclusive(run_dir(cfg)):
+        serve_driver(cfg)
+        try:
+            return _run_stages(cfg)
+        except BaseException:
+            for stage in obs_metrics.running_stages(cfg.run.name):
+                obs_metrics.stage_ended(cfg.run.name, stage, failed=True)
+            raise
 
 
 def serve_driver(cfg: Config) -> None:

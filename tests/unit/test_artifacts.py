@@ -1,8 +1,11 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from qbr_dist import __version__
+from qbr_dist import __version__, artifacts
 from qbr_dist.artifacts import atomic_path, code_version, stage_is_current, stage_key, write_json, write_manifest
 
 
@@ -69,3 +72,20 @@ def test_stage_without_manifest_is_not_current(tmp_path):
 
 def test_code_version_names_the_package():
     assert code_version()["package"] == __version__
+
+
+def test_a_run_directory_held_by_another_process_is_refused_until_that_process_ends(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from qbr_dist import artifacts\n"
+        f"with artifacts.exclusive({str(tmp_path)!r}):\n"
+        "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match=rf"\.lock: this run directory is in use by pid {holder.pid} on "):
+            with artifacts.exclusive(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with artifacts.exclusive(tmp_path):  # the kernel dropped the killed holder's lock
+        assert (tmp_path / artifacts.LOCK).read_text().startswith(f"pid {os.getpid()} ")
