@@ -110,3 +110,11 @@ def test_structure_stage_names_a_missing_field(tmp_path, interactions_file):
     root = pipeline.run_dir(cfg)
     with pytest.raises(ValueError, match=r"items.parquet: structure.fields names 'brand'"):
         pipeline.structure(cfg, root, pipeline.ingest(cfg, root))
+
+
+def test_a_run_directory_in_use_stops_a_second_run_before_any_stage(tmp_path, interactions_file):
+    cfg = config(tmp_path, interactions_file, "obs.enabled=false")
+    with artifacts.exclusive(pipeline.run_dir(cfg)):
+        with pytest.raises(RuntimeError, match="this run directory is in use by pid"):
+            pipeline.run_pipeline(cfg)
+    assert not (pipeline.run_dir(cfg) / "ingest").exists()
