@@ -35,6 +35,7 @@ ABLATIONS = {
     "mask mixture (random, span, tail, multi-region)": ["train.mask_weights=[0.4, 0.2, 0.2, 0.2]"],
     "without fusion (codes from text features)": ["quant.input=text_emb"],
     "pure semantic (no ID vector)": ["model.tokens=semantic"],
+    "ID dropout 0.5 (hybrid items placed by their codes alone half the time)": ["model.id_dropout=0.5"],
 }
 KEPT = ("valid", "test", "test_cold", "epochs", "steps", "train_wall_s", "mask_mixture")
 

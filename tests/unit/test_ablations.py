@@ -1,6 +1,7 @@
 """The ablations of Q-BERT4Rec are config flags; each changes exactly what it names: no
-pretraining, a single masking strategy, hybrid vs pure semantic items. (Codes without fusion,
-`quant.input = "text_emb"`, is the path tests/integration/test_quantize.py runs.)"""
+pretraining, a single masking strategy, hybrid vs pure semantic items, ID dropout of hybrid
+items. (Codes without fusion, `quant.input = "text_emb"`, is the path
+tests/integration/test_quantize.py runs.)"""
 import numpy as np
 import torch
 
@@ -45,3 +46,4 @@ def test_hybrid_items_add_an_id_vector_to_the_code_embeddings(tmp_path):
     items = torch.tensor([1, 2])
     shared = sum(table(torch.from_numpy(codes[[1, 2]])[:, i]) for i, table in enumerate(hybrid.tables))
     assert torch.allclose(hybrid.vectors(items), shared + hybrid.ids.vectors(items))
+    assert hybrid.id_dropout == 0.0 and tokens("model.tokens=hybrid", "model.id_dropout=0.5").id_dropout == 0.5
