@@ -29,6 +29,8 @@ class RunConfig:
 
     def check(self) -> None:
         _require(bool(self.name) and "/" not in self.name, "run.name", "a non-empty name without '/'")
+        _require("://" not in self.root, "run.root",
+                 "a path on a file system (for object storage, mount the bucket and give the mount path)")
 
 
 @dataclass

@@ -76,3 +76,8 @@ def test_id_dropout_needs_hybrid_tokens_and_is_keyed_only_when_set():
         load_config(None, ["model.tokens=semantic", "model.id_dropout=0.3"])
     assert "id_dropout" not in ModelConfig(tokens="hybrid").key()
     assert ModelConfig(tokens="hybrid", id_dropout=0.3).key()["id_dropout"] == 0.3
+
+
+def test_a_run_root_uri_is_refused_with_what_to_do_instead():
+    with pytest.raises(ConfigError, match=r"run.root.*mount the bucket"):
+        load_config(None, ["run.root=s3://bucket/runs"])
