@@ -4,7 +4,8 @@ trained model's exported weights, each explained by the semantic codes it shares
 An explanation cites, level by level, the recommended item's own code prefixes that some history
 item also has (`3`, then `3-41`, ...), with the number of history items sharing it and the words
 that characterise it (the code inspector's TF-IDF). Items kept out of training by a cold-item
-split are marked cold: their scores come from their codes alone.
+split are marked cold: their scores come from their codes (with hybrid tokens, plus the mean ID
+vector of the trained items sharing their longest code prefix).
 """
 from __future__ import annotations
 
