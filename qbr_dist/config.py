@@ -236,7 +236,7 @@ class ModelConfig:
     max_len: int = 50
     dropout: float = 0.2
     # hybrid only: chance that a training lookup leaves out an item's ID vector and bias, so that its
-    # codes alone must place it (as they must for cold items, which have no trained ID vector)
+    # codes must place it without them (as cold items have no trained ID vector of their own)
     id_dropout: float = 0.0
 
     def check(self) -> None:

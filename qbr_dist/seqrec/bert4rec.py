@@ -53,7 +53,7 @@ class SemanticTokens(nn.Module):
     the training forward skips that work.
 
     `id_dropout` (hybrid): in training, the chance that one lookup of an item leaves out its ID vector
-    and bias, so its codes alone must place it, as they must for every item no training has seen."""
+    and bias, so its codes must place it without them, as for every item no training has seen."""
 
     def __init__(self, *, codes: torch.Tensor, code_sizes: list[int], hidden: int, hybrid: bool = False,
                  untrained: torch.Tensor | None = None, id_dropout: float = 0.0):
