@@ -14,7 +14,8 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup test-tools ops submit demo test test-unit test-integration test-reliability bench-encode bench-encode-quick bench-kmeans \
 	bench-kmeans-quick bench-retokenize bench-retokenize-quick bench-ablations bench-ablations-quick bench-load bench-load-quick \
-	bench-quality bench-quality-quick bench-scaling bench-scaling-quick bench-throughput bench-throughput-quick bench-gpu-smoke gpu-wheels clean
+	bench-quality bench-quality-quick bench-scaling bench-scaling-quick bench-throughput bench-throughput-quick bench-slices \
+	bench-slices-quick bench-gpu-smoke gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -91,6 +92,13 @@ bench-ablations: $(BENCH_STAMP)
 
 bench-ablations-quick: $(BENCH_STAMP)
 	$(PY) bench/ablations.py --quick
+
+# RUNS: finished run directories (default runs/ml100k, what make demo writes)
+bench-slices: $(STAMP)
+	$(PY) bench/popularity_slices.py $(RUNS)
+
+bench-slices-quick: $(STAMP)
+	$(PY) bench/popularity_slices.py --quick $(RUNS)
 
 bench-scaling: $(BENCH_STAMP)
 	$(PY) bench/scaling.py

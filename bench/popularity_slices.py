@@ -1,0 +1,94 @@
+"""Where the trained models win and lose: test metrics of each finished run's bert4rec and qbert4rec,
+sliced by how popular the test target was in training (terciles of its training count).
+
+    python bench/popularity_slices.py [--quick] [RUN_DIR ...]
+
+Each RUN_DIR is a finished `qbr run` directory (default `runs/ml100k`, what `make demo` writes);
+its exported weights are loaded and the warm test users scored on the driver with the project's
+metric code, so the overall figure must equal the stage's metrics.json (both are written out).
+--quick scores the first 200 test users of each run. Writes bench/results/popularity_slices.json
+(popularity_slices-quick.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qbr_dist import pipeline
+from qbr_dist.report import provenance
+from qbr_dist.seqrec.examples import evaluation_examples, left_pad
+from qbr_dist.seqrec.metrics import metric_means, metric_sums, target_ranks
+from qbr_dist.seqrec.popularity import training_counts
+from qbr_dist.seqrec.trained import load_trained
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+STAGES = ("bert4rec", "qbert4rec")
+SLICES = ("least popular third", "middle third", "most popular third")
+KEPT = ("HR@10", "NDCG@10")
+
+
+def test_ranks(stage_dir: Path, ingest: Path, examples: list[tuple], chunk_size: int) -> torch.Tensor:
+    """1-based rank of each example's target among all items, from the stage's exported model."""
+    model, _ = load_trained(stage_dir, ingest / pipeline.COLD)
+    length = model.bert.config.max_position_embeddings
+    inputs = np.stack([left_pad(np.append(history[-(length - 1):], model.mask_token), length)
+                       for history, _ in examples])
+    with torch.no_grad():
+        hidden = model.encode(torch.from_numpy(inputs))[:, -1]
+        return target_ranks(lambda start, end: model.score_items(hidden, start, end),
+                            torch.tensor([target for _, target in examples]), first_item=1,
+                            end_item=model.num_items + 1, chunk_size=chunk_size)
+
+
+def slice_run(run: Path, limit: int | None, chunk_size: int) -> dict:
+    ingest = run / "ingest"
+    sequences = pipeline.load_sequences(ingest)
+    examples = evaluation_examples(sequences, pipeline.load_cold_targets(ingest), "test")[:limit]
+    counts = training_counts(sequences, pipeline.num_items(ingest)).numpy()
+    target_counts = counts[[target for _, target in examples]]
+    edges = np.quantile(target_counts, [1 / 3, 2 / 3])
+    slice_of = np.digitize(target_counts, edges)
+    out = {"test_users": len(examples), "tercile_edges_training_count": edges.tolist(), "models": {}}
+    for stage in STAGES:
+        if not (run / stage / pipeline.METRICS).is_file():
+            continue
+        ranks = test_ranks(run / stage, ingest, examples, chunk_size)
+        entry = {"all": {k: v for k, v in metric_means(metric_sums(ranks), len(ranks)).items() if k in KEPT},
+                 "metrics_json": {k: pipeline.read_metrics(run / stage)["test"][k] for k in KEPT}}
+        for index, name in enumerate(SLICES):
+            picked = torch.from_numpy(slice_of == index)
+            means = metric_means(metric_sums(ranks[picked]), int(picked.sum()))
+            entry[name] = {"users": int(picked.sum()), **{k: means[k] for k in KEPT}}
+        out["models"][stage] = entry
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="*", type=Path, default=[REPO / "runs" / "ml100k"])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--chunk-size", type=int, default=4096)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    result = {"quick": args.quick, "runs": {}, "provenance": provenance()}
+    for run in args.runs:
+        if not (run / "ingest" / pipeline.SEQUENCES).is_file():
+            raise SystemExit(f"{run}: not a finished qbr run directory (no ingest/{pipeline.SEQUENCES})")
+        result["runs"][run.name] = slice_run(run, 200 if args.quick else None, args.chunk_size)
+        for stage, entry in result["runs"][run.name]["models"].items():
+            print(run.name, stage, "  ".join(f"{name}: NDCG@10 {entry[name]['NDCG@10']:.4f}" for name in SLICES),
+                  flush=True)
+    out = RESULTS / ("popularity_slices-quick.json" if args.quick else "popularity_slices.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
