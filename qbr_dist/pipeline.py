@@ -81,17 +81,24 @@ def _run_stages(cfg: Config) -> dict:
 def run_seeds(cfg: Config, seeds: int) -> dict:
     """`run_pipeline` once per seed (run.seed, run.seed + 1, ...), each in <name>-seed<s>; then
     the mean and spread of every model's metrics, written to <name>/seeds.json and seeds.md."""
-    import dataclasses
-
     from qbr_dist.report import seed_summary, seeds_markdown, write_summary
 
     reports = {}
     for seed in range(cfg.run.seed, cfg.run.seed + seeds):
-        run = dataclasses.replace(cfg.run, name=f"{cfg.run.name}-seed{seed}", seed=seed)
-        reports[seed] = run_pipeline(dataclasses.replace(cfg, run=run))
+        reports[seed] = run_pipeline(member_config(cfg, cfg.run.name, name=f"{cfg.run.name}-seed{seed}", seed=seed))
     summary = seed_summary(reports)
     write_summary(run_dir(cfg), "seeds", summary, seeds_markdown(summary))
     return summary
+
+
+def member_config(cfg: Config, base_name: str, **run_changes) -> Config:
+    """`cfg` for one seed or grid point of the runs named `base_name`: its own run directory, but the
+    shards of `base_name` (unless shards.name is set), since a catalog's shards rarely change with a
+    seed or a grid point; their manifest still has them rewritten when the shards settings differ."""
+    import dataclasses
+
+    shards = cfg.shards if cfg.shards.name else dataclasses.replace(cfg.shards, name=base_name)
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **run_changes), shards=shards)
 
 
 def grid_points(grid: list[str]) -> list[list[str]]:
@@ -110,16 +117,13 @@ def grid_points(grid: list[str]) -> list[list[str]]:
 def run_grid(make_config, grid: list[str]) -> dict:
     """`run_pipeline` once per grid point (config from `make_config(overrides)`, in <name>-<point>);
     each model keeps the point of its best validation NDCG@10 and reports that point's test metrics."""
-    import dataclasses
-
     from qbr_dist.report import grid_markdown, grid_summary, write_summary
 
     base = make_config([])
     runs = []
     for overrides in grid_points(grid):
-        cfg = make_config(overrides)
         name = f"{base.run.name}-" + "-".join(o.replace("=", "_") for o in overrides)
-        runs.append((overrides, run_pipeline(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name)))))
+        runs.append((overrides, run_pipeline(member_config(make_config(overrides), base.run.name, name=name))))
     summary = grid_summary(runs)
     write_summary(run_dir(base), "grid", summary, grid_markdown(summary))
     return summary

@@ -139,3 +139,15 @@ def test_readme_table_is_replaced_between_the_markers_with_date_and_machine(tmp_
     (tmp_path / "bare.md").write_text("no markers\n")
     with pytest.raises(ValueError, match="no <!-- qbr:results:start -->"):
         update_readme(tmp_path / "bare.md", "x")
+
+
+def test_seeds_and_grid_points_get_their_own_run_directory_but_share_the_catalogs_shards():
+    from qbr_dist.config import load_config
+    from qbr_dist.pipeline import member_config, run_dir
+
+    cfg = load_config(None, ["run.name=demo"])
+    member = member_config(cfg, "demo", name="demo-seed1", seed=1)
+    assert (member.run.name, member.run.seed, member.shards.name) == ("demo-seed1", 1, "demo")
+    assert run_dir(member) != run_dir(cfg) and cfg.shards.name == ""
+    named = load_config(None, ["run.name=demo", "shards.name=catalog"])
+    assert member_config(named, "demo", name="demo-x").shards.name == "catalog"
