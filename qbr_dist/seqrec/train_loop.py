@@ -1,5 +1,6 @@
-"""BERT4Rec training loop, run by every Ray Train worker: pretrain with random item masking,
-then fine-tune with the last item masked; validation NDCG@10 selects the model.
+"""BERT4Rec training loop, run by every Ray Train worker: pretrain with masked items (per sequence a
+strategy drawn from train.mask_weights; BERT4Rec's random masking by default), then fine-tune with the
+last item masked; validation NDCG@10 selects the model.
 
 The best point so far is kept as a DeepSpeed checkpoint: fine-tuning starts from the best pretraining
 state (not from the epochs that early stopping waited through), and the run ends on the best state of
