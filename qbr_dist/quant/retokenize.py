@@ -186,10 +186,13 @@ def assign_in_buckets(staged: list[Path], previous: Path | None, path: Path, ver
 
 
 def _suffix_buckets(items: BucketFiles, earlier: BucketFiles, suffixed: BucketFiles) -> dict:
-    """Each bucket of items with a `suffix` column into `suffixed`: item count, collision rate, suffix table size."""
+    """Each bucket of items with a `suffix` column into `suffixed`: item count, collision rate, suffix table size.
+    Rows are sorted by item id: the Ray Data job delivers them in no fixed order, and the codes file should
+    not depend on it, byte for byte."""
     total, shared, largest = 0, 0, -1
     with suffixed:
         for bucket, table in items.tables():
+            table = table.sort_by("item_id")
             codes = column_matrix(table.column("codes"), np.int64)
             suffixes = assign_suffixes(table.column("item_id"), codes, _previous(earlier.read(bucket)))
             suffixed.write(bucket, table.append_column("suffix", pa.array(suffixes)))

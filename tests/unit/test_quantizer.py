@@ -1,5 +1,6 @@
 """Residual k-means, codebook versions and files, and unique semantic IDs, in one process."""
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -132,6 +133,12 @@ def test_the_bucketed_suffix_pass_gives_the_single_pass_assignment(tmp_path):
     assert got == {i: (*c, s) for i, c, s in zip(ids.tolist(), codes.tolist(), expected.tolist())}
     assert counts == {"items": n, "collision_rate": collision_rate(codes), "suffix_table_size": expected.max() + 1}
     assert table.schema.metadata[SUFFIX_KEY] == str(expected.max() + 1).encode()
+
+    shuffled = staged.take(pa.array(rng.permutation(n)))  # the Ray Data job's rows come in no fixed order
+    pq.write_table(shuffled, tmp_path / "shuffled.parquet", row_group_size=500)
+    assign_in_buckets([tmp_path / "shuffled.parquet"], tmp_path / "previous.parquet", tmp_path / "again.parquet",
+                      "v1", buckets, work=tmp_path / "work-again", source="features")
+    assert (tmp_path / "again.parquet").read_bytes() == (tmp_path / "codes.parquet").read_bytes()
 
 
 def test_an_item_id_repeated_in_two_buckets_is_refused(tmp_path):
