@@ -74,20 +74,31 @@ class SemanticTokens(nn.Module):
             self.backoff = PrefixBackoff(codes[:, :len(code_sizes) - 1], untrained.bool())
 
     def vectors(self, items: torch.Tensor) -> torch.Tensor:
-        return self.weights(items)[0]
+        """Vectors (..., hidden) of `items`: the input side, which needs no biases."""
+        return self._compose(items, self.tables, self.ids and self.ids.table.weight, self._id_kept(items))
 
     def weights(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Vectors (..., hidden) and biases (...) of `items`; one ID-dropout draw per lookup covers both."""
+        kept = self._id_kept(items)
+        vectors = self._compose(items, self.tables, self.ids and self.ids.table.weight, kept)
+        biases = self._compose(items, self.code_biases, self.ids and self.ids.bias.unsqueeze(-1), kept)
+        return vectors, biases.squeeze(-1)
+
+    def _compose(self, items: torch.Tensor, code_tables: nn.ModuleList, id_table: torch.Tensor | None,
+                 kept: torch.Tensor | None) -> torch.Tensor:
+        """Sum of the rows of an item's codes, plus its ID row (when hybrid) unless ID dropout left it out."""
         codes = self.codes[items]
-        vectors = sum(table(codes[..., position]) for position, table in enumerate(self.tables))
-        bias = sum(table(codes[..., position]).squeeze(-1) for position, table in enumerate(self.code_biases))
-        if self.ids is None:
-            return vectors, bias
-        id_vectors, id_bias = self._id_part(self.ids.table.weight, items), self._id_part(self.ids.bias, items)
-        if self.training and self.id_dropout > 0:
-            kept = (torch.rand(items.shape, device=items.device) >= self.id_dropout).to(id_bias.dtype)
-            id_vectors, id_bias = id_vectors * kept.unsqueeze(-1), id_bias * kept
-        return vectors + id_vectors, bias + id_bias
+        composed = sum(table(codes[..., position]) for position, table in enumerate(code_tables))
+        if id_table is None:
+            return composed
+        id_rows = self._id_part(id_table, items)
+        return composed + (id_rows if kept is None else id_rows * kept)
+
+    def _id_kept(self, items: torch.Tensor) -> torch.Tensor | None:
+        """In training with ID dropout: True where a lookup keeps its item's ID row (..., 1)."""
+        if self.ids is None or not self.training or self.id_dropout == 0:
+            return None
+        return torch.rand((*items.shape, 1), device=items.device) >= self.id_dropout
 
     def _id_part(self, table: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return table[items] if self.backoff is None or self.training else self.backoff(table, items)

@@ -148,5 +148,9 @@ def test_id_dropout_leaves_out_vector_and_bias_together_and_only_in_training():
     assert torch.equal(with_id, (vectors > 50).all(-1))  # one draw per lookup covers vector and bias
     assert 0.45 < with_id.float().mean() < 0.55
     assert ((vectors < 50).all(-1) == ~with_id).all()
+    torch.manual_seed(1)
+    inputs = tokens.vectors(items)  # the input side: vectors only, the same draw
+    torch.manual_seed(1)
+    assert torch.equal(inputs, tokens.weights(items)[0])
     tokens.eval()
     assert (tokens.weights(items)[1] > 50).all()  # scoring outside training always has the ID part
