@@ -11,23 +11,18 @@ end, its numbers say little. Writes bench/results/ablations.json (ablations-quic
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
-for name, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "disabled")):
-    os.environ.setdefault(name, value)  # as the Makefile sets them, for direct runs too
+from common import BENCH, REPO, machine, write_result  # first: the environment Ray reads
 
-from qbr_dist import pipeline  # noqa: E402
-from qbr_dist.config import load_config  # noqa: E402
-from qbr_dist.data import synth  # noqa: E402
-from qbr_dist.report import provenance  # noqa: E402
+from qbr_dist import pipeline
+from qbr_dist.config import load_config
+from qbr_dist.data import synth
 
-ROOT = Path(__file__).resolve().parent
-WORK, RESULTS = ROOT / ".work" / "ablations", ROOT / "results"
-CONFIG = ROOT.parent / "launch" / "configs" / "ml100k.toml"
+WORK = BENCH / ".work" / "ablations"
+CONFIG = REPO / "launch" / "configs" / "ml100k.toml"
 
 ABLATIONS = {
     "full": [],
@@ -77,12 +72,9 @@ def main(argv: list[str]) -> int:
         rows[name] = run(name, overrides, base)
         test = rows[name]["qbert4rec"]["test"]["NDCG@10"]
         print(f"{name}: qbert4rec test NDCG@10 {test:.4f} ({rows[name]['wall_s']:.0f} s)", flush=True)
-    result = {"config": str(CONFIG.relative_to(ROOT.parent)), "quick": args.quick, "ablations": rows,
-              "provenance": provenance()}
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("ablations-quick.json" if args.quick else "ablations.json")
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(out)
+    result = {"config": str(CONFIG.relative_to(REPO)), "quick": args.quick, "ablations": rows,
+              "machine": machine()}
+    print(write_result(result, "ablations", quick=args.quick))
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -27,18 +26,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from common import BENCH, machine, write_result  # first: the environment Ray reads
 
-for name, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "disabled"), ("HF_HUB_OFFLINE", "1")):
-    os.environ.setdefault(name, value)  # as the Makefile sets them, for direct runs too
+from qbr_dist.config import load_config
+from qbr_dist.data.quarantine import Quarantine
+from qbr_dist.data.shards import INDEX
+from qbr_dist.data.synth import SHARDS, SUMMARY
+from qbr_dist.encode.job import EncoderActor, decode_batch, encode_shards
 
-from qbr_dist.config import load_config  # noqa: E402
-from qbr_dist.data.quarantine import Quarantine  # noqa: E402
-from qbr_dist.data.shards import INDEX  # noqa: E402
-from qbr_dist.data.synth import SHARDS, SUMMARY  # noqa: E402
-from qbr_dist.encode.job import EncoderActor, decode_batch, encode_shards  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent
-WORK, RESULTS = ROOT / ".work", ROOT / "results"
+WORK = BENCH / ".work"
 IMAGE_MODEL = "ViT-S-32-alt"  # the smallest fast built-in open_clip ViT
 
 
@@ -123,7 +119,7 @@ def main() -> None:
     plain = plain_loop(catalog / SHARDS, cfg, input_size(IMAGE_MODEL))
     result = {
         "benchmark": "encode_pipeline", "quick": args.quick,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "models": {"text": cfg.text_model, "image": f"{IMAGE_MODEL} (random init)", "batch_size": cfg.batch_size},
         "catalog": made,
         "ray_data": ray_data | {"actors": cfg.actors, "cpus_per_actor": cfg.cpus_per_actor},
@@ -132,9 +128,7 @@ def main() -> None:
         "synth_memory": memory | {"bound_mb": 2048,
                                   "within_bound": max(memory["peak_rss_mb"], memory["peak_rss_mb_kernel"]) < 2048},
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / ("encode-quick.json" if args.quick else "encode.json")
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, "encode", quick=args.quick)
     print(json.dumps(result, indent=2))
 
 

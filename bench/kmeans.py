@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from common import machine, write_result
 
 from qbr_dist.quant.kmeans import kmeans, nearest
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def blobs(n: int, d: int, centres: int, seed: int) -> np.ndarray:
@@ -61,15 +58,14 @@ def main() -> None:
     ours_inertia, faiss_inertia = inertia(tensor, ours.centroids), inertia(tensor, torch.from_numpy(theirs.centroids))
     result = {
         "benchmark": "kmeans", "quick": args.quick,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "threads": args.threads},
+        "machine": machine(threads=args.threads),
         "data": {"n": n, "d": d, "k": k, "iterations": iterations, "blobs": k * 2},
         "qbr_dist": {"seconds": round(ours_s, 3), "inertia": ours_inertia, "iterations": ours.iterations},
         "faiss": {"seconds": round(faiss_s, 3), "inertia": faiss_inertia, "version": faiss.__version__},
         "time_ratio_qbr_over_faiss": round(ours_s / faiss_s, 3),
         "inertia_ratio_qbr_over_faiss": round(ours_inertia / faiss_inertia, 4),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / ("kmeans-quick.json" if args.quick else "kmeans.json")).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, "kmeans", quick=args.quick)
     print(json.dumps(result, indent=2))
 
 

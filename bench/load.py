@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import threading
@@ -26,25 +25,23 @@ import time
 from collections import Counter
 from pathlib import Path
 
-for name, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "disabled")):
-    os.environ.setdefault(name, value)  # as the Makefile sets them, for direct runs too
+from common import BENCH, machine, write_result  # first: the environment Ray reads
 
-import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pyarrow.parquet as pq
+import torch
 
-from qbr_dist.config import EncodeConfig  # noqa: E402
-from qbr_dist.data import synth  # noqa: E402
-from qbr_dist.data.quarantine import Quarantine  # noqa: E402
-from qbr_dist.encode.job import encode_shards  # noqa: E402
-from qbr_dist.encode.text import text_model_path  # noqa: E402
-from qbr_dist.quant import CODES  # noqa: E402
-from qbr_dist.quant.codebook import save_codebooks  # noqa: E402
-from qbr_dist.quant.residual import residual_kmeans  # noqa: E402
-from qbr_dist.quant.retokenize import retokenize  # noqa: E402
+from qbr_dist.config import EncodeConfig
+from qbr_dist.data import synth
+from qbr_dist.data.quarantine import Quarantine
+from qbr_dist.encode.job import encode_shards
+from qbr_dist.encode.text import text_model_path
+from qbr_dist.quant import CODES
+from qbr_dist.quant.codebook import save_codebooks
+from qbr_dist.quant.residual import residual_kmeans
+from qbr_dist.quant.retokenize import retokenize
 
-ROOT = Path(__file__).resolve().parent
-WORK, RESULTS = ROOT / ".work" / "load", ROOT / "results"
+WORK = BENCH / ".work" / "load"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
@@ -164,10 +161,8 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=2)
     args = parser.parse_args()
     result = run(args.items, WORK / str(args.items), actors=args.actors)
-    result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-    RESULTS.mkdir(exist_ok=True)
-    name = "load.json" if args.items == 1_000_000 else f"load-{args.items}.json"
-    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
+    result["machine"] = machine()
+    write_result(result, "load" if args.items == 1_000_000 else f"load-{args.items}")
     shutil.rmtree(WORK / str(args.items))
     print(json.dumps(result, indent=2))
 

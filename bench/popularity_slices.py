@@ -12,22 +12,19 @@ metric code, so the overall figure must equal the stage's metrics.json (both are
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import REPO, machine, write_result
 
 from qbr_dist import pipeline
-from qbr_dist.report import provenance
 from qbr_dist.seqrec.examples import evaluation_examples, left_pad
 from qbr_dist.seqrec.metrics import metric_means, metric_sums, target_ranks
 from qbr_dist.seqrec.popularity import training_counts
 from qbr_dist.seqrec.trained import load_trained
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 STAGES = ("bert4rec", "qbert4rec")
 SLICES = ("least popular third", "middle third", "most popular third")
 KEPT = ("HR@10", "NDCG@10")
@@ -76,7 +73,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--chunk-size", type=int, default=4096)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    result = {"quick": args.quick, "runs": {}, "provenance": provenance()}
+    result = {"quick": args.quick, "runs": {}, "machine": machine()}
     for run in args.runs:
         if not (run / "ingest" / pipeline.SEQUENCES).is_file():
             raise SystemExit(f"{run}: not a finished qbr run directory (no ingest/{pipeline.SEQUENCES})")
@@ -84,9 +81,7 @@ def main(argv: list[str]) -> int:
         for stage, entry in result["runs"][run.name]["models"].items():
             print(run.name, stage, "  ".join(f"{name}: NDCG@10 {entry[name]['NDCG@10']:.4f}" for name in SLICES),
                   flush=True)
-    out = RESULTS / ("popularity_slices-quick.json" if args.quick else "popularity_slices.json")
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(out)
+    print(write_result(result, "popularity_slices", quick=args.quick))
     return 0
 
 

@@ -35,25 +35,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import BENCH, REPO, machine, write_result  # first: the environment Ray reads
 
-for name, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "disabled"), ("HF_HUB_OFFLINE", "1"),
-                    ("TOKENIZERS_PARALLELISM", "false")):
-    os.environ.setdefault(name, value)  # as the Makefile sets them, for direct runs too
+from qbr_dist.config import load_config
+from qbr_dist.seqrec.metrics import METRIC_NAMES
 
-from qbr_dist.config import load_config  # noqa: E402
-from qbr_dist.report import provenance  # noqa: E402
-from qbr_dist.seqrec.metrics import METRIC_NAMES  # noqa: E402
-
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-RESULTS = BENCH / "results"
 CONFIG = REPO / "launch" / "configs" / "ml100k.toml"
 RECBOLE_PYTHON = REPO / ".venv-recbole" / "bin" / "python"
 RECBOLE_TRAIN = BENCH / "recbole" / "train.py"
@@ -101,13 +93,18 @@ def read_project(path: Path) -> dict:
     """The project's figures from a seeds.json (with its per-seed report.json files where present) or a
     report.json: per model, per evaluation, {metric: {mean, std}}, plus per-seed values."""
     summary = json.loads(path.read_text())
+    published = "summary" in summary and "per_seed" in summary  # e.g. bench/results/ml100k-seeds.json
+    if published:  # a seeds.json kept with each seed's model figures; its run folders may be gone
+        per_seed = {int(s): {"models": models} for s, models in summary["per_seed"].items()}
+        summary, ingest, config = summary["summary"], None, None
     if "seeds" in summary:  # seeds.json of `qbr run --seeds N`: <root>/<name>/seeds.json, seeds in <name>-seed<s>
         seeds = [int(s) for s in summary["seeds"]]
-        reports = {s: path.parent.parent / f"{path.parent.name}-seed{s}" / "report.json" for s in seeds}
-        per_seed = {s: json.loads(p.read_text()) for s, p in reports.items() if p.is_file()}
         models = {name: {e: m[e] for e in EVALUATIONS if e in m} for name, m in summary["models"].items()}
-        ingest = path.parent.parent / f"{path.parent.name}-seed{seeds[0]}" / "ingest"
-        config = next(iter(per_seed.values()), {}).get("config")
+        if not published:
+            reports = {s: path.parent.parent / f"{path.parent.name}-seed{s}" / "report.json" for s in seeds}
+            per_seed = {s: json.loads(p.read_text()) for s, p in reports.items() if p.is_file()}
+            ingest = path.parent.parent / f"{path.parent.name}-seed{seeds[0]}" / "ingest"
+            config = next(iter(per_seed.values()), {}).get("config")
     else:  # report.json of one run
         config = summary.get("config")
         seeds = [int(config["run"]["seed"]) if config else 0]
@@ -124,7 +121,7 @@ def read_project(path: Path) -> dict:
                                             **{k: run[k] for k in ("epochs", "steps", "best", "train_wall_s")
                                                if k in run}}
         out[name] = entry
-    return {"source": str(path), "seeds": seeds, "models": out, "data": summary.get("data"), "config": config,
+    return {"source": shown(path), "seeds": seeds, "models": out, "data": summary.get("data"), "config": config,
             "ingest": ingest}
 
 
@@ -167,6 +164,12 @@ def in_repository(settings: dict) -> dict:
     prefix = f"{REPO}/"
     return {model: {k: v.replace(prefix, "") if isinstance(v, str) else v for k, v in values.items()}
             for model, values in settings.items()}
+
+
+def shown(path: Path) -> str:
+    """A path as any clone would have it: relative to the repository when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -215,15 +218,6 @@ def plot(models: dict, path: Path, title: str) -> None:
     tmp.replace(path)
 
 
-def machine(recbole: dict, threads: int) -> dict:
-    import torch
-
-    return {"provenance": provenance(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "recbole_env": {k: recbole[k] for k in ("recbole", "torch", "numpy", "python")},
-            "recbole_threads": threads}
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -242,13 +236,14 @@ def main(argv: list[str]) -> int:
     seeds = args.seeds or (1 if args.quick else 3)
     args.recbole_epochs = args.recbole_epochs or (2 if args.quick else 50)
     overrides = QUICK_PROJECT if args.quick else []
-    out_path = args.out or RESULTS / ("quality-quick.json" if args.quick else "quality.json")
     work = BENCH / ".work" / ("quality-quick" if args.quick else "quality")
     started = time.perf_counter()
 
     summary = args.project_summary or run_project(overrides, seeds)
     project = read_project(summary)
     project_cfg = project["config"] or load_config(CONFIG, overrides).to_dict()
+    if args.ingest is None and project["ingest"] is None:
+        raise SystemExit(f"{summary}: names no run folder; give the ingest folder of its data with --ingest")
     ingest = (args.ingest or project["ingest"]).resolve()
     manifest = json.loads((ingest / "manifest.json").read_text())
     if project["data"] is not None and manifest["rows"] != project["data"]:
@@ -262,7 +257,8 @@ def main(argv: list[str]) -> int:
     rows = manifest["rows"]
     result = {
         "quick": args.quick,
-        "machine": machine(recbole, args.threads),
+        "machine": machine(recbole_env={k: recbole[k] for k in ("recbole", "torch", "numpy", "python")},
+                           recbole_threads=args.threads),
         "dataset": project_cfg["data"]["dataset"],
         "split": {"protocol": "leave-one-out: train = items[:-2], valid target = items[-2], test target = items[-1]",
                   "users": rows["users"], "items": rows["items"], "interactions": rows["interactions"],
@@ -273,19 +269,17 @@ def main(argv: list[str]) -> int:
         "side_by_side": side_by_side(models),
         "models": models,
         "settings": {
-            "project": {"config": str(CONFIG.relative_to(REPO)), "summary": str(summary),
+            "project": {"config": str(CONFIG.relative_to(REPO)), "summary": shown(summary),
                         "overrides": None if args.project_summary else overrides,  # None: an existing summary
                         "seeds": project["seeds"],
                         **{s: project_cfg[s] for s in ("model", "train", "eval", "runtime") if s in project_cfg}},
-            "recbole": {"seeds": recbole_seeds, "arguments": recbole["arguments"],
-                        "models": in_repository(recbole["settings"])},
+            "recbole": {"seeds": recbole_seeds, "fingerprint": recbole["fingerprint"],
+                        "arguments": recbole["arguments"], "models": in_repository(recbole["settings"])},
         },
         "notes": NOTES,
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    RESULTS.mkdir(exist_ok=True)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    out_path = write_result(result, "quality", quick=args.quick, out=args.out)
     counts = sorted({len(project["seeds"]), len(recbole_seeds)})
     plot(models, out_path.with_suffix(".png"), "MovieLens-100K, leave-one-out, warm test targets; mean ± std over "
          + (f"{counts[0]} seed(s)" if len(counts) == 1 else

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -24,20 +23,18 @@ import threading
 import time
 from pathlib import Path
 
-for name, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "disabled")):
-    os.environ.setdefault(name, value)  # as the Makefile sets them, for direct runs too
+from common import BENCH, machine, write_result  # first: the environment Ray reads
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
 
-from qbr_dist.quant.codebook import save_codebooks  # noqa: E402
-from qbr_dist.quant.residual import residual_kmeans  # noqa: E402
-from qbr_dist.quant.retokenize import retokenize  # noqa: E402
+from qbr_dist.quant.codebook import save_codebooks
+from qbr_dist.quant.residual import residual_kmeans
+from qbr_dist.quant.retokenize import retokenize
 
-ROOT = Path(__file__).resolve().parent
-WORK, RESULTS = ROOT / ".work" / "retokenize", ROOT / "results"
+WORK = BENCH / ".work" / "retokenize"
 DIM, LEVELS, CODES, ROWS_PER_FILE, FIT_SAMPLE = 384, 3, 256, 100_000, 20_000
 
 
@@ -136,15 +133,13 @@ def main() -> None:
     runs = {str(n): run(n, args.actors) for n in sizes}
     result = {
         "benchmark": "retokenize", "quick": args.quick,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "setup": {"dim": DIM, "levels": LEVELS, "codebook_size": CODES, "actors": args.actors, "batch_size": 4096},
         "runs": runs,
         "note": "driver_peak_rss_mb: the retokenize process's own peak; worker_peak_rss_mb: the largest Ray "
                 "worker process; the vectors are written and the codebook fitted in another process",
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / ("retokenize-quick.json" if args.quick else "retokenize.json")).write_text(
-        json.dumps(result, indent=2) + "\n")
+    write_result(result, "retokenize", quick=args.quick)
     print(json.dumps(result, indent=2))
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -36,16 +35,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import retokenize as retokenize_bench  # bench/retokenize.py (sets Ray's environment before Ray is imported)
+from common import BENCH, REPO, RESULTS, machine, write_result  # first: the environment Ray reads
+import retokenize as retokenize_bench  # bench/retokenize.py
 from qbr_dist.config import EvalConfig, load_config
 from qbr_dist.quant.semantic_ids import assign_suffixes
-from qbr_dist.report import provenance
 from qbr_dist.seqrec.bert4rec import BERT4Rec
 from qbr_dist.seqrec.trained import build_model
 
-BENCH = Path(__file__).resolve().parent
-WORK, RESULTS = BENCH / ".work" / "scaling", BENCH / "results"
-CONFIG = BENCH.parent / "launch" / "configs" / "ml100k.toml"
+WORK = BENCH / ".work" / "scaling"
+CONFIG = REPO / "launch" / "configs" / "ml100k.toml"
 LEVELS, CODES, TOP_K, USERS, ACTORS = 3, 256, 10, 1024, 2
 SIZES, QUICK_SIZES = (10_000, 100_000, 1_000_000, 5_000_000), (10_000, 30_000, 100_000)
 COSTS = {  # fitted cost -> (part of a size's run, its key there, unit)
@@ -186,11 +184,6 @@ def plot(runs: dict, fitted: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def machine() -> dict:
-    return {"provenance": provenance(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__}
-
-
 NOTES = {
     "scoring": "Random weights (the time does not depend on them). Each user batch composes the item vectors "
                "of every chunk again from the code tables and the ID table, as evaluation does, so the ranking "
@@ -239,8 +232,7 @@ def main() -> None:
                   "retokenize_dim": retokenize_bench.DIM},
         "summary": summary(runs), "exponents": fitted, "runs": runs, "notes": NOTES,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, name)
     plot(runs, fitted, RESULTS / f"{name}.png")
     print(json.dumps({"summary": result["summary"], "exponents": fitted}, indent=2))
 

@@ -30,22 +30,20 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from quality import CONFIG, RECBOLE_PYTHON, REPO, RESULTS  # noqa: E402  (bench/quality.py: Ray's environment too)
+from common import BENCH, REPO, machine, write_result  # first: the environment Ray reads
+from quality import CONFIG, RECBOLE_PYTHON
 
-import ray  # noqa: E402
+import ray
 
-from qbr_dist import pipeline  # noqa: E402
-from qbr_dist.config import Config, load_config  # noqa: E402
-from qbr_dist.report import provenance  # noqa: E402
+from qbr_dist import pipeline
+from qbr_dist.config import Config, load_config
 
-BENCH = Path(__file__).resolve().parent
 WORK = Path("bench") / ".work" / "train_throughput"  # relative to the repository root, where this runs
 RECBOLE_THROUGHPUT = BENCH / "recbole" / "throughput.py"
 BASE = [f"run.root={WORK}", f"shards.root={WORK / 'shards'}", "quant.input=text_emb"]  # both stage sets
@@ -130,14 +128,10 @@ def recbole_throughput(cfg: Config, ingest: Path, threads: int, mode: dict, work
 
 # ---------------------------------------------------------------- output
 
-def machine() -> dict:
+def versions() -> dict:
     from importlib.metadata import version
 
-    import torch
-
-    return {"provenance": provenance(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            **{name: version(name) for name in ("deepspeed", "ray")}}
+    return {name: version(name) for name in ("deepspeed", "ray")}
 
 
 def settings(cfg: Config) -> dict:
@@ -156,7 +150,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each Q-BERT worker and of RecBole")
     parser.add_argument("--out", type=Path, help="default bench/results/train_throughput.json (-quick.json)")
     args = parser.parse_args(argv)
-    out_path = (args.out or RESULTS / f"train_throughput{'-quick' if args.quick else ''}.json").resolve()
+    out_path = args.out.resolve() if args.out else None  # None: bench/results/train_throughput(-quick).json
     mode = QUICK if args.quick else FULL
     os.chdir(REPO)  # the config's relative paths (data cache, run root)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -168,8 +162,8 @@ def main(argv: list[str]) -> int:
     cfg = timed_config(1, args.threads, mode["epochs"])
     recbole = recbole_throughput(cfg, tokenizer["ingest"].resolve(), args.threads, mode, REPO / WORK)
     result = {
-        "quick": args.quick, "machine": machine() | {"recbole_env": {k: recbole[k] for k in ("recbole", "torch",
-                                                                                            "python")}},
+        "quick": args.quick,
+        "machine": machine(**versions(), recbole_env={k: recbole[k] for k in ("recbole", "torch", "python")}),
         "dataset": cfg.data.dataset, "ingest": str(tokenizer["ingest"]), "threads": args.threads,
         "sequences_per_s": {"qbert4rec_1_worker": qbert["workers_1"]["sequences_per_s"],
                             "qbert4rec_2_workers": qbert["workers_2"]["sequences_per_s"],
@@ -184,8 +178,7 @@ def main(argv: list[str]) -> int:
         "recbole_bert4rec": {k: v for k, v in recbole.items() if k not in ("recbole", "torch", "python")},
         "notes": NOTES, "wall_s": round(time.perf_counter() - started, 1),
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    out_path = write_result(result, "train_throughput", quick=args.quick, out=out_path)
     print(json.dumps(result["sequences_per_s"]), json.dumps(result["ratios"]))
     print(out_path)
     return 0

@@ -13,7 +13,9 @@ pytestmark = pytest.mark.integration
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "load.py"
 
 
-def bench_load():
+@pytest.fixture
+def bench_load(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # as `python bench/load.py` has it: bench/common.py
     spec = importlib.util.spec_from_file_location("bench_load", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -27,8 +29,8 @@ def small_ray():
     ray.shutdown()
 
 
-def test_every_item_comes_out_exactly_once_when_a_worker_is_killed(tmp_path, small_ray):
-    result = bench_load().run(20_000, tmp_path / "load", actors=2, kill_after_s=1.0)
+def test_every_item_comes_out_exactly_once_when_a_worker_is_killed(tmp_path, small_ray, bench_load):
+    result = bench_load.run(20_000, tmp_path / "load", actors=2, kill_after_s=1.0)
     for job in ("encode", "retokenize"):
         outcome = result[job]
         assert outcome["killed_before_the_end"], (job, outcome)
