@@ -26,9 +26,14 @@ def machine(**extra) -> dict:
             "python": platform.python_version(), "torch": torch.__version__, **extra}
 
 
+def result_path(name: str, *, quick: bool = False) -> Path:
+    """bench/results/<name>.json, <name>-quick.json for a quick run."""
+    return RESULTS / f"{name}{'-quick' if quick else ''}.json"
+
+
 def write_result(result: dict, name: str, *, quick: bool = False, out: Path | None = None) -> Path:
-    """Write `result` to `out`, or bench/results/<name>.json (<name>-quick.json for a quick run); its path."""
-    path = out or RESULTS / f"{name}{'-quick' if quick else ''}.json"
+    """Write `result` to `out`, or to its `result_path`; returns where."""
+    path = out or result_path(name, quick=quick)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import BENCH, REPO, machine, write_result  # first: the environment Ray reads
+from common import BENCH, REPO, machine, result_path, write_result  # first: the environment Ray reads
 
 from qbr_dist.config import load_config
 from qbr_dist.seqrec.metrics import METRIC_NAMES
@@ -147,6 +147,25 @@ def run_recbole(args, project_cfg: dict, ingest: Path, seeds: list[int], work: P
     return json.loads(out.read_text())
 
 
+def start_cache_from(published: Path, cache: Path) -> None:
+    """A fresh clone has no RecBole cache (bench/.work is not committed): start it from the RecBole runs of
+    the published results file. train.py keeps them only if their fingerprint (its settings, the exported
+    data and its own source) is the one it computes, so nothing it would not have trained itself is reused."""
+    if cache.is_file() or not published.is_file():
+        return
+    previous = json.loads(published.read_text())
+    recbole = previous.get("settings", {}).get("recbole", {})
+    if "fingerprint" not in recbole:
+        return
+    runs = {name.removeprefix("recbole-"): model["per_seed"] for name, model in previous["models"].items()
+            if name.startswith("recbole-")}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"fingerprint": recbole["fingerprint"], "runs": runs,
+                                 "settings": recbole.get("models", {})}, indent=2) + "\n")
+    print(f"recbole: cache started from {shown(published)} (seeds {sorted({s for r in runs.values() for s in r})})",
+          flush=True)
+
+
 def recbole_models(recbole: dict) -> dict:
     out = {}
     for key, runs in recbole["runs"].items():
@@ -250,6 +269,7 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"{ingest} does not hold the data the project's figures were made on "
                          f"({manifest['rows']} vs {project['data']})")
     recbole_seeds = list(range(project["seeds"][0], project["seeds"][0] + seeds))  # the project's seed numbers
+    start_cache_from(args.out or result_path("quality", quick=args.quick), work / "recbole.json")
     recbole = run_recbole(args, project_cfg, ingest, recbole_seeds, work)
 
     models = {name: project["models"][name] for name in PROJECT_MODELS if name in project["models"]}
