@@ -1,4 +1,4 @@
-# Two commands: `make demo` and `make test`; both set everything up first.
+# `make demo` and `make test` set everything up first; the rest (ops, submit, test-*, bench-*) are below.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

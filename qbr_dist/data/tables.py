@@ -1,4 +1,4 @@
-"""The table contracts of the design (DESIGN.md §4) that every reader produces, and the one way
+"""The table contracts (docs/architecture.md, "Stages and artifacts") that every reader produces, and the one way
 vector and code columns become arrays."""
 import numpy as np
 import pyarrow as pa

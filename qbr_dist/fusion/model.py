@@ -1,4 +1,4 @@
-"""Dynamic cross-modal fusion (DESIGN.md §1, stage 1): an item's ID vector queries its content.
+"""Dynamic cross-modal fusion (stage 1 of the method): an item's ID vector queries its content.
 
 Every item has a learnable ID embedding `e_i`, the query. Its modalities (text, image, field
 tokens, co-occurrence) are projected to the model width and serve as keys and values. In each
