@@ -6,7 +6,8 @@ MovieLens-100K, with the project's leave-one-out split and the project's metric 
 1. The project's side: `qbr run --config launch/configs/ml100k.toml --seeds 3` (finished stages are
    reused, so a second call is cheap), then its `runs/ml100k/seeds.json` (mean and spread per model)
    and each seed's `report.json` (per-seed figures, the config it ran with). `--project-summary`
-   reads an existing seeds.json or report.json instead of running anything.
+   reads an existing seeds.json or report.json instead of running anything (one without run folders,
+   such as bench/results/ml100k-seeds.json, gets the config's ingest stage run for RecBole).
 2. The peers' side, in its own virtual environment `.venv-recbole` (RecBole pins an old Ray and
    needs numpy aliases numpy 2 removed, so it cannot share `.venv`): this script launches
    `bench/recbole/train.py` with `.venv-recbole/bin/python` on the project's ingest folder (the
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -94,9 +96,11 @@ def read_project(path: Path) -> dict:
     report.json: per model, per evaluation, {metric: {mean, std}}, plus per-seed values."""
     summary = json.loads(path.read_text())
     published = "summary" in summary and "per_seed" in summary  # e.g. bench/results/ml100k-seeds.json
-    if published:  # a seeds.json kept with each seed's model figures; its run folders may be gone
+    command = summary.get("command")
+    if published:  # a seeds.json kept with each seed's model figures and its command; its run folders may be gone
         per_seed = {int(s): {"models": models} for s, models in summary["per_seed"].items()}
-        summary, ingest, config = summary["summary"], None, None
+        config = load_config(CONFIG, command_overrides(summary["command"])).to_dict()
+        summary, ingest = summary["summary"], None
     if "seeds" in summary:  # seeds.json of `qbr run --seeds N`: <root>/<name>/seeds.json, seeds in <name>-seed<s>
         seeds = [int(s) for s in summary["seeds"]]
         models = {name: {e: m[e] for e in EVALUATIONS if e in m} for name, m in summary["models"].items()}
@@ -121,8 +125,24 @@ def read_project(path: Path) -> dict:
                                             **{k: run[k] for k in ("epochs", "steps", "best", "train_wall_s")
                                                if k in run}}
         out[name] = entry
-    return {"source": shown(path), "seeds": seeds, "models": out, "data": summary.get("data"), "config": config,
-            "ingest": ingest}
+    return {"source": shown(path), "command": command, "seeds": seeds, "models": out, "data": summary.get("data"),
+            "config": config, "ingest": ingest}
+
+
+def command_overrides(command: str) -> list[str]:
+    """The `--set` values of a recorded `qbr run` command line."""
+    words = shlex.split(command)
+    return [value for flag, value in zip(words, words[1:]) if flag == "--set"]
+
+
+def ingest_stage(overrides: list[str], work: Path) -> Path:
+    """The demo config's ingest stage (the split both sides train on) under the scratch folder, for a summary
+    whose run folders are gone, such as the published bench/results/ml100k-seeds.json."""
+    from qbr_dist.pipeline import ingest
+
+    cfg = load_config(CONFIG, overrides)
+    print(f"project: ingest stage of {CONFIG.relative_to(REPO)} for RecBole", flush=True)
+    return ingest(cfg, work / "project" / cfg.run.name)
 
 
 # ---------------------------------------------------------------- the peers' side
@@ -261,13 +281,12 @@ def main(argv: list[str]) -> int:
     summary = args.project_summary or run_project(overrides, seeds)
     project = read_project(summary)
     project_cfg = project["config"] or load_config(CONFIG, overrides).to_dict()
-    if args.ingest is None and project["ingest"] is None:
-        raise SystemExit(f"{summary}: names no run folder; give the ingest folder of its data with --ingest")
-    ingest = (args.ingest or project["ingest"]).resolve()
+    ingest = (args.ingest or project["ingest"] or ingest_stage(overrides, work)).resolve()
     manifest = json.loads((ingest / "manifest.json").read_text())
-    if project["data"] is not None and manifest["rows"] != project["data"]:
-        raise SystemExit(f"{ingest} does not hold the data the project's figures were made on "
-                         f"({manifest['rows']} vs {project['data']})")
+    recorded = project["data"] or {}
+    if {k: manifest["rows"].get(k) for k in recorded} != recorded:
+        raise SystemExit(f"{ingest}/manifest.json: rows {manifest['rows']} are not the data the project's "
+                         f"figures were made on ({recorded})")
     recbole_seeds = list(range(project["seeds"][0], project["seeds"][0] + seeds))  # the project's seed numbers
     start_cache_from(args.out or result_path("quality", quick=args.quick), work / "recbole.json")
     recbole = run_recbole(args, project_cfg, ingest, recbole_seeds, work)
@@ -285,12 +304,13 @@ def main(argv: list[str]) -> int:
                   "cold_items": rows.get("cold_items", 0), "valid_users": recbole["data"]["valid_users"],
                   "test_users": recbole["data"]["test_users"],
                   "cold_test_users_not_compared": recbole["data"]["cold_test_users"],
-                  "ingest": str(ingest), "ingest_key": manifest["key"]},
+                  "ingest": shown(ingest), "ingest_key": manifest["key"]},
         "side_by_side": side_by_side(models),
         "models": models,
         "settings": {
             "project": {"config": str(CONFIG.relative_to(REPO)), "summary": shown(summary),
                         "overrides": None if args.project_summary else overrides,  # None: an existing summary
+                        "command": project["command"],  # what made a published summary's runs
                         "seeds": project["seeds"],
                         **{s: project_cfg[s] for s in ("model", "train", "eval", "runtime") if s in project_cfg}},
             "recbole": {"seeds": recbole_seeds, "fingerprint": recbole["fingerprint"],
