@@ -35,4 +35,4 @@ def fusion_loss(anchor: dict, neighbour: dict, *, temperature: float, id_weight:
     everyone = torch.ones(len(anchor["fused"]), dtype=torch.bool, device=anchor["fused"].device)
     parts["collaborative"] = info_nce(anchor["fused"], neighbour["fused"], everyone, temperature=temperature)
     parts["id_head"] = F.mse_loss(anchor["predicted_id"], anchor["id"].detach()) * id_weight
-    return sum(parts.values()), {name: float(value) for name, value in parts.items()}
+    return sum(parts.values()), {name: value.item() for name, value in parts.items()}

@@ -141,14 +141,14 @@ def _train_epoch(engine, arrays, pairs, state: FusionState, cfg: FusionConfig, r
                                   id_weight=cfg.id_loss_weight)
         engine.backward(loss)
         engine.step()
-        state.batch, state.step = index + 1, state.step + 1
-        for name, value in {"loss": float(loss), **parts, "steps": 1}.items():
+        state.batch, state.step, loss_value = index + 1, state.step + 1, loss.item()
+        for name, value in {"loss": loss_value, **parts, "steps": 1}.items():
             sums[name] = sums.get(name, 0.0) + value
-        meter.step(loss=float(loss), samples=len(items), seconds=time.perf_counter() - started, lr=lr,
+        meter.step(loss=loss_value, samples=len(items), seconds=time.perf_counter() - started, lr=lr,
                    grad_norm=engine.get_global_grad_norm())
         if state.step % runtime.checkpoint_every == 0:
             state.epoch_sums, sums = rt.carry_epoch_sums(state.epoch_sums, sums), {}
-            rt.save_checkpoint(engine, {"step": state.step, "loss": float(loss), "done": False}, asdict(state),
+            rt.save_checkpoint(engine, {"step": state.step, "loss": loss_value, "done": False}, asdict(state),
                                meter)
     totals, state.epoch_sums = rt.carry_epoch_sums(state.epoch_sums, sums), {}
     steps = totals.pop("steps", 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -119,6 +120,10 @@ def worker_runtime(loop_config: dict) -> RuntimeConfig:
 def prepare_worker(runtime: RuntimeConfig) -> None:
     """Thread count and DeepSpeed accelerator; must run before DeepSpeed is imported."""
     torch.set_num_threads(runtime.threads_per_worker)
+    # DeepSpeed's ZeRO-2 gathers with a collective this torch marks deprecated: one FutureWarning per step
+    # and rank (hundreds a run) that says nothing a user can act on.
+    warnings.filterwarnings("ignore", message="`torch.distributed.all_gather_into_tensor` is deprecated",
+                            category=FutureWarning)
     if not runtime.use_gpu:
         os.environ["DS_ACCELERATOR"] = "cpu"
 
