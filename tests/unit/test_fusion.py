@@ -83,7 +83,7 @@ def test_a_few_steps_reduce_the_loss():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0] and set(parts) >= {"view_text", "collaborative", "id_head"}
 
 
