@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("config", help="print the resolved config as JSON",
                                description="Load the config with its overrides, validate it and print it as JSON.")
     _config_args(show)
+    show.add_argument("--reference", action="store_true",
+                      help="print every key with its default and meaning as Markdown instead (docs/config.md)")
     return parser
 
 
@@ -150,7 +152,12 @@ def _dispatch(args) -> int:
         return _data(args)
     cfg = load_config(args.config, args.overrides)
     if args.command == "config":
-        print(json.dumps(cfg.to_dict(), indent=2))
+        if args.reference:
+            from qbr_dist.config_reference import reference_markdown
+
+            sys.stdout.write(reference_markdown())
+        else:
+            print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     from qbr_dist import pipeline
     from qbr_dist.report import grid_markdown, markdown, seeds_markdown, update_readme

@@ -21,10 +21,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunConfig:
-    name: str = "default"
+    name: str = "default"  # the run directory's name, also the Ray Train run and metrics label
     root: str = "runs"  # run directory is <root>/<name>
-    seed: int = 0
-    cache_dir: str = ".cache/data"
+    seed: int = 0  # seeds structure, fusion, quantization and training; `qbr run --seeds N` adds 1 per seed
+    cache_dir: str = ".cache/data"  # where named datasets are fetched to and verified
     tokenize: bool = True  # `qbr run` also runs shards -> encode -> structure -> fusion -> quantize
 
     def check(self) -> None:
@@ -38,13 +38,14 @@ class DataConfig:
     dataset: str = "ml-100k"  # a fetchable dataset name, or "files" to read `interactions`/`catalog`
     interactions: str = ""  # .inter or .parquet, used when dataset = "files"
     catalog: str = ""  # .item or .parquet, optional with dataset = "files"
+    # catalog fields joined into each item's text for the text encoder
     text_fields: list[str] = field(default_factory=lambda: ["movie_title", "release_year", "class"])
-    k_core: int = 0
+    k_core: int = 0  # repeatedly drop users and items with fewer interactions than this; 0 or 1: keep all
     # Cold-item split (an evaluation protocol): this share of the catalog, drawn uniformly with
     # `cold_seed`, is removed from every training and validation input; users whose test target is
     # a cold item are evaluated apart. 0 trains on every item, as a production run would.
     cold_fraction: float = 0.0
-    cold_seed: int = 0
+    cold_seed: int = 0  # seed of the cold-item draw (independent of run.seed, so seeds share one split)
 
     def check(self) -> None:
         _require(self.k_core >= 0, "data.k_core", "an integer >= 0")
@@ -61,13 +62,13 @@ class ShardsConfig:
     max_bytes: int = 1_000_000_000  # a shard is closed once its payload reaches this size (tar headers: +512 B a file)
     images_dir: str = ""  # optional folder of <key>.jpg files (key: the item id, '.' and '/' percent-encoded)
     fetch_images: bool = False  # download the catalog's image_url column into images_dir first
-    fetch_concurrency: int = 8
-    fetch_retries: int = 2
-    fetch_timeout_s: float = 10.0
-    fetch_max_bytes: int = 20_000_000
+    fetch_concurrency: int = 8  # image downloads at once
+    fetch_retries: int = 2  # further tries of a failed download before the item is kept without its image
+    fetch_timeout_s: float = 10.0  # seconds per download try
+    fetch_max_bytes: int = 20_000_000  # a larger download is abandoned
     image_max_side: int = 512  # images are re-encoded to at most this many pixels on the longer side
     max_image_pixels: int = 50_000_000  # larger images are refused before decoding (decompression bombs)
-    jpeg_quality: int = 90
+    jpeg_quality: int = 90  # quality of the re-encoded JPEGs in the shards
 
     def check(self) -> None:
         _require(self.max_bytes >= 1024, "shards.max_bytes", "an integer >= 1024")
@@ -91,8 +92,8 @@ class EncodeConfig:
     image_model_config: str = ""  # JSON file defining a custom open_clip architecture
     batch_size: int = 64  # items per encoder call
     actors: int = 1  # encoder actors in the pool
-    cpus_per_actor: float = 0.5
-    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 0.5  # Ray resources of each encoder actor
+    gpus_per_actor: float = 0.0  # > 0 puts the encoders on GPUs
     max_image_pixels: int = 50_000_000  # larger images are refused before decoding
 
     def check(self) -> None:
@@ -119,20 +120,20 @@ class StructureConfig:
 
 @dataclass
 class FusionConfig:
-    dim: int = 64
-    layers: int = 2
+    dim: int = 64  # width of the fused vectors (and of the ID vectors they start from)
+    layers: int = 2  # fusion layers, each with its modality attention and gate
     temperature: float = 0.1  # initial modality-softmax temperature (learned)
     gate_threshold: float = 0.5  # at inference an item stops at the first layer whose gate is below this
-    dropout: float = 0.1
+    dropout: float = 0.1  # in the fusion layers, training only
     contrastive_temperature: float = 0.1  # InfoNCE temperature
     id_loss_weight: float = 1.0  # weight of the content head's ID-prediction loss
     max_tokens: int = 16  # field tokens kept per item
     batch_size: int = 512  # (anchor, neighbour) pairs per step, global
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    epochs: int = 10
-    shuffle_buffer: int = 20000
+    lr: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 0.01  # AdamW
+    warmup_steps: int = 50  # linear warm-up steps
+    epochs: int = 10  # passes over the (item, next item) pairs
+    shuffle_buffer: int = 20000  # rows of Ray Data's local shuffle per worker
     infer_batch: int = 4096  # items per forward pass when writing the fused vectors
 
     def check(self) -> None:
@@ -157,22 +158,22 @@ class FusionConfig:
 class QuantConfig:
     input: str = "fused"  # the vectors to quantize: "fused" (fusion stage), or "text_emb" / "image_emb" (encode)
     mode: str = "rkmeans"  # "rkmeans" (residual k-means) or "rqvae" (MLP encoder/decoder around EMA codebooks)
-    levels: int = 3
-    codebook_size: int = 256
+    levels: int = 3  # residual levels: codes per item before the disambiguation suffix
+    codebook_size: int = 256  # codes per level
     iterations: int = 25  # Lloyd iterations per level (fewer once the inertia stops improving)
     sample_size: int = 65536  # vectors gathered from all workers for k-means++ seeding
     chunk_size: int = 65536  # vectors assigned at once: bounds memory per worker
     retokenize_batch_size: int = 4096  # items per retokenizer actor call
-    retokenize_actors: int = 1
-    retokenize_cpus_per_actor: float = 0.5
+    retokenize_actors: int = 1  # Ray Data actors that assign codes in `qbr retokenize`
+    retokenize_cpus_per_actor: float = 0.5  # Ray resources of each of them
     rqvae_hidden: list[int] = field(default_factory=lambda: [256])  # encoder widths; the decoder mirrors them
-    rqvae_latent_dim: int = 64
+    rqvae_latent_dim: int = 64  # width of the latent the codebooks quantize
     rqvae_commitment: float = 0.25  # weight of the commitment loss
     rqvae_ema_decay: float = 0.99  # codebook moving-average decay
     rqvae_dead_fraction: float = 0.1  # a code below this share of an even split of the batch is re-seeded
-    rqvae_epochs: int = 20
+    rqvae_epochs: int = 20  # passes over the catalog
     rqvae_batch_size: int = 512  # global batch, split over the workers
-    rqvae_lr: float = 1e-3
+    rqvae_lr: float = 1e-3  # Adam learning rate
 
     def check(self) -> None:
         _require(self.retokenize_batch_size >= 1, "quant.retokenize_batch_size", "an integer >= 1")
@@ -198,16 +199,16 @@ class QuantConfig:
 
 @dataclass
 class RuntimeConfig:
-    num_workers: int = 2
-    use_gpu: bool = False
+    num_workers: int = 2  # Ray Train workers, one DeepSpeed rank each
+    use_gpu: bool = False  # one GPU per worker (NCCL); false: CPU and gloo
     cpus_per_worker: float = 0.5  # fractional so Ray Data tasks still get CPU on small machines
-    threads_per_worker: int = 1
-    zero_stage: int = 2
-    precision: str = "fp32"
-    grad_clip: float = 1.0
-    max_failures: int = 1
+    threads_per_worker: int = 1  # torch threads in each worker
+    zero_stage: int = 2  # DeepSpeed ZeRO stage, 0 to 3 (0: nothing is exported as safetensors)
+    precision: str = "fp32"  # "fp32" or "bf16"
+    grad_clip: float = 1.0  # global gradient-norm clip; 0 disables it
+    max_failures: int = 1  # restarts of a failed worker group from its latest checkpoint; -1: no limit
     checkpoint_every: int = 200  # optimizer steps between checkpoints
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # latest Ray Train checkpoints kept per training stage
     ray_num_cpus: int = 0  # embedded Ray only; 0 = all CPUs of this machine
     object_store_mb: int = 512  # embedded Ray only
     dashboard: bool = True  # embedded Ray only: dashboard on 127.0.0.1:8265 (Ray Train's state checks use it)
@@ -230,11 +231,11 @@ class RuntimeConfig:
 class ModelConfig:
     # Q-BERT4Rec's items: "semantic" (code embeddings), "hybrid" (+ ID vector); "id": no Q-BERT
     tokens: str = "semantic"
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    max_len: int = 50
-    dropout: float = 0.2
+    hidden: int = 64  # BERT width (a multiple of heads)
+    layers: int = 2  # BERT layers
+    heads: int = 2  # attention heads
+    max_len: int = 50  # items in an input sequence, the mask token included
+    dropout: float = 0.2  # BERT hidden and attention dropout
     # hybrid only: chance that a training lookup leaves out an item's ID vector and bias, so that its
     # codes must place it without them (as cold items have no trained ID vector of their own)
     id_dropout: float = 0.0
@@ -258,9 +259,9 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = 256  # global, split evenly over workers
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    mask_ratio: float = 0.2
+    lr: float = 1e-3  # AdamW peak learning rate of pretraining
+    weight_decay: float = 0.01  # AdamW
+    mask_ratio: float = 0.2  # share of a sequence's items masked by the "random" strategy
     pretrain_last_item_prob: float = 0.1  # share of "random" sequences masked at the last item only
     mask_weights: list[float] = field(default_factory=lambda: [1.0, 0.0, 0.0, 0.0])  # random, span, tail, multi_region
     mask_mean_span: float = 3.0  # mean length of a span (geometric), for span and multi_region
@@ -268,10 +269,10 @@ class TrainConfig:
     mask_regions: int = 2  # spans of "multi_region"
     window_stride: int = 10  # pretraining windows of model.max_len items every `window_stride` items
     finetune_stride: int = 2  # fine-tuning windows (one target each, the newest item) every N items
-    shuffle_buffer: int = 20000
+    shuffle_buffer: int = 20000  # rows of Ray Data's local shuffle per worker
     pretrain_epochs: int = 80  # budget (the linear schedule decays over it); early stopping may end sooner
-    finetune_epochs: int = 6
-    finetune_lr: float = 3e-4
+    finetune_epochs: int = 6  # budget of fine-tuning (last position masked); 0 skips it
+    finetune_lr: float = 3e-4  # AdamW peak learning rate of fine-tuning
     warmup_steps: int = 100  # linear warm-up at the start of each phase
     lr_schedule: str = "linear"  # "linear": decay to 0 over the phase's epoch budget; "constant"
     patience: int = 6  # evaluations without validation improvement before stopping a phase
@@ -308,7 +309,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    exclude_history: bool = False
+    exclude_history: bool = False  # true: items of the user's history are not ranked (the target always is)
     chunk_size: int = 65536  # catalog items scored at once
     batch_size: int = 512  # users per forward pass
 
@@ -321,7 +322,7 @@ class EvalConfig:
 class ObsConfig:
     """Where each process serves Prometheus metrics (see qbr_dist/obs/serve.py)."""
 
-    enabled: bool = True
+    enabled: bool = True  # false: no process serves metrics
     bind: str = "127.0.0.1"  # an address, or "node": this Ray node's address (cluster runs)
     port: int = 0  # 0 = a free port per process; each registers the one it got
     targets_dir: str = ""  # Prometheus file_sd folder; "" = <run.root>/prometheus_targets
