@@ -164,7 +164,7 @@ class QuantConfig:
     sample_size: int = 65536  # vectors gathered from all workers for k-means++ seeding
     chunk_size: int = 65536  # vectors assigned at once: bounds memory per worker
     retokenize_batch_size: int = 4096  # items per retokenizer actor call
-    retokenize_actors: int = 1  # Ray Data actors that assign codes in `qbr retokenize`
+    retokenize_actors: int = 1  # Ray Data actors that assign codes (the retokenize stage, `qbr retokenize`)
     retokenize_cpus_per_actor: float = 0.5  # Ray resources of each of them
     rqvae_hidden: list[int] = field(default_factory=lambda: [256])  # encoder widths; the decoder mirrors them
     rqvae_latent_dim: int = 64  # width of the latent the codebooks quantize
@@ -173,7 +173,7 @@ class QuantConfig:
     rqvae_dead_fraction: float = 0.1  # a code below this share of an even split of the batch is re-seeded
     rqvae_epochs: int = 20  # passes over the catalog
     rqvae_batch_size: int = 512  # global batch, split over the workers
-    rqvae_lr: float = 1e-3  # Adam learning rate
+    rqvae_lr: float = 1e-3  # AdamW learning rate
 
     def check(self) -> None:
         _require(self.retokenize_batch_size >= 1, "quant.retokenize_batch_size", "an integer >= 1")
