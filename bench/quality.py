@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from common import BENCH, REPO, machine, result_path, write_result  # first: the environment Ray reads
 
-from qbr_dist.config import load_config
+from qbr_dist.config import config_from_dict, load_config
 from qbr_dist.seqrec.metrics import METRIC_NAMES
 
 CONFIG = REPO / "launch" / "configs" / "ml100k.toml"
@@ -99,7 +99,7 @@ def read_project(path: Path) -> dict:
     command = summary.get("command")
     if published:  # a seeds.json kept with each seed's model figures and its command; its run folders may be gone
         per_seed = {int(s): {"models": models} for s, models in summary["per_seed"].items()}
-        config = load_config(CONFIG, command_overrides(summary["command"])).to_dict()
+        config = load_config(CONFIG, command_overrides(command)).to_dict()
         summary, ingest = summary["summary"], None
     if "seeds" in summary:  # seeds.json of `qbr run --seeds N`: <root>/<name>/seeds.json, seeds in <name>-seed<s>
         seeds = [int(s) for s in summary["seeds"]]
@@ -135,12 +135,12 @@ def command_overrides(command: str) -> list[str]:
     return [value for flag, value in zip(words, words[1:]) if flag == "--set"]
 
 
-def ingest_stage(overrides: list[str], work: Path) -> Path:
-    """The demo config's ingest stage (the split both sides train on) under the scratch folder, for a summary
-    whose run folders are gone, such as the published bench/results/ml100k-seeds.json."""
+def ingest_stage(project_cfg: dict, work: Path) -> Path:
+    """The project config's ingest stage (the split both sides train on) under the scratch folder, for a
+    summary whose run folders are gone, such as the published bench/results/ml100k-seeds.json."""
     from qbr_dist.pipeline import ingest
 
-    cfg = load_config(CONFIG, overrides)
+    cfg = config_from_dict(project_cfg)
     print(f"project: ingest stage of {CONFIG.relative_to(REPO)} for RecBole", flush=True)
     return ingest(cfg, work / "project" / cfg.run.name)
 
@@ -198,11 +198,12 @@ def recbole_models(recbole: dict) -> dict:
     return out
 
 
-def in_repository(settings: dict) -> dict:
-    """RecBole's settings with its scratch paths relative to the repository, as any clone would have them."""
-    prefix = f"{REPO}/"
-    return {model: {k: v.replace(prefix, "") if isinstance(v, str) else v for k, v in values.items()}
-            for model, values in settings.items()}
+def in_repository(value):
+    """`value` (RecBole's arguments or settings) with its paths relative to the repository, as any clone
+    would have them."""
+    if isinstance(value, dict):
+        return {k: in_repository(v) for k, v in value.items()}
+    return value.replace(f"{REPO}/", "") if isinstance(value, str) else value
 
 
 def shown(path: Path) -> str:
@@ -281,7 +282,7 @@ def main(argv: list[str]) -> int:
     summary = args.project_summary or run_project(overrides, seeds)
     project = read_project(summary)
     project_cfg = project["config"] or load_config(CONFIG, overrides).to_dict()
-    ingest = (args.ingest or project["ingest"] or ingest_stage(overrides, work)).resolve()
+    ingest = (args.ingest or project["ingest"] or ingest_stage(project_cfg, work)).resolve()
     manifest = json.loads((ingest / "manifest.json").read_text())
     recorded = project["data"] or {}
     if {k: manifest["rows"].get(k) for k in recorded} != recorded:
@@ -314,7 +315,8 @@ def main(argv: list[str]) -> int:
                         "seeds": project["seeds"],
                         **{s: project_cfg[s] for s in ("model", "train", "eval", "runtime") if s in project_cfg}},
             "recbole": {"seeds": recbole_seeds, "fingerprint": recbole["fingerprint"],
-                        "arguments": recbole["arguments"], "models": in_repository(recbole["settings"])},
+                        "arguments": in_repository(recbole["arguments"]),
+                        "models": in_repository(recbole["settings"])},
         },
         "notes": NOTES,
         "wall_s": round(time.perf_counter() - started, 1),
