@@ -541,7 +541,6 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path]) -
                              previous=quantize_dir / CODES, fusion=fusion, batch_size=cfg.quant.retokenize_batch_size,
                              actors=cfg.quant.retokenize_actors, cpus_per_actor=cfg.quant.retokenize_cpus_per_actor,
                              chunk_size=cfg.quant.chunk_size, metrics=obs_serve.endpoint(cfg))
-    obs_serve.retire(obs_serve.endpoint(cfg), "retokenize-actor")
     _finish(stage_dir, key, outputs=[CODES], rows=summary)
     log.info("retokenize: %d items (%d with a content-predicted query) with codebook %s at %.0f items/s, "
              "collision rate %.4f, suffix table %d", summary["items"], summary["content_queries"], version,

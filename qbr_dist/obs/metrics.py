@@ -41,7 +41,9 @@ encode_batch_seconds = Histogram(
     "qbr_encode_batch_seconds", "Wall time of one encoder batch on this actor", TRAIN_LABELS,
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-retokenized_items = Counter("qbr_retokenized_items", "Items given codes by this retokenize actor", TRAIN_LABELS)
+retokenized_items = Counter(
+    "qbr_retokenized_items", "Items given codes by the retokenize job, counted by its driver", STAGE_LABELS
+)
 
 kmeans_inertia = Gauge("qbr_kmeans_inertia", "Residual k-means inertia of the level's final codebook", LEVEL_LABELS)
 codebook_usage = Gauge("qbr_codebook_usage", "Share of the level's codes used by at least one item", LEVEL_LABELS)

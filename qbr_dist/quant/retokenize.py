@@ -5,9 +5,12 @@ codebook file's tensors) once from the object store and quantize batch by batch.
 quant.input = 'fused' the table holds item features (the encode table format); the job first
 left-joins them by item id with the trained ID vectors from the fusion stage's parquet (nothing
 catalog-sized is broadcast) and the actors run the exported fusion model, so a brand-new item
-gets its query from the content head. The actors write
-staging parquet: `item_id, codes` and two bucket numbers, a fixed hash of the code tuple and one
-of the item id. The driver then streams the staged rows, and the previous codes file made with
+gets its query from the content head. Each actor call writes one staging parquet file
+(`item_id, codes` and two bucket numbers, a fixed hash of the code tuple and one of the item id)
+and returns a receipt naming it; the driver counts items from the receipts as they stream in (so
+`qbr_retokenized_items_total` is exact and live however briefly the actors live) and stages only
+receipted files (a call cut short by a killed actor leaves at most an unlisted file, and Ray Data
+runs it again). The driver then streams the staged rows, and the previous codes file made with
 the same codebook (whose suffixes are kept: suffixes are only ever appended), into one file per
 bucket and works a bucket at a time. Items that share a code tuple share a bucket, so each
 bucket gets its suffixes alone; a repeated item id lands twice in one id bucket. The codes
@@ -20,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -32,8 +36,8 @@ import pyarrow.parquet as pq
 from qbr_dist.data.buckets import BucketFiles, id_buckets, mix64
 from qbr_dist.data.tables import column_matrix
 from qbr_dist.fusion.export import ID_VECTOR, TOKENS_COLUMN, VECTOR_COLUMNS, fuse_batch, load_model
-from qbr_dist.obs.metrics import actor_labels, retokenized_items
-from qbr_dist.obs.serve import Endpoint, serve
+from qbr_dist.obs.metrics import retokenized_items
+from qbr_dist.obs.serve import Endpoint
 from qbr_dist.quant import CODES
 from qbr_dist.quant.codes import codes_version, codes_writer
 from qbr_dist.quant.semantic_ids import Previous, assign_suffixes, shared_items
@@ -56,18 +60,16 @@ class FusionInputs:
 
 class Retokenizer:
     """Ray Data actor: quantizes batches with a tokenizer from the object store, after fusing the
-    batch's features when given the fusion model."""
+    batch's features when given the fusion model; writes each batch to `folder` and returns its receipt."""
 
     def __init__(self, tokenizer: list, column: str, chunk_size: int, buckets: int, fusion_model: str | None,
-                 metrics: Endpoint | None = None):
+                 folder: str):
         import ray
         import torch
 
         torch.set_num_threads(1)
-        serve(metrics, process="retokenize-actor")
-        self.retokenized = retokenized_items.labels(**actor_labels(metrics, stage="retokenize"))
         self.tokenizer = Tokenizer.from_parts(ray.get(tokenizer[0]))  # fetched once per actor
-        self.column, self.chunk_size, self.buckets = column, chunk_size, buckets
+        self.column, self.chunk_size, self.buckets, self.folder = column, chunk_size, buckets, Path(folder)
         self.fusion = load_model(Path(fusion_model)) if fusion_model else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -79,8 +81,9 @@ class Retokenizer:
         table = pa.table({"item_id": batch.column("item_id"),
                           "codes": pa.FixedSizeListArray.from_arrays(flat, codes.shape[1]),
                           TRAINED_ID: pa.array(trained_id)})
-        self.retokenized.inc(table.num_rows)
-        return with_buckets(table, self.buckets)
+        name = f"{uuid.uuid4().hex}.parquet"
+        pq.write_table(with_buckets(table, self.buckets), self.folder / name)
+        return pa.table({"file": [name], "rows": [table.num_rows]})
 
     def _vectors(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """(vectors to quantize, whether each item's query was its trained ID vector)."""
@@ -98,8 +101,7 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
                cpus_per_actor: float = 0.5, chunk_size: int = 65536, bucket_rows: int = 250_000,
                metrics: Endpoint | None = None) -> dict:
     """Write `out_dir/codes.parquet` for every row of `files` (their `column`, or their features
-    through `fusion`); returns counts and throughput. The actors serve their metrics where `metrics`
-    says."""
+    through `fusion`); returns counts and throughput. Items are counted for `metrics.run` as they are coded."""
     tokenizer = Tokenizer.parts(codebooks_file)
     version = tokenizer["version"]
     started = time.perf_counter()
@@ -108,10 +110,10 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
     if fusion is None and column not in pq.read_schema(files[0]).names:
         raise ValueError(f"{files[0]}: no column '{column}' (quant.input) to retokenize")
     buckets = max(1, -(-row_count(files) // bucket_rows))
-    _encode(files, column, tokenizer, staging / "encoded", fusion=fusion, buckets=buckets, batch_size=batch_size,
-            actors=actors, cpus_per_actor=cpus_per_actor, chunk_size=chunk_size, metrics=metrics)
+    staged = _encode(files, column, tokenizer, staging / "encoded", fusion=fusion, buckets=buckets,
+                     batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor, chunk_size=chunk_size,
+                     run=metrics.run if metrics else "")
     encoded_s = time.perf_counter() - started
-    staged = sorted((staging / "encoded").glob("*.parquet"))
     counts = assign_in_buckets(staged, _previous_file(previous, version), Path(out_dir) / CODES, version, buckets,
                                work=staging, source=_source(files))
     counts["content_queries"] = sum(pc.sum(pc.invert(batch.column(TRAINED_ID))).as_py() or 0
@@ -123,24 +125,27 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
 
 
 def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fusion: FusionInputs | None,
-            buckets: int, batch_size: int, actors: int, cpus_per_actor: float, chunk_size: int,
-            metrics: Endpoint | None) -> None:
-    """The Ray Data job: staging parquet of item ids, codes and bucket numbers in `folder`."""
+            buckets: int, batch_size: int, actors: int, cpus_per_actor: float, chunk_size: int, run: str) -> list[Path]:
+    """The Ray Data job: staging parquet of item ids, codes and bucket numbers in `folder`; returns
+    the files its receipts name, sorted, having counted their items for `run`."""
     import ray
     import ray.data
 
+    folder.mkdir(parents=True, exist_ok=True)
     reference = ray.put(tokenizer)
     dataset = _read(files, [column]) if fusion is None else _fusion_inputs(files, fusion, partitions=buckets)
-    (
-        dataset
-        .map_batches(Retokenizer, fn_constructor_kwargs={
-                         "tokenizer": [reference], "column": column, "chunk_size": chunk_size, "buckets": buckets,
-                         "fusion_model": str(Path(fusion.model).resolve()) if fusion else None,
-                         "metrics": metrics},
-                     batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
-                     num_cpus=cpus_per_actor)
-        .write_parquet(str(folder.resolve()))
-    )
+    receipts = dataset.map_batches(
+        Retokenizer, fn_constructor_kwargs={
+            "tokenizer": [reference], "column": column, "chunk_size": chunk_size, "buckets": buckets,
+            "fusion_model": str(Path(fusion.model).resolve()) if fusion else None, "folder": str(folder.resolve())},
+        batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cpus_per_actor)
+    coded = retokenized_items.labels(stage="retokenize", run=run)
+    staged = []
+    for receipt in receipts.iter_batches(batch_size=None, batch_format="pyarrow"):
+        coded.inc(pc.sum(receipt.column("rows")).as_py() or 0)
+        staged += [folder / name for name in receipt.column("file").to_pylist()]
+    return sorted(staged)
 
 
 def _read(files: list[Path], columns: list[str]):

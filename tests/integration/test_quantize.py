@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from prometheus_client import REGISTRY
 
 from qbr_dist import artifacts, pipeline
 from qbr_dist.config import load_config
@@ -91,11 +92,13 @@ def test_a_rank_with_a_different_codebook_is_an_error(tmp_path, tamper):
 def test_retokenize_reproduces_the_codes_and_only_appends_suffixes(tmp_path, encode_dir, ray_cluster):
     quantized = run_quantize(tmp_path, encode_dir, 1)
     cfg = load_config(None, [f"run.root='{tmp_path / 'w1'}'", "run.name=q", "quant.levels=2", "quant.codebook_size=6",
-                             "quant.input=text_emb", "quant.iterations=20", "quant.retokenize_batch_size=64", "quant.retokenize_actors=2",
-                             "runtime.dashboard=false"])
+                             "quant.input=text_emb", "quant.iterations=20", "quant.retokenize_batch_size=64",
+                             "quant.retokenize_actors=2", "runtime.dashboard=false"])
     root = pipeline.run_dir(cfg)
+    counted = _retokenized_items("q")
     first = read_codes(pipeline.retokenize(cfg, root, encode_dir, {"quantize": quantized}) / CODES)
     original = read_codes(quantized / CODES)
+    assert _retokenized_items("q") - counted == len(original)  # the driver counted each item once
     assert sorted(first.to_pylist(), key=lambda r: r["item_id"]) == sorted(original.to_pylist(),
                                                                           key=lambda r: r["item_id"])
     twice = tmp_path / "twice"
@@ -119,3 +122,8 @@ def test_retokenize_reproduces_the_codes_and_only_appends_suffixes(tmp_path, enc
     assert len({tuple(c) for c in after.values()}) == 540  # still unique
     assert all(after[f"new{i}"][:-1] == before[f"item{i}"][:-1] for i in range(40))
     assert all(after[f"new{i}"][-1] > before[f"item{i}"][-1] for i in range(40))  # appended after the old ones
+
+
+def _retokenized_items(run: str) -> float:
+    """This process's (the driver's) count of items retokenized for `run`."""
+    return REGISTRY.get_sample_value("qbr_retokenized_items_total", {"stage": "retokenize", "run": run}) or 0.0
