@@ -44,7 +44,6 @@ from qbr_dist.quant.semantic_ids import Previous, assign_suffixes, shared_items
 from qbr_dist.quant.tokenizer import Tokenizer
 from qbr_dist.quant.worker import row_count
 
-TRAINED_ID = "trained_id"  # staging column: the item's query was its trained ID vector (else the content head's)
 STREAM_ROWS = 65_536  # rows per batch when the driver streams a parquet file into buckets
 
 
@@ -79,11 +78,10 @@ class Retokenizer:
         codes = self.tokenizer.codes(torch.from_numpy(vectors), chunk_size=self.chunk_size).numpy()
         flat = pa.array(codes.astype(np.int32).ravel())
         table = pa.table({"item_id": batch.column("item_id"),
-                          "codes": pa.FixedSizeListArray.from_arrays(flat, codes.shape[1]),
-                          TRAINED_ID: pa.array(trained_id)})
+                          "codes": pa.FixedSizeListArray.from_arrays(flat, codes.shape[1])})
         name = f"{uuid.uuid4().hex}.parquet"
         pq.write_table(with_buckets(table, self.buckets), self.folder / name)
-        return pa.table({"file": [name], "rows": [table.num_rows]})
+        return pa.table({"file": [name], "rows": [table.num_rows], "content_queries": [int((~trained_id).sum())]})
 
     def _vectors(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """(vectors to quantize, whether each item's query was its trained ID vector)."""
@@ -110,14 +108,13 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
     if fusion is None and column not in pq.read_schema(files[0]).names:
         raise ValueError(f"{files[0]}: no column '{column}' (quant.input) to retokenize")
     buckets = max(1, -(-row_count(files) // bucket_rows))
-    staged = _encode(files, column, tokenizer, staging / "encoded", fusion=fusion, buckets=buckets,
-                     batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor, chunk_size=chunk_size,
-                     run=metrics.run if metrics else "")
+    staged, content_queries = _encode(files, column, tokenizer, staging / "encoded", fusion=fusion, buckets=buckets,
+                                      batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
+                                      chunk_size=chunk_size, run=metrics.run if metrics else "")
     encoded_s = time.perf_counter() - started
     counts = assign_in_buckets(staged, _previous_file(previous, version), Path(out_dir) / CODES, version, buckets,
                                work=staging, source=_source(files))
-    counts["content_queries"] = sum(pc.sum(pc.invert(batch.column(TRAINED_ID))).as_py() or 0
-                                    for batch in _batches(staged, [TRAINED_ID]))
+    counts["content_queries"] = content_queries
     shutil.rmtree(staging)
     seconds = time.perf_counter() - started
     return counts | {"codebook_version": version, "encode_seconds": round(encoded_s, 2), "seconds": round(seconds, 2),
@@ -125,9 +122,11 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
 
 
 def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fusion: FusionInputs | None,
-            buckets: int, batch_size: int, actors: int, cpus_per_actor: float, chunk_size: int, run: str) -> list[Path]:
-    """The Ray Data job: staging parquet of item ids, codes and bucket numbers in `folder`; returns
-    the files its receipts name, sorted, having counted their items for `run`."""
+            buckets: int, batch_size: int, actors: int, cpus_per_actor: float, chunk_size: int,
+            run: str) -> tuple[list[Path], int]:
+    """The Ray Data job: staging parquet of item ids, codes and bucket numbers in `folder`; returns the
+    files its receipts name, sorted, and how many items took the content-predicted query, having counted
+    the items for `run`."""
     import ray
     import ray.data
 
@@ -141,11 +140,12 @@ def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fu
         batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus_per_actor)
     coded = retokenized_items.labels(stage="retokenize", run=run)
-    staged = []
+    staged, content_queries = [], 0
     for receipt in receipts.iter_batches(batch_size=None, batch_format="pyarrow"):
         coded.inc(pc.sum(receipt.column("rows")).as_py() or 0)
+        content_queries += pc.sum(receipt.column("content_queries")).as_py() or 0
         staged += [folder / name for name in receipt.column("file").to_pylist()]
-    return sorted(staged)
+    return sorted(staged), content_queries
 
 
 def _read(files: list[Path], columns: list[str]):
