@@ -97,8 +97,7 @@ class EncoderActor:
         # Registered before the models load: Prometheus applies new targets every few seconds, and an actor
         # of a small job may be done before that if it registers only once it can encode.
         serve(metrics, process="encode-actor")
-        labels = actor_labels(metrics, stage="encode")
-        self.items, self.batch_seconds = encode_items.labels(**labels), encode_batch_seconds.labels(**labels)
+        self.batch_seconds = encode_batch_seconds.labels(**actor_labels(metrics, stage="encode"))
         torch.set_num_threads(1)
         cfg = EncodeConfig(**cfg)
         device = "cuda" if cfg.gpus_per_actor > 0 else "cpu"
@@ -113,9 +112,7 @@ class EncoderActor:
 
     def __call__(self, batch: dict) -> dict:
         with self.batch_seconds.time():
-            encoded = self._encode(batch)
-        self.items.inc(len(encoded["item_id"]))
-        return encoded
+            return self._encode(batch)
 
     def _encode(self, batch: dict) -> dict:
         import torch
@@ -148,6 +145,7 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
     config_hash = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
     totals = {"read": 0, "items": 0, "with_image": 0, "skipped_shards": 0}
     quarantined_before = quarantine.total
+    encoded = encode_items.labels(stage="encode", run=metrics.run if metrics else "")
     started = time.perf_counter()
     for shard in index["shards"]:
         output = out_dir / (Path(shard["file"]).stem + ".parquet")
@@ -167,7 +165,7 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
                          compute=ray.data.ActorPoolStrategy(size=cfg.actors),
                          num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None)
         )
-        table = pa.concat_tables(ray.get(dataset.to_arrow_refs()))
+        table = _collect_counting(dataset, encoded)
         kept = _quarantine_rows(table, shard["file"], quarantine)
         with artifacts.atomic_path(output) as tmp:
             pq.write_table(_feature_table(kept), tmp)
@@ -178,6 +176,18 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
     totals["quarantined"] = quarantine.total - quarantined_before
     totals["items_per_s"] = round(totals["items"] / max(time.perf_counter() - started, 1e-9), 1)
     return totals
+
+
+def _collect_counting(dataset, encoded) -> pa.Table:
+    """The job's output as one table, counting the items it kept (not quarantined) into `encoded` as blocks reach
+    the driver: the count is
+    exact and live however briefly the encoder actors live (an actor's own counter loses what it counted after
+    its last scrape, and all of it when the actor is gone before Prometheus discovers it)."""
+    blocks = []
+    for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        encoded.inc(block.num_rows - (pa.compute.sum(block.column("fatal")).as_py() or 0))
+        blocks.append(block)
+    return pa.concat_tables(blocks)
 
 
 def _intact_or_salvaged(path: Path, shard: dict, out_dir: Path, quarantine: Quarantine) -> Path | None:

@@ -36,7 +36,8 @@ quarantined_records = Counter(
 )
 input_records = Counter("qbr_input_records", "Input records read (each accepted or quarantined)", STAGE_LABELS)
 
-encode_items = Counter("qbr_encode_items", "Items encoded by this actor", TRAIN_LABELS)
+encode_items = Counter("qbr_encode_items", "Items encoded (quarantined ones left out), counted by the job's driver",
+                       STAGE_LABELS)
 encode_batch_seconds = Histogram(
     "qbr_encode_batch_seconds", "Wall time of one encoder batch on this actor", TRAIN_LABELS,
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),

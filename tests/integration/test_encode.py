@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from qbr_dist.artifacts import file_fingerprint
 from qbr_dist.config import load_config
@@ -74,7 +75,13 @@ def run(shard_dir, out):
         return encode_shards(shard_dir, out, encode_config(), quarantine=quarantine)
 
 
+def _encoded_items() -> float:
+    """The driver's count of items encoded (a run without obs has the empty run label)."""
+    return REGISTRY.get_sample_value("qbr_encode_items_total", {"stage": "encode", "run": ""}) or 0.0
+
+
 def test_encode_job_features_quarantine_and_resume(shard_dir, tmp_path, ray_cluster):
+    before = _encoded_items()
     totals = run(shard_dir, tmp_path)
     tables = [pq.read_table(p) for p in sorted(tmp_path.glob("*.parquet"))]
     table = pa.concat_tables(tables)
@@ -88,6 +95,7 @@ def test_encode_job_features_quarantine_and_resume(shard_dir, tmp_path, ray_clus
     assert not by_id["bad-jpg"]["has_image"] and by_id["bad-jpg"]["image_emb"] is None
     assert totals["items"] == 15 and totals["with_image"] == 8
     assert totals["read"] == 17  # the 15 kept and the 2 left out; bad-jpg is kept, without its image
+    assert _encoded_items() - before == 15  # the driver counts what the actors encoded and the job kept
 
     records = [json.loads(line) for line in (tmp_path / "quarantine.jsonl").read_text().splitlines()]
     reasons = " | ".join(r["reason"] for r in records)
