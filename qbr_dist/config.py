@@ -14,6 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qbr_dist.data.split import MIN_SPLIT_LENGTH
+
 
 class ConfigError(ValueError):
     pass
@@ -41,6 +43,7 @@ class DataConfig:
     # catalog fields joined into each item's text for the text encoder
     text_fields: list[str] = field(default_factory=lambda: ["movie_title", "release_year", "class"])
     k_core: int = 0  # repeatedly drop users and items with fewer interactions than this; 0 or 1: keep all
+    max_history: int = 0  # keep each user's newest this many interactions (after k_core); 0: keep all
     # Cold-item split (an evaluation protocol): this share of the catalog, drawn uniformly with
     # `cold_seed`, is removed from every training and validation input; users whose test target is
     # a cold item are evaluated apart. 0 trains on every item, as a production run would.
@@ -49,9 +52,16 @@ class DataConfig:
 
     def check(self) -> None:
         _require(self.k_core >= 0, "data.k_core", "an integer >= 0")
+        _require(self.max_history == 0 or self.max_history >= MIN_SPLIT_LENGTH, "data.max_history",
+                 f"0 or an integer >= {MIN_SPLIT_LENGTH} (a leave-one-out split needs that many)")
         _require(0 <= self.cold_fraction < 1, "data.cold_fraction", "a number in [0, 1)")
         if self.dataset == "files":
             _require(bool(self.interactions), "data.interactions", "a file path when data.dataset = 'files'")
+
+    def key(self) -> dict:
+        """The settings that change the split; max_history at 0 is left out, so a split without it keeps
+        the key it had before the option existed."""
+        return {name: value for name, value in self.__dict__.items() if name != "max_history" or value}
 
 
 @dataclass

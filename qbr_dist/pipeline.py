@@ -217,7 +217,7 @@ def ingest(cfg: Config, root: Path) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: file not found")
     key = artifacts.stage_key(
-        "ingest", cfg.section_hash("data"), {k: artifacts.file_fingerprint(p) for k, p in inputs.items()}
+        "ingest", cfg.section_hash(data=cfg.data.key()), {k: artifacts.file_fingerprint(p) for k, p in inputs.items()}
     )
     stage_dir, current = _stage("ingest", root, key)
     if current:
@@ -233,7 +233,7 @@ def ingest(cfg: Config, root: Path) -> Path:
         read = quarantine.read  # rows of the input files, each accepted or quarantined
         sequences, summary = build_sequences(
             interactions, item_index(catalog), k_core=cfg.data.k_core, quarantine=quarantine,
-            source=str(inputs["interactions"]),
+            source=str(inputs["interactions"]), max_history=cfg.data.max_history,
         )
     _count_records(cfg, "ingest", read=read, quarantined=quarantine.total)
     rows = {**summary.as_dict(), "rows_read": read, "quarantined": dict(quarantine.counts)}

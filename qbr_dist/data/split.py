@@ -1,6 +1,8 @@
 """From interactions to per-user item sequences and the leave-one-out split.
 
-Each user's items are sorted by timestamp; equal timestamps keep the input's row order.
+Each user's items are sorted by timestamp; equal timestamps keep the input's row order. A user's
+history can be cut to its newest `max_history` items (before the split, so the cut keeps the newest
+items as validation and test targets).
 Leave-one-out: the last item is the test target, the second-to-last the validation target,
 the rest is training. A user needs at least three interactions to appear in all three parts.
 
@@ -25,6 +27,7 @@ class SplitSummary:
     interactions_read: int
     unknown_item_rows: int
     kcore_removed_rows: int
+    history_cut_rows: int
     users: int
     users_too_short: int
     items: int
@@ -40,9 +43,11 @@ def item_index(catalog: pa.Table) -> dict[str, int]:
 
 
 def build_sequences(
-    interactions: pa.Table, index: dict[str, int], *, k_core: int, quarantine: Quarantine, source: str
+    interactions: pa.Table, index: dict[str, int], *, k_core: int, quarantine: Quarantine, source: str,
+    max_history: int = 0,
 ) -> tuple[pa.Table, SplitSummary]:
-    """Table (user_id: string, items: list<int32>, cold_target: bool) of time-ordered item indices, one row per user."""
+    """Table (user_id: string, items: list<int32>, cold_target: bool) of time-ordered item indices, one row per
+    user; each the user's newest `max_history` items when that is > 0 (after the k-core filter)."""
     item_ids = interactions.column("item_id").to_pylist()
     items = np.fromiter((index.get(i, 0) for i in item_ids), dtype=np.int64, count=len(item_ids))
     for row in np.flatnonzero(items == 0):
@@ -59,6 +64,8 @@ def build_sequences(
     user_codes, items = user_codes[order], items[order]
     starts = np.flatnonzero(np.r_[True, user_codes[1:] != user_codes[:-1]]) if len(items) else np.zeros(0, np.int64)
     lengths = np.diff(np.r_[starts, len(items)])
+    cut = np.clip(lengths - max_history, 0, None) if max_history > 0 else np.zeros_like(lengths)
+    starts, lengths = starts + cut, lengths - cut
     long_enough = lengths >= MIN_SPLIT_LENGTH
     sequences = [items[s:s + n].astype(np.int32) for s, n, ok in zip(starts, lengths, long_enough) if ok]
     table = pa.table({
@@ -70,6 +77,7 @@ def build_sequences(
         interactions_read=len(item_ids),
         unknown_item_rows=int((~known).sum()),
         kcore_removed_rows=int((~keep).sum()),
+        history_cut_rows=int(cut.sum()),
         users=table.num_rows,
         users_too_short=int((~long_enough).sum()),
         items=len(index),

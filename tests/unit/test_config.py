@@ -42,6 +42,7 @@ def test_int_accepted_for_float():
         ("train.mask_ratio=1.5", "config key 'train.mask_ratio'"),
         ("train.negatives=0", "config key 'train.negatives'"),
         ("noequals", "expected section.key=value"),
+        ("data.max_history=2", "config key 'data.max_history'"),
     ],
 )
 def test_bad_values_are_one_line_errors_naming_the_key(override, fragment):
@@ -76,6 +77,13 @@ def test_id_dropout_needs_hybrid_tokens_and_is_keyed_only_when_set():
         load_config(None, ["model.tokens=semantic", "model.id_dropout=0.3"])
     assert "id_dropout" not in ModelConfig(tokens="hybrid").key()
     assert ModelConfig(tokens="hybrid", id_dropout=0.3).key()["id_dropout"] == 0.3
+
+
+def test_max_history_is_keyed_only_when_set():
+    demo = "launch/configs/ml100k.toml"
+    cfg, cut = load_config(demo), load_config(demo, ["data.max_history=20"])
+    assert cfg.section_hash(data=cfg.data.key()) == "6f88ce432a961f5c"  # the demo's split from before the option
+    assert cut.section_hash(data=cut.data.key()) != cfg.section_hash(data=cfg.data.key())
 
 
 def test_a_run_root_uri_is_refused_with_what_to_do_instead():

@@ -16,9 +16,10 @@ def interactions(rows):
     return pa.table({"user_id": list(users), "item_id": list(items), "timestamp": [float(t) for t in stamps]})
 
 
-def sequences(rows, k_core=0, index=INDEX, quarantine=None):
+def sequences(rows, k_core=0, index=INDEX, quarantine=None, max_history=0):
     table, summary = build_sequences(
-        interactions(rows), index, k_core=k_core, quarantine=quarantine or Quarantine(), source="test"
+        interactions(rows), index, k_core=k_core, quarantine=quarantine or Quarantine(), source="test",
+        max_history=max_history,
     )
     return dict(zip(table.column("user_id").to_pylist(), table.column("items").to_pylist())), summary
 
@@ -74,6 +75,17 @@ def test_k_core_drops_repeatedly():
     assert seqs == {"u1": [1, 2, 5], "u2": [1, 2, 5], "u3": [1, 2, 5]}
     assert summary.kcore_removed_rows == 5
     assert summary.interactions == 9
+
+
+def test_max_history_keeps_each_users_newest_items_after_k_core():
+    rows = [("u", "a", 5), ("u", "b", 1), ("u", "c", 3), ("u", "d", 4), ("u", "e", 2), ("v", "a", 1), ("v", "b", 2),
+            ("v", "c", 3)]
+    seqs, summary = sequences(rows, max_history=3)
+    assert seqs == {"u": [3, 4, 1], "v": [1, 2, 3]}  # u's newest three, oldest first; v had no more
+    assert summary.history_cut_rows == 2 and summary.interactions == 6
+    seqs, summary = sequences(KCORE_ROWS, k_core=3, max_history=3)
+    assert seqs == {"u1": [1, 2, 5], "u2": [1, 2, 5], "u3": [1, 2, 5]}  # the k-core drops "c" first: nothing to cut
+    assert summary.history_cut_rows == 0
 
 
 def test_leave_one_out_parts():
