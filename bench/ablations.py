@@ -1,7 +1,8 @@
 """Q-BERT4Rec ablations: one `qbr run` per ablation of the MovieLens-100K demo config, all under
 one run root, so the stages an ablation does not change are reused rather than recomputed.
 Each row holds Q-BERT4Rec's validation, test (warm targets) and cold-test metrics, next to the
-ID-only BERT4Rec of the same run.
+ID-only BERT4Rec of the same run, and when and from which commit its Q-BERT4Rec was trained (a
+rerun reuses finished stages, so it costs seconds and keeps those).
 
     python bench/ablations.py [--quick]
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from common import BENCH, REPO, machine, write_result  # first: the environment Ray reads
 
 from qbr_dist import pipeline
+from qbr_dist.artifacts import read_manifest
 from qbr_dist.config import load_config
 from qbr_dist.data import synth
 
@@ -53,12 +55,18 @@ def quick_overrides(folder: Path) -> list[str]:
 def run(name: str, overrides: list[str], base: list[str]) -> dict:
     slug = "".join(c if c.isalnum() else "-" for c in name.split(" (")[0])
     cfg = load_config(CONFIG, base + overrides + [f"run.name=ablation-{slug}", f"run.root='{WORK}'"])
-    started = time.perf_counter()
     report = pipeline.run_pipeline(cfg)
     models = report["models"]
-    return {"overrides": overrides, "wall_s": round(time.perf_counter() - started, 1),
+    return {"overrides": overrides, "trained": _trained(pipeline.run_dir(cfg) / "qbert4rec"),
             "qbert4rec": {k: models["qbert4rec"][k] for k in KEPT if k in models["qbert4rec"]},
             "bert4rec": {k: models["bert4rec"][k] for k in KEPT if k in models["bert4rec"]}}
+
+
+def _trained(stage_dir: Path) -> dict:
+    """When and from which commit the row's Q-BERT4Rec was trained (a reused stage keeps its first run's);
+    its training seconds are the model's train_wall_s."""
+    manifest = read_manifest(stage_dir)
+    return {"finished_at": manifest["finished_at"], "commit": manifest["code_version"].get("git")}
 
 
 def main(argv: list[str]) -> int:
@@ -69,9 +77,10 @@ def main(argv: list[str]) -> int:
     base = quick_overrides(WORK) if args.quick else []
     rows = {}
     for name, overrides in ABLATIONS.items():
+        started = time.perf_counter()
         rows[name] = run(name, overrides, base)
         test = rows[name]["qbert4rec"]["test"]["NDCG@10"]
-        print(f"{name}: qbert4rec test NDCG@10 {test:.4f} ({rows[name]['wall_s']:.0f} s)", flush=True)
+        print(f"{name}: qbert4rec test NDCG@10 {test:.4f} ({time.perf_counter() - started:.0f} s)", flush=True)
     result = {"config": str(CONFIG.relative_to(REPO)), "quick": args.quick, "ablations": rows,
               "machine": machine()}
     print(write_result(result, "ablations", quick=args.quick))
