@@ -123,7 +123,7 @@ def bert4rec_worker(loop_config: dict) -> None:
             state.epoch, state.epochs = state.epoch + 1, state.epochs + 1
             meter.epoch.set(state.epoch)
             if state.epoch % phase.eval_every == 0 or state.epoch == phase.epochs:
-                _select(state, evaluate, phase.name, meter, tests=loop_config["evaluations"][1:])
+                _select(state, evaluate, phase.name, meter, tests=loop_config["evaluations"][1:], rank=rank)
                 if state.bad_evals == 0:
                     state.best |= {"tag": rt.save_best(engine, loop_config, state.step),
                                    "params_sha256": rt.parameter_digest(engine.module)}
@@ -241,12 +241,13 @@ def _checkpoint(engine, state: LoopState, meter, phase: str, loss: float, loop_c
     rt.prune_best(loop_config, keep=state.best.get("tag"))  # a restart resumes from here: older bests are unused
 
 
-def _select(state: LoopState, evaluate, phase: str, meter, *, tests: list[str]) -> None:
+def _select(state: LoopState, evaluate, phase: str, meter, *, tests: list[str], rank: int) -> None:
     """Validation decides: a new best also records the test metrics (warm, and cold) of these same weights."""
     valid = evaluate("valid")
     meter.valid_ndcg10.set(valid["NDCG@10"])
-    log.info("%s epoch %d step %d: valid NDCG@10 %.4f HR@10 %.4f", phase, state.epoch, state.step,
-             valid["NDCG@10"], valid["HR@10"])
+    if rank == 0:  # every rank holds the same all-reduced metrics
+        log.info("%s epoch %d step %d: valid NDCG@10 %.4f HR@10 %.4f", phase, state.epoch, state.step,
+                 valid["NDCG@10"], valid["HR@10"])
     state.curve.append({"phase": phase, "epoch": state.epoch, "step": state.step, "valid_NDCG@10": valid["NDCG@10"],
                         "train_loss": state.train_loss})
     if valid["NDCG@10"] > state.best["valid"]["NDCG@10"]:
