@@ -22,6 +22,7 @@ import torch
 
 from qbr_dist import artifacts
 from qbr_dist.config import FusionConfig
+from qbr_dist.data.split import train_part
 from qbr_dist.fusion import STATS, features
 from qbr_dist.fusion.export import ID_VECTOR, MODEL, save_model
 from qbr_dist.fusion.loss import fusion_loss
@@ -43,7 +44,7 @@ def adjacent_pairs(batch: dict, *, window: int = 1) -> dict:
     test targets excluded); Ray Data map_batches function over the sequences table."""
     anchors, neighbours = [], []
     for items in batch["items"]:
-        train = np.asarray(items, dtype=np.int64)[:-2]
+        train = train_part(np.asarray(items, dtype=np.int64))
         for offset in range(1, window + 1):
             anchors.append(train[:-offset])
             neighbours.append(train[offset:])
