@@ -16,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from common import BENCH, REPO, machine, write_result  # first: the environment Ray reads
+from common import BENCH, REPO, machine, trained, write_result  # first: the environment Ray reads
 
 from qbr_dist import pipeline
-from qbr_dist.artifacts import read_manifest
 from qbr_dist.config import load_config
 from qbr_dist.data import synth
 
@@ -57,16 +56,9 @@ def run(name: str, overrides: list[str], base: list[str]) -> dict:
     cfg = load_config(CONFIG, base + overrides + [f"run.name=ablation-{slug}", f"run.root='{WORK}'"])
     report = pipeline.run_pipeline(cfg)
     models = report["models"]
-    return {"overrides": overrides, "trained": _trained(pipeline.run_dir(cfg) / "qbert4rec"),
+    return {"overrides": overrides, "trained": trained(pipeline.run_dir(cfg) / "qbert4rec"),
             "qbert4rec": {k: models["qbert4rec"][k] for k in KEPT if k in models["qbert4rec"]},
             "bert4rec": {k: models["bert4rec"][k] for k in KEPT if k in models["bert4rec"]}}
-
-
-def _trained(stage_dir: Path) -> dict:
-    """When and from which commit the row's Q-BERT4Rec was trained (a reused stage keeps its first run's);
-    its training seconds are the model's train_wall_s."""
-    manifest = read_manifest(stage_dir)
-    return {"finished_at": manifest["finished_at"], "commit": manifest["code_version"].get("git")}
 
 
 def main(argv: list[str]) -> int:

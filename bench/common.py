@@ -26,6 +26,14 @@ def machine(**extra) -> dict:
             "python": platform.python_version(), "torch": torch.__version__, **extra}
 
 
+def trained(stage_dir: Path) -> dict:
+    """When a finished stage finished and the checkout's commit then (a reused stage keeps its first run's)."""
+    from qbr_dist.artifacts import read_manifest
+
+    manifest = read_manifest(stage_dir)
+    return {"finished_at": manifest["finished_at"], "commit": manifest["code_version"].get("git")}
+
+
 def result_path(name: str, *, quick: bool = False) -> Path:
     """bench/results/<name>.json, <name>-quick.json for a quick run."""
     return RESULTS / f"{name}{'-quick' if quick else ''}.json"

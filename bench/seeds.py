@@ -12,9 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import machine, write_result  # first: the environment Ray reads
-
-from qbr_dist.artifacts import read_manifest
+from common import machine, trained, write_result  # first: the environment Ray reads
 
 MODELS = ("bert4rec", "qbert4rec")
 KEPT = ("valid", "test", "test_cold", "epochs", "steps", "train_wall_s", "best")
@@ -25,9 +23,7 @@ def seed_row(run: Path) -> dict:
     row = {}
     for model in MODELS:
         metrics = json.loads((run / model / "metrics.json").read_text())
-        manifest = read_manifest(run / model)
-        row[model] = {k: metrics[k] for k in KEPT if k in metrics} | {
-            "trained": {"finished_at": manifest["finished_at"], "commit": manifest["code_version"].get("git")}}
+        row[model] = {k: metrics[k] for k in KEPT if k in metrics} | {"trained": trained(run / model)}
     return row
 
 

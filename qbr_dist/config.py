@@ -21,6 +21,12 @@ class ConfigError(ValueError):
     pass
 
 
+def _settings_key(section, *, later_options: tuple[str, ...]) -> dict:
+    """A section's settings for a stage key, leaving out each of `later_options` while it is 0 (off), so a
+    stage finished before that option existed keeps its key."""
+    return {name: value for name, value in section.__dict__.items() if name not in later_options or value}
+
+
 @dataclass
 class RunConfig:
     name: str = "default"  # the run directory's name, also the Ray Train run and metrics label
@@ -59,9 +65,8 @@ class DataConfig:
             _require(bool(self.interactions), "data.interactions", "a file path when data.dataset = 'files'")
 
     def key(self) -> dict:
-        """The settings that change the split; max_history at 0 is left out, so a split without it keeps
-        the key it had before the option existed."""
-        return {name: value for name, value in self.__dict__.items() if name != "max_history" or value}
+        """The settings that change the split."""
+        return _settings_key(self, later_options=("max_history",))
 
 
 @dataclass
@@ -261,9 +266,8 @@ class ModelConfig:
                  "0 unless model.tokens = 'hybrid' (only hybrid items have an ID vector to leave out)")
 
     def key(self) -> dict:
-        """The settings that change a trained model; ID dropout at 0 is left out, so a model without it
-        keeps the key it had before the option existed."""
-        return {name: value for name, value in self.__dict__.items() if name != "id_dropout" or value}
+        """The settings that change a trained model."""
+        return _settings_key(self, later_options=("id_dropout",))
 
 
 @dataclass

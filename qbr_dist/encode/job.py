@@ -179,10 +179,10 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
 
 
 def _collect_counting(dataset, encoded) -> pa.Table:
-    """The job's output as one table, counting the items it kept (not quarantined) into `encoded` as blocks reach
-    the driver: the count is
-    exact and live however briefly the encoder actors live (an actor's own counter loses what it counted after
-    its last scrape, and all of it when the actor is gone before Prometheus discovers it)."""
+    """The job's output as one table, counting the items it kept (not quarantined) into `encoded` as blocks
+    reach the driver: the count is exact and live however briefly the encoder actors live (an actor's own
+    counter loses what it counted after its last scrape, and all of it when the actor is gone before
+    Prometheus discovers it)."""
     blocks = []
     for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         encoded.inc(block.num_rows - (pa.compute.sum(block.column("fatal")).as_py() or 0))
