@@ -27,11 +27,14 @@ def machine(**extra) -> dict:
 
 
 def trained(stage_dir: Path) -> dict:
-    """When a finished stage finished and the checkout's commit then (a reused stage keeps its first run's)."""
+    """When a finished stage finished and the commit its run started from, with `dirty` where the manifest
+    says whether tracked files differed from it (a reused stage keeps its first run's)."""
     from qbr_dist.artifacts import read_manifest
 
     manifest = read_manifest(stage_dir)
-    return {"finished_at": manifest["finished_at"], "commit": manifest["code_version"].get("git")}
+    version = manifest["code_version"]
+    recorded = {"dirty": version["dirty"]} if "dirty" in version else {}
+    return {"finished_at": manifest["finished_at"], "commit": version.get("git"), **recorded}
 
 
 def result_path(name: str, *, quick: bool = False) -> Path:

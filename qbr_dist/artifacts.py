@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -73,18 +74,27 @@ def file_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+@functools.cache
 def code_version() -> dict:
-    """Package version, plus the git commit when the code runs from a checkout."""
+    """Package version, plus the git commit (and whether tracked files differ from it) when the code runs
+    from a checkout. Read once per process, so a commit made while a run goes on does not show in the
+    manifests of the stages that run started: `run_pipeline` reads it first."""
     version = {"package": __version__}
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-        if commit.returncode == 0:
-            version["git"] = commit.stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
+    commit, changes = _git("rev-parse", "HEAD"), _git("status", "--porcelain", "--untracked-files=no")
+    if commit is not None:
+        version["git"] = commit
+    if changes is not None:
+        version["dirty"] = bool(changes)
     return version
+
+
+def _git(*args: str) -> str | None:
+    """Stripped output of a git command run beside this package, or None where git or a checkout is missing."""
+    try:
+        done = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def stage_key(stage: str, config_hash: str, inputs: dict[str, str]) -> dict:

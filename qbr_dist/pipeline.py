@@ -47,6 +47,7 @@ def run_dir(cfg: Config) -> Path:
 def run_pipeline(cfg: Config) -> dict:
     """Every stage in order; returns the report. The driver serves the run's job metrics meanwhile and
     holds the run directory, so a second `qbr run` of the same run stops instead of writing into it."""
+    artifacts.code_version()  # pinned now: manifests name the code this run started with
     with artifacts.exclusive(run_dir(cfg)):
         serve_driver(cfg)
         try:

@@ -34,7 +34,8 @@ How the two sides meet, with no copy of the project's code:
     .venv-recbole/bin/python bench/recbole/train.py --ingest runs/ml100k-seed0/ingest --work bench/.work/quality \\
         --out bench/.work/quality/recbole.json [--models sasrec bert4rec] [--seeds 0 1 2] [--epochs 50]
 
-Writes `--out` after every (model, seed); a rerun with the same settings skips the finished ones.
+Writes `--out` after every (model, seed), keeping the seeds another run finished in the same file meanwhile;
+a rerun with the same settings skips the finished ones.
 """
 from __future__ import annotations
 
@@ -316,9 +317,7 @@ def main(argv: list[str]) -> int:
                                         "test_users": int(evaluation_users(cold_target, "test").sum()),
                                         "cold_test_users": int(cold_target.sum())},
            "settings": {}, "runs": {}}
-    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    if previous.get("fingerprint") == fingerprint:
-        out["runs"], out["settings"] = previous.get("runs", {}), previous.get("settings", {})
+    take_finished(out, args.out)
     for model_key in args.models:
         for seed in args.seeds:
             if str(seed) in out["runs"].get(model_key, {}):
@@ -331,11 +330,31 @@ def main(argv: list[str]) -> int:
             print(f"recbole {model_key} seed {seed}: best epoch {result['best_epoch']}, valid NDCG@10 "
                   f"{result['valid']['NDCG@10']:.4f}, test NDCG@10 {result['test']['NDCG@10']:.4f} "
                   f"({result['train_wall_s']:.0f} s)", flush=True)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(out, indent=2) + "\n")
-            tmp.replace(args.out)
+            save(out, args.out)
     return 0
+
+
+def take_finished(out: dict, path: Path) -> None:
+    """Add to `out` the (model, seed) results that `path` holds under the same fingerprint and `out` lacks:
+    those of an earlier run, or of another run writing the same file meanwhile."""
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    if recorded.get("fingerprint") != out["fingerprint"]:
+        return
+    for model_key, runs in recorded.get("runs", {}).items():
+        for seed, result in runs.items():
+            out["runs"].setdefault(model_key, {}).setdefault(seed, result)
+    for model_key, settings in recorded.get("settings", {}).items():
+        out["settings"].setdefault(model_key, settings)
+
+
+def save(out: dict, path: Path) -> None:
+    """Write `out` under a name of this process's own, then rename it onto `path`, keeping what another run
+    on the same `--out` finished since this one started."""
+    take_finished(out, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def _digest(work: Path) -> str:

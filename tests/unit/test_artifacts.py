@@ -70,8 +70,10 @@ def test_stage_without_manifest_is_not_current(tmp_path):
     assert not stage_is_current(tmp_path / "missing", stage_key("split", "cfg", {}))
 
 
-def test_code_version_names_the_package():
-    assert code_version()["package"] == __version__
+def test_code_version_names_the_package_and_the_checkouts_commit():
+    version = code_version()  # the tests run from a git checkout
+    assert version["package"] == __version__
+    assert len(version["git"]) == 40 and isinstance(version["dirty"], bool)
 
 
 def test_a_run_directory_held_by_another_process_is_refused_until_that_process_ends(tmp_path):
