@@ -254,6 +254,9 @@ class ModelConfig:
     # hybrid only: chance that a training lookup leaves out an item's ID vector and bias, so that its
     # codes must place it without them (as cold items have no trained ID vector of their own)
     id_dropout: float = 0.0
+    # semantic and hybrid: start the code tables from the quantize stage's codebooks (projected to
+    # model.hidden) instead of random rows, so items start where the tokenizer placed them
+    codebook_init: bool = False
 
     def check(self) -> None:
         _require(self.tokens in ("id", "semantic", "hybrid"), "model.tokens", "'id', 'semantic' or 'hybrid'")
@@ -264,10 +267,12 @@ class ModelConfig:
         _require(0 <= self.id_dropout < 1, "model.id_dropout", "a number in [0, 1)")
         _require(self.id_dropout == 0 or self.tokens == "hybrid", "model.id_dropout",
                  "0 unless model.tokens = 'hybrid' (only hybrid items have an ID vector to leave out)")
+        _require(not self.codebook_init or self.tokens != "id", "model.codebook_init",
+                 "false when model.tokens = 'id' (item IDs have no code tables)")
 
     def key(self) -> dict:
         """The settings that change a trained model."""
-        return _settings_key(self, later_options=("id_dropout",))
+        return _settings_key(self, later_options=("id_dropout", "codebook_init"))
 
 
 @dataclass

@@ -644,7 +644,9 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     from qbr_dist.train.runtime import TrainJob, fit, start_ray
 
     stage = "qbert4rec" if quantize_dir is not None else "bert4rec"
-    model = cfg.model if quantize_dir is not None else dataclasses.replace(cfg.model, tokens="id", id_dropout=0.0)
+    model = cfg.model
+    if quantize_dir is None:  # the ID baseline: no semantic option applies
+        model = dataclasses.replace(cfg.model, tokens="id", id_dropout=0.0, codebook_init=False)
     # Worker count, checkpoint cadence and the like do not change the result; precision and clipping do.
     config_hash = cfg.section_hash("train", "eval", model=model.key(), seed=cfg.run.seed, loop=LOOP_VERSION,
                                    precision=cfg.runtime.precision, grad_clip=cfg.runtime.grad_clip)
@@ -658,7 +660,12 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     if current:
         return stage_dir
     items = num_items(ingest_dir)
-    semantic = _semantic_codes(ingest_dir, quantize_dir, codes_dir, stage_dir) if quantize_dir is not None else {}
+    semantic = {}
+    if quantize_dir is not None:
+        semantic = _semantic_codes(ingest_dir, quantize_dir, codes_dir, stage_dir)
+        if model.codebook_init:
+            semantic["level_rows_file"] = _level_rows(quantize_dir, semantic["codebook_version"], model.hidden,
+                                                      stage_dir)
     start_ray(cfg.runtime)
     sequences = ray.data.read_parquet(str((ingest_dir / SEQUENCES).resolve()))
     history_len = _longest_sequence(ingest_dir) if cfg.eval.exclude_history else 0
@@ -741,6 +748,18 @@ def _semantic_codes(ingest_dir: Path, quantize_dir: Path, codes_dir: Path, stage
     np.save(stage_dir / "codes.npy", codes)
     return {"codes_file": str((stage_dir / "codes.npy").resolve()), "codebook_version": version,
             "code_sizes": [len(level["counts"]) for level in stats["levels"]] + [suffix_table_size(codes_dir / CODES)]}
+
+
+def _level_rows(quantize_dir: Path, version: str, hidden: int, stage_dir: Path) -> str:
+    """The codebooks projected to the model's width, saved once for every worker to start its code tables from."""
+    from qbr_dist.quant import CODEBOOKS
+    from qbr_dist.quant.codebook import load_codebooks
+    from qbr_dist.seqrec.code_init import codebook_rows
+
+    tensors, _, _ = load_codebooks(quantize_dir / CODEBOOKS, expected_version=version)
+    path = stage_dir / "level_rows.npy"
+    np.save(path, codebook_rows(tensors["codebooks"], hidden).numpy())
+    return str(path.resolve())
 
 
 def _item_counts(sequences, items: int, stage_dir: Path) -> dict:

@@ -53,10 +53,14 @@ class SemanticTokens(nn.Module):
     the training forward skips that work.
 
     `id_dropout` (hybrid): in training, the chance that one lookup of an item leaves out its ID vector
-    and bias, so its codes must place it without them, as for every item no training has seen."""
+    and bias, so its codes must place it without them, as for every item no training has seen.
+
+    `level_rows` (levels, codebook_size, hidden), when given, start the level tables instead of random
+    rows (`code_init.codebook_rows`); the disambiguation code's table always starts random."""
 
     def __init__(self, *, codes: torch.Tensor, code_sizes: list[int], hidden: int, hybrid: bool = False,
-                 untrained: torch.Tensor | None = None, id_dropout: float = 0.0):
+                 untrained: torch.Tensor | None = None, id_dropout: float = 0.0,
+                 level_rows: torch.Tensor | None = None):
         super().__init__()
         self.num_items = len(codes) - 1
         self.id_dropout = id_dropout
@@ -64,6 +68,10 @@ class SemanticTokens(nn.Module):
         self.tables = nn.ModuleList(nn.Embedding(size, hidden) for size in code_sizes)
         for table in self.tables:
             nn.init.normal_(table.weight, std=0.02)
+        if level_rows is not None:
+            with torch.no_grad():
+                for table, rows in zip(self.tables, level_rows):
+                    table.weight.copy_(rows)
         self.code_biases = nn.ModuleList(nn.Embedding(size, 1) for size in code_sizes)
         for table in self.code_biases:
             nn.init.zeros_(table.weight)

@@ -20,16 +20,21 @@ SPEC_KEYS = ("model", "num_items", "code_sizes", "codebook_version")  # what mod
 
 
 def build_model(spec: dict) -> BERT4Rec:
-    """`spec`: SPEC_KEYS plus `codes_file` (semantic tokens) and `cold_file` (a cold-item split), or None."""
+    """`spec`: SPEC_KEYS plus `codes_file` (semantic tokens), `cold_file` (a cold-item split) and
+    `level_rows_file` (code tables started from the codebooks, for training), each or None."""
     cfg = ModelConfig(**spec["model"])
-    excluded = torch.from_numpy(np.load(spec["cold_file"])) if spec.get("cold_file") else None
+    excluded = _tensor(spec.get("cold_file"))
     tokens = None
     if cfg.tokens != "id":
         tokens = SemanticTokens(codes=torch.from_numpy(np.load(spec["codes_file"])), code_sizes=spec["code_sizes"],
                                 hidden=cfg.hidden, hybrid=cfg.tokens == "hybrid", untrained=excluded,
-                                id_dropout=cfg.id_dropout)
+                                id_dropout=cfg.id_dropout, level_rows=_tensor(spec.get("level_rows_file")))
     return BERT4Rec(num_items=spec["num_items"], hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads,
                     max_len=cfg.max_len, dropout=cfg.dropout, tokens=tokens, excluded=excluded)
+
+
+def _tensor(path: str | None) -> torch.Tensor | None:
+    return torch.from_numpy(np.load(path)) if path else None
 
 
 def load_trained(stage_dir: Path, cold_file: Path | None) -> tuple[BERT4Rec, dict]:

@@ -154,3 +154,32 @@ def test_id_dropout_leaves_out_vector_and_bias_together_and_only_in_training():
     assert torch.equal(inputs, tokens.weights(items)[0])
     tokens.eval()
     assert (tokens.weights(items)[1] > 50).all()  # scoring outside training always has the ID part
+
+
+def test_codebook_rows_keep_each_items_centroid_sum_up_to_one_scale():
+    from qbr_dist.seqrec.code_init import INIT_STD, codebook_rows
+
+    torch.manual_seed(0)
+    basis = torch.randn(4, 12)  # 12-dim centroids that span 4 directions: a width-4 projection loses nothing
+    codebooks = torch.randn(2, 5, 4) @ basis * torch.tensor([1.0, 0.3]).view(2, 1, 1)
+    codes = torch.tensor([[0, 3], [4, 1], [2, 2]])
+    rows = codebook_rows(codebooks, hidden=4)
+    assert rows.shape == (2, 5, 4)
+    assert torch.isclose(rows[0].pow(2).mean().sqrt(), torch.tensor(INIT_STD))
+    items, projected = (codebooks[0][codes[:, 0]] + codebooks[1][codes[:, 1]],
+                        rows[0][codes[:, 0]] + rows[1][codes[:, 1]])
+    ratio = (projected @ projected.T) / (items @ items.T)
+    assert torch.allclose(ratio, ratio[0, 0].expand_as(ratio), rtol=1e-4)  # one scale: geometry kept
+    assert rows[1].norm() < rows[0].norm()  # the residual level stays the smaller one
+
+
+def test_narrow_codebooks_are_padded_and_start_the_level_tables_only():
+    from qbr_dist.seqrec.bert4rec import SemanticTokens
+    from qbr_dist.seqrec.code_init import codebook_rows
+
+    rows = codebook_rows(torch.randn(2, 3, 2), hidden=4)
+    assert (rows[..., 2:] == 0).all()
+    tokens = SemanticTokens(codes=torch.tensor([[0, 0, 0], [1, 2, 0]]), code_sizes=[3, 3, 1], hidden=4,
+                            level_rows=rows)
+    assert torch.equal(tokens.tables[0].weight, rows[0]) and torch.equal(tokens.tables[1].weight, rows[1])
+    assert tokens.tables[2].weight.abs().sum() > 0  # the disambiguation table starts random

@@ -1,6 +1,6 @@
 import pytest
 
-from qbr_dist.config import Config, ConfigError, load_config
+from qbr_dist.config import Config, ConfigError, ModelConfig, load_config
 
 
 def write(tmp_path, text):
@@ -71,12 +71,17 @@ def test_demo_config_is_valid():
 
 
 def test_id_dropout_needs_hybrid_tokens_and_is_keyed_only_when_set():
-    from qbr_dist.config import ModelConfig
-
     with pytest.raises(ConfigError, match="model.id_dropout"):
         load_config(None, ["model.tokens=semantic", "model.id_dropout=0.3"])
     assert "id_dropout" not in ModelConfig(tokens="hybrid").key()
     assert ModelConfig(tokens="hybrid", id_dropout=0.3).key()["id_dropout"] == 0.3
+
+
+def test_codebook_init_needs_code_tables_and_is_keyed_only_when_set():
+    with pytest.raises(ConfigError, match="model.codebook_init"):
+        load_config(None, ["model.tokens=id", "model.codebook_init=true"])
+    assert "codebook_init" not in ModelConfig(tokens="hybrid").key()
+    assert ModelConfig(tokens="semantic", codebook_init=True).key()["codebook_init"] is True
 
 
 def test_max_history_is_keyed_only_when_set():
