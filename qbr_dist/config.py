@@ -255,7 +255,8 @@ class ModelConfig:
     # codes must place it without them (as cold items have no trained ID vector of their own)
     id_dropout: float = 0.0
     # semantic and hybrid: start the code tables from the quantize stage's codebooks (projected to
-    # model.hidden) instead of random rows, so items start where the tokenizer placed them
+    # model.hidden) instead of random rows, and hybrid ID vectors at zero, so items start where the
+    # tokenizer placed them
     codebook_init: bool = False
 
     def check(self) -> None:

@@ -56,7 +56,8 @@ class SemanticTokens(nn.Module):
     and bias, so its codes must place it without them, as for every item no training has seen.
 
     `level_rows` (levels, codebook_size, hidden), when given, start the level tables instead of random
-    rows (`code_init.codebook_rows`); the disambiguation code's table always starts random."""
+    rows (`code_init.codebook_rows`) and the hybrid ID vectors at zero; the disambiguation code's
+    table always starts random."""
 
     def __init__(self, *, codes: torch.Tensor, code_sizes: list[int], hidden: int, hybrid: bool = False,
                  untrained: torch.Tensor | None = None, id_dropout: float = 0.0,
@@ -68,18 +69,24 @@ class SemanticTokens(nn.Module):
         self.tables = nn.ModuleList(nn.Embedding(size, hidden) for size in code_sizes)
         for table in self.tables:
             nn.init.normal_(table.weight, std=0.02)
-        if level_rows is not None:
-            with torch.no_grad():
-                for table, rows in zip(self.tables, level_rows):
-                    table.weight.copy_(rows)
         self.code_biases = nn.ModuleList(nn.Embedding(size, 1) for size in code_sizes)
         for table in self.code_biases:
             nn.init.zeros_(table.weight)
         self.mask = nn.Parameter(torch.randn(hidden) * 0.02)
         self.ids = IdTokens(num_items=self.num_items, hidden=hidden) if hybrid else None
+        if level_rows is not None:
+            self._start_from(level_rows)
         self.backoff = None
         if hybrid and untrained is not None and bool(untrained[1:].any()):
             self.backoff = PrefixBackoff(codes[:, :len(code_sizes) - 1], untrained.bool())
+
+    @torch.no_grad()
+    def _start_from(self, level_rows: torch.Tensor) -> None:
+        """Level tables from `level_rows`; hybrid ID vectors at zero, so each item starts at its codes' place."""
+        for table, rows in zip(self.tables, level_rows):
+            table.weight.copy_(rows)
+        if self.ids is not None:
+            self.ids.table.weight.zero_()
 
     def vectors(self, items: torch.Tensor) -> torch.Tensor:
         """Vectors (..., hidden) of `items`: the input side, which needs no biases."""

@@ -180,6 +180,7 @@ def test_narrow_codebooks_are_padded_and_start_the_level_tables_only():
     rows = codebook_rows(torch.randn(2, 3, 2), hidden=4)
     assert (rows[..., 2:] == 0).all()
     tokens = SemanticTokens(codes=torch.tensor([[0, 0, 0], [1, 2, 0]]), code_sizes=[3, 3, 1], hidden=4,
-                            level_rows=rows)
+                            hybrid=True, level_rows=rows)
     assert torch.equal(tokens.tables[0].weight, rows[0]) and torch.equal(tokens.tables[1].weight, rows[1])
     assert tokens.tables[2].weight.abs().sum() > 0  # the disambiguation table starts random
+    assert (tokens.ids.table.weight == 0).all()  # an item's ID vector adds nothing at the start
