@@ -37,6 +37,28 @@ def trained(stage_dir: Path) -> dict:
     return {"finished_at": manifest["finished_at"], "commit": version.get("git"), **recorded}
 
 
+def model_ranks(stage_dir: Path, ingest: Path, examples: list[tuple], chunk_size: int):
+    """1-based rank of each (history, target) example's target among all items, scored on the driver by
+    the stage's exported model with the project's metric code."""
+    import numpy as np
+    import torch
+
+    from qbr_dist import pipeline
+    from qbr_dist.seqrec.examples import left_pad
+    from qbr_dist.seqrec.metrics import target_ranks
+    from qbr_dist.seqrec.trained import load_trained
+
+    model, _ = load_trained(stage_dir, ingest / pipeline.COLD)
+    length = model.bert.config.max_position_embeddings
+    inputs = np.stack([left_pad(np.append(history[-(length - 1):], model.mask_token), length)
+                       for history, _ in examples])
+    with torch.no_grad():
+        hidden = model.encode(torch.from_numpy(inputs))[:, -1]
+        return target_ranks(lambda start, end: model.score_items(hidden, start, end),
+                            torch.tensor([target for _, target in examples]), first_item=1,
+                            end_item=model.num_items + 1, chunk_size=chunk_size)
+
+
 def result_path(name: str, *, quick: bool = False) -> Path:
     """bench/results/<name>.json, <name>-quick.json for a quick run."""
     return RESULTS / f"{name}{'-quick' if quick else ''}.json"

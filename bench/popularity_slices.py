@@ -17,30 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import REPO, machine, write_result
+from common import REPO, machine, model_ranks, write_result
 
 from qbr_dist import pipeline
-from qbr_dist.seqrec.examples import evaluation_examples, left_pad
-from qbr_dist.seqrec.metrics import metric_means, metric_sums, target_ranks
+from qbr_dist.seqrec.examples import evaluation_examples
+from qbr_dist.seqrec.metrics import metric_means, metric_sums
 from qbr_dist.seqrec.popularity import training_counts
-from qbr_dist.seqrec.trained import load_trained
 
 STAGES = ("bert4rec", "qbert4rec")
 SLICES = ("least popular third", "middle third", "most popular third")
 KEPT = ("HR@10", "NDCG@10")
-
-
-def test_ranks(stage_dir: Path, ingest: Path, examples: list[tuple], chunk_size: int) -> torch.Tensor:
-    """1-based rank of each example's target among all items, from the stage's exported model."""
-    model, _ = load_trained(stage_dir, ingest / pipeline.COLD)
-    length = model.bert.config.max_position_embeddings
-    inputs = np.stack([left_pad(np.append(history[-(length - 1):], model.mask_token), length)
-                       for history, _ in examples])
-    with torch.no_grad():
-        hidden = model.encode(torch.from_numpy(inputs))[:, -1]
-        return target_ranks(lambda start, end: model.score_items(hidden, start, end),
-                            torch.tensor([target for _, target in examples]), first_item=1,
-                            end_item=model.num_items + 1, chunk_size=chunk_size)
 
 
 def slice_run(run: Path, limit: int | None, chunk_size: int) -> dict:
@@ -55,7 +41,7 @@ def slice_run(run: Path, limit: int | None, chunk_size: int) -> dict:
     for stage in STAGES:
         if not (run / stage / pipeline.METRICS).is_file():
             continue
-        ranks = test_ranks(run / stage, ingest, examples, chunk_size)
+        ranks = model_ranks(run / stage, ingest, examples, chunk_size)
         entry = {"all": {k: v for k, v in metric_means(metric_sums(ranks), len(ranks)).items() if k in KEPT},
                  "metrics_json": {k: pipeline.read_metrics(run / stage)["test"][k] for k in KEPT}}
         for index, name in enumerate(SLICES):

@@ -1,0 +1,86 @@
+"""How well each trained model ranks a user's items at the end of the sequence, one offset at a time:
+a check that the validation target behaves like the test target, not like a training target.
+
+    python bench/target_offsets.py [--quick] [RUN_DIR ...]
+
+For the warm test users (with more than 4 items) of each finished `qbr run` directory (default
+`runs/ml100k`, what `make demo` writes), with its exported bert4rec and qbert4rec scored on the
+driver by the project's metric code:
+
+- "next item": the item at offset -k predicted from every item before it: k = 1 is the test
+  target, k = 2 the validation target, k = 3 and 4 are training targets (the newest items of the
+  training part);
+- "from the validation input": the validation target (k = 2) and the test target (k = 1), both
+  predicted from the validation input (everything before the validation target), so only the
+  target differs.
+
+A model that never saw the validation target ranks it like the test target from the same input
+(up to the one step the test target lies further ahead); one that ranks it like its training
+targets has learned from it. --quick scores the first 200 users of each run. Writes
+bench/results/target_offsets.json (target_offsets-quick.json).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from common import REPO, machine, model_ranks, write_result
+
+from qbr_dist import pipeline
+from qbr_dist.seqrec.metrics import metric_means, metric_sums
+
+STAGES = ("bert4rec", "qbert4rec")
+KEPT = ("HR@10", "NDCG@10")
+OFFSETS = (1, 2, 3, 4)
+
+
+def example_sets(sequences: list[np.ndarray]) -> dict[str, list[tuple]]:
+    """(history, target) examples of each kind, over the same users."""
+    sets = {f"next item, offset -{k}": [(s[:-k], int(s[-k])) for s in sequences] for k in OFFSETS}
+    for k, name in ((2, "validation"), (1, "test")):
+        sets[f"from the validation input, {name} target"] = [(s[:-2], int(s[-k])) for s in sequences]
+    return sets
+
+
+def offsets_of_run(run: Path, limit: int | None, chunk_size: int) -> dict:
+    ingest = run / "ingest"
+    warm = ~pipeline.load_cold_targets(ingest)
+    sequences = [np.asarray(s) for s, keep in zip(pipeline.load_sequences(ingest), warm)
+                 if keep and len(s) > max(OFFSETS)][:limit]
+    out = {"users": len(sequences), "models": {}}
+    for stage in STAGES:
+        if not (run / stage / pipeline.METRICS).is_file():
+            continue
+        out["models"][stage] = {
+            name: {k: v for k, v in metric_means(metric_sums(model_ranks(run / stage, ingest, examples, chunk_size)),
+                                                 len(examples)).items() if k in KEPT}
+            for name, examples in example_sets(sequences).items()
+        }
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="*", type=Path, default=[REPO / "runs" / "ml100k"])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--chunk-size", type=int, default=4096)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    result = {"quick": args.quick, "runs": {}, "machine": machine()}
+    for run in args.runs:
+        if not (run / "ingest" / pipeline.SEQUENCES).is_file():
+            raise SystemExit(f"{run}: not a finished qbr run directory (no ingest/{pipeline.SEQUENCES})")
+        result["runs"][run.name] = offsets_of_run(run, 200 if args.quick else None, args.chunk_size)
+        for stage, rows in result["runs"][run.name]["models"].items():
+            print(run.name, stage, "  ".join(f"{name}: {row['NDCG@10']:.4f}" for name, row in rows.items()),
+                  flush=True)
+    print(write_result(result, "target_offsets", quick=args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
