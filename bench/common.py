@@ -59,6 +59,34 @@ def model_ranks(stage_dir: Path, ingest: Path, examples: list[tuple], chunk_size
                             end_item=model.num_items + 1, chunk_size=chunk_size)
 
 
+def score_runs(argv: list[str], *, description: str, result: str, score_run, describe) -> int:
+    """The command line of a script that scores the exported models of finished runs:
+    `[--quick] [--chunk-size N] [RUN_DIR ...]` (default runs/ml100k, what `make demo` writes).
+    `score_run(run, limit, chunk_size)` gives a run's entry, with a "models" dict; `describe(model_entry)`
+    its printed line per model. Writes results/<result>.json (<result>-quick.json)."""
+    import argparse
+
+    import torch
+
+    from qbr_dist import pipeline
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("runs", nargs="*", type=Path, default=[REPO / "runs" / "ml100k"])
+    parser.add_argument("--quick", action="store_true", help="the first 200 users of each run")
+    parser.add_argument("--chunk-size", type=int, default=4096)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    out = {"quick": args.quick, "runs": {}, "machine": machine()}
+    for run in args.runs:
+        if not (run / "ingest" / pipeline.SEQUENCES).is_file():
+            raise SystemExit(f"{run}: not a finished qbr run directory (no ingest/{pipeline.SEQUENCES})")
+        out["runs"][run.name] = score_run(run, 200 if args.quick else None, args.chunk_size)
+        for stage, entry in out["runs"][run.name]["models"].items():
+            print(run.name, stage, describe(entry), flush=True)
+    print(write_result(out, result, quick=args.quick))
+    return 0
+
+
 def result_path(name: str, *, quick: bool = False) -> Path:
     """bench/results/<name>.json, <name>-quick.json for a quick run."""
     return RESULTS / f"{name}{'-quick' if quick else ''}.json"

@@ -11,13 +11,12 @@ metric code, so the overall figure must equal the stage's metrics.json (both are
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import REPO, machine, model_ranks, write_result
+from common import model_ranks, score_runs
 
 from qbr_dist import pipeline
 from qbr_dist.seqrec.examples import evaluation_examples
@@ -53,22 +52,9 @@ def slice_run(run: Path, limit: int | None, chunk_size: int) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="*", type=Path, default=[REPO / "runs" / "ml100k"])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--chunk-size", type=int, default=4096)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    result = {"quick": args.quick, "runs": {}, "machine": machine()}
-    for run in args.runs:
-        if not (run / "ingest" / pipeline.SEQUENCES).is_file():
-            raise SystemExit(f"{run}: not a finished qbr run directory (no ingest/{pipeline.SEQUENCES})")
-        result["runs"][run.name] = slice_run(run, 200 if args.quick else None, args.chunk_size)
-        for stage, entry in result["runs"][run.name]["models"].items():
-            print(run.name, stage, "  ".join(f"{name}: NDCG@10 {entry[name]['NDCG@10']:.4f}" for name in SLICES),
-                  flush=True)
-    print(write_result(result, "popularity_slices", quick=args.quick))
-    return 0
+    return score_runs(argv, description=__doc__.splitlines()[0], result="popularity_slices", score_run=slice_run,
+                      describe=lambda entry: "  ".join(f"{name}: NDCG@10 {entry[name]['NDCG@10']:.4f}"
+                                                       for name in SLICES))
 
 
 if __name__ == "__main__":

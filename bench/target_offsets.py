@@ -21,12 +21,11 @@ bench/results/target_offsets.json (target_offsets-quick.json).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
-from common import REPO, machine, model_ranks, write_result
+from common import model_ranks, score_runs
 
 from qbr_dist import pipeline
 from qbr_dist.seqrec.metrics import metric_means, metric_sums
@@ -62,24 +61,8 @@ def offsets_of_run(run: Path, limit: int | None, chunk_size: int) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="*", type=Path, default=[REPO / "runs" / "ml100k"])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--chunk-size", type=int, default=4096)
-    args = parser.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(1)
-    result = {"quick": args.quick, "runs": {}, "machine": machine()}
-    for run in args.runs:
-        if not (run / "ingest" / pipeline.SEQUENCES).is_file():
-            raise SystemExit(f"{run}: not a finished qbr run directory (no ingest/{pipeline.SEQUENCES})")
-        result["runs"][run.name] = offsets_of_run(run, 200 if args.quick else None, args.chunk_size)
-        for stage, rows in result["runs"][run.name]["models"].items():
-            print(run.name, stage, "  ".join(f"{name}: {row['NDCG@10']:.4f}" for name, row in rows.items()),
-                  flush=True)
-    print(write_result(result, "target_offsets", quick=args.quick))
-    return 0
+    return score_runs(argv, description=__doc__.splitlines()[0], result="target_offsets", score_run=offsets_of_run,
+                      describe=lambda rows: "  ".join(f"{name}: {row['NDCG@10']:.4f}" for name, row in rows.items()))
 
 
 if __name__ == "__main__":
