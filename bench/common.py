@@ -37,18 +37,15 @@ def trained(stage_dir: Path) -> dict:
     return {"finished_at": manifest["finished_at"], "commit": version.get("git"), **recorded}
 
 
-def model_ranks(stage_dir: Path, ingest: Path, examples: list[tuple], chunk_size: int):
-    """1-based rank of each (history, target) example's target among all items, scored on the driver by
-    the stage's exported model with the project's metric code."""
+def model_ranks(model, examples: list[tuple], chunk_size: int):
+    """1-based rank of each (history, target) example's target among all items, scored on the driver by an
+    exported model (`qbr_dist.seqrec.trained.load_trained`) with the project's metric code."""
     import numpy as np
     import torch
 
-    from qbr_dist import pipeline
     from qbr_dist.seqrec.examples import left_pad
     from qbr_dist.seqrec.metrics import target_ranks
-    from qbr_dist.seqrec.trained import load_trained
 
-    model, _ = load_trained(stage_dir, ingest / pipeline.COLD)
     length = model.bert.config.max_position_embeddings
     inputs = np.stack([left_pad(np.append(history[-(length - 1):], model.mask_token), length)
                        for history, _ in examples])

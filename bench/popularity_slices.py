@@ -22,6 +22,7 @@ from qbr_dist import pipeline
 from qbr_dist.seqrec.examples import evaluation_examples
 from qbr_dist.seqrec.metrics import metric_means, metric_sums
 from qbr_dist.seqrec.popularity import training_counts
+from qbr_dist.seqrec.trained import load_trained
 
 STAGES = ("bert4rec", "qbert4rec")
 SLICES = ("least popular third", "middle third", "most popular third")
@@ -40,7 +41,7 @@ def slice_run(run: Path, limit: int | None, chunk_size: int) -> dict:
     for stage in STAGES:
         if not (run / stage / pipeline.METRICS).is_file():
             continue
-        ranks = model_ranks(run / stage, ingest, examples, chunk_size)
+        ranks = model_ranks(load_trained(run / stage, ingest / pipeline.COLD)[0], examples, chunk_size)
         entry = {"all": {k: v for k, v in metric_means(metric_sums(ranks), len(ranks)).items() if k in KEPT},
                  "metrics_json": {k: pipeline.read_metrics(run / stage)["test"][k] for k in KEPT}}
         for index, name in enumerate(SLICES):

@@ -29,17 +29,19 @@ from common import model_ranks, score_runs
 
 from qbr_dist import pipeline
 from qbr_dist.seqrec.metrics import metric_means, metric_sums
+from qbr_dist.seqrec.trained import load_trained
 
 STAGES = ("bert4rec", "qbert4rec")
 KEPT = ("HR@10", "NDCG@10")
 OFFSETS = (1, 2, 3, 4)
+SAME_INPUT_TEST = "from the validation input, test target"
 
 
 def example_sets(sequences: list[np.ndarray]) -> dict[str, list[tuple]]:
-    """(history, target) examples of each kind, over the same users."""
+    """(history, target) examples of each kind, over the same users; the validation target from the
+    validation input is offset -2's set, so it is not listed again."""
     sets = {f"next item, offset -{k}": [(s[:-k], int(s[-k])) for s in sequences] for k in OFFSETS}
-    for k, name in ((2, "validation"), (1, "test")):
-        sets[f"from the validation input, {name} target"] = [(s[:-2], int(s[-k])) for s in sequences]
+    sets[SAME_INPUT_TEST] = [(s[:-2], int(s[-1])) for s in sequences]
     return sets
 
 
@@ -52,11 +54,14 @@ def offsets_of_run(run: Path, limit: int | None, chunk_size: int) -> dict:
     for stage in STAGES:
         if not (run / stage / pipeline.METRICS).is_file():
             continue
-        out["models"][stage] = {
-            name: {k: v for k, v in metric_means(metric_sums(model_ranks(run / stage, ingest, examples, chunk_size)),
-                                                 len(examples)).items() if k in KEPT}
-            for name, examples in example_sets(sequences).items()
-        }
+        model, _ = load_trained(run / stage, ingest / pipeline.COLD)
+        rows = {name: {k: v for k, v in metric_means(metric_sums(model_ranks(model, examples, chunk_size)),
+                                                     len(examples)).items() if k in KEPT}
+                for name, examples in example_sets(sequences).items()}
+        test_row = rows.pop(SAME_INPUT_TEST)
+        rows |= {"from the validation input, validation target": rows["next item, offset -2"],
+                 SAME_INPUT_TEST: test_row}
+        out["models"][stage] = rows
     return out
 
 
