@@ -91,7 +91,7 @@ def synth_catalog(tmp_path_factory) -> Path:
 def tokenizer_run_overrides(root: Path, catalog: Path) -> list[str]:
     """A tiny `qbr run` through every stage: a 10 % cold-item split (so retokenization runs), MiniLM
     text and a tiny random-initialised ViT (on purpose), fusion, 2 x 8 codebooks, BERT4Rec and
-    Q-BERT4Rec on 2 workers with a checkpoint every 4 steps; fp32, no dropout (fixed randomness).
+    Q-BERT4Rec on 2 workers with a checkpoint every 8 steps; fp32, no dropout (fixed randomness).
     Small encode and retokenize batches keep those actors at work over several 1 s scrapes."""
     from qbr_dist.data import synth
 
@@ -106,7 +106,7 @@ def tokenizer_run_overrides(root: Path, catalog: Path) -> list[str]:
         "model.hidden=16", "model.layers=1", "model.heads=2", "model.max_len=8", "model.dropout=0.0",
         "train.batch_size=32", "train.pretrain_epochs=3", "train.finetune_epochs=1", "train.eval_every=1",
         "train.warmup_steps=2", "train.patience=10",
-        "runtime.num_workers=2", "runtime.checkpoint_every=4", "runtime.max_failures=1", "runtime.ray_num_cpus=2",
+        "runtime.num_workers=2", "runtime.checkpoint_every=8", "runtime.max_failures=1", "runtime.ray_num_cpus=2",
         "runtime.object_store_mb=256", "runtime.dashboard=false", "obs.enabled=false",
     ]
 

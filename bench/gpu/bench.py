@@ -126,9 +126,12 @@ def init_distributed(device: str) -> None:
     """One process as its own world: the environment DeepSpeed reads, then its process group."""
     import deepspeed
 
+    from qbr_dist.train.engine import skip_inference_allreduce_kernel
+
     for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517", "RANK": "0", "WORLD_SIZE": "1",
                         "LOCAL_RANK": "0"}.items():
         os.environ.setdefault(name, value)
+    skip_inference_allreduce_kernel()
     deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
 
 

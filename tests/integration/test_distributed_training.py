@@ -1,4 +1,6 @@
-"""Real Ray Train + DeepSpeed ZeRO on CPU: 2 workers equal 1 worker on the same global batches."""
+"""Real Ray Train + DeepSpeed ZeRO on CPU: 2 workers equal 1 worker on the same global batches, under
+ZeRO-3 (full softmax) and ZeRO-2 (sampled softmax). Checkpoints are kept to the final one: resuming
+from mid-run checkpoints is tests/reliability/test_faults.py's subject, and each costs seconds here."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +39,8 @@ def data(tmp_path_factory):
 
 
 def train(root, data, name, workers, zero_stage=2, **extra):
-    overrides = tiny_overrides(root, data, name, **{"runtime.num_workers": workers, "runtime.zero_stage": zero_stage},
-                               **extra)
+    overrides = tiny_overrides(root, data, name, **{"runtime.num_workers": workers, "runtime.zero_stage": zero_stage,
+                                                    "runtime.checkpoint_every": 10**6}, **extra)
     cfg = load_config(None, overrides)
     run = pipeline.run_dir(cfg)
     return cfg, pipeline.bert4rec(cfg, run, pipeline.ingest(cfg, run))
@@ -49,9 +51,8 @@ def one_worker(tmp_path_factory, data, ray_cluster):
     return train(tmp_path_factory.mktemp("one"), data, "one", workers=1)[1]
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_two_workers_match_one_worker(zero_stage, tmp_path, data, one_worker, ray_cluster):
-    cfg, two = train(tmp_path, data, f"two-zero{zero_stage}", workers=2, zero_stage=zero_stage)
+def test_two_zero3_workers_match_one_worker(tmp_path, data, one_worker, ray_cluster):
+    cfg, two = train(tmp_path, data, "two-zero3", workers=2, zero_stage=3)
 
     assert not (two / "item_counts.npy").exists(), "30 items train on the full softmax by default"
     two_ckpt = final_checkpoint(two)
@@ -78,10 +79,10 @@ def test_two_workers_match_one_worker(zero_stage, tmp_path, data, one_worker, ra
 
 
 def test_sampled_softmax_two_workers_match_one_worker(tmp_path, data, one_worker, ray_cluster):
-    """Every rank draws the same negatives per step, so 2 ZeRO-3 workers still equal 1 worker."""
+    """Every rank draws the same negatives per step, so 2 ZeRO-2 workers still equal 1 worker."""
     sampled = {"train.sampled_softmax_above": 0, "train.negatives": 8}
     _, one = train(tmp_path / "one", data, "sampled-one", workers=1, **sampled)
-    _, two = train(tmp_path / "two", data, "sampled-two", workers=2, zero_stage=3, **sampled)
+    _, two = train(tmp_path / "two", data, "sampled-two", workers=2, zero_stage=2, **sampled)
     assert (two / "item_counts.npy").is_file()
     after_one, after_two = trained_parameters(one), trained_parameters(two)
     full_softmax = trained_parameters(one_worker)["tokens.table.weight"]

@@ -1,7 +1,7 @@
 import torch
 
 from qbr_dist.config import load_config
-from qbr_dist.train.engine import deepspeed_config
+from qbr_dist.train.engine import deepspeed_config, skip_inference_allreduce_kernel
 from qbr_dist.train.runtime import carry_epoch_sums, my_slice
 
 
@@ -29,3 +29,13 @@ def test_epoch_sums_carried_through_checkpoints_equal_sums_run_straight_through(
     assert carry_epoch_sums(carried, {"loss": 0.25, "masked": 1, "steps": 2}) == {
         "loss": 3.75, "masked": 8, "steps": 2}
     assert carry_epoch_sums({}, {}) == {}
+
+
+def test_deepspeed_builds_no_shared_memory_kernel_once_skipped(tmp_path, monkeypatch):
+    """DeepSpeed's process-group start asks for the kernel through this hook: skipped, nothing is compiled."""
+    from deepspeed.comm.torch import build_shm_op
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    skip_inference_allreduce_kernel()
+    assert build_shm_op() is None
+    assert not any(tmp_path.iterdir())
