@@ -543,9 +543,9 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path]) -
                              actors=cfg.quant.retokenize_actors, cpus_per_actor=cfg.quant.retokenize_cpus_per_actor,
                              chunk_size=cfg.quant.chunk_size, metrics=obs_serve.endpoint(cfg))
     _finish(stage_dir, key, outputs=[CODES], rows=summary)
-    log.info("retokenize: %d items (%d with a content-predicted query) with codebook %s at %.0f items/s, "
-             "collision rate %.4f, suffix table %d", summary["items"], summary["content_queries"], version,
-             summary["items_per_s"], summary["collision_rate"], summary["suffix_table_size"])
+    log.info("retokenize: %d items (%d with a content-predicted query) with codebook %s by %d actors at %.0f "
+             "items/s, collision rate %.4f, suffix table %d", summary["items"], summary["content_queries"], version,
+             summary["actors_busy"], summary["items_per_s"], summary["collision_rate"], summary["suffix_table_size"])
     return stage_dir
 
 

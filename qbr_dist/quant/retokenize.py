@@ -70,6 +70,7 @@ class Retokenizer:
         self.tokenizer = Tokenizer.from_parts(ray.get(tokenizer[0]))  # fetched once per actor
         self.column, self.chunk_size, self.buckets, self.folder = column, chunk_size, buckets, Path(folder)
         self.fusion = load_model(Path(fusion_model)) if fusion_model else None
+        self.actor = uuid.uuid4().hex  # names this actor in its receipts: the summary counts the actors that worked
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
@@ -81,7 +82,8 @@ class Retokenizer:
                           "codes": pa.FixedSizeListArray.from_arrays(flat, codes.shape[1])})
         name = f"{uuid.uuid4().hex}.parquet"
         pq.write_table(with_buckets(table, self.buckets), self.folder / name)
-        return pa.table({"file": [name], "rows": [table.num_rows], "content_queries": [int((~trained_id).sum())]})
+        return pa.table({"file": [name], "rows": [table.num_rows], "content_queries": [int((~trained_id).sum())],
+                         "actor": [self.actor]})
 
     def _vectors(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """(vectors to quantize, whether each item's query was its trained ID vector)."""
@@ -108,13 +110,14 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
     if fusion is None and column not in pq.read_schema(files[0]).names:
         raise ValueError(f"{files[0]}: no column '{column}' (quant.input) to retokenize")
     buckets = max(1, -(-row_count(files) // bucket_rows))
-    staged, content_queries = _encode(files, column, tokenizer, staging / "encoded", fusion=fusion, buckets=buckets,
-                                      batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
-                                      chunk_size=chunk_size, run=metrics.run if metrics else "")
+    staged, content_queries, busy = _encode(files, column, tokenizer, staging / "encoded", fusion=fusion,
+                                            buckets=buckets, batch_size=batch_size, actors=actors,
+                                            cpus_per_actor=cpus_per_actor, chunk_size=chunk_size,
+                                            run=metrics.run if metrics else "")
     encoded_s = time.perf_counter() - started
     counts = assign_in_buckets(staged, _previous_file(previous, version), Path(out_dir) / CODES, version, buckets,
                                work=staging, source=_source(files))
-    counts["content_queries"] = content_queries
+    counts |= {"content_queries": content_queries, "actors_busy": busy}
     shutil.rmtree(staging)
     seconds = time.perf_counter() - started
     return counts | {"codebook_version": version, "encode_seconds": round(encoded_s, 2), "seconds": round(seconds, 2),
@@ -123,16 +126,19 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
 
 def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fusion: FusionInputs | None,
             buckets: int, batch_size: int, actors: int, cpus_per_actor: float, chunk_size: int,
-            run: str) -> tuple[list[Path], int]:
+            run: str) -> tuple[list[Path], int, int]:
     """The Ray Data job: staging parquet of item ids, codes and bucket numbers in `folder`; returns the
-    files its receipts name, sorted, and how many items took the content-predicted query, having counted
-    the items for `run`."""
+    files its receipts name, sorted, how many items took the content-predicted query and how many actors
+    coded a batch, having counted the items for `run`."""
     import ray
     import ray.data
 
     folder.mkdir(parents=True, exist_ok=True)
     reference = ray.put(tokenizer)
     dataset = _read(files, [column]) if fusion is None else _fusion_inputs(files, fusion, partitions=buckets)
+    # The actor pool hands out whole blocks, and a file of new items (or a join's one partition) is read as
+    # one block: cut into blocks of one batch, streamed, every actor gets work.
+    dataset = dataset.repartition(target_num_rows_per_block=batch_size)
     receipts = dataset.map_batches(
         Retokenizer, fn_constructor_kwargs={
             "tokenizer": [reference], "column": column, "chunk_size": chunk_size, "buckets": buckets,
@@ -140,12 +146,13 @@ def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fu
         batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus_per_actor)
     coded = retokenized_items.labels(stage="retokenize", run=run)
-    staged, content_queries = [], 0
+    staged, content_queries, busy = [], 0, set()
     for receipt in receipts.iter_batches(batch_size=None, batch_format="pyarrow"):
         coded.inc(pc.sum(receipt.column("rows")).as_py() or 0)
         content_queries += pc.sum(receipt.column("content_queries")).as_py() or 0
         staged += [folder / name for name in receipt.column("file").to_pylist()]
-    return sorted(staged), content_queries
+        busy.update(receipt.column("actor").to_pylist())
+    return sorted(staged), content_queries, len(busy)
 
 
 def _read(files: list[Path], columns: list[str]):

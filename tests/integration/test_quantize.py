@@ -8,6 +8,7 @@ import socket
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray.data
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -89,7 +90,7 @@ def test_a_rank_with_a_different_codebook_is_an_error(tmp_path, tamper):
         assert messages == ["ok", "ok"]
 
 
-def test_retokenize_reproduces_the_codes_and_only_appends_suffixes(tmp_path, encode_dir, ray_cluster):
+def test_retokenize_reproduces_the_codes_and_only_appends_suffixes(tmp_path, encode_dir, ray_cluster, monkeypatch):
     quantized = run_quantize(tmp_path, encode_dir, 1)
     cfg = load_config(None, [f"run.root='{tmp_path / 'w1'}'", "run.name=q", "quant.levels=2", "quant.codebook_size=6",
                              "quant.input=text_emb", "quant.iterations=20", "quant.retokenize_batch_size=64",
@@ -101,9 +102,15 @@ def test_retokenize_reproduces_the_codes_and_only_appends_suffixes(tmp_path, enc
     assert _retokenized_items("q") - counted == len(original)  # the driver counted each item once
     assert sorted(first.to_pylist(), key=lambda r: r["item_id"]) == sorted(original.to_pylist(),
                                                                           key=lambda r: r["item_id"])
+    # The catalog in one file (one block as read) with other batches and 8 buckets: the same rows, and
+    # both actors code batches once both are up.
+    one_file = tmp_path / "one-file.parquet"
+    pq.write_table(pa.concat_tables(pq.read_table(f) for f in sorted(encode_dir.glob("*.parquet"))), one_file)
+    monkeypatch.setattr(ray.data.DataContext.get_current(), "wait_for_min_actors_s", 120)
     twice = tmp_path / "twice"
-    retokenize_job(sorted(encode_dir.glob("*.parquet")), "text_emb", quantized / CODEBOOKS, twice, previous=None,
-                   batch_size=100, bucket_rows=64)  # other batches and 8 buckets: the same rows
+    summary = retokenize_job([one_file], "text_emb", quantized / CODEBOOKS, twice, previous=None, batch_size=50,
+                             actors=2, bucket_rows=64)
+    assert summary["actors_busy"] == 2
     assert sorted(read_codes(twice / CODES).to_pylist(), key=lambda r: r["item_id"]) == sorted(
         first.to_pylist(), key=lambda r: r["item_id"])
 
