@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from qbr_dist import artifacts
 from qbr_dist.config import EncodeConfig
+from qbr_dist.data.actor_pools import batch_blocks
 from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.data.shards import INDEX, item_id_of, open_image, salvage_shard
 from qbr_dist.obs.metrics import actor_labels, encode_batch_seconds, encode_items
@@ -156,15 +157,13 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
         tar = _intact_or_salvaged(shard_dir / shard["file"], shard, out_dir, quarantine)
         if tar is None:
             continue
-        dataset = (
-            ray.data.read_webdataset(str(tar.resolve()), decoder=None)
-            .map_batches(decode_batch, fn_kwargs={"image_size": image_size, "max_pixels": cfg.max_image_pixels},
-                         batch_size=cfg.batch_size, num_cpus=0.5)
-            .map_batches(EncoderActor, fn_constructor_kwargs={"cfg": asdict(cfg), "metrics": metrics},
-                         batch_size=cfg.batch_size,
-                         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-                         num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None)
-        )
+        decoded = ray.data.read_webdataset(str(tar.resolve()), decoder=None).map_batches(
+            decode_batch, fn_kwargs={"image_size": image_size, "max_pixels": cfg.max_image_pixels},
+            batch_size=cfg.batch_size, num_cpus=0.5)
+        dataset = batch_blocks(decoded, cfg.batch_size).map_batches(
+            EncoderActor, fn_constructor_kwargs={"cfg": asdict(cfg), "metrics": metrics}, batch_size=cfg.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_cpus=cfg.cpus_per_actor,
+            num_gpus=cfg.gpus_per_actor or None)
         table = _collect_counting(dataset, encoded)
         kept = _quarantine_rows(table, shard["file"], quarantine)
         with artifacts.atomic_path(output) as tmp:

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from qbr_dist.data.actor_pools import batch_blocks
 from qbr_dist.data.buckets import BucketFiles, id_buckets, mix64
 from qbr_dist.data.tables import column_matrix
 from qbr_dist.fusion.export import ID_VECTOR, TOKENS_COLUMN, VECTOR_COLUMNS, fuse_batch, load_model
@@ -136,10 +137,7 @@ def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fu
     folder.mkdir(parents=True, exist_ok=True)
     reference = ray.put(tokenizer)
     dataset = _read(files, [column]) if fusion is None else _fusion_inputs(files, fusion, partitions=buckets)
-    # The actor pool hands out whole blocks, and a file of new items (or a join's one partition) is read as
-    # one block: cut into blocks of one batch, streamed, every actor gets work.
-    dataset = dataset.repartition(target_num_rows_per_block=batch_size)
-    receipts = dataset.map_batches(
+    receipts = batch_blocks(dataset, batch_size).map_batches(
         Retokenizer, fn_constructor_kwargs={
             "tokenizer": [reference], "column": column, "chunk_size": chunk_size, "buckets": buckets,
             "fusion_model": str(Path(fusion.model).resolve()) if fusion else None, "folder": str(folder.resolve())},
