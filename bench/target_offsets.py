@@ -12,7 +12,10 @@ driver by the project's metric code:
   training part);
 - "from the validation input": the validation target (k = 2) and the test target (k = 1), both
   predicted from the validation input (everything before the validation target), so only the
-  target differs.
+  target differs;
+- each of the two targets from its own input changed: without its 3 oldest items, with all but its
+  newest 2 items shuffled, or cut to its newest 5 items. A model that ranks from a memorised user
+  context, not from what the newest items say, loses when the context changes.
 
 A model that never saw the validation target ranks it like the test target from the same input
 (up to the one step the test target lies further ahead); one that ranks it like its training
@@ -35,13 +38,23 @@ STAGES = ("bert4rec", "qbert4rec")
 KEPT = ("HR@10", "NDCG@10")
 OFFSETS = (1, 2, 3, 4)
 SAME_INPUT_TEST = "from the validation input, test target"
+CHANGED_INPUTS = {
+    "without its 3 oldest items": lambda history, rng: history[3:],
+    "all but its newest 2 items shuffled": lambda history, rng: np.concatenate([rng.permutation(history[:-2]),
+                                                                                history[-2:]]),
+    "only its newest 5 items": lambda history, rng: history[-5:],
+}
 
 
 def example_sets(sequences: list[np.ndarray]) -> dict[str, list[tuple]]:
     """(history, target) examples of each kind, over the same users; the validation target from the
-    validation input is offset -2's set, so it is not listed again."""
+    validation input is offset -2's set, so it is not listed again. Shuffles are seeded: reruns agree."""
     sets = {f"next item, offset -{k}": [(s[:-k], int(s[-k])) for s in sequences] for k in OFFSETS}
     sets[SAME_INPUT_TEST] = [(s[:-2], int(s[-1])) for s in sequences]
+    rng = np.random.default_rng(0)
+    for target, k in (("validation", 2), ("test", 1)):
+        for change, changed in CHANGED_INPUTS.items():
+            sets[f"{target} target, own input {change}"] = [(changed(s[:-k], rng), int(s[-k])) for s in sequences]
     return sets
 
 
