@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: setup test-tools ops submit demo test test-unit test-integration test-reliability bench-encode bench-encode-quick bench-kmeans \
 	bench-kmeans-quick bench-retokenize bench-retokenize-quick bench-ablations bench-ablations-quick bench-load bench-load-quick \
 	bench-quality bench-quality-quick bench-scaling bench-scaling-quick bench-throughput bench-throughput-quick bench-slices \
-	bench-slices-quick bench-offsets bench-offsets-quick bench-gpu-smoke gpu-wheels clean
+	bench-slices-quick bench-offsets bench-offsets-quick bench-engine-start bench-gpu-smoke gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -134,6 +134,9 @@ bench-throughput-quick: $(STAMP) $(RECBOLE_STAMP)
 # bench/gpu/run.sh runs on a lent GPU machine (bench/README.md); here: its wheels, and its code path tiny on the CPU.
 gpu-wheels: $(STAMP)
 	PYTHON=$(PY) bash bench/gpu/wheels.sh
+
+bench-engine-start: $(STAMP)
+	$(PY) bench/engine_start.py
 
 bench-gpu-smoke: $(STAMP)
 	PYTHON=$(PY) bash bench/gpu/run.sh --smoke
