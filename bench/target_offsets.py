@@ -64,13 +64,14 @@ def offsets_of_run(run: Path, limit: int | None, chunk_size: int) -> dict:
     sequences = [np.asarray(s) for s, keep in zip(pipeline.load_sequences(ingest), warm)
                  if keep and len(s) > max(OFFSETS)][:limit]
     out = {"users": len(sequences), "models": {}}
+    sets = example_sets(sequences)  # built once: both models rank the same (seeded) changed inputs
     for stage in STAGES:
         if not (run / stage / pipeline.METRICS).is_file():
             continue
         model, _ = load_trained(run / stage, ingest / pipeline.COLD)
         rows = {name: {k: v for k, v in metric_means(metric_sums(model_ranks(model, examples, chunk_size)),
                                                      len(examples)).items() if k in KEPT}
-                for name, examples in example_sets(sequences).items()}
+                for name, examples in sets.items()}
         test_row = rows.pop(SAME_INPUT_TEST)
         rows |= {"from the validation input, validation target": rows["next item, offset -2"],
                  SAME_INPUT_TEST: test_row}
