@@ -641,6 +641,7 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
 
     from qbr_dist.seqrec.examples import eval_inputs, training_windows
     from qbr_dist.seqrec.train_loop import LOOP_VERSION, bert4rec_worker
+    from qbr_dist.seqrec.trained import CODES_FILE
     from qbr_dist.train.runtime import TrainJob, fit, start_ray
 
     stage = "qbert4rec" if quantize_dir is not None else "bert4rec"
@@ -705,7 +706,7 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     metrics = _training_metrics(result.metrics, wall_s=time.perf_counter() - started)
     metrics["checkpoint"] = result.checkpoint.path
     metrics["codebook_version"] = semantic.get("codebook_version")
-    outputs = [METRICS] + (["codes.npy"] if semantic else []) + _export_weights(cfg, result.checkpoint.path,
+    outputs = [METRICS] + ([CODES_FILE] if semantic else []) + _export_weights(cfg, result.checkpoint.path,
                                                                                   stage_dir, loop_config)
     artifacts.write_json(stage_dir / METRICS, metrics)
     _finish(stage_dir, key, outputs=outputs, rows={"steps": metrics["steps"]})
@@ -731,6 +732,7 @@ def _semantic_codes(ingest_dir: Path, quantize_dir: Path, codes_dir: Path, stage
     """Every catalog item's codes (level codes + suffix) in item-index order, saved for the workers."""
     from qbr_dist.quant import CODES, STATS
     from qbr_dist.quant.codes import read_codes, suffix_table_size
+    from qbr_dist.seqrec.trained import CODES_FILE
 
     version = artifacts.read_manifest(quantize_dir)["rows"]["codebook_version"]
     stats = json.loads((quantize_dir / STATS).read_text())
@@ -745,8 +747,8 @@ def _semantic_codes(ingest_dir: Path, quantize_dir: Path, codes_dir: Path, stage
     codes = np.zeros((len(item_ids) + 1, by_row.shape[1]), dtype=np.int64)
     codes[1:] = by_row[rows.to_numpy()]
     stage_dir.mkdir(parents=True, exist_ok=True)
-    np.save(stage_dir / "codes.npy", codes)
-    return {"codes_file": str((stage_dir / "codes.npy").resolve()), "codebook_version": version,
+    np.save(stage_dir / CODES_FILE, codes)
+    return {"codes_file": str((stage_dir / CODES_FILE).resolve()), "codebook_version": version,
             "code_sizes": [len(level["counts"]) for level in stats["levels"]] + [suffix_table_size(codes_dir / CODES)]}
 
 

@@ -16,6 +16,7 @@ from qbr_dist.config import ModelConfig
 from qbr_dist.seqrec.bert4rec import BERT4Rec, SemanticTokens
 
 MODEL_SPEC = "model.json"
+CODES_FILE = "codes.npy"  # a semantic-token stage's codes by item index, beside its weights
 SPEC_KEYS = ("model", "num_items", "code_sizes", "codebook_version")  # what model.json keeps; files travel apart
 
 
@@ -45,7 +46,7 @@ def load_trained(stage_dir: Path, cold_file: Path | None) -> tuple[BERT4Rec, dic
         raise FileNotFoundError(f"{stage_dir / WEIGHTS}: no exported weights (a finished training stage with "
                                 "runtime.zero_stage >= 1 writes them)")
     spec = json.loads((stage_dir / MODEL_SPEC).read_text())
-    codes = stage_dir / "codes.npy"
+    codes = stage_dir / CODES_FILE
     spec |= {"codes_file": str(codes) if codes.is_file() else None,
              "cold_file": str(cold_file) if cold_file and cold_file.is_file() else None}
     model = build_model(spec)
