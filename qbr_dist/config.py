@@ -138,7 +138,9 @@ class FusionConfig:
     dim: int = 64  # width of the fused vectors (and of the ID vectors they start from)
     layers: int = 2  # fusion layers, each with its modality attention and gate
     temperature: float = 0.1  # initial modality-softmax temperature (learned)
-    gate_threshold: float = 0.5  # at inference an item stops at the first layer whose gate is below this
+    # at inference an item stops at the first layer whose gate is below this; low, because trained gates sit
+    # near 0.5 (MovieLens-100K, first layer: mean 0.48), where a 0.5 cut left 84 % of items at their bare ID vector
+    gate_threshold: float = 0.1
     dropout: float = 0.1  # in the fusion layers, training only
     contrastive_temperature: float = 0.1  # InfoNCE temperature
     id_loss_weight: float = 1.0  # weight of the content head's ID-prediction loss

@@ -44,7 +44,7 @@ class FusionLayer(nn.Module):
 
 class CrossModalFusion(nn.Module):
     def __init__(self, *, num_items: int, input_dims: dict[str, int], vocab_size: int, dim: int = 64,
-                 layers: int = 2, temperature: float = 0.1, gate_threshold: float = 0.5, dropout: float = 0.0):
+                 layers: int = 2, temperature: float = 0.1, gate_threshold: float = 0.1, dropout: float = 0.0):
         super().__init__()
         self.num_items, self.gate_threshold = num_items, gate_threshold
         self.id_embedding = nn.Embedding(num_items + 1, dim, padding_idx=0)
