@@ -58,6 +58,16 @@ def run_pipeline(cfg: Config) -> dict:
             raise
 
 
+def start_ray(cfg: Config) -> None:
+    """Ray for a stage (`train.runtime.start_ray`), with the run's folders checked to be shared by every node."""
+    from qbr_dist.train import runtime
+    from qbr_dist.train.shared_folders import check_shared_folders
+
+    runtime.start_ray(cfg.runtime)
+    folders = {"run.root": Path(cfg.run.root)} | ({"shards.root": Path(cfg.shards.root)} if cfg.run.tokenize else {})
+    check_shared_folders(folders)
+
+
 def serve_driver(cfg: Config) -> None:
     """This process serves the run's job metrics: stage times and status, tokenizer health."""
     spec = obs_serve.endpoint(cfg)
@@ -344,7 +354,6 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     """Item feature table (one parquet per shard) in <run>/encode/, skipping finished shards."""
     from qbr_dist.data.shards import INDEX
     from qbr_dist.encode.job import SHARDS_DONE, encode_shards
-    from qbr_dist.train.runtime import start_ray
 
     import ray.data
 
@@ -355,7 +364,7 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     stage_dir, current = _stage("encode", root, key)
     if current:
         return stage_dir
-    start_ray(cfg.runtime)
+    start_ray(cfg)
     context = ray.data.DataContext.get_current()
     bars, context.enable_progress_bars = context.enable_progress_bars, True  # the encode job shows its own
     try:
@@ -405,7 +414,7 @@ def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structur
     from qbr_dist.fusion import STATS, features
     from qbr_dist.fusion.export import MODEL
     from qbr_dist.fusion.train_loop import adjacent_pairs, fusion_worker
-    from qbr_dist.train.runtime import TrainJob, fit, start_ray
+    from qbr_dist.train.runtime import TrainJob, fit
 
     config_hash = cfg.section_hash("fusion", seed=cfg.run.seed, precision=cfg.runtime.precision,
                                    grad_clip=cfg.runtime.grad_clip)
@@ -425,7 +434,7 @@ def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structur
     np.save(stage_dir / "seen.npy", seen)
     for stale in stage_dir.glob("fused-rank*.parquet"):
         stale.unlink()
-    start_ray(cfg.runtime)
+    start_ray(cfg)
     pairs = ray.data.read_parquet(str((ingest_dir / SEQUENCES).resolve())).map_batches(adjacent_pairs).materialize()
     steps_per_epoch = pairs.count() // cfg.fusion.batch_size
     if not steps_per_epoch:
@@ -464,7 +473,7 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path, *, exclude: Path | None
     from qbr_dist.quant.codes import write_codes
     from qbr_dist.quant.semantic_ids import assign_suffixes, collision_rate
     from qbr_dist.quant.worker import quantize_worker, rank_codes_file
-    from qbr_dist.train.runtime import TrainJob, fit, start_ray
+    from qbr_dist.train.runtime import TrainJob, fit
 
     key = artifacts.stage_key("quantize", cfg.section_hash("quant", seed=cfg.run.seed, precision=cfg.runtime.precision,
                                                            grad_clip=cfg.runtime.grad_clip),
@@ -475,7 +484,7 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path, *, exclude: Path | None
         return stage_dir
     parts = stage_dir / "parts"
     shutil.rmtree(parts, ignore_errors=True)
-    start_ray(cfg.runtime)
+    start_ray(cfg)
     loop_config = {"quant": cfg.quant.__dict__, "out_dir": str(parts.resolve()), "seed": cfg.run.seed,
                    "run_name": cfg.run.name, "files": [str(p.resolve()) for p in feature_files(vectors_dir)],
                    "exclude": {"items": str((exclude.parent / ITEMS).resolve()), "mask": str(exclude.resolve())}
@@ -520,7 +529,6 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path]) -
     from qbr_dist.quant.codebook import load_codebooks
     from qbr_dist.quant.retokenize import FusionInputs
     from qbr_dist.quant.retokenize import retokenize as retokenize_job
-    from qbr_dist.train.runtime import start_ray
 
     files = sorted(features.glob("*.parquet")) if features.is_dir() else [features]
     if not files or not all(f.is_file() for f in files):
@@ -537,7 +545,7 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path]) -
     stage_dir, current = _stage("retokenize", root, key)
     if current:
         return stage_dir
-    start_ray(cfg.runtime)
+    start_ray(cfg)
     summary = retokenize_job(files, cfg.quant.input, quantize_dir / CODEBOOKS, stage_dir,
                              previous=quantize_dir / CODES, fusion=fusion, batch_size=cfg.quant.retokenize_batch_size,
                              actors=cfg.quant.retokenize_actors, cpus_per_actor=cfg.quant.retokenize_cpus_per_actor,
@@ -642,7 +650,7 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     from qbr_dist.seqrec.examples import eval_inputs, training_windows
     from qbr_dist.seqrec.train_loop import LOOP_VERSION, bert4rec_worker
     from qbr_dist.seqrec.trained import CODES_FILE
-    from qbr_dist.train.runtime import TrainJob, fit, start_ray
+    from qbr_dist.train.runtime import TrainJob, fit
 
     stage = "qbert4rec" if quantize_dir is not None else "bert4rec"
     model = cfg.model
@@ -667,7 +675,7 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
         if model.codebook_init:
             semantic["level_rows_file"] = _level_rows(quantize_dir, semantic["codebook_version"], model.hidden,
                                                       stage_dir)
-    start_ray(cfg.runtime)
+    start_ray(cfg)
     sequences = ray.data.read_parquet(str((ingest_dir / SEQUENCES).resolve()))
     history_len = _longest_sequence(ingest_dir) if cfg.eval.exclude_history else 0
     scored = [e for e in evaluations(ingest_dir) if e != "test_cold" or model.tokens != "id"]
