@@ -47,8 +47,9 @@ def _folder_problems(folder: Path, nodes: list[dict]) -> list[str]:
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(str(probe), token)
             for node in nodes}
         done, _ = ray.wait(list(answers.values()), num_returns=len(answers), timeout=ANSWER_TIMEOUT_S)
+        still_alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}  # one that left has no say
         problems = []
-        for node in nodes:
+        for node in (node for node in nodes if node["NodeID"] in still_alive):
             ref = answers[node["NodeID"]]
             problem = _result(ref) if ref in done else f"gave no answer in {ANSWER_TIMEOUT_S} s"
             if problem is None and not answer_path(probe, node["NodeID"]).is_file():
