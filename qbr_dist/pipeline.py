@@ -58,14 +58,14 @@ def run_pipeline(cfg: Config) -> dict:
             raise
 
 
-def start_ray(cfg: Config) -> None:
-    """Ray for a stage (`train.runtime.start_ray`), with the run's folders checked to be shared by every node."""
+def start_ray(cfg: Config, reads: dict[str, Path] | None = None) -> None:
+    """Ray for a stage (`train.runtime.start_ray`), with `run.root` checked to be shared by every node, and the
+    files in `reads` ({what: file}, read by the stage's tasks on any node) to be the same on every node."""
     from qbr_dist.train import runtime
     from qbr_dist.train.shared_folders import check_shared_folders
 
     runtime.start_ray(cfg.runtime)
-    folders = {"run.root": Path(cfg.run.root)} | ({"shards.root": Path(cfg.shards.root)} if cfg.run.tokenize else {})
-    check_shared_folders(folders)
+    check_shared_folders({"run.root": Path(cfg.run.root)}, reads)
 
 
 def serve_driver(cfg: Config) -> None:
@@ -364,7 +364,7 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     stage_dir, current = _stage("encode", root, key)
     if current:
         return stage_dir
-    start_ray(cfg)
+    start_ray(cfg, reads={"the shards index": shards_dir / INDEX})
     context = ray.data.DataContext.get_current()
     bars, context.enable_progress_bars = context.enable_progress_bars, True  # the encode job shows its own
     try:

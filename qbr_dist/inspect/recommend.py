@@ -73,7 +73,7 @@ class Recommender:
         self.catalog = pq.read_table(ingest / ITEMS, columns=["item_id", "text"])
         self.ids = self.catalog.column("item_id").combine_chunks()
         self.model, spec = load_trained(run / stage, ingest / COLD)
-        self.codes = np.load(spec["codes_file"]) if spec["codes_file"] else None
+        self.codes = self.model.tokens.codes.numpy() if spec["codes_file"] else None
         self.cold = np.load(ingest / COLD) if (ingest / COLD).is_file() else np.zeros(len(self.ids) + 1, bool)
 
     def history(self, user: str | None, history: list[str] | None) -> list[int]:

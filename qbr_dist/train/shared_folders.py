@@ -1,14 +1,17 @@
-"""Every Ray node must see the run's folders (`run.root`, `shards.root`) as the same folders: stages
-hand each other files by path, and tasks and workers on any node read and write them (launch/README.md,
-"Storage"). `check_shared_folders` proves it on the nodes alive when a stage starts Ray: the driver
-writes a random token into each folder, a task pinned to every node reads it back and writes an answer
-beside it, and the driver reads the answers. A node that misses the mount then stops the run in seconds,
-by name, instead of failing later inside a stage with a bare FileNotFoundError. Nodes that join later
-are not covered."""
+"""Every Ray node must see the run's folders as the driver does: stages hand each other files by path, and
+tasks and workers on any node read and write them (launch/README.md, "Storage"). `check_shared_folders`
+proves it on the nodes alive when a stage starts Ray, with one task pinned to each node:
+- a folder the run writes (`run.root`): the driver writes a random token into it; each node must read the
+  token back and write an answer beside it, which the driver must then see;
+- a file the stage reads (the shards' index): each node must read the same bytes as the driver.
+A node that misses a mount then stops the run with one line naming the folder, the node and what failed,
+instead of failing later inside a stage with a bare FileNotFoundError."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -16,78 +19,119 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 log = logging.getLogger(__name__)
 
-PROBE_PREFIX = ".node-probe-"  # the probe and its answers, files in each checked folder (removed after)
-ANSWER_TIMEOUT_S = 120
+PROBE_PREFIX = ".node-probe-"  # the token file and the nodes' answers in a written folder (removed after)
+ANSWER_TIMEOUT_S = 300  # a node's first task of a job may first set up the job's runtime environment
 
 
-def check_shared_folders(folders: dict[str, Path]) -> int:
-    """Raise a one-line error naming the config key, folder and node where a node of a multi-node cluster
-    does not share `folders` ({config key: folder}) with the driver; returns the number of nodes checked."""
+@dataclass(frozen=True)
+class Probe:
+    label: str  # what the message calls it: a config key, or what the file is
+    path: str  # the file every node reads
+    digest: str  # sha256 of its bytes as the driver reads them
+    answer: bool  # whether each node writes an answer beside it (folders the run writes)
+
+
+class NotShared(RuntimeError):
+    """A node does not see a run folder or input as the driver does."""
+
+
+def check_shared_folders(written: dict[str, Path], read: dict[str, Path] | None = None) -> int:
+    """Check, on a multi-node cluster, that every node shares the `written` folders ({label: folder}) and
+    reads the same bytes of the `read` files ({label: file}) as the driver; raise NotShared, one line naming
+    each node and what failed, where one does not. Returns the number of nodes checked."""
     nodes = [node for node in ray.nodes() if node["Alive"]]
     if len(nodes) < 2:
         return len(nodes)
-    problems = []
-    for key, folder in folders.items():
-        problems += [f"{key} {folder}: {problem}" for problem in _folder_problems(Path(folder).resolve(), nodes)]
+    token = uuid.uuid4().hex
+    probes = [_written_probe(label, Path(folder).resolve(), token) for label, folder in written.items()]
+    probes += [_read_probe(label, Path(file).resolve()) for label, file in (read or {}).items()]
+    try:
+        problems = _node_problems(probes, nodes)
+    finally:
+        _remove_written(probes, nodes)
     if problems:
-        raise RuntimeError(f"not one shared folder on every Ray node: {'; '.join(problems)} (mount it at the same "
-                           "path on every node: launch/README.md, 'Storage')")
-    log.info("%s: the same folders on all %d Ray nodes", ", ".join(folders), len(nodes))
+        raise NotShared(f"not the same files on every Ray node: {'; '.join(problems)} (mount them at the same "
+                        "path on every node: launch/README.md, 'Storage')")
+    log.info("%s: the same on all %d Ray nodes", ", ".join(probe.label for probe in probes), len(nodes))
     return len(nodes)
 
 
-def _folder_problems(folder: Path, nodes: list[dict]) -> list[str]:
-    """What keeps each node from sharing `folder` with the driver, one entry per node that does not."""
-    folder.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex
-    probe = folder / f"{PROBE_PREFIX}{token}"
-    probe.write_text(token)
+def _written_probe(label: str, folder: Path, token: str) -> Probe:
+    path = folder / f"{PROBE_PREFIX}{token}"
     try:
-        answers = {node["NodeID"]: _answer.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(str(probe), token)
-            for node in nodes}
-        done, _ = ray.wait(list(answers.values()), num_returns=len(answers), timeout=ANSWER_TIMEOUT_S)
-        still_alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}  # one that left has no say
-        problems = []
-        for node in (node for node in nodes if node["NodeID"] in still_alive):
-            ref = answers[node["NodeID"]]
-            problem = _result(ref) if ref in done else f"gave no answer in {ANSWER_TIMEOUT_S} s"
-            if problem is None and not answer_path(probe, node["NodeID"]).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(token)
+    except OSError as error:
+        raise NotShared(f"{label} {folder}: the driver cannot write there ({error.strerror or error})") from None
+    return Probe(label, str(path), hashlib.sha256(token.encode()).hexdigest(), answer=True)
+
+
+def _read_probe(label: str, file: Path) -> Probe:
+    try:
+        return Probe(label, str(file), hashlib.sha256(file.read_bytes()).hexdigest(), answer=False)
+    except OSError as error:
+        raise NotShared(f"{label} {file}: the driver cannot read it ({error.strerror or error})") from None
+
+
+def _node_problems(probes: list[Probe], nodes: list[dict]) -> list[str]:
+    """One entry per (node, probe) that failed; nodes that left the cluster meanwhile have no say."""
+    refs = {node["NodeID"]: _answer.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(probes)
+        for node in nodes}
+    done, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=ANSWER_TIMEOUT_S)
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    still_alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+    problems = []
+    for node in (node for node in nodes if node["NodeID"] in still_alive):
+        ref = refs[node["NodeID"]]
+        answers = _answers(ref, probes) if ref in done else [f"gave no answer in {ANSWER_TIMEOUT_S} s"] * len(probes)
+        for probe, problem in zip(probes, answers):
+            if problem is None and probe.answer and not answer_path(Path(probe.path), node["NodeID"]).is_file():
                 problem = "its answer did not reach the driver's folder"
             if problem is not None:
-                problems.append(f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]}) {problem}")
-        return problems
-    finally:
-        for path in folder.glob(f"{probe.name}*"):
-            path.unlink(missing_ok=True)
+                problems.append(f"{probe.label}: node {node['NodeManagerAddress']} ({node['NodeID'][:8]}) {problem}")
+    return problems
 
 
-def _result(ref: ray.ObjectRef) -> str | None:
+def _answers(ref: ray.ObjectRef, probes: list[Probe]) -> list[str | None]:
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as error:
-        return f"could not run the probe task ({type(error).__name__})"
+        reason = (str(error).strip().splitlines() or [""])[-1][:200]
+        return [f"could not run the probe task ({type(error).__name__}: {reason})"] * len(probes)
+
+
+def _remove_written(probes: list[Probe], nodes: list[dict]) -> None:
+    for probe in (probe for probe in probes if probe.answer):
+        path = Path(probe.path)
+        for leftover in [path] + [answer_path(path, node["NodeID"]) for node in nodes]:
+            leftover.unlink(missing_ok=True)
 
 
 def answer_path(probe: Path, node_id: str) -> Path:
     return probe.with_name(f"{probe.name}.{node_id}")
 
 
-def probe_problem(probe: Path, token: str, node_id: str) -> str | None:
-    """On one node: None when `probe` holds `token` and an answer can be written beside it, else why not."""
+def probe_problem(probe: Probe, node_id: str) -> str | None:
+    """On one node: None when it reads `probe`'s bytes as the driver did (and, for a written folder, can write
+    its answer beside them), else why not."""
+    path = Path(probe.path)
     try:
-        seen = probe.read_text()
+        seen = hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError as error:
-        return f"cannot read {probe} ({error.strerror or error})"
-    if seen != token:
-        return f"reads other content at {probe} (a different folder at that path?)"
-    try:
-        answer_path(probe, node_id).write_text(token)
-    except OSError as error:
-        return f"cannot write in {probe.parent} ({error.strerror or error})"
+        return f"cannot read {path} ({error.strerror or error})"
+    if seen != probe.digest:
+        return f"reads other bytes at {path} (another copy at that path?)"
+    if probe.answer:
+        try:
+            answer_path(path, node_id).write_text(node_id)
+        except OSError as error:
+            return f"cannot write in {path.parent} ({error.strerror or error})"
     return None
 
 
 @ray.remote(num_cpus=0, max_retries=0)
-def _answer(probe: str, token: str) -> str | None:
-    return probe_problem(Path(probe), token, ray.get_runtime_context().get_node_id())
+def _answer(probes: list[Probe]) -> list[str | None]:
+    node_id = ray.get_runtime_context().get_node_id()
+    return [probe_problem(probe, node_id) for probe in probes]

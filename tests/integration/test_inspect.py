@@ -13,6 +13,7 @@ from qbr_dist.inspect.codes import summarize_codes
 from qbr_dist.inspect.recommend import recommend
 from qbr_dist.inspect.run import CATALOG, run_codes
 from qbr_dist.quant.codes import read_codes, write_codes
+from qbr_dist.seqrec.trained import CODES_FILE
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +62,7 @@ def test_recommendations_cite_only_codes_the_item_and_the_history_really_have(to
     run = pipeline.run_dir(tokenized_run.cfg)
     user = pq.read_table(run / "ingest" / "sequences.parquet").column("user_id")[0].as_py()
     found = recommend(run, user=user, k=10)
-    codes = np.load(run / "qbert4rec" / "codes.npy")
+    codes = np.load(run / "qbert4rec" / CODES_FILE)
     index = {item: i + 1 for i, item in enumerate(pq.read_table(run / CATALOG).column("item_id").to_pylist())}
     cold = np.load(run / "ingest" / "cold_items.npy")
     history = codes[[index[item] for item in found["history"]]]
