@@ -57,7 +57,9 @@ main() {
     echo "status:        ray job status --address $address $submission_id"
     echo "stop:          ray job stop --address $address $submission_id"
     cd "$root"
-    ray job submit --address "$address" --submission-id "$submission_id" \
+    # Ray's job CLI lets RAY_API_SERVER_ADDRESS, else RAY_ADDRESS, win over --address: the address chosen
+    # here must be the one used, whatever a shell left in those variables.
+    env -u RAY_ADDRESS RAY_API_SERVER_ADDRESS="$address" ray job submit --address "$address" --submission-id "$submission_id" \
         --working-dir . --runtime-env launch/runtime_env.yaml ${wait_flag[@]+"${wait_flag[@]}"} \
         -- python -m qbr_dist.cli run --config "$config" "$@"
 }

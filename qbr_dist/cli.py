@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--model", default="qbert4rec", choices=("qbert4rec", "bert4rec"),
                            help="the training stage whose weights to use (default qbert4rec)")
 
-    report = commands.add_parser("report", help="rewrite report.json/report.md of a finished run",
+    report = commands.add_parser("report",
+                                 help="rewrite report.json, report.md, the plots and report.html of a finished run",
                                  description="Render the report of a run whose stages have finished.")
     _config_args(report)
     report.add_argument("--readme", type=Path, help="also write the results table into this README between its markers")

@@ -33,7 +33,9 @@ class RunConfig:
     root: str = "runs"  # run directory is <root>/<name>
     seed: int = 0  # seeds structure, fusion, quantization and training; `qbr run --seeds N` adds 1 per seed
     cache_dir: str = ".cache/data"  # where named datasets are fetched to and verified
-    tokenize: bool = True  # `qbr run` also runs shards -> encode -> structure -> fusion -> quantize
+    # `qbr run` also runs shards -> encode -> structure -> fusion -> quantize (-> retokenize with a cold-item
+    # split), content k-NN and Q-BERT4Rec; false: popularity and BERT4Rec only
+    tokenize: bool = True
 
     def check(self) -> None:
         _require(bool(self.name) and "/" not in self.name, "run.name", "a non-empty name without '/'")
@@ -44,8 +46,8 @@ class RunConfig:
 @dataclass
 class DataConfig:
     dataset: str = "ml-100k"  # a fetchable dataset name, or "files" to read `interactions`/`catalog`
-    interactions: str = ""  # .inter or .parquet, used when dataset = "files"
-    catalog: str = ""  # .item or .parquet, optional with dataset = "files"
+    interactions: str = ""  # .inter, .parquet or Amazon reviews .json(l)(.gz), used when dataset = "files"
+    catalog: str = ""  # .item, .parquet or Amazon metadata .json(l)(.gz), optional with dataset = "files"
     # catalog fields joined into each item's text for the text encoder
     text_fields: list[str] = field(default_factory=lambda: ["movie_title", "release_year", "class"])
     k_core: int = 0  # repeatedly drop users and items with fewer interactions than this; 0 or 1: keep all

@@ -13,7 +13,7 @@ site=/tmp/qbr-bench-gpu-site
 
 if [[ ${1:-} == --smoke ]]; then
   out_dir=${OUT:-bench/results/tmp}
-  # DeepSpeed's CPU process group compiles a shared-memory op once (~45 s): keep it in the project's cache
+  # any op DeepSpeed JIT-compiles lands in the project's cache (init_engine skips its shared-memory kernel)
   export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
 else
   out_dir=${OUT:-bench/results}

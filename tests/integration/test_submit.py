@@ -120,7 +120,9 @@ def submit(address: str, submission_id: str, overrides: list[str]) -> subprocess
     sets = [arg for item in overrides for arg in ("--set", item)]
     command = [str(REPO / "launch" / "submit.sh"), "--address", address, "--submission-id", submission_id,
                "--no-wait", "launch/configs/ml100k.toml", *sets]
-    return subprocess.run(command, cwd=REPO, env=cluster_env(), capture_output=True, text=True, timeout=120)
+    # Addresses a shell may have left behind, which Ray's job CLI would prefer to --address: they must not win.
+    stray = {"RAY_ADDRESS": "127.0.0.1:9", "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:9"}
+    return subprocess.run(command, cwd=REPO, env=cluster_env() | stray, capture_output=True, text=True, timeout=120)
 
 
 def wait_for_job(client, submission_id: str):
