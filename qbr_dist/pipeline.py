@@ -545,7 +545,7 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path]) -
     stage_dir, current = _stage("retokenize", root, key)
     if current:
         return stage_dir
-    start_ray(cfg)
+    start_ray(cfg, reads={f"the features {f.name}": f for f in files})
     summary = retokenize_job(files, cfg.quant.input, quantize_dir / CODEBOOKS, stage_dir,
                              previous=quantize_dir / CODES, fusion=fusion, batch_size=cfg.quant.retokenize_batch_size,
                              actors=cfg.quant.retokenize_actors, cpus_per_actor=cfg.quant.retokenize_cpus_per_actor,

@@ -3,7 +3,8 @@ tasks and workers on any node read and write them (launch/README.md, "Storage").
 proves it on the nodes alive when a stage starts Ray, with one task pinned to each node:
 - a folder the run writes (`run.root`): the driver writes a random token into it; each node must read the
   token back and write an answer beside it, which the driver must then see;
-- a file the stage reads (the shards' index): each node must read the same bytes as the driver.
+- a file the stage reads (the shards' index, the features to retokenize): each node must find it with the
+  driver's size, first and last bytes (enough to tell two files apart without reading gigabytes).
 A node that misses a mount then stops the run with one line naming the folder, the node and what failed,
 instead of failing later inside a stage with a bare FileNotFoundError."""
 from __future__ import annotations
@@ -19,7 +20,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 log = logging.getLogger(__name__)
 
+FINGERPRINT_BYTES = 64 * 1024  # read from each end of a file (a parquet footer is at its end)
 PROBE_PREFIX = ".node-probe-"  # the token file and the nodes' answers in a written folder (removed after)
+MAX_SHOWN = 6  # problems named in the error; the rest counted
 ANSWER_TIMEOUT_S = 300  # a node's first task of a job may first set up the job's runtime environment
 
 
@@ -27,7 +30,7 @@ ANSWER_TIMEOUT_S = 300  # a node's first task of a job may first set up the job'
 class Probe:
     label: str  # what the message calls it: a config key, or what the file is
     path: str  # the file every node reads
-    digest: str  # sha256 of its bytes as the driver reads them
+    digest: str  # its fingerprint as the driver reads it
     answer: bool  # whether each node writes an answer beside it (folders the run writes)
 
 
@@ -50,7 +53,8 @@ def check_shared_folders(written: dict[str, Path], read: dict[str, Path] | None 
     finally:
         _remove_written(probes, nodes)
     if problems:
-        raise NotShared(f"not the same files on every Ray node: {'; '.join(problems)} (mount them at the same "
+        shown = problems[:MAX_SHOWN] + [f"{len(problems) - MAX_SHOWN} more"] * (len(problems) > MAX_SHOWN)
+        raise NotShared(f"not the same files on every Ray node: {'; '.join(shown)} (mount them at the same "
                         "path on every node: launch/README.md, 'Storage')")
     log.info("%s: the same on all %d Ray nodes", ", ".join(probe.label for probe in probes), len(nodes))
     return len(nodes)
@@ -63,12 +67,12 @@ def _written_probe(label: str, folder: Path, token: str) -> Probe:
         path.write_text(token)
     except OSError as error:
         raise NotShared(f"{label} {folder}: the driver cannot write there ({error.strerror or error})") from None
-    return Probe(label, str(path), hashlib.sha256(token.encode()).hexdigest(), answer=True)
+    return Probe(label, str(path), fingerprint(path), answer=True)
 
 
 def _read_probe(label: str, file: Path) -> Probe:
     try:
-        return Probe(label, str(file), hashlib.sha256(file.read_bytes()).hexdigest(), answer=False)
+        return Probe(label, str(file), fingerprint(file), answer=False)
     except OSError as error:
         raise NotShared(f"{label} {file}: the driver cannot read it ({error.strerror or error})") from None
 
@@ -109,20 +113,31 @@ def _remove_written(probes: list[Probe], nodes: list[dict]) -> None:
             leftover.unlink(missing_ok=True)
 
 
+def fingerprint(path: Path) -> str:
+    """Size and sha256 of the first and last FINGERPRINT_BYTES: the same file, or a copy, on another node."""
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(0)
+        digest = hashlib.sha256(handle.read(FINGERPRINT_BYTES))
+        handle.seek(max(size - FINGERPRINT_BYTES, 0))
+        digest.update(handle.read(FINGERPRINT_BYTES))
+    return f"{size}:{digest.hexdigest()}"
+
+
 def answer_path(probe: Path, node_id: str) -> Path:
     return probe.with_name(f"{probe.name}.{node_id}")
 
 
 def probe_problem(probe: Probe, node_id: str) -> str | None:
-    """On one node: None when it reads `probe`'s bytes as the driver did (and, for a written folder, can write
-    its answer beside them), else why not."""
+    """On one node: None when it reads `probe`'s file as the driver did (and, for a written folder, can write
+    its answer beside it), else why not."""
     path = Path(probe.path)
     try:
-        seen = hashlib.sha256(path.read_bytes()).hexdigest()
+        seen = fingerprint(path)
     except OSError as error:
         return f"cannot read {path} ({error.strerror or error})"
     if seen != probe.digest:
-        return f"reads other bytes at {path} (another copy at that path?)"
+        return f"reads another file at {path} (another copy at that path?)"
     if probe.answer:
         try:
             answer_path(path, node_id).write_text(node_id)

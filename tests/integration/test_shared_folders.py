@@ -48,6 +48,9 @@ def test_answers_the_driver_cannot_see_name_every_node(two_nodes, folders, monke
     assert "\n" not in message and message.count("its answer did not reach the driver's folder") == 2
     assert all(f"({node['NodeID'][:8]})" in message for node in ray.nodes())
     assert message.startswith("not the same files on every Ray node: run.root: node ")
+    monkeypatch.setattr(shared_folders, "MAX_SHOWN", 1)
+    with pytest.raises(NotShared, match=r"did not reach the driver's folder; 1 more \(mount them"):
+        check_shared_folders(*folders)
 
 
 def test_a_node_that_cannot_run_the_probe_is_named_and_one_that_left_is_not(two_nodes, folders, monkeypatch):

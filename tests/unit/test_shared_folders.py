@@ -1,13 +1,16 @@
 """What one node reports for a probe: a token file in a folder the run writes, or a file a stage reads."""
 from __future__ import annotations
 
-import hashlib
-
-from qbr_dist.train.shared_folders import Probe, answer_path, probe_problem
+from qbr_dist.train.shared_folders import FINGERPRINT_BYTES, Probe, answer_path, fingerprint, probe_problem
 
 
 def probe_of(path, content: str, *, answer: bool = True) -> Probe:
-    return Probe("run.root", str(path), hashlib.sha256(content.encode()).hexdigest(), answer=answer)
+    """The probe the driver would send after reading `content` at `path`."""
+    driver_copy = path.with_name(path.name + ".driver")
+    driver_copy.write_text(content)
+    digest = fingerprint(driver_copy)
+    driver_copy.unlink()
+    return Probe("run.root", str(path), digest, answer=answer)
 
 
 def test_a_node_that_reads_the_token_writes_its_answer_beside_it(tmp_path):
@@ -23,13 +26,26 @@ def test_a_read_only_input_gets_no_answer(tmp_path):
 
 
 def test_a_node_without_the_folder_says_it_cannot_read_the_probe(tmp_path):
-    problem = probe_problem(probe_of(tmp_path / "elsewhere" / "probe", "abc"), "node1")
+    problem = probe_problem(Probe("run.root", str(tmp_path / "elsewhere" / "probe"), "3:abc", answer=True), "node1")
     assert problem.startswith("cannot read ") and "elsewhere/probe (No such file or directory)" in problem
 
 
-def test_a_node_that_reads_other_bytes_says_so(tmp_path):
+def test_a_node_that_reads_another_file_says_so(tmp_path):
     (tmp_path / "probe").write_text("stale")
-    assert "reads other bytes" in probe_problem(probe_of(tmp_path / "probe", "abc"), "node1")
+    assert "reads another file" in probe_problem(probe_of(tmp_path / "probe", "abc"), "node1")
+
+
+def test_the_fingerprint_tells_files_apart_by_size_head_and_tail_only(tmp_path):
+    middle = 3 * FINGERPRINT_BYTES
+    base = b"h" * FINGERPRINT_BYTES + b"m" * middle + b"t" * FINGERPRINT_BYTES
+    variants = {"same": base, "middle": base[:FINGERPRINT_BYTES] + b"x" * middle + base[-FINGERPRINT_BYTES:],
+                "tail": base[:-1] + b"x", "head": b"x" + base[1:], "size": base + b"t"}
+    prints = {}
+    for name, content in variants.items():
+        (tmp_path / name).write_bytes(content)
+        prints[name] = fingerprint(tmp_path / name)
+    assert prints["middle"] == prints["same"]  # not read: the cost stays flat with the file's size
+    assert len({prints[name] for name in ("same", "tail", "head", "size")}) == 4
 
 
 def test_a_node_that_cannot_write_its_answer_says_where(tmp_path):
