@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: setup test-tools ops submit demo test test-unit test-integration test-reliability bench-encode bench-encode-quick bench-kmeans \
 	bench-kmeans-quick bench-retokenize bench-retokenize-quick bench-ablations bench-ablations-quick bench-load bench-load-quick \
 	bench-quality bench-quality-quick bench-scaling bench-scaling-quick bench-throughput bench-throughput-quick bench-slices \
-	bench-slices-quick bench-offsets bench-offsets-quick bench-engine-start bench-gpu-smoke gpu-wheels clean
+	bench-slices-quick bench-offsets bench-offsets-quick bench-cold bench-cold-quick bench-engine-start bench-gpu-smoke gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -99,6 +99,12 @@ bench-slices: $(STAMP)
 
 bench-slices-quick: $(STAMP)
 	$(PY) bench/popularity_slices.py --quick $(RUNS)
+
+bench-cold: $(STAMP)
+	$(PY) bench/cold_scorers.py $(RUNS)
+
+bench-cold-quick: $(STAMP)
+	$(PY) bench/cold_scorers.py --quick $(RUNS)
 
 bench-offsets: $(STAMP)
 	$(PY) bench/target_offsets.py $(RUNS)

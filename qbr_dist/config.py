@@ -262,6 +262,10 @@ class ModelConfig:
     # model.hidden) instead of random rows, and hybrid ID vectors at zero, so items start where the
     # tokenizer placed them
     codebook_init: bool = False
+    # hybrid only: score an item no training saw (a cold item) by its codes alone, as model.id_dropout
+    # trains them to, instead of with the mean ID vector and bias of the trained items sharing its longest
+    # code prefix
+    cold_codes_only: bool = False
 
     def check(self) -> None:
         _require(self.tokens in ("id", "semantic", "hybrid"), "model.tokens", "'id', 'semantic' or 'hybrid'")
@@ -274,10 +278,12 @@ class ModelConfig:
                  "0 unless model.tokens = 'hybrid' (only hybrid items have an ID vector to leave out)")
         _require(not self.codebook_init or self.tokens != "id", "model.codebook_init",
                  "false when model.tokens = 'id' (item IDs have no code tables)")
+        _require(not self.cold_codes_only or self.tokens == "hybrid", "model.cold_codes_only",
+                 "false unless model.tokens = 'hybrid' (only hybrid items have an ID part to leave out)")
 
     def key(self) -> dict:
         """The settings that change a trained model."""
-        return _settings_key(self, later_options=("id_dropout", "codebook_init"))
+        return _settings_key(self, later_options=("id_dropout", "codebook_init", "cold_codes_only"))
 
 
 @dataclass

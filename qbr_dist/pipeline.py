@@ -655,7 +655,7 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     stage = "qbert4rec" if quantize_dir is not None else "bert4rec"
     model = cfg.model
     if quantize_dir is None:  # the ID baseline: no semantic option applies
-        model = dataclasses.replace(cfg.model, tokens="id", id_dropout=0.0, codebook_init=False)
+        model = dataclasses.replace(cfg.model, tokens="id", id_dropout=0.0, codebook_init=False, cold_codes_only=False)
     # Worker count, checkpoint cadence and the like do not change the result; precision and clipping do.
     config_hash = cfg.section_hash("train", "eval", model=model.key(), seed=cfg.run.seed, loop=LOOP_VERSION,
                                    precision=cfg.runtime.precision, grad_clip=cfg.runtime.grad_clip)

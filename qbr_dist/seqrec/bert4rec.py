@@ -49,8 +49,9 @@ class SemanticTokens(nn.Module):
     In hybrid mode an item left out of training (`untrained`, e.g. the cold items) has no trained ID
     vector; it takes the mean ID vector and bias of the trained items that share its longest code
     prefix instead, computed from the current tables when scoring outside training, so new items still
-    need no retraining. In training such items are never inputs and are masked out of the softmax, so
-    the training forward skips that work.
+    need no retraining; or, with `cold_codes_only`, none: its codes alone place it, as ID dropout trains
+    them to. In training such items are never inputs and are masked out of the softmax, so the training
+    forward skips that work.
 
     `id_dropout` (hybrid): in training, the chance that one lookup of an item leaves out its ID vector
     and bias, so its codes must place it without them, as for every item no training has seen.
@@ -61,7 +62,7 @@ class SemanticTokens(nn.Module):
 
     def __init__(self, *, codes: torch.Tensor, code_sizes: list[int], hidden: int, hybrid: bool = False,
                  untrained: torch.Tensor | None = None, id_dropout: float = 0.0,
-                 level_rows: torch.Tensor | None = None):
+                 level_rows: torch.Tensor | None = None, cold_codes_only: bool = False):
         super().__init__()
         self.num_items = len(codes) - 1
         self.id_dropout = id_dropout
@@ -76,9 +77,10 @@ class SemanticTokens(nn.Module):
         self.ids = IdTokens(num_items=self.num_items, hidden=hidden) if hybrid else None
         if level_rows is not None:
             self._start_from(level_rows)
-        self.backoff = None
+        self.backoff = None  # the ID rows of untrained items, when scoring outside training
         if hybrid and untrained is not None and bool(untrained[1:].any()):
-            self.backoff = PrefixBackoff(codes[:, :len(code_sizes) - 1], untrained.bool())
+            self.backoff = LeftOut(untrained.bool()) if cold_codes_only else \
+                PrefixBackoff(codes[:, :len(code_sizes) - 1], untrained.bool())
 
     @torch.no_grad()
     def _start_from(self, level_rows: torch.Tensor) -> None:
@@ -122,6 +124,18 @@ class SemanticTokens(nn.Module):
         vectors = self.vectors(seq.clamp(max=self.num_items))
         vectors = torch.where((seq == self.num_items + 1).unsqueeze(-1), self.mask, vectors)
         return vectors.masked_fill((seq == PAD).unsqueeze(-1), 0.0)
+
+
+class LeftOut(nn.Module):
+    """Rows of an item table (ID vectors or biases) with the untrained items' rows at zero: their codes alone."""
+
+    def __init__(self, untrained: torch.Tensor):
+        super().__init__()
+        self.register_buffer("kept", ~untrained, persistent=False)
+
+    def forward(self, table: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        rows = table[items]
+        return rows * self.kept[items].view(*items.shape, *[1] * (rows.dim() - items.dim())).to(rows.dtype)
 
 
 class PrefixBackoff(nn.Module):

@@ -29,7 +29,8 @@ def build_model(spec: dict) -> BERT4Rec:
     if cfg.tokens != "id":
         tokens = SemanticTokens(codes=torch.from_numpy(np.load(spec["codes_file"])), code_sizes=spec["code_sizes"],
                                 hidden=cfg.hidden, hybrid=cfg.tokens == "hybrid", untrained=excluded,
-                                id_dropout=cfg.id_dropout, level_rows=_tensor(spec.get("level_rows_file")))
+                                id_dropout=cfg.id_dropout, level_rows=_tensor(spec.get("level_rows_file")),
+                                cold_codes_only=cfg.cold_codes_only)
     return BERT4Rec(num_items=spec["num_items"], hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads,
                     max_len=cfg.max_len, dropout=cfg.dropout, tokens=tokens, excluded=excluded)
 
@@ -38,14 +39,18 @@ def _tensor(path: str | None) -> torch.Tensor | None:
     return torch.from_numpy(np.load(path)) if path else None
 
 
-def load_trained(stage_dir: Path, cold_file: Path | None) -> tuple[BERT4Rec, dict]:
-    """The stage's model with its exported weights, in eval mode, and its spec."""
+def load_trained(stage_dir: Path, cold_file: Path | None, **scoring: bool) -> tuple[BERT4Rec, dict]:
+    """The stage's model with its exported weights, in eval mode, and its spec; `scoring` changes model settings
+    that leave the weights as they are (`cold_codes_only`: how items no training saw are scored)."""
+    if set(scoring) - {"cold_codes_only"}:
+        raise ValueError(f"load_trained: {sorted(set(scoring) - {'cold_codes_only'})} would change the weights")
     from qbr_dist.train.export import WEIGHTS, load_weights
 
     if not (stage_dir / WEIGHTS).is_file():
         raise FileNotFoundError(f"{stage_dir / WEIGHTS}: no exported weights (a finished training stage with "
                                 "runtime.zero_stage >= 1 writes them)")
     spec = json.loads((stage_dir / MODEL_SPEC).read_text())
+    spec["model"] |= scoring
     codes = stage_dir / CODES_FILE
     spec |= {"codes_file": str(codes) if codes.is_file() else None,
              "cold_file": str(cold_file) if cold_file and cold_file.is_file() else None}

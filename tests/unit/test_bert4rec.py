@@ -93,6 +93,26 @@ def test_untrained_hybrid_items_take_the_mean_id_part_of_their_longest_trained_p
     assert codes_only.backoff is None
 
 
+def test_with_cold_codes_only_untrained_hybrid_items_are_their_codes_alone():
+    from qbr_dist.seqrec.bert4rec import SemanticTokens
+
+    codes = torch.tensor([[0, 0, 0], [1, 2, 0], [1, 2, 1], [2, 0, 0]])
+    untrained = torch.tensor([False, False, True, False])
+    tokens = SemanticTokens(codes=codes, code_sizes=[4, 4, 2], hidden=4, hybrid=True, untrained=untrained,
+                            cold_codes_only=True).eval()
+    with torch.no_grad():
+        tokens.ids.bias.fill_(1.0)
+        for table in tokens.code_biases:
+            table.weight.fill_(0.5)
+    vectors, biases = tokens.weights(torch.arange(1, 4))
+    codes_alone = sum(t.weight[c] for t, c in zip(tokens.tables, (1, 2, 1)))
+    assert torch.allclose(vectors[1], codes_alone) and biases[1] == 1.5  # item 2: no ID vector, no ID bias
+    assert torch.allclose(vectors[0] - tokens.ids.table.weight[1], sum(t.weight[c] for t, c in
+                                                                        zip(tokens.tables, (1, 2, 0))))
+    assert biases[0] == 2.5 and biases[2] == 2.5  # trained items keep their ID bias
+    assert torch.allclose(tokens.train().weights(torch.tensor([1]))[0], vectors[0])  # training: plain lookup
+
+
 def test_semantic_model_trains_and_scores_the_catalog():
     m = semantic_model()
     seq, labels = torch.tensor([[0, 1, 3, 5]]), torch.tensor([[0, 0, 0, 4]])

@@ -84,6 +84,14 @@ def test_codebook_init_needs_code_tables_and_is_keyed_only_when_set():
     assert ModelConfig(tokens="semantic", codebook_init=True).key()["codebook_init"] is True
 
 
+def test_cold_codes_only_needs_an_id_part_and_is_keyed_only_when_set():
+    for tokens in ("id", "semantic"):
+        with pytest.raises(ConfigError, match="model.cold_codes_only"):
+            load_config(None, [f"model.tokens={tokens}", "model.cold_codes_only=true"])
+    assert "cold_codes_only" not in ModelConfig(tokens="hybrid").key()
+    assert ModelConfig(tokens="hybrid", cold_codes_only=True).key()["cold_codes_only"] is True
+
+
 def test_max_history_is_keyed_only_when_set():
     demo = "launch/configs/ml100k.toml"
     cfg, cut = load_config(demo), load_config(demo, ["data.max_history=20"])
