@@ -47,3 +47,29 @@ def test_hybrid_items_add_an_id_vector_to_the_code_embeddings(tmp_path):
     shared = sum(table(torch.from_numpy(codes[[1, 2]])[:, i]) for i, table in enumerate(hybrid.tables))
     assert torch.allclose(hybrid.vectors(items), shared + hybrid.ids.vectors(items))
     assert hybrid.id_dropout == 0.0 and tokens("model.tokens=hybrid", "model.id_dropout=0.5").id_dropout == 0.5
+
+
+def test_an_exported_hybrid_loads_with_either_cold_scorer_and_the_same_weights(tmp_path):
+    import json
+
+    import pytest
+    from safetensors.torch import save_file
+
+    from qbr_dist.seqrec.bert4rec import LeftOut, PrefixBackoff
+    from qbr_dist.seqrec.trained import CODES_FILE, MODEL_SPEC, load_trained
+    from qbr_dist.train.export import WEIGHTS
+
+    np.save(tmp_path / CODES_FILE, np.array([[0, 0, 0], [1, 2, 0], [1, 2, 1], [2, 0, 0]]))
+    np.save(tmp_path / "cold.npy", np.array([False, False, True, False]))
+    spec = {"model": config("model.hidden=8", "model.tokens=hybrid").model.__dict__, "num_items": 3,
+            "code_sizes": [4, 4, 2], "codebook_version": "v"}
+    (tmp_path / MODEL_SPEC).write_text(json.dumps(spec))
+    trained = build_model(spec | {"codes_file": str(tmp_path / CODES_FILE), "cold_file": str(tmp_path / "cold.npy")})
+    save_file(trained.state_dict(), str(tmp_path / WEIGHTS))
+    prefix, _ = load_trained(tmp_path, tmp_path / "cold.npy")
+    alone, alone_spec = load_trained(tmp_path, tmp_path / "cold.npy", cold_codes_only=True)
+    assert isinstance(prefix.tokens.backoff, PrefixBackoff) and isinstance(alone.tokens.backoff, LeftOut)
+    assert alone_spec["model"]["cold_codes_only"] and all(
+        torch.equal(a, b) for a, b in zip(prefix.state_dict().values(), alone.state_dict().values()))
+    with pytest.raises(ValueError, match="would change the weights"):
+        load_trained(tmp_path, tmp_path / "cold.npy", id_dropout=0.5)
