@@ -40,8 +40,8 @@ class NotShared(RuntimeError):
 
 def check_shared_folders(written: dict[str, Path], read: dict[str, Path] | None = None) -> int:
     """Check, on a multi-node cluster, that every node shares the `written` folders ({label: folder}) and
-    reads the same bytes of the `read` files ({label: file}) as the driver; raise NotShared, one line naming
-    each node and what failed, where one does not. Returns the number of nodes checked."""
+    finds the `read` files ({label: file}) as the driver does; raise NotShared, one line naming each node and
+    what failed, where one does not. Returns the number of nodes checked."""
     nodes = [node for node in ray.nodes() if node["Alive"]]
     if len(nodes) < 2:
         return len(nodes)
@@ -56,7 +56,7 @@ def check_shared_folders(written: dict[str, Path], read: dict[str, Path] | None 
         shown = problems[:MAX_SHOWN] + [f"{len(problems) - MAX_SHOWN} more"] * (len(problems) > MAX_SHOWN)
         raise NotShared(f"not the same files on every Ray node: {'; '.join(shown)} (mount them at the same "
                         "path on every node: launch/README.md, 'Storage')")
-    log.info("%s: the same on all %d Ray nodes", ", ".join(probe.label for probe in probes), len(nodes))
+    log.info("%d run folders and inputs the same on all %d Ray nodes", len(probes), len(nodes))
     return len(nodes)
 
 
