@@ -9,8 +9,10 @@ A node that misses a mount then stops the run with one line naming the folder, t
 instead of failing later inside a stage with a bare FileNotFoundError."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 FINGERPRINT_BYTES = 64 * 1024  # read from each end of a file (a parquet footer is at its end)
 PROBE_PREFIX = ".node-probe-"  # the token file and the nodes' answers in a written folder (removed after)
 MAX_SHOWN = 6  # problems named in the error; the rest counted
+STALE_PROBE_S = 24 * 3600  # older probe files were left by a killed driver: the next check removes them
 ANSWER_TIMEOUT_S = 300  # a node's first task of a job may first set up the job's runtime environment
 
 
@@ -46,7 +49,7 @@ def check_shared_folders(written: dict[str, Path], read: dict[str, Path] | None 
     if len(nodes) < 2:
         return len(nodes)
     token = uuid.uuid4().hex
-    probes = [_written_probe(label, Path(folder).resolve(), token) for label, folder in written.items()]
+    probes = [written_probe(label, Path(folder).resolve(), token) for label, folder in written.items()]
     probes += [_read_probe(label, Path(file).resolve()) for label, file in (read or {}).items()]
     try:
         problems = _node_problems(probes, nodes)
@@ -60,14 +63,22 @@ def check_shared_folders(written: dict[str, Path], read: dict[str, Path] | None 
     return len(nodes)
 
 
-def _written_probe(label: str, folder: Path, token: str) -> Probe:
+def written_probe(label: str, folder: Path, token: str) -> Probe:
     path = folder / f"{PROBE_PREFIX}{token}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale(folder)
         path.write_text(token)
     except OSError as error:
         raise NotShared(f"{label} {folder}: the driver cannot write there ({error.strerror or error})") from None
     return Probe(label, str(path), fingerprint(path), answer=True)
+
+
+def _remove_stale(folder: Path) -> None:
+    for leftover in folder.glob(f"{PROBE_PREFIX}*"):
+        with contextlib.suppress(OSError):  # another check may remove it first
+            if time.time() - leftover.stat().st_mtime > STALE_PROBE_S:
+                leftover.unlink()
 
 
 def _read_probe(label: str, file: Path) -> Probe:

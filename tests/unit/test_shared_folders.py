@@ -1,7 +1,11 @@
 """What one node reports for a probe: a token file in a folder the run writes, or a file a stage reads."""
 from __future__ import annotations
 
-from qbr_dist.train.shared_folders import FINGERPRINT_BYTES, Probe, answer_path, fingerprint, probe_problem
+import os
+import time
+
+from qbr_dist.train.shared_folders import (FINGERPRINT_BYTES, PROBE_PREFIX, STALE_PROBE_S, Probe, written_probe,
+                                           answer_path, fingerprint, probe_problem)
 
 
 def probe_of(path, content: str, *, answer: bool = True) -> Probe:
@@ -52,3 +56,14 @@ def test_a_node_that_cannot_write_its_answer_says_where(tmp_path):
     (tmp_path / "probe").write_text("abc")
     answer_path(tmp_path / "probe", "node1").mkdir()  # a folder in the answer's place: the write fails, even as root
     assert probe_problem(probe_of(tmp_path / "probe", "abc"), "node1") == f"cannot write in {tmp_path} (Is a directory)"
+
+
+def test_a_new_probe_removes_what_a_killed_driver_left_long_ago_and_nothing_newer(tmp_path):
+    stale, recent, other = tmp_path / f"{PROBE_PREFIX}old", tmp_path / f"{PROBE_PREFIX}busy", tmp_path / "old-run"
+    for path in (stale, recent, other):
+        path.write_text("x")
+    long_ago = time.time() - STALE_PROBE_S - 60
+    os.utime(stale, (long_ago, long_ago))
+    os.utime(other, (long_ago, long_ago))
+    probe = written_probe("run.root", tmp_path, "abc")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([recent.name, other.name, probe.path.rsplit("/", 1)[1]])
