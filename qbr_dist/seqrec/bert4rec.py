@@ -135,7 +135,7 @@ class LeftOut(nn.Module):
 
     def forward(self, table: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         rows = table[items]
-        return rows * self.kept[items].view(*items.shape, *[1] * (rows.dim() - items.dim())).to(rows.dtype)
+        return torch.where(self.kept[items].view(*items.shape, *[1] * (rows.dim() - items.dim())), rows, 0.0)
 
 
 class PrefixBackoff(nn.Module):

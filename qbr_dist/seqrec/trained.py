@@ -41,7 +41,7 @@ def _tensor(path: str | None) -> torch.Tensor | None:
 
 def load_trained(stage_dir: Path, cold_file: Path | None, **scoring: bool) -> tuple[BERT4Rec, dict]:
     """The stage's model with its exported weights, in eval mode, and its spec; `scoring` changes model settings
-    that leave the weights as they are (`cold_codes_only`: how items no training saw are scored)."""
+    that need no other weights (`cold_codes_only`: how items no training saw are scored)."""
     if set(scoring) - {"cold_codes_only"}:
         raise ValueError(f"load_trained: {sorted(set(scoring) - {'cold_codes_only'})} would change the weights")
     from qbr_dist.train.export import WEIGHTS, load_weights
@@ -51,6 +51,7 @@ def load_trained(stage_dir: Path, cold_file: Path | None, **scoring: bool) -> tu
                                 "runtime.zero_stage >= 1 writes them)")
     spec = json.loads((stage_dir / MODEL_SPEC).read_text())
     spec["model"] |= scoring
+    ModelConfig(**spec["model"]).check()  # e.g. cold_codes_only on a model without an ID part
     codes = stage_dir / CODES_FILE
     spec |= {"codes_file": str(codes) if codes.is_file() else None,
              "cold_file": str(cold_file) if cold_file and cold_file.is_file() else None}

@@ -55,6 +55,7 @@ def test_an_exported_hybrid_loads_with_either_cold_scorer_and_the_same_weights(t
     import pytest
     from safetensors.torch import save_file
 
+    from qbr_dist.config import ConfigError
     from qbr_dist.seqrec.bert4rec import LeftOut, PrefixBackoff
     from qbr_dist.seqrec.trained import CODES_FILE, MODEL_SPEC, load_trained
     from qbr_dist.train.export import WEIGHTS
@@ -73,3 +74,7 @@ def test_an_exported_hybrid_loads_with_either_cold_scorer_and_the_same_weights(t
         torch.equal(a, b) for a, b in zip(prefix.state_dict().values(), alone.state_dict().values()))
     with pytest.raises(ValueError, match="would change the weights"):
         load_trained(tmp_path, tmp_path / "cold.npy", id_dropout=0.5)
+    spec["model"]["tokens"] = "semantic"
+    (tmp_path / MODEL_SPEC).write_text(json.dumps(spec))
+    with pytest.raises(ConfigError, match="model.cold_codes_only"):
+        load_trained(tmp_path, tmp_path / "cold.npy", cold_codes_only=True)
