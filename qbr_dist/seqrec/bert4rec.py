@@ -77,9 +77,9 @@ class SemanticTokens(nn.Module):
         self.ids = IdTokens(num_items=self.num_items, hidden=hidden) if hybrid else None
         if level_rows is not None:
             self._start_from(level_rows)
-        self.backoff = None  # the ID rows of untrained items, when scoring outside training
+        self.untrained_ids = None  # the ID rows of untrained items, when scoring outside training
         if hybrid and untrained is not None and bool(untrained[1:].any()):
-            self.backoff = LeftOut(untrained.bool()) if cold_codes_only else \
+            self.untrained_ids = LeftOut(untrained.bool()) if cold_codes_only else \
                 PrefixBackoff(codes[:, :len(code_sizes) - 1], untrained.bool())
 
     @torch.no_grad()
@@ -118,7 +118,7 @@ class SemanticTokens(nn.Module):
         return torch.rand((*items.shape, 1), device=items.device) >= self.id_dropout
 
     def _id_part(self, table: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return table[items] if self.backoff is None or self.training else self.backoff(table, items)
+        return table[items] if self.untrained_ids is None or self.training else self.untrained_ids(table, items)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         vectors = self.vectors(seq.clamp(max=self.num_items))

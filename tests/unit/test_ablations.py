@@ -69,7 +69,7 @@ def test_an_exported_hybrid_loads_with_either_cold_scorer_and_the_same_weights(t
     save_file(trained.state_dict(), str(tmp_path / WEIGHTS))
     prefix, _ = load_trained(tmp_path, tmp_path / "cold.npy")
     alone, alone_spec = load_trained(tmp_path, tmp_path / "cold.npy", cold_codes_only=True)
-    assert isinstance(prefix.tokens.backoff, PrefixBackoff) and isinstance(alone.tokens.backoff, LeftOut)
+    assert isinstance(prefix.tokens.untrained_ids, PrefixBackoff) and isinstance(alone.tokens.untrained_ids, LeftOut)
     assert alone_spec["model"]["cold_codes_only"] and all(
         torch.equal(a, b) for a, b in zip(prefix.state_dict().values(), alone.state_dict().values()))
     with pytest.raises(ValueError, match="would change the weights"):

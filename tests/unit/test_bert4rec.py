@@ -90,7 +90,7 @@ def test_untrained_hybrid_items_take_the_mean_id_part_of_their_longest_trained_p
     assert torch.allclose(part[6], table[1:5].mean(0))  # no trained item starts with 3: all trained items
     assert torch.allclose(tokens._id_part(bias, torch.tensor([[5, 6]])), torch.tensor([[1.5, 2.5]]))
     codes_only = SemanticTokens(codes=codes, code_sizes=[4, 4, 3], hidden=4, hybrid=False, untrained=untrained)
-    assert codes_only.backoff is None
+    assert codes_only.untrained_ids is None
 
 
 def test_with_cold_codes_only_untrained_hybrid_items_are_their_codes_alone():
