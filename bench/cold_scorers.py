@@ -41,10 +41,10 @@ def score_cold(run: Path, limit: int | None, chunk_size: int) -> dict:
         models[name] = {k: v for k, v in metric_means(metric_sums(ranks), len(ranks)).items() if k in KEPT}
         models[name]["hits@10"] = int((ranks <= 10).sum())
     own = json.loads((stage / MODEL_SPEC).read_text())["model"].get("cold_codes_only", False)
+    knn_cold, stage_cold = (pipeline.read_metrics(folder)["test_cold"] for folder in (run / "content-knn", stage))
     return {"cold_test_users": len(examples), "id_dropout": spec["model"].get("id_dropout", 0.0),
-            "models": models | {"content-knn": {k: pipeline.read_metrics(run / "content-knn")["test_cold"][k]
-                                                for k in KEPT}},
-            "qbert4rec_metrics_json": {k: pipeline.read_metrics(stage)["test_cold"][k] for k in KEPT},
+            "models": models | {"content-knn": {k: knn_cold[k] for k in KEPT}},
+            "qbert4rec_metrics_json": {k: stage_cold[k] for k in KEPT},
             "stage_scorer": next(name for name, flag in SCORERS.items() if flag == own)}
 
 

@@ -42,8 +42,9 @@ def slice_run(run: Path, limit: int | None, chunk_size: int) -> dict:
         if not (run / stage / pipeline.METRICS).is_file():
             continue
         ranks = model_ranks(load_trained(run / stage, ingest / pipeline.COLD)[0], examples, chunk_size)
+        stage_test = pipeline.read_metrics(run / stage)["test"]
         entry = {"all": {k: v for k, v in metric_means(metric_sums(ranks), len(ranks)).items() if k in KEPT},
-                 "metrics_json": {k: pipeline.read_metrics(run / stage)["test"][k] for k in KEPT}}
+                 "metrics_json": {k: stage_test[k] for k in KEPT}}
         for index, name in enumerate(SLICES):
             picked = torch.from_numpy(slice_of == index)
             means = metric_means(metric_sums(ranks[picked]), int(picked.sum()))
