@@ -353,7 +353,7 @@ def structure(cfg: Config, root: Path, ingest_dir: Path) -> Path:
 def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     """Item feature table (one parquet per shard) in <run>/encode/, skipping finished shards."""
     from qbr_dist.data.shards import INDEX
-    from qbr_dist.encode.job import SHARDS_DONE, encode_shards
+    from qbr_dist.encode.job import SHARDS_DONE, encode_shards, encoder_files
 
     import ray.data
 
@@ -364,7 +364,7 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     stage_dir, current = _stage("encode", root, key)
     if current:
         return stage_dir
-    start_ray(cfg, reads={"the shards index": shards_dir / INDEX})
+    start_ray(cfg, reads={"the shards index": shards_dir / INDEX} | encoder_files(cfg.encode))
     context = ray.data.DataContext.get_current()
     bars, context.enable_progress_bars = context.enable_progress_bars, True  # the encode job shows its own
     try:
