@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: setup test-tools ops submit demo test test-unit test-integration test-reliability bench-encode bench-encode-quick bench-kmeans \
 	bench-kmeans-quick bench-retokenize bench-retokenize-quick bench-ablations bench-ablations-quick bench-load bench-load-quick \
 	bench-quality bench-quality-quick bench-scaling bench-scaling-quick bench-throughput bench-throughput-quick bench-slices \
-	bench-slices-quick bench-offsets bench-offsets-quick bench-cold bench-cold-quick bench-engine-start bench-gpu-smoke gpu-wheels clean
+	bench-slices-quick bench-offsets bench-offsets-quick bench-cold bench-cold-quick bench-paired bench-paired-quick bench-engine-start bench-gpu-smoke gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -105,6 +105,12 @@ bench-cold: $(STAMP)
 
 bench-cold-quick: $(STAMP)
 	$(PY) bench/cold_scorers.py --quick $(RUNS)
+
+bench-paired: $(STAMP)
+	$(PY) bench/paired.py --name "$(NAME)" $(RUNS)
+
+bench-paired-quick: $(STAMP)
+	$(PY) bench/paired.py --quick --name "$(NAME)" $(RUNS)
 
 bench-offsets: $(STAMP)
 	$(PY) bench/target_offsets.py $(RUNS)

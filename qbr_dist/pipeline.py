@@ -425,7 +425,7 @@ def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structur
     if current:
         return stage_dir
     items = num_items(ingest_dir)
-    item_ids = pq.read_table(ingest_dir / ITEMS, columns=["item_id"]).column("item_id").to_pylist()
+    item_ids = load_item_ids(ingest_dir)
     features.assemble(stage_dir / "features", item_ids=item_ids, encode_files=feature_files(encode_dir),
                       structure_file=structure_dir / STRUCTURE, max_tokens=cfg.fusion.max_tokens)
     seen = np.zeros(items + 1, dtype=bool)
@@ -576,6 +576,11 @@ def load_sequences(ingest_dir: Path) -> list[np.ndarray]:
     return [np.asarray(items, dtype=np.int64) for items in column.to_pylist()]
 
 
+def load_item_ids(ingest_dir: Path) -> list[str]:
+    """The catalog's item ids in item-index order (item i + 1 is entry i)."""
+    return pq.read_table(ingest_dir / ITEMS, columns=["item_id"]).column("item_id").to_pylist()
+
+
 def num_items(ingest_dir: Path) -> int:
     return artifacts.read_manifest(ingest_dir)["rows"]["items"]
 
@@ -605,7 +610,7 @@ def content_knn(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path) -> 
     from qbr_dist.seqrec.content_knn import content_knn_scorer, text_matrix
 
     def scorer(_):
-        item_ids = pq.read_table(ingest_dir / ITEMS, columns=["item_id"]).column("item_id").to_pylist()
+        item_ids = load_item_ids(ingest_dir)
         return content_knn_scorer(torch.from_numpy(text_matrix(feature_files(encode_dir), item_ids)))
 
     return _driver_baseline("content-knn", cfg, root, ingest_dir,

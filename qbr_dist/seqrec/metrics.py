@@ -62,14 +62,31 @@ def _drop_history(scores, history, targets, start, end):
     return scores
 
 
+def user_metrics(ranks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each metric per user (float64, one value per rank): what paired comparisons of two models resample."""
+    ranks = ranks.double()
+    values = {f"HR@{k}": (ranks <= k).double() for k in KS}
+    gain = 1.0 / torch.log2(ranks + 1.0)
+    values.update({f"NDCG@{k}": torch.where(ranks <= k, gain, 0.0) for k in KS})
+    values["MRR"] = 1.0 / ranks
+    return values
+
+
 def metric_sums(ranks: torch.Tensor) -> dict[str, float]:
     """Per-metric sums over users; divide by the user count (after summing across ranks) for means."""
-    ranks = ranks.double()
-    sums = {f"HR@{k}": float((ranks <= k).sum()) for k in KS}
-    gain = 1.0 / torch.log2(ranks + 1.0)
-    sums.update({f"NDCG@{k}": float(torch.where(ranks <= k, gain, 0.0).sum()) for k in KS})
-    sums["MRR"] = float((1.0 / ranks).sum())
-    return sums
+    return {name: float(values.sum()) for name, values in user_metrics(ranks).items()}
+
+
+def paired_bootstrap(first: np.ndarray, second: np.ndarray, statistic, *, resamples: int = 10_000,
+                     seed: int = 0) -> dict:
+    """`statistic(first mean, second mean)` of two models' per-user values (runs, users), each summed over its
+    runs, and its 95 % percentile interval over `resamples` draws of the users with replacement. One draw serves
+    every run and both models (the same users in every seed): the interval is what the finite set of users
+    leaves open, with the runs fixed."""
+    draws = np.random.default_rng(seed).integers(0, first.shape[1], size=(resamples, first.shape[1]))
+    resampled = statistic(first.sum(0)[draws].mean(1), second.sum(0)[draws].mean(1))
+    low, high = np.quantile(resampled, [0.025, 0.975])
+    return {"value": float(statistic(first.sum(0).mean(), second.sum(0).mean())), "ci95": [float(low), float(high)]}
 
 
 def metric_means(sums: dict[str, float], users: int) -> dict[str, float]:

@@ -1,9 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from qbr_dist.seqrec.metrics import METRIC_NAMES, metric_means, metric_sums, target_ranks
+from qbr_dist.seqrec.metrics import METRIC_NAMES, metric_means, metric_sums, paired_bootstrap, target_ranks, user_metrics
 
 
 def ranks_for(scores: list[list[float]], targets: list[int], chunk_size=2, history=None):
@@ -62,3 +63,46 @@ def test_metric_values_by_hand():
 def test_no_users_is_an_error():
     with pytest.raises(ValueError):
         metric_means(metric_sums(torch.tensor([1])), 0)
+
+
+def test_user_metrics_sum_to_the_metric_sums():
+    ranks = torch.tensor([1, 3, 11, 25, 2])
+    values = user_metrics(ranks)
+    assert {name: float(v.sum()) for name, v in values.items()} == metric_sums(ranks)
+    assert values["NDCG@10"].tolist() == pytest.approx([1.0, 0.5, 0.0, 0.0, 1 / math.log2(3)])
+
+
+def ratio(a, b):
+    return a / b
+
+
+def test_paired_bootstrap_of_a_model_twice_as_good_is_exactly_two():
+    rng = np.random.default_rng(1)
+    second = rng.random((3, 400))
+    result = paired_bootstrap(2 * second, second, ratio, resamples=500)
+    assert result["value"] == pytest.approx(2.0)
+    assert result["ci95"] == pytest.approx([2.0, 2.0])
+
+
+def test_paired_bootstrap_draws_the_same_users_for_every_run_and_both_models():
+    """Run 1 is good on even users and run 2 on odd ones, so their sum is the same for every user: only draws
+    shared across runs give a zero-width interval."""
+    even = np.tile([1.0, 0.0], 300)
+    first = np.stack([even, 1 - even])
+    second = np.full((2, 600), 0.25)
+    assert paired_bootstrap(first, second, ratio, resamples=500)["ci95"] == pytest.approx([2.0, 2.0])
+
+
+def test_paired_bootstrap_interval_holds_the_value_and_narrows_with_more_users():
+    rng = np.random.default_rng(2)
+
+    def width(users):
+        first, second = rng.random((2, users)), rng.random((2, users))
+        result = paired_bootstrap(first, second, lambda a, b: a - b, resamples=2000, seed=3)
+        low, high = result["ci95"]
+        assert low < result["value"] < high
+        return high - low
+
+    assert width(4000) < width(250) / 2
+    again = paired_bootstrap(np.ones((1, 5)), np.arange(5.0)[None] + 1, ratio, resamples=100, seed=7)
+    assert again == paired_bootstrap(np.ones((1, 5)), np.arange(5.0)[None] + 1, ratio, resamples=100, seed=7)
