@@ -5,17 +5,19 @@ against content-knn (cold HR@10 as a difference), over the seeds of one setting.
     python bench/paired.py --name NAME [--quick] [--resamples N] RUN_DIR [RUN_DIR ...]
 
 The RUN_DIRs are finished `qbr run` directories of one setting, one per seed, over the same users (the same
-ingest stage: checked). Their exported weights rank the test targets on the driver with the project's metric
-code, and each model's mean must equal its stage's metrics.json (checked). Each resample draws the test users
-once, with replacement, and uses that draw in every run: the interval is about the users, with these seeds
-fixed (the seeds' own spread is in the per-seed figures). Adds or replaces group NAME in
-bench/results/paired.json (paired-quick.json with --quick, which takes the first 200 users of each split).
+ingest stage: checked), evaluated on every item (eval.exclude_history off: checked). Their exported weights
+rank the test targets on the driver with the project's metric code, and each model's mean must equal its
+stage's metrics.json (checked, except with --quick, which takes the first 200 users of each split). Each
+resample draws the test users once, with replacement, and uses that draw in every run: the interval is about
+the users, with these seeds fixed (the seeds' own spread is in the per-seed figures). Adds or replaces group
+NAME in bench/results/paired.json (paired-quick.json with --quick).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,59 +25,91 @@ import torch
 from common import machine, model_ranks, result_path, write_result
 
 from qbr_dist import artifacts, pipeline
-from qbr_dist.seqrec.content_knn import content_knn_scorer, text_matrix
 from qbr_dist.seqrec.examples import evaluation_examples
 from qbr_dist.seqrec.metrics import paired_bootstrap, target_ranks, user_metrics
 from qbr_dist.seqrec.trained import load_trained
 
 CRITERION = 1.10  # qbert4rec's mean test NDCG@10 against bert4rec's, in the Q-BERT issue
-COMPARED = {"test": ("NDCG@10", ("qbert4rec", "bert4rec")), "test_cold": ("HR@10", ("qbert4rec", "content-knn"))}
 QUICK_USERS = 200
 MATCH = 1e-9  # how far a mean here may be from the stage's metrics.json (summation order only)
 
 
-def user_values(run: Path, split: str, limit: int | None, chunk_size: int) -> dict[str, np.ndarray]:
-    """The compared metric of `split` per user, for each model of COMPARED[split], in the evaluation's user order."""
+@dataclass(frozen=True)
+class Comparison:
+    metric: str
+    ours: str
+    theirs: str
+    ratio: bool  # the ratio of the two means, else their difference
+
+    @property
+    def statistic(self):
+        return np.divide if self.ratio else np.subtract
+
+    def describe(self) -> str:
+        return f"{self.ours} {'/' if self.ratio else '-'} {self.theirs}, {self.metric} means over the runs"
+
+
+COMPARED = {"test": Comparison("NDCG@10", "qbert4rec", "bert4rec", ratio=True),
+            "test_cold": Comparison("HR@10", "qbert4rec", "content-knn", ratio=False)}
+
+
+def run_values(run: Path, splits: list[str], limit: int | None, chunk_size: int) -> dict[str, dict[str, np.ndarray]]:
+    """{split: {model: the compared metric per user, in the evaluation's user order}}; each model loaded once."""
     ingest = run / "ingest"
-    sequences = pipeline.load_sequences(ingest)
-    examples = evaluation_examples(sequences, pipeline.load_cold_targets(ingest), split)[:limit]
-    metric, models = COMPARED[split]
-    values = {}
-    for model in models:
-        ranks = (_content_knn_ranks(run, examples, chunk_size) if model == "content-knn" else
-                 model_ranks(load_trained(run / model, ingest / pipeline.COLD)[0], examples, chunk_size))
-        values[model] = user_metrics(ranks)[metric].numpy()
-        recorded = pipeline.read_metrics(run / model)[split][metric]
-        if limit is None and abs(values[model].mean() - recorded) > MATCH:
-            raise SystemExit(f"{run / model}: {split} {metric} {values[model].mean():.6f} here, {recorded:.6f} in "
-                             f"{pipeline.METRICS}: the exported weights are not what the stage evaluated")
+    sequences, cold_target = pipeline.load_sequences(ingest), pipeline.load_cold_targets(ingest)
+    rankers, values = {}, {}
+    for split in splits:
+        comparison = COMPARED[split]
+        examples = evaluation_examples(sequences, cold_target, split)[:limit]
+        values[split] = {}
+        for model in (comparison.ours, comparison.theirs):
+            if model not in rankers:
+                rankers[model] = _ranker(run, model, chunk_size)
+            per_user = user_metrics(rankers[model](examples))[comparison.metric].numpy()
+            recorded = pipeline.read_metrics(run / model)[split][comparison.metric]
+            if limit is None and abs(per_user.mean() - recorded) > MATCH:
+                raise SystemExit(f"{run / model}: {split} {comparison.metric} {per_user.mean():.6f} here, "
+                                 f"{recorded:.6f} in {pipeline.METRICS}: not what the stage evaluated")
+            values[split][model] = per_user
     return values
 
 
-def _content_knn_ranks(run: Path, examples: list[tuple], chunk_size: int) -> torch.Tensor:
-    item_ids = pipeline.load_item_ids(run / "ingest")
-    scorer = content_knn_scorer(torch.from_numpy(text_matrix(pipeline.feature_files(run / "encode"), item_ids)))
-    return target_ranks(scorer([history for history, _ in examples]), torch.tensor([t for _, t in examples]),
-                        first_item=1, end_item=len(item_ids) + 1, chunk_size=chunk_size)
+def _ranker(run: Path, model: str, chunk_size: int):
+    """examples -> 1-based target ranks among all items, by a run's trained model or its content k-NN."""
+    if model != "content-knn":
+        trained = load_trained(run / model, run / "ingest" / pipeline.COLD)[0]
+        return lambda examples: model_ranks(trained, examples, chunk_size)
+    scorer, items = pipeline.content_knn_model(run / "ingest", run / "encode"), pipeline.num_items(run / "ingest")
+    return lambda examples: target_ranks(scorer([history for history, _ in examples]),
+                                         torch.tensor([target for _, target in examples]), first_item=1,
+                                         end_item=items + 1, chunk_size=chunk_size)
 
 
-def compare(runs: list[Path], split: str, limit: int | None, chunk_size: int, resamples: int) -> dict:
-    metric, (ours, theirs) = COMPARED[split]
-    per_run = {run.name: user_values(run, split, limit, chunk_size) for run in runs}
-    first, second = (np.stack([values[model] for values in per_run.values()]) for model in (ours, theirs))
-    ratio = split == "test"
-    statistic = (lambda a, b: a / b) if ratio else (lambda a, b: (a - b) / len(runs))
-    out = {"metric": metric, "users": first.shape[1],
-           "per_run": {name: {model: float(values[model].mean()) for model in (ours, theirs)}
-                       for name, values in per_run.items()},
-           "statistic": f"{ours} / {theirs}, means over runs" if ratio else f"{ours} - {theirs}, mean over runs"}
-    return out | paired_bootstrap(first, second, statistic, resamples=resamples)
-
-
-def same_users(runs: list[Path]) -> None:
-    fingerprints = {run.name: artifacts.manifest_fingerprint(run / "ingest") for run in runs}
+def check_runs(runs: list[Path]) -> None:
+    """One setting's seeds: distinct folders over one ingest stage, every item ranked."""
+    if len({run.resolve() for run in runs}) < len(runs):
+        raise SystemExit(f"a run is given twice: {[str(run) for run in runs]}")
+    fingerprints = {str(run): artifacts.manifest_fingerprint(run / "ingest") for run in runs}
     if len(set(fingerprints.values())) > 1:
         raise SystemExit(f"the runs do not share one ingest stage (their users differ): {fingerprints}")
+    for run in runs:
+        if json.loads((run / "report.json").read_text())["config"]["eval"]["exclude_history"]:
+            raise SystemExit(f"{run}: eval.exclude_history is on; this script ranks every item")
+
+
+def compare(runs: list[Path], limit: int | None, chunk_size: int, resamples: int) -> dict:
+    splits = [split for split in COMPARED if split in pipeline.evaluations(runs[0] / "ingest")]
+    per_run = {str(run): run_values(run, splits, limit, chunk_size) for run in runs}
+    out = {}
+    for split in splits:
+        comparison = COMPARED[split]
+        first, second = (np.stack([values[split][model] for values in per_run.values()])
+                         for model in (comparison.ours, comparison.theirs))
+        out[split] = {"statistic": comparison.describe(), "users": first.shape[1],
+                      "per_run": {run: {model: float(per_user.mean()) for model, per_user in values[split].items()}
+                                  for run, values in per_run.items()},
+                      **paired_bootstrap(first, second, comparison.statistic, resamples=resamples)}
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -87,18 +121,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--chunk-size", type=int, default=4096)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    same_users(args.runs)
-    limit = QUICK_USERS if args.quick else None
-    group = {"runs": [str(run) for run in args.runs], "resamples": args.resamples,
-             "splits": {split: compare(args.runs, split, limit, args.chunk_size, args.resamples)
-                        for split in COMPARED if split in pipeline.evaluations(args.runs[0] / "ingest")}}
-    for split, entry in group["splits"].items():
-        print(f"{args.name} {split}: {entry['statistic']} {entry['metric']} {entry['value']:.4f} "
-              f"(95 % interval {entry['ci95'][0]:.4f} to {entry['ci95'][1]:.4f}, {entry['users']} users)", flush=True)
+    check_runs(args.runs)
+    splits = compare(args.runs, QUICK_USERS if args.quick else None, args.chunk_size, args.resamples)
+    for split, entry in splits.items():
+        print(f"{args.name} {split}: {entry['statistic']} {entry['value']:.4f} (95 % interval "
+              f"{entry['ci95'][0]:.4f} to {entry['ci95'][1]:.4f}, {entry['users']} users)", flush=True)
     path = result_path("paired", quick=args.quick)
     result = json.loads(path.read_text()) if path.is_file() else {"criterion_ratio": CRITERION, "groups": {}}
-    result["groups"][args.name] = group
-    result["machine"] = machine()
+    result["groups"][args.name] = {"runs": [str(run) for run in args.runs], "resamples": args.resamples,
+                                   "splits": splits, "machine": machine()}
     print(write_result(result, "paired", quick=args.quick))
     return 0
 

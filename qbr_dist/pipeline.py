@@ -605,16 +605,19 @@ def popularity(cfg: Config, root: Path, ingest_dir: Path) -> Path:
 
 def content_knn(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path) -> Path:
     """Content k-NN baseline over the encode stage's text features, ranked on the driver."""
+    return _driver_baseline("content-knn", cfg, root, ingest_dir,
+                            {"encode": artifacts.manifest_fingerprint(encode_dir)},
+                            lambda _: content_knn_model(ingest_dir, encode_dir))
+
+
+def content_knn_model(ingest_dir: Path, encode_dir: Path):
+    """The content k-NN scorer (`evaluate_examples`' `scorer`) of a run's catalog and text features."""
     import torch
 
     from qbr_dist.seqrec.content_knn import content_knn_scorer, text_matrix
 
-    def scorer(_):
-        item_ids = load_item_ids(ingest_dir)
-        return content_knn_scorer(torch.from_numpy(text_matrix(feature_files(encode_dir), item_ids)))
-
-    return _driver_baseline("content-knn", cfg, root, ingest_dir,
-                            {"encode": artifacts.manifest_fingerprint(encode_dir)}, scorer)
+    matrix = text_matrix(feature_files(encode_dir), load_item_ids(ingest_dir))
+    return content_knn_scorer(torch.from_numpy(matrix))
 
 
 def _driver_baseline(stage: str, cfg: Config, root: Path, ingest_dir: Path, inputs: dict, make_scorer) -> Path:

@@ -88,13 +88,15 @@ def _square_rgb(Image, data: bytes, size: int, max_pixels: int) -> np.ndarray:
 
 def encoder_files(cfg: EncodeConfig) -> dict[str, Path]:
     """The local files the encoder actors load on whichever node they run ({what: file}): a text model folder's
-    files (the packaged default ships with the project instead), the image checkpoint and its architecture."""
+    config and weights (safetensors, which `transformers` prefers, else .bin; the packaged default ships with the
+    project instead), the image checkpoint and its architecture."""
     from qbr_dist.encode.text import DEFAULT_TEXT_MODEL, text_model_path
 
     files = {}
     if cfg.text_model != DEFAULT_TEXT_MODEL:
         folder = text_model_path(cfg.text_model)
-        files |= {f"encode.text_model {file.name}": file for file in sorted(folder.iterdir()) if file.is_file()}
+        weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+        files |= {f"encode.text_model {file.name}": file for file in [folder / "config.json", *weights]}
     if cfg.image_model:
         files |= {key: Path(value) for key, value in (("encode.image_weights", cfg.image_weights),
                                                       ("encode.image_model_config", cfg.image_model_config)) if value}

@@ -78,15 +78,19 @@ def metric_sums(ranks: torch.Tensor) -> dict[str, float]:
 
 
 def paired_bootstrap(first: np.ndarray, second: np.ndarray, statistic, *, resamples: int = 10_000,
-                     seed: int = 0) -> dict:
-    """`statistic(first mean, second mean)` of two models' per-user values (runs, users), each summed over its
-    runs, and its 95 % percentile interval over `resamples` draws of the users with replacement. One draw serves
-    every run and both models (the same users in every seed): the interval is what the finite set of users
-    leaves open, with the runs fixed."""
-    draws = np.random.default_rng(seed).integers(0, first.shape[1], size=(resamples, first.shape[1]))
-    resampled = statistic(first.sum(0)[draws].mean(1), second.sum(0)[draws].mean(1))
-    low, high = np.quantile(resampled, [0.025, 0.975])
-    return {"value": float(statistic(first.sum(0).mean(), second.sum(0).mean())), "ci95": [float(low), float(high)]}
+                     seed: int = 0, chunk: int = 500) -> dict:
+    """`statistic(first's mean, second's mean)` of two models' per-user values (runs, users), and its 95 %
+    percentile interval over `resamples` draws of the users with replacement (`chunk` draws at a time, so memory
+    stays at chunk x users). One draw serves every run and both models (the same users in every seed): the
+    interval is what the finite set of users leaves open, with the runs fixed."""
+    first, second = first.mean(0), second.mean(0)  # each user's value averaged over the runs
+    rng = np.random.default_rng(seed)
+    resampled = []
+    for size in [chunk] * (resamples // chunk) + [resamples % chunk] * bool(resamples % chunk):
+        draws = rng.integers(0, len(first), size=(size, len(first)))
+        resampled.append(statistic(first[draws].mean(1), second[draws].mean(1)))
+    low, high = np.quantile(np.concatenate(resampled), [0.025, 0.975])
+    return {"value": float(statistic(first.mean(), second.mean())), "ci95": [float(low), float(high)]}
 
 
 def metric_means(sums: dict[str, float], users: int) -> dict[str, float]:

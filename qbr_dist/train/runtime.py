@@ -11,7 +11,6 @@ reproducible across worker counts and resumes mid-epoch exactly.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import tempfile
 import warnings
@@ -29,6 +28,7 @@ from qbr_dist.train import collective
 
 CHECKPOINT_TAG = "state"
 CHECKPOINT_ROOT = "checkpoint_root"  # loop-config key: the only folder this run's workers restore from
+QUIET_STATE_API_HOOK = "qbr_dist.train.ray_logs.quiet_state_api_warnings"  # by path: workers import only that
 
 
 class ForeignCheckpoint(RuntimeError):
@@ -52,20 +52,8 @@ def start_ray(runtime: RuntimeConfig) -> None:
         include_dashboard=runtime.dashboard,
         dashboard_host="127.0.0.1",
         log_to_driver=True,
-        runtime_env=None if runtime.dashboard else {
-            "worker_process_setup_hook": f"{__name__}.{quiet_state_api_warnings.__name__}"},
+        runtime_env=None if runtime.dashboard else {"worker_process_setup_hook": QUIET_STATE_API_HOOK},
     )
-
-
-PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
-STATE_API_WARNING = "State API may be temporarily unavailable"
-
-
-def quiet_state_api_warnings() -> None:
-    """Worker setup hook of an embedded Ray without a dashboard: Ray Train's placement-group cleaner asks the
-    state API (served by the dashboard) once a second whether the controller lives, and warns each time it
-    cannot, for a whole training. Drop that one warning; the cleaner's other messages stay."""
-    logging.getLogger(PG_CLEANER_LOGGER).addFilter(lambda record: STATE_API_WARNING not in record.getMessage())
 
 
 @dataclass

@@ -8,7 +8,8 @@ import pytest
 import ray
 
 from qbr_dist.config import RuntimeConfig
-from qbr_dist.train.runtime import PG_CLEANER_LOGGER, STATE_API_WARNING, start_ray
+from qbr_dist.train.ray_logs import PG_CLEANER_LOGGER, STATE_API_WARNING
+from qbr_dist.train.runtime import start_ray
 
 pytestmark = pytest.mark.integration
 

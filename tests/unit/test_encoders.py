@@ -71,13 +71,15 @@ def test_encoder_files_are_what_the_actors_load_from_disk(tmp_path):
     assert encoder_files(EncodeConfig()) == {}  # the packaged text model ships with the project on every node
     folder = tmp_path / "minilm"
     (folder / "1_Pooling").mkdir(parents=True)
-    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+    for name in ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "README.md"):
         (folder / name).write_text(name)
     weights, architecture = tmp_path / "vit.bin", tmp_path / "vit.json"
     files = encoder_files(EncodeConfig(text_model=str(folder), image_model="ViT-B-32", image_weights=str(weights),
                                        image_model_config=str(architecture)))
     assert files == {"encode.text_model config.json": folder / "config.json",
                      "encode.text_model model.safetensors": folder / "model.safetensors",
-                     "encode.text_model tokenizer.json": folder / "tokenizer.json",
                      "encode.image_weights": weights, "encode.image_model_config": architecture}
     assert encoder_files(EncodeConfig(image_model="", image_weights=str(weights))) == {}  # no image encoder
+    (folder / "model.safetensors").unlink()  # then transformers loads the .bin
+    assert set(encoder_files(EncodeConfig(text_model=str(folder)))) == {"encode.text_model config.json",
+                                                                        "encode.text_model pytorch_model.bin"}

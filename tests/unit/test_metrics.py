@@ -98,11 +98,18 @@ def test_paired_bootstrap_interval_holds_the_value_and_narrows_with_more_users()
 
     def width(users):
         first, second = rng.random((2, users)), rng.random((2, users))
-        result = paired_bootstrap(first, second, lambda a, b: a - b, resamples=2000, seed=3)
+        result = paired_bootstrap(first, second, np.subtract, resamples=2000, seed=3)
         low, high = result["ci95"]
         assert low < result["value"] < high
+        assert result["value"] == pytest.approx(first.mean() - second.mean())  # a difference of means over runs
         return high - low
 
     assert width(4000) < width(250) / 2
-    again = paired_bootstrap(np.ones((1, 5)), np.arange(5.0)[None] + 1, ratio, resamples=100, seed=7)
-    assert again == paired_bootstrap(np.ones((1, 5)), np.arange(5.0)[None] + 1, ratio, resamples=100, seed=7)
+
+
+def test_paired_bootstrap_is_seeded_and_the_same_in_any_chunks():
+    rng = np.random.default_rng(4)
+    first, second = rng.random((3, 50)), rng.random((3, 50)) + 0.5
+    whole = paired_bootstrap(first, second, ratio, resamples=1001, seed=7, chunk=1001)
+    assert paired_bootstrap(first, second, ratio, resamples=1001, seed=7, chunk=100) == whole
+    assert paired_bootstrap(first, second, ratio, resamples=1001, seed=8) != whole
