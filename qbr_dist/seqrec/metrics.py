@@ -1,7 +1,8 @@
 """Full-ranking metrics over the whole catalog, shared by every model compared.
 
 The rank of the target is 1 + (items scoring higher) + (other items scoring equal): ties count
-against the target, so a model that scores everything alike ranks every target last.
+against the target, so a model that scores everything alike ranks every target last; so do NaN scores,
+so a diverged model ranks every target last instead of first.
 """
 from __future__ import annotations
 
@@ -49,8 +50,7 @@ def target_ranks(
         scores = score_chunk(start, end).float()
         if history is not None:
             scores = _drop_history(scores, history, targets, start, end)
-        better += (scores > target_score[:, None]).sum(1)
-        better += (scores == target_score[:, None]).sum(1)
+        better += (~(scores < target_score[:, None])).sum(1)  # higher, equal, or NaN: all count against it
     return better  # the target matched itself once as "equal", which is its own place in the 1-based rank
 
 

@@ -27,6 +27,12 @@ def test_ties_count_against_the_target():
     assert ranks_for([[1.0, 1.0, 1.0, 1.0]], [1]) == [4]
 
 
+def test_nan_scores_count_against_the_target():
+    nan = float("nan")
+    assert ranks_for([[nan, nan, nan, nan]], [2]) == [4]  # a diverged model ranks every target last
+    assert ranks_for([[0.1, 0.9, nan, 0.3], [0.1, nan, 0.5, 0.3]], [2, 3]) == [2, 2]
+
+
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 4, 100])
 def test_chunking_does_not_change_ranks(chunk_size):
     torch.manual_seed(0)
