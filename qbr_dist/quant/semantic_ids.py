@@ -2,9 +2,9 @@
 
 Within a tuple, suffixes are 0, 1, 2, ... in item-id order. They are only ever appended: given
 the previous assignment (item id -> codes and suffix), an item whose codes did not change keeps
-its suffix, and new items (or items whose codes changed) take the next free suffixes of their
-tuple. A model is trained with a suffix table of fixed size; codes whose suffix does not fit it
-are refused by `check_suffixes`.
+its suffix, and new items (or items whose codes changed) take the suffixes after every one their
+tuple had in the previous assignment, so no earlier semantic ID is given to another item, whether
+or not its item is in the table (a table of new items only, an item that left the catalog).
 """
 from __future__ import annotations
 
@@ -55,14 +55,17 @@ def assign_suffixes(item_ids, codes: np.ndarray, previous: Previous | None = Non
     ids, codes = as_ids(item_ids), np.asarray(codes)
     if pc.count_distinct(ids).as_py() != len(ids):
         raise ValueError("semantic IDs: duplicate item ids in the table to tokenize")
-    group, _ = tuple_groups(codes)
+    earlier = previous is not None and len(previous.item_ids)
+    # Tuples of this table and of the previous assignment in one numbering: a tuple's next free suffix comes
+    # after every suffix it ever had, including those of items not in this table (left, or not given again).
+    groups, _ = tuple_groups(np.vstack([codes, previous.codes]) if earlier else codes)
+    group = groups[:len(ids)]
+    next_free = np.zeros(groups.max(initial=-1) + 1, dtype=np.int64)
     suffixes = np.full(len(ids), -1, dtype=np.int64)
-    if previous is not None and len(previous.item_ids):
+    if earlier:
+        np.maximum.at(next_free, groups[len(ids):], np.asarray(previous.suffixes, dtype=np.int64) + 1)
         suffixes = _kept_suffixes(ids, codes, previous)
-    next_free = np.zeros(group.max(initial=-1) + 1, dtype=np.int64)
-    kept = suffixes >= 0
-    np.maximum.at(next_free, group[kept], suffixes[kept] + 1)
-    new = np.flatnonzero(~kept)
+    new = np.flatnonzero(suffixes < 0)
     by_group_then_id = pa.table({"group": group[new], "id": ids.take(pa.array(new))})
     order = new[pc.sort_indices(by_group_then_id, sort_keys=[("group", "ascending"), ("id", "ascending")]).to_numpy()]
     new_groups = group[order]
@@ -80,10 +83,3 @@ def _kept_suffixes(ids: pa.Array, codes: np.ndarray, previous: Previous) -> np.n
     same[same] = (np.asarray(previous.codes)[found[same]] == codes[same]).all(1)
     return np.where(same, np.asarray(previous.suffixes)[np.maximum(found, 0)], -1)
 
-
-def check_suffixes(suffixes: np.ndarray, table_size: int, *, source: str) -> None:
-    """Refuse suffixes that a model with `table_size` suffix embeddings cannot represent."""
-    largest = int(suffixes.max(initial=-1))
-    if largest >= table_size:
-        raise ValueError(f"{source}: disambiguation code {largest} is beyond the trained suffix table of "
-                         f"{table_size}; retrain (or fine-tune) the model with a larger table")

@@ -25,11 +25,6 @@ class Tokenizer:
                                           if name.startswith("encoder.")})
             self.encoder.eval()
 
-    @classmethod
-    def load(cls, path: Path, *, expected_version: str | None = None) -> tuple[Tokenizer, str]:
-        tensors, version, metadata = load_codebooks(path, expected_version=expected_version)
-        return cls(tensors, metadata), version
-
     @staticmethod
     def parts(path: Path) -> dict:
         """The file's tensors (numpy) and metadata, to ship through Ray's object store once."""

@@ -6,7 +6,7 @@ import torch
 
 from qbr_dist.quant.codebook import CodebookMismatch, codebook_version, load_codebooks, save_codebooks
 from qbr_dist.quant.residual import decode, encode, level_stats, reconstruction_error, residual_kmeans
-from qbr_dist.quant.semantic_ids import Previous, assign_suffixes, check_suffixes, collision_rate
+from qbr_dist.quant.semantic_ids import Previous, assign_suffixes, collision_rate
 
 
 def vectors(n=600, d=16, seed=0):
@@ -73,10 +73,12 @@ def test_an_item_whose_codes_changed_takes_a_fresh_suffix():
     assert suffixes.tolist() == [0, 1]  # "a" moved to tuple (2,), "b" kept its 1
 
 
-def test_suffix_beyond_the_trained_table_is_refused():
-    check_suffixes(np.array([0, 1, 2]), 3, source="codes.parquet")
-    with pytest.raises(ValueError, match="codes.parquet: disambiguation code 3 is beyond the trained suffix table of 3"):
-        check_suffixes(np.array([0, 3]), 3, source="codes.parquet")
+def test_new_items_never_take_a_suffix_their_tuple_had_before():
+    previous = Previous(np.array(["a", "b"]), np.array([[1], [1]]), np.array([0, 1]))
+    assert assign_suffixes(np.array(["n"]), np.array([[1]]), previous).tolist() == [2]  # a table of new items only
+    kept_and_new = assign_suffixes(np.array(["a", "c"]), np.array([[1], [1]]), previous)  # "b" left the catalog
+    assert kept_and_new.tolist() == [0, 2]
+    assert assign_suffixes(np.array(["z"]), np.array([[7]]), previous).tolist() == [0]  # a tuple never seen
 
 
 def test_duplicate_item_ids_are_refused():

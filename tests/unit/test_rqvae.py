@@ -71,10 +71,10 @@ def test_codebook_file_reproduces_the_codes_and_its_version_covers_the_encoder(t
     model = started_model(data, seed=1)
     path = tmp_path / "codebooks.safetensors"
     version = save_codebooks(path, model.tokenizer_tensors(), mode="rqvae", encoder_dims=json.dumps(model.encoder_dims))
-    tokenizer, loaded_version = Tokenizer.load(path, expected_version=version)
-    assert loaded_version == version and tokenizer.mode == "rqvae"
+    parts = Tokenizer.parts(path)
+    tokenizer = Tokenizer.from_parts(parts)
+    assert parts["version"] == version and tokenizer.mode == "rqvae"
     assert torch.equal(tokenizer.codes(data, chunk_size=100), encode(model.latents(data), model.codebooks))
-    assert torch.equal(Tokenizer.from_parts(Tokenizer.parts(path)).codes(data), tokenizer.codes(data))
 
     changed = model.tokenizer_tensors()
     changed["encoder.0.bias"] = changed["encoder.0.bias"] + 1e-3
@@ -87,5 +87,5 @@ def test_plain_codebook_file_tokenizes_without_an_encoder(tmp_path):
     data = blobs(seed=2)
     codebooks, codes, _ = residual_kmeans(data, levels=2, codebook_size=5, iterations=5)
     save_codebooks(tmp_path / "cb.safetensors", {"codebooks": codebooks}, mode="rkmeans")
-    tokenizer, _ = Tokenizer.load(tmp_path / "cb.safetensors")
+    tokenizer = Tokenizer.from_parts(Tokenizer.parts(tmp_path / "cb.safetensors"))
     assert tokenizer.encoder is None and torch.equal(tokenizer.codes(data), codes)
