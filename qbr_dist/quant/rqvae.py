@@ -61,7 +61,7 @@ class RQVAE(nn.Module):
                 "commitment": commit, "codes": torch.stack(codes, 1), "inputs": inputs}
 
     @torch.no_grad()
-    def start_codebooks(self, codebooks: torch.Tensor, counts: torch.Tensor, batch_share: torch.Tensor) -> None:
+    def start_codebooks(self, codebooks: torch.Tensor, counts: torch.Tensor, batch_share: float) -> None:
         """Codebooks from k-means; moving counts start at each code's share of a global batch."""
         self.codebooks.copy_(codebooks)
         self.ema_counts.copy_(counts.double() * batch_share)

@@ -248,10 +248,7 @@ class BERT4Rec(nn.Module):
         negative_scores = self.score_given(hidden, negatives).masked_fill(self.excluded[negatives], float("-inf"))
         return sampled_softmax_loss(self.score_own(hidden, targets), negative_scores, targets, negatives, log_kq)
 
-    def tied_parameters(self) -> list[nn.Parameter]:
-        """Parameters used outside their own module's forward (ZeRO-3 must gather them for ours)."""
-        return list(self.tokens.parameters())
-
-    def scoring_parameters(self) -> list[nn.Parameter]:
-        """What the scoring methods read; ZeRO-3 callers gather these around them."""
+    def token_parameters(self) -> list[nn.Parameter]:
+        """The item token tables: the scoring methods read them outside the tokens' own forward, so under
+        ZeRO-3 they are registered as external parameters and gathered around scoring."""
         return list(self.tokens.parameters())

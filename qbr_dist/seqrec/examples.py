@@ -6,8 +6,8 @@ for pretraining until the windows cover the whole part (every item appears in so
 fine-tuning down to the shortest prefix (every `stride`-th item is the newest of some window).
 Evaluation yields, for the users it covers (all for validation; warm or cold test targets for
 "test" and "test_cold"), the history before the target (newest `max_len - 1` items) followed by the
-mask token, and the target; with `history_len` > 0 also the whole history, left-padded to that
-length, for leaving seen items out of the ranking.
+mask token, and the target; with `history_len` > 0 also the history's newest `history_len` items,
+left-padded to that length, for leaving seen items out of the ranking.
 """
 from __future__ import annotations
 

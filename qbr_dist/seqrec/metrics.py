@@ -103,7 +103,7 @@ def evaluate_examples(examples: list[tuple[np.ndarray, int]], scorer, *, num_ite
                       exclude_history: bool, users_per_batch: int = 4096) -> dict[str, float]:
     """Full-ranking metrics of a driver-side model over (history, target) examples, a batch of users
     at a time; `scorer(histories)` returns the `ScoreChunk` of those users."""
-    names, sums = METRIC_NAMES, dict.fromkeys(METRIC_NAMES, 0.0)
+    sums = dict.fromkeys(METRIC_NAMES, 0.0)
     for first in range(0, len(examples), users_per_batch):
         batch = examples[first:first + users_per_batch]
         histories = [history for history, _ in batch]
@@ -115,5 +115,5 @@ def evaluate_examples(examples: list[tuple[np.ndarray, int]], scorer, *, num_ite
                              end_item=num_items + 1, chunk_size=chunk_size, history=history)
         for name, value in metric_sums(ranks).items():
             sums[name] += value
-    return metric_means({name: sums[name] for name in names}, len(examples))
+    return metric_means(sums, len(examples))
 

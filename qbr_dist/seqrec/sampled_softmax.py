@@ -3,8 +3,10 @@ for training over catalogs too large for a full softmax; evaluation still ranks 
 
 Each step draws K negatives with replacement from the smoothed item popularity
 q(i) = (count(i) + 1) / sum_j (count(j) + 1), counts taken from the training parts of the sequences;
-the + 1 lets every item be drawn, cold ones included. All masked positions of the step share the
-draw, which comes from a generator seeded per step, so every rank and a resumed run draw the same.
+the + 1 lets every item be drawn, those without training counts included (items kept out of
+training, the cold items of a cold-item split, are drawn too and then masked out of the loss).
+All masked positions of the step share the draw, which comes from a generator seeded per step,
+so every rank and a resumed run draw the same.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from qbr_dist.quant.codebook import CodebookMismatch
 from qbr_dist.seqrec.bert4rec import BERT4Rec
 from qbr_dist.seqrec.masking import (STRATEGIES, last_item_mask, mix_per_sequence, mixed_mask, multi_region_mask,
                                      random_item_mask, span_mask, tail_mask)
-from qbr_dist.seqrec.metrics import metric_means, metric_sums, target_ranks
+from qbr_dist.seqrec.metrics import METRIC_NAMES, metric_means, metric_sums, target_ranks
 from qbr_dist.seqrec.sampled_softmax import NegativeSampler
 from qbr_dist.seqrec.trained import build_model
 from qbr_dist.train import runtime as rt
@@ -91,7 +91,7 @@ def bert4rec_worker(loop_config: dict) -> None:
     if runtime.zero_stage == 3:
         import deepspeed
 
-        for param in model.tied_parameters():
+        for param in model.token_parameters():
             deepspeed.zero.register_external_parameter(model, param)
     restored = rt.restore_checkpoint(engine, loop_config)
     state = LoopState(**restored) if restored else LoopState(codebook_version=loop_config.get("codebook_version"))
@@ -274,7 +274,7 @@ def _rank_eval_batches(shard, cfg: EvalConfig, *, rank: int, world: int) -> list
 def _evaluate(model: BERT4Rec, batches: list[dict], cfg: EvalConfig, *, device: torch.device) -> dict:
     """Full-ranking metrics over every rank's users (sums all-reduced, then averaged)."""
     model.eval()
-    names = sorted(metric_sums(torch.ones(1)))
+    names = METRIC_NAMES
     totals = dict.fromkeys(names, 0.0)
     users = 0
     for batch in batches:
@@ -285,7 +285,7 @@ def _evaluate(model: BERT4Rec, batches: list[dict], cfg: EvalConfig, *, device: 
         seq, target = rt.on_device(seq, device), rt.on_device(target, device)
         history = None if history is None else rt.on_device(history, device)
         hidden = model.encode(seq)[:, -1]  # under ZeRO-3 the forward hooks gather what it needs
-        with rt.full_parameters(model.scoring_parameters()):
+        with rt.full_parameters(model.token_parameters()):
             ranks = target_ranks(
                 lambda start, end: model.score_items(hidden, start, end), target,
                 first_item=1, end_item=model.num_items + 1, chunk_size=cfg.chunk_size, history=history,
