@@ -145,7 +145,7 @@ def run(items: int, work: Path, *, actors: int = 2, kill_after_s: float = 2.0) -
     codebooks, _, _ = residual_kmeans(torch.from_numpy(sample), levels=2, codebook_size=64, iterations=5)
     save_codebooks(work / "codebooks.safetensors", {"codebooks": codebooks})
     retok = _killed_job("Retokenizer", kill_after_s, lambda: retokenize(
-        features, "text_emb", work / "codebooks.safetensors", work / "retokenize", previous=None,
+        features, "text_emb", work / "codebooks.safetensors", work / "retokenize", previous=[],
         batch_size=256, actors=actors))
     retok["items"] = exactly_once(_column([work / "retokenize" / CODES], "item_id"), catalog)
     return {"items": items, "actors": actors, "synth_seconds": data["seconds"], "encode": encode, "retokenize": retok}

@@ -106,7 +106,7 @@ def run_one(folder: Path, actors: int) -> dict:
     try:
         with WorkerMemory() as workers:
             summary = retokenize(sorted(folder.glob("vectors-*.parquet")), "vector", folder / "codebooks.safetensors",
-                                 folder / "out", previous=None, batch_size=4096, actors=actors)
+                                 folder / "out", previous=[], batch_size=4096, actors=actors)
     finally:
         ray.shutdown()
     return summary | {"driver_peak_rss_mb": peak_rss_mb(), "worker_peak_rss_mb": round(workers.peak_mb, 1)}

@@ -91,11 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "through the run's fusion model (quant.input = 'fused'; items without a trained ID vector "
                     "take the content-predicted query) or its quant.input column, then the fitted quantizer, "
                     "on Ray Data actors, and write <run>/retokenize/codes.parquet. Suffixes of items already "
-                    "in the quantize stage's codes are kept; new items are appended.",
+                    "in the quantize stage's codes (and in --keep-suffixes) are kept; new items are appended.",
     )
     _config_args(retokenize)
     retokenize.add_argument("--features", type=Path,
                             help="parquet file or folder to retokenize (default: the run's own vectors)")
+    retokenize.add_argument("--keep-suffixes", type=Path, metavar="CODES",
+                            help="an earlier retokenization's codes.parquet (same codebook, e.g. a copy of "
+                                 "<run>/retokenize/codes.parquet) whose items keep their suffixes too")
 
     inspect = commands.add_parser("inspect", help="look into a finished run", description="Look into a finished run.")
     inspect_commands = inspect.add_subparsers(dest="inspect_command", required=True)
@@ -173,7 +176,7 @@ def _dispatch(args) -> int:
         if args.command == "quantize":
             print(dirs["quantize"])
             return 0
-        print(pipeline.retokenize(cfg, root, args.features or dirs["encode"], dirs))
+        print(pipeline.retokenize(cfg, root, args.features or dirs["encode"], dirs, keep_suffixes=args.keep_suffixes))
         return 0
     if args.command in ("shards", "encode"):
         root = pipeline.run_dir(cfg)

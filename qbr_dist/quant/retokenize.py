@@ -10,7 +10,7 @@ gets its query from the content head. Each actor call writes one staging parquet
 and returns a receipt naming it; the driver counts items from the receipts as they stream in (so
 `qbr_retokenized_items_total` is exact and live however briefly the actors live) and stages only
 receipted files (a call cut short by a killed actor leaves at most an unlisted file, and Ray Data
-runs it again). The driver then streams the staged rows, and the previous codes file made with
+runs it again). The driver then streams the staged rows, and the earlier codes files made with
 the same codebook (whose suffixes are kept: suffixes are only ever appended), into one file per
 bucket and works a bucket at a time. Items that share a code tuple share a bucket, so each
 bucket gets its suffixes alone; a repeated item id lands twice in one id bucket. The codes
@@ -97,12 +97,14 @@ class Retokenizer:
         return column_matrix(values), np.ones(batch.num_rows, bool)
 
 
-def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Path, *, previous: Path | None,
+def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Path, *, previous: list[Path],
                fusion: FusionInputs | None = None, batch_size: int = 4096, actors: int = 1,
                cpus_per_actor: float = 0.5, chunk_size: int = 65536, bucket_rows: int = 250_000,
                metrics: Endpoint | None = None) -> dict:
     """Write `out_dir/codes.parquet` for every row of `files` (their `column`, or their features
-    through `fusion`); returns counts and throughput. Items are counted for `metrics.run` as they are coded."""
+    through `fusion`), keeping the suffixes of the `previous` codes files made with the same codebook (the
+    first file's where they differ); returns counts and throughput. Items are counted for `metrics.run` as
+    they are coded."""
     tokenizer = Tokenizer.parts(codebooks_file)
     version = tokenizer["version"]
     started = time.perf_counter()
@@ -116,7 +118,7 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
                                             cpus_per_actor=cpus_per_actor, chunk_size=chunk_size,
                                             run=metrics.run if metrics else "")
     encoded_s = time.perf_counter() - started
-    counts = assign_in_buckets(staged, _previous_file(previous, version), Path(out_dir) / CODES, version, buckets,
+    counts = assign_in_buckets(staged, _same_codebook(previous, version), Path(out_dir) / CODES, version, buckets,
                                work=staging, source=_source(files))
     counts |= {"content_queries": content_queries, "actors_busy": busy}
     shutil.rmtree(staging)
@@ -174,7 +176,7 @@ def _fusion_inputs(files: list[Path], fusion: FusionInputs, *, partitions: int):
     return joined
 
 
-def assign_in_buckets(staged: list[Path], previous: Path | None, path: Path, version: str, buckets: int, *,
+def assign_in_buckets(staged: list[Path], previous: list[Path], path: Path, version: str, buckets: int, *,
                       work: Path, source: str) -> dict:
     """Suffixes for the staged rows (`with_buckets` columns), a bucket at a time, into the codes file at `path`."""
     items, ids, earlier, suffixed = (BucketFiles(work / name, buckets) for name in ("items", "ids", "previous",
@@ -185,7 +187,7 @@ def assign_in_buckets(staged: list[Path], previous: Path | None, path: Path, ver
             ids.add(batch.select(["item_id"]), batch.column("id_bucket").to_numpy())
     _refuse_duplicates(ids, source)
     with earlier:
-        for batch in _batches([previous] if previous else [], ["item_id", "codes"]):
+        for batch in _batches(previous, ["item_id", "codes"]):
             earlier.add(batch, code_buckets(column_matrix(batch.column("codes"), np.int64)[:, :-1], buckets))
     counts = _suffix_buckets(items, earlier, suffixed)
     with codes_writer(path, version, counts["suffix_table_size"]) as write:
@@ -241,9 +243,9 @@ def _refuse_duplicates(ids: BucketFiles, source: str) -> None:
                              f"{repeated.field('counts')[0].as_py()} times; every item must appear once")
 
 
-def _previous_file(path: Path | None, version: str) -> Path | None:
-    """The earlier assignment to keep suffixes from: only one made with this same codebook."""
-    return Path(path) if path is not None and Path(path).is_file() and codes_version(path) == version else None
+def _same_codebook(paths: list[Path], version: str) -> list[Path]:
+    """The earlier assignments to keep suffixes from: only those made with this same codebook."""
+    return [Path(path) for path in paths if Path(path).is_file() and codes_version(path) == version]
 
 
 def _previous(table: pa.Table | None) -> Previous | None:

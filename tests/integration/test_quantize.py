@@ -108,7 +108,7 @@ def test_retokenize_reproduces_the_codes_and_only_appends_suffixes(tmp_path, enc
     pq.write_table(pa.concat_tables(pq.read_table(f) for f in sorted(encode_dir.glob("*.parquet"))), one_file)
     monkeypatch.setattr(ray.data.DataContext.get_current(), "wait_for_min_actors_s", 120)
     twice = tmp_path / "twice"
-    summary = retokenize_job([one_file], "text_emb", quantized / CODEBOOKS, twice, previous=None, batch_size=50,
+    summary = retokenize_job([one_file], "text_emb", quantized / CODEBOOKS, twice, previous=[], batch_size=50,
                              actors=2, bucket_rows=64)
     assert summary["actors_busy"] == 2
     assert sorted(read_codes(twice / CODES).to_pylist(), key=lambda r: r["item_id"]) == sorted(

@@ -1,6 +1,7 @@
 """Driver-side stages without Ray: ingest and popularity, their manifests and skipping."""
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -118,3 +119,15 @@ def test_a_run_directory_in_use_stops_a_second_run_before_any_stage(tmp_path, in
         with pytest.raises(RuntimeError, match="this run directory is in use by pid"):
             pipeline.run_pipeline(cfg)
     assert not (pipeline.run_dir(cfg) / "ingest").exists()
+
+
+def test_suffixes_are_kept_only_from_codes_of_the_same_codebook(tmp_path):
+    from qbr_dist.quant.codes import write_codes
+
+    codes = tmp_path / "codes.parquet"
+    write_codes(codes, np.array(["a"]), np.ones((1, 2), np.int64), np.array([0]), "v1")
+    pipeline._same_codebook_codes(codes, "v1")
+    with pytest.raises(ValueError, match="codes.parquet: codes of codebook v1, but the run's codebook is v2"):
+        pipeline._same_codebook_codes(codes, "v2")
+    with pytest.raises(FileNotFoundError, match="no codes file to keep suffixes from"):
+        pipeline._same_codebook_codes(tmp_path / "gone.parquet", "v1")

@@ -127,7 +127,7 @@ def test_the_bucketed_suffix_pass_gives_the_single_pass_assignment(tmp_path):
     staged = staged_table(ids, codes, buckets)
     assert len(set(staged.column("bucket").to_pylist())) == buckets
     pq.write_table(staged, tmp_path / "staged.parquet", row_group_size=500)
-    counts = assign_in_buckets([tmp_path / "staged.parquet"], tmp_path / "previous.parquet", tmp_path / "codes.parquet",
+    counts = assign_in_buckets([tmp_path / "staged.parquet"], [tmp_path / "previous.parquet"], tmp_path / "codes.parquet",
                                "v1", buckets, work=tmp_path / "work", source="features")
 
     table = read_codes(tmp_path / "codes.parquet", expected_version="v1")
@@ -138,9 +138,31 @@ def test_the_bucketed_suffix_pass_gives_the_single_pass_assignment(tmp_path):
 
     shuffled = staged.take(pa.array(rng.permutation(n)))  # the Ray Data job's rows come in no fixed order
     pq.write_table(shuffled, tmp_path / "shuffled.parquet", row_group_size=500)
-    assign_in_buckets([tmp_path / "shuffled.parquet"], tmp_path / "previous.parquet", tmp_path / "again.parquet",
+    assign_in_buckets([tmp_path / "shuffled.parquet"], [tmp_path / "previous.parquet"], tmp_path / "again.parquet",
                       "v1", buckets, work=tmp_path / "work-again", source="features")
     assert (tmp_path / "again.parquet").read_bytes() == (tmp_path / "codes.parquet").read_bytes()
+
+
+def test_suffixes_of_an_earlier_retokenization_are_kept_across_runs(tmp_path):
+    """Quantize coded a (tuple 1); a first retokenization added n5; a second adds n0, which sorts before n5.
+    Given the first's codes to keep, n5 keeps its suffix; from the quantize codes alone it would move."""
+    import pyarrow.parquet as pq
+
+    from qbr_dist.quant.codes import read_codes, write_codes
+    from qbr_dist.quant.retokenize import assign_in_buckets
+
+    def run(ids, previous, name):
+        pq.write_table(staged_table(np.array(ids), np.ones((len(ids), 2), np.int64), 4), tmp_path / f"{name}.staged")
+        assign_in_buckets([tmp_path / f"{name}.staged"], previous, tmp_path / f"{name}.parquet", "v1", 4,
+                          work=tmp_path / f"{name}-work", source="features")
+        table = read_codes(tmp_path / f"{name}.parquet", expected_version="v1")
+        return dict(zip(table.column("item_id").to_pylist(), (c[-1] for c in table.column("codes").to_pylist())))
+
+    write_codes(tmp_path / "quantize.parquet", np.array(["a"]), np.ones((1, 2), np.int64), np.array([0]), "v1")
+    quantize = tmp_path / "quantize.parquet"
+    assert run(["a", "n5"], [quantize], "first") == {"a": 0, "n5": 1}
+    assert run(["a", "n0", "n5"], [quantize], "alone") == {"a": 0, "n0": 1, "n5": 2}
+    assert run(["a", "n0", "n5"], [tmp_path / "first.parquet", quantize], "kept") == {"a": 0, "n0": 2, "n5": 1}
 
 
 def test_an_item_id_repeated_in_two_buckets_is_refused(tmp_path):
@@ -154,7 +176,7 @@ def test_an_item_id_repeated_in_two_buckets_is_refused(tmp_path):
     assert bucket[7] != bucket[19]  # the two rows of "i7" have their codes in different buckets
     pq.write_table(staged, tmp_path / "staged.parquet")
     with pytest.raises(ValueError, match="^features: item id 'i7' appears 2 times; every item must appear once$"):
-        assign_in_buckets([tmp_path / "staged.parquet"], None, tmp_path / "codes.parquet", "v1", 8,
+        assign_in_buckets([tmp_path / "staged.parquet"], [], tmp_path / "codes.parquet", "v1", 8,
                           work=tmp_path / "work", source="features")
     assert not (tmp_path / "codes.parquet").exists()
 
