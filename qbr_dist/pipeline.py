@@ -569,8 +569,12 @@ def _same_codebook_codes(path: Path, version: str) -> None:
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no codes file to keep suffixes from")
-    if codes_version(path) != version:
-        raise ValueError(f"{path}: codes of codebook {codes_version(path)}, but the run's codebook is {version}; "
+    try:
+        found = codes_version(path)
+    except pa.ArrowInvalid as error:
+        raise ValueError(f"{path}: not a parquet codes file ({error})") from None
+    if found != version:
+        raise ValueError(f"{path}: codes of codebook {found or '(none)'}, but the run's codebook is {version}; "
                          "suffixes can only be kept from codes of the same codebook")
 
 

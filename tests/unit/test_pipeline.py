@@ -131,3 +131,9 @@ def test_suffixes_are_kept_only_from_codes_of_the_same_codebook(tmp_path):
         pipeline._same_codebook_codes(codes, "v2")
     with pytest.raises(FileNotFoundError, match="no codes file to keep suffixes from"):
         pipeline._same_codebook_codes(tmp_path / "gone.parquet", "v1")
+    (tmp_path / "codebooks.safetensors").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="codebooks.safetensors: not a parquet codes file"):
+        pipeline._same_codebook_codes(tmp_path / "codebooks.safetensors", "v1")
+    pq.write_table(pa.table({"item_id": ["a"]}), tmp_path / "items.parquet")
+    with pytest.raises(ValueError, match="items.parquet: codes of codebook [(]none[)], but"):
+        pipeline._same_codebook_codes(tmp_path / "items.parquet", "v1")
