@@ -43,26 +43,39 @@ def row_count(files: list[Path]) -> int:
 
 
 def read_rows(files: list[Path], column: str, start: int, stop: int) -> tuple[list[str], torch.Tensor]:
-    """Rows [start, stop) of the files taken as one table: (item ids, float32 vectors); nulls are refused."""
-    ids, vectors, seen = [], [], 0
-    for path in files:
-        handle = pq.ParquetFile(path)
-        rows = handle.metadata.num_rows
-        if seen + rows > start and seen < stop:
-            for batch in handle.iter_batches(columns=["item_id", column]):
-                lo, hi = max(start - seen, 0), min(stop - seen, batch.num_rows)
-                if lo < hi:
-                    part = batch.slice(lo, hi - lo)
-                    values = part.column(1)
-                    if values.null_count:
-                        raise ValueError(f"{path}: column '{column}' has nulls (items without that feature); "
-                                         "quantize a column every item has")
-                    ids += part.column(0).to_pylist()
-                    vectors.append(column_matrix(values))
-                seen += batch.num_rows
-        else:
-            seen += rows
+    """Rows [start, stop) of the files taken as one table: (item ids, float32 vectors); nulls are refused.
+    Only the row groups that hold some of those rows are read, so each rank reads its own share."""
+    ids, vectors = [], []
+    for path, first, batch in _batches_in_range(files, ["item_id", column], start, stop):
+        lo, hi = max(start - first, 0), min(stop - first, batch.num_rows)
+        if lo < hi:
+            part = batch.slice(lo, hi - lo)
+            values = part.column(1)
+            if values.null_count:
+                raise ValueError(f"{path}: column '{column}' has nulls (items without that feature); "
+                                 "quantize a column every item has")
+            ids += part.column(0).to_pylist()
+            vectors.append(column_matrix(values))
     return ids, torch.from_numpy(np.concatenate(vectors)) if vectors else torch.zeros(0, 0)
+
+
+def _batches_in_range(files: list[Path], columns: list[str], start: int, stop: int):
+    """(file, global index of the batch's first row, batch) over the row groups that overlap rows [start, stop)."""
+    seen = 0
+    for path in files:
+        if seen >= stop:
+            return
+        handle = pq.ParquetFile(path)
+        groups, first = [], None
+        for group in range(handle.num_row_groups):
+            rows = handle.metadata.row_group(group).num_rows
+            if seen < stop and seen + rows > start:
+                groups.append(group)
+                first = seen if first is None else first
+            seen += rows
+        for batch in handle.iter_batches(row_groups=groups, columns=columns) if groups else ():
+            yield path, first, batch
+            first += batch.num_rows
 
 
 @dataclass

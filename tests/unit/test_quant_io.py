@@ -25,7 +25,7 @@ def vector_files(tmp_path, sizes=(5, 3, 4), dim=2):
     return files
 
 
-@pytest.mark.parametrize("start,stop", [(0, 12), (3, 9), (5, 8), (11, 12), (4, 4)])
+@pytest.mark.parametrize("start,stop", [(0, 12), (3, 9), (5, 8), (11, 12), (4, 4), (1, 2), (2, 4), (6, 7)])
 def test_read_rows_takes_a_global_range_across_files_and_row_groups(tmp_path, start, stop):
     files = vector_files(tmp_path)
     assert row_count(files) == 12
@@ -33,6 +33,19 @@ def test_read_rows_takes_a_global_range_across_files_and_row_groups(tmp_path, st
     assert ids == [f"i{i}" for i in range(start, stop)]
     if stop > start:
         assert vectors[:, 0].tolist() == [2.0 * i for i in range(start, stop)]
+
+
+def test_read_rows_reads_only_the_row_groups_of_its_range(tmp_path, monkeypatch):
+    files = vector_files(tmp_path)  # rows 0-4, 5-7 and 8-11, in row groups of 2
+    asked, iter_batches = [], pq.ParquetFile.iter_batches
+
+    def spy(handle, *args, row_groups=None, **kwargs):
+        asked.append(row_groups)
+        return iter_batches(handle, *args, row_groups=row_groups, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    assert read_rows(files, "v", 6, 7)[0] == ["i6"]
+    assert asked == [[0]]  # the second file's first row group (rows 5 and 6); the first file and the third unread
 
 
 def test_read_rows_refuses_null_vectors(tmp_path):
