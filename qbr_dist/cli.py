@@ -96,9 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(retokenize)
     retokenize.add_argument("--features", type=Path,
                             help="parquet file or folder to retokenize (default: the run's own vectors)")
-    retokenize.add_argument("--keep-suffixes", type=Path, metavar="CODES",
-                            help="an earlier retokenization's codes.parquet (same codebook, e.g. a copy of "
-                                 "<run>/retokenize/codes.parquet) whose items keep their suffixes too")
+    retokenize.add_argument("--keep-suffixes", type=Path, metavar="CODES", action="append", default=[],
+                            help="an earlier retokenization's codes.parquet (same codebook; repeatable, the "
+                                 "first file's where they differ) whose items keep their suffixes and whose "
+                                 "semantic IDs are never given to another item; <run>/retokenize/codes.parquet "
+                                 "itself works (the stage key then changes with it, so the next run reruns)")
 
     inspect = commands.add_parser("inspect", help="look into a finished run", description="Look into a finished run.")
     inspect_commands = inspect.add_subparsers(dest="inspect_command", required=True)
@@ -171,6 +173,8 @@ def _dispatch(args) -> int:
     if args.command in ("quantize", "retokenize", "shards", "encode"):
         pipeline.serve_driver(cfg)
     if args.command in ("quantize", "retokenize"):
+        if args.command == "retokenize":
+            pipeline.check_keep_files(args.keep_suffixes)  # before any tokenizer stage runs
         root = pipeline.run_dir(cfg)
         dirs = pipeline.tokenize(cfg, root)
         if args.command == "quantize":

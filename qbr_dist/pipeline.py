@@ -521,11 +521,11 @@ def _record_tokenizer(cfg: Config, quantize_dir: Path) -> None:
 
 
 def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *,
-               keep_suffixes: Path | None = None) -> Path:
+               keep_suffixes: list[Path] = ()) -> Path:
     """Codes for every row of a feature table (a parquet file or a folder of them) with the run's
-    codebook, suffixes kept from the quantize stage's codes, and first from `keep_suffixes` (an earlier
-    retokenization's codes, same codebook) when given; in <run>/retokenize/. With quant.input = 'fused'
-    the rows are item features (the encode format), fused first."""
+    codebook, suffixes kept from the quantize stage's codes and from `keep_suffixes` (earlier
+    retokenizations' codes, same codebook; the first file's where they differ); in <run>/retokenize/.
+    With quant.input = 'fused' the rows are item features (the encode format), fused first."""
     from qbr_dist.fusion.export import MODEL
     from qbr_dist.quant import CODEBOOKS, CODES
     from qbr_dist.quant.codebook import load_codebooks
@@ -539,9 +539,9 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
     _, version, _ = load_codebooks(quantize_dir / CODEBOOKS)
     fusion = None
     inputs = {"codebook": version, "features": {f.name: artifacts.file_fingerprint(f) for f in files}}
-    if keep_suffixes is not None:
-        _same_codebook_codes(keep_suffixes, version)
-        inputs["keep_suffixes"] = artifacts.file_fingerprint(keep_suffixes)
+    if keep_suffixes:
+        check_keep_files(keep_suffixes, version)
+        inputs["keep_suffixes"] = [artifacts.file_fingerprint(path) for path in keep_suffixes]
     if cfg.quant.input == "fused":
         fusion = FusionInputs(model=dirs["fusion"] / MODEL, id_vectors=feature_files(dirs["fusion"]),
                               structure=dirs["structure"] / STRUCTURE)
@@ -552,7 +552,7 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
         return stage_dir
     start_ray(cfg, reads={f"the features {f.name}": f for f in files})
     summary = retokenize_job(files, cfg.quant.input, quantize_dir / CODEBOOKS, stage_dir,
-                             previous=[keep_suffixes] * (keep_suffixes is not None) + [quantize_dir / CODES],
+                             previous=[*keep_suffixes, quantize_dir / CODES],
                              fusion=fusion, batch_size=cfg.quant.retokenize_batch_size,
                              actors=cfg.quant.retokenize_actors, cpus_per_actor=cfg.quant.retokenize_cpus_per_actor,
                              chunk_size=cfg.quant.chunk_size, metrics=obs_serve.endpoint(cfg))
@@ -563,19 +563,21 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
     return stage_dir
 
 
-def _same_codebook_codes(path: Path, version: str) -> None:
-    """Refuse a codes file to keep suffixes from that is missing or was made with another codebook."""
+def check_keep_files(paths: list[Path], version: str | None = None) -> None:
+    """Refuse codes files to keep suffixes from that are missing, not parquet, or (given the run's codebook
+    `version`) made with another codebook: one line naming the file."""
     from qbr_dist.quant.codes import codes_version
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no codes file to keep suffixes from")
-    try:
-        found = codes_version(path)
-    except pa.ArrowInvalid as error:
-        raise ValueError(f"{path}: not a parquet codes file ({error})") from None
-    if found != version:
-        raise ValueError(f"{path}: codes of codebook {found or '(none)'}, but the run's codebook is {version}; "
-                         "suffixes can only be kept from codes of the same codebook")
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no codes file to keep suffixes from")
+        try:
+            found = codes_version(path)
+        except pa.ArrowInvalid as error:
+            raise ValueError(f"{path}: not a parquet codes file ({error})") from None
+        if version is not None and found != version:
+            raise ValueError(f"{path}: codes of codebook {found or '(none)'}, but the run's codebook is {version}; "
+                             "suffixes can only be kept from codes of the same codebook")
 
 
 def _fetch_catalog_images(cfg: Config, catalog: Path, quarantine: Quarantine) -> None:

@@ -3,7 +3,7 @@
 Within a tuple, suffixes are 0, 1, 2, ... in item-id order. They are only ever appended: given
 the previous assignment (item id -> codes and suffix), an item whose codes did not change keeps
 its suffix, and new items (or items whose codes changed) take the suffixes after every one their
-tuple had in the previous assignment, so no earlier semantic ID is given to another item, whether
+tuple has in the previous assignment, so none of its semantic IDs is given to another item, whether
 or not its item is in the table (a table of new items only, an item that left the catalog).
 """
 from __future__ import annotations
@@ -51,20 +51,23 @@ def collision_rate(codes: np.ndarray) -> float:
 
 
 def assign_suffixes(item_ids, codes: np.ndarray, previous: Previous | None = None) -> np.ndarray:
-    """(n,) suffix per item so that (codes, suffix) is unique; keeps `previous` suffixes where codes match."""
+    """(n,) suffix per item so that (codes, suffix) is unique; keeps `previous` suffixes where codes match
+    (`previous` may list an item more than once, from several earlier files: its first row with the item's
+    current codes counts)."""
     ids, codes = as_ids(item_ids), np.asarray(codes)
     if pc.count_distinct(ids).as_py() != len(ids):
         raise ValueError("semantic IDs: duplicate item ids in the table to tokenize")
-    earlier = previous is not None and len(previous.item_ids)
+    earlier = previous is not None and len(previous.item_ids) > 0
     # Tuples of this table and of the previous assignment in one numbering: a tuple's next free suffix comes
-    # after every suffix it ever had, including those of items not in this table (left, or not given again).
+    # after every suffix it had there, including those of items not in this table (left, or not given again).
     groups, _ = tuple_groups(np.vstack([codes, previous.codes]) if earlier else codes)
     group = groups[:len(ids)]
     next_free = np.zeros(groups.max(initial=-1) + 1, dtype=np.int64)
     suffixes = np.full(len(ids), -1, dtype=np.int64)
     if earlier:
-        np.maximum.at(next_free, groups[len(ids):], np.asarray(previous.suffixes, dtype=np.int64) + 1)
-        suffixes = _kept_suffixes(ids, codes, previous)
+        previous_groups, previous_suffixes = groups[len(ids):], np.asarray(previous.suffixes, dtype=np.int64)
+        np.maximum.at(next_free, previous_groups, previous_suffixes + 1)
+        suffixes = _kept_suffixes(ids, group, as_ids(previous.item_ids), previous_groups, previous_suffixes)
     new = np.flatnonzero(suffixes < 0)
     by_group_then_id = pa.table({"group": group[new], "id": ids.take(pa.array(new))})
     order = new[pc.sort_indices(by_group_then_id, sort_keys=[("group", "ascending"), ("id", "ascending")]).to_numpy()]
@@ -76,10 +79,22 @@ def assign_suffixes(item_ids, codes: np.ndarray, previous: Previous | None = Non
     return suffixes
 
 
-def _kept_suffixes(ids: pa.Array, codes: np.ndarray, previous: Previous) -> np.ndarray:
-    """The previous suffix of each item whose codes are unchanged, else -1."""
-    found = pc.index_in(ids, value_set=as_ids(previous.item_ids)).fill_null(-1).to_numpy().astype(np.int64)
-    same = found >= 0
-    same[same] = (np.asarray(previous.codes)[found[same]] == codes[same]).all(1)
-    return np.where(same, np.asarray(previous.suffixes)[np.maximum(found, 0)], -1)
+def _kept_suffixes(ids: pa.Array, group: np.ndarray, previous_ids: pa.Array, previous_groups: np.ndarray,
+                   previous_suffixes: np.ndarray) -> np.ndarray:
+    """The previous suffix of each item whose codes are unchanged (its first previous row with the same tuple),
+    else -1; where two kept items would share a semantic ID (earlier files that disagree), only the first in
+    table order keeps it."""
+    found = pc.index_in(_item_and_tuple(ids, group),
+                        value_set=_item_and_tuple(previous_ids, previous_groups)).fill_null(-1).to_numpy()
+    suffixes = np.where(found >= 0, previous_suffixes[np.maximum(found, 0)], -1)
+    kept = np.flatnonzero(suffixes >= 0)
+    _, first = np.unique(np.stack([group[kept], suffixes[kept]], axis=1), axis=0, return_index=True)
+    repeated = np.ones(len(kept), dtype=bool)
+    repeated[first] = False
+    suffixes[kept[repeated]] = -1
+    return suffixes
 
+
+def _item_and_tuple(ids: pa.Array, group: np.ndarray) -> pa.Array:
+    """One string per (item id, tuple number); the number after the last separator keeps it unambiguous."""
+    return pc.binary_join_element_wise(ids, pc.cast(pa.array(group), pa.string()), "\x1f")

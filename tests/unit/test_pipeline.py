@@ -126,14 +126,14 @@ def test_suffixes_are_kept_only_from_codes_of_the_same_codebook(tmp_path):
 
     codes = tmp_path / "codes.parquet"
     write_codes(codes, np.array(["a"]), np.ones((1, 2), np.int64), np.array([0]), "v1")
-    pipeline._same_codebook_codes(codes, "v1")
+    pipeline.check_keep_files([codes], "v1")
     with pytest.raises(ValueError, match="codes.parquet: codes of codebook v1, but the run's codebook is v2"):
-        pipeline._same_codebook_codes(codes, "v2")
-    with pytest.raises(FileNotFoundError, match="no codes file to keep suffixes from"):
-        pipeline._same_codebook_codes(tmp_path / "gone.parquet", "v1")
+        pipeline.check_keep_files([codes], "v2")
+    with pytest.raises(FileNotFoundError, match="gone.parquet: no codes file to keep suffixes from"):
+        pipeline.check_keep_files([codes, tmp_path / "gone.parquet"])
     (tmp_path / "codebooks.safetensors").write_bytes(b"not parquet")
     with pytest.raises(ValueError, match="codebooks.safetensors: not a parquet codes file"):
-        pipeline._same_codebook_codes(tmp_path / "codebooks.safetensors", "v1")
+        pipeline.check_keep_files([tmp_path / "codebooks.safetensors"])
     pq.write_table(pa.table({"item_id": ["a"]}), tmp_path / "items.parquet")
     with pytest.raises(ValueError, match="items.parquet: codes of codebook [(]none[)], but"):
-        pipeline._same_codebook_codes(tmp_path / "items.parquet", "v1")
+        pipeline.check_keep_files([tmp_path / "items.parquet"], "v1")

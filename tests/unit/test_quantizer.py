@@ -81,6 +81,17 @@ def test_new_items_never_take_a_suffix_their_tuple_had_before():
     assert assign_suffixes(np.array(["z"]), np.array([[7]]), previous).tolist() == [0]  # a tuple never seen
 
 
+def test_earlier_files_that_disagree_never_give_two_items_one_semantic_id():
+    """Two earlier files, concatenated first file first: one gave "n" the ID "a" holds in the other."""
+    previous = Previous(np.array(["n", "a"]), np.array([[1], [1]]), np.array([0, 0]))
+    assert assign_suffixes(np.array(["a", "n"]), np.array([[1], [1]]), previous).tolist() == [0, 1]
+
+
+def test_an_item_keeps_the_suffix_of_its_current_tuple_whichever_file_lists_it_first():
+    previous = Previous(np.array(["x", "x", "y"]), np.array([[2], [1], [1]]), np.array([0, 0, 1]))
+    assert assign_suffixes(np.array(["x", "y"]), np.array([[1], [1]]), previous).tolist() == [0, 1]
+
+
 def test_duplicate_item_ids_are_refused():
     with pytest.raises(ValueError, match="duplicate item ids"):
         assign_suffixes(np.array(["a", "a"]), np.array([[1], [2]]))
@@ -163,6 +174,10 @@ def test_suffixes_of_an_earlier_retokenization_are_kept_across_runs(tmp_path):
     assert run(["a", "n5"], [quantize], "first") == {"a": 0, "n5": 1}
     assert run(["a", "n0", "n5"], [quantize], "alone") == {"a": 0, "n0": 1, "n5": 2}
     assert run(["a", "n0", "n5"], [tmp_path / "first.parquet", quantize], "kept") == {"a": 0, "n0": 2, "n5": 1}
+    # n0 and n5 leave; a later item gets none of the IDs of the files given, however many runs back
+    assert run(["a"], [tmp_path / "kept.parquet", quantize], "left") == {"a": 0}
+    later = run(["a", "z"], [tmp_path / "left.parquet", tmp_path / "kept.parquet", quantize], "later")
+    assert later == {"a": 0, "z": 3}
 
 
 def test_an_item_id_repeated_in_two_buckets_is_refused(tmp_path):
