@@ -28,7 +28,6 @@ from qbr_dist.train import collective
 
 CHECKPOINT_TAG = "state"
 CHECKPOINT_ROOT = "checkpoint_root"  # loop-config key: the only folder this run's workers restore from
-QUIET_STATE_API_HOOK = "qbr_dist.train.ray_logs.quiet_state_api_warnings"  # by path: workers import only that
 
 
 class ForeignCheckpoint(RuntimeError):
@@ -52,7 +51,6 @@ def start_ray(runtime: RuntimeConfig) -> None:
         include_dashboard=runtime.dashboard,
         dashboard_host="127.0.0.1",
         log_to_driver=True,
-        runtime_env=None if runtime.dashboard else {"worker_process_setup_hook": QUIET_STATE_API_HOOK},
     )
 
 
