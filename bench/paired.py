@@ -26,7 +26,7 @@ from common import machine, model_ranks, result_path, write_result
 
 from qbr_dist import artifacts, pipeline
 from qbr_dist.seqrec.examples import evaluation_examples
-from qbr_dist.seqrec.metrics import paired_bootstrap, target_ranks, user_metrics
+from qbr_dist.seqrec.metrics import example_ranks, paired_bootstrap, user_metrics
 from qbr_dist.seqrec.trained import load_trained
 
 CRITERION = 1.10  # qbert4rec's mean test NDCG@10 against bert4rec's, in the Q-BERT issue
@@ -80,9 +80,8 @@ def _ranker(run: Path, model: str, chunk_size: int):
         trained = load_trained(run / model, run / "ingest" / pipeline.COLD)[0]
         return lambda examples: model_ranks(trained, examples, chunk_size)
     scorer, items = pipeline.content_knn_model(run / "ingest", run / "encode"), pipeline.num_items(run / "ingest")
-    return lambda examples: target_ranks(scorer([history for history, _ in examples]),
-                                         torch.tensor([target for _, target in examples]), first_item=1,
-                                         end_item=items + 1, chunk_size=chunk_size)
+    return lambda examples: torch.cat(list(example_ranks(examples, scorer, num_items=items, chunk_size=chunk_size,
+                                                         exclude_history=False)))
 
 
 def check_runs(runs: list[Path]) -> None:

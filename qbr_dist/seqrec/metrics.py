@@ -6,7 +6,7 @@ so a diverged model ranks every target last instead of first.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -101,9 +101,19 @@ def metric_means(sums: dict[str, float], users: int) -> dict[str, float]:
 
 def evaluate_examples(examples: list[tuple[np.ndarray, int]], scorer, *, num_items: int, chunk_size: int,
                       exclude_history: bool, users_per_batch: int = 4096) -> dict[str, float]:
-    """Full-ranking metrics of a driver-side model over (history, target) examples, a batch of users
-    at a time; `scorer(histories)` returns the `ScoreChunk` of those users."""
+    """Full-ranking metrics of a driver-side model over (history, target) examples (`example_ranks`)."""
     sums = dict.fromkeys(METRIC_NAMES, 0.0)
+    for ranks in example_ranks(examples, scorer, num_items=num_items, chunk_size=chunk_size,
+                               exclude_history=exclude_history, users_per_batch=users_per_batch):
+        for name, value in metric_sums(ranks).items():
+            sums[name] += value
+    return metric_means(sums, len(examples))
+
+
+def example_ranks(examples: list[tuple[np.ndarray, int]], scorer, *, num_items: int, chunk_size: int,
+                  exclude_history: bool, users_per_batch: int = 4096) -> Iterator[torch.Tensor]:
+    """Target ranks of a driver-side model over (history, target) examples, one tensor per batch of users;
+    `scorer(histories)` returns the `ScoreChunk` of those users."""
     for first in range(0, len(examples), users_per_batch):
         batch = examples[first:first + users_per_batch]
         histories = [history for history, _ in batch]
@@ -111,9 +121,6 @@ def evaluate_examples(examples: list[tuple[np.ndarray, int]], scorer, *, num_ite
         if exclude_history:
             longest = max(len(h) for h in histories)
             history = torch.from_numpy(np.stack([left_pad(h, longest) for h in histories]))
-        ranks = target_ranks(scorer(histories), torch.tensor([target for _, target in batch]), first_item=1,
-                             end_item=num_items + 1, chunk_size=chunk_size, history=history)
-        for name, value in metric_sums(ranks).items():
-            sums[name] += value
-    return metric_means(sums, len(examples))
+        yield target_ranks(scorer(histories), torch.tensor([target for _, target in batch]), first_item=1,
+                           end_item=num_items + 1, chunk_size=chunk_size, history=history)
 
