@@ -12,6 +12,10 @@ For each catalog size N:
    encoded, scored against the whole catalog `eval.chunk_size` items at a time (`score_items`, which
    composes each chunk's item vectors from the code tables, as evaluation does) and reduced to a running
    top 10. Reported: seconds per 1,000 users (encoding and ranking apart too) and that process's peak RSS.
+   Then the same again (another fresh process) with a cold-item split: a random `COLD_FRACTION` of the
+   items (the demo config's `data.cold_fraction`) is left out of training, so their ID part comes from
+   the mean of the trained items sharing their longest code prefix (`PrefixBackoff`), as a cold-split
+   evaluation scores them; the ratio of the two times is that back-off's cost.
 2. Retokenization: bench/retokenize.py's `run` (random 384-d vectors, a 3 x 256 residual codebook,
    `qbr retokenize`'s job on an embedded Ray with 2 actors in a fresh process): items/s, the driver's
    peak RSS and the largest Ray worker RSS.
@@ -45,9 +49,11 @@ from qbr_dist.seqrec.trained import build_model
 WORK = BENCH / ".work" / "scaling"
 CONFIG = REPO / "launch" / "configs" / "ml100k.toml"
 LEVELS, CODES, TOP_K, USERS, ACTORS = 3, 256, 10, 1024, 2
+COLD_FRACTION = 0.1
 SIZES, QUICK_SIZES = (10_000, 100_000, 1_000_000, 5_000_000), (10_000, 30_000, 100_000)
 COSTS = {  # fitted cost -> (part of a size's run, its key there, unit)
     "score_seconds_per_1k_users": ("scoring", "seconds_per_1k_users", "s"),
+    "score_cold_split_seconds_per_1k_users": ("scoring_cold_split", "seconds_per_1k_users", "s"),
     "retokenize_seconds": ("retokenize", "seconds", "s"),
     "score_peak_rss_mb": ("scoring", "peak_rss_mb", "MB"),
     "retokenize_driver_peak_rss_mb": ("retokenize", "driver_peak_rss_mb", "MB"),
@@ -63,9 +69,16 @@ def write_codes(items: int, path: Path, seed: int = 0) -> list[int]:
     return [CODES] * LEVELS + [int(suffixes.max()) + 1]
 
 
-def model_spec(items: int, codes_file: Path, code_sizes: list[int]) -> dict:
+def write_cold_mask(items: int, path: Path, seed: int = 0) -> None:
+    """A random COLD_FRACTION of items 1..items marked cold (row 0, padding, never), as a cold split's mask."""
+    cold = np.random.default_rng(seed).random(items + 1) < COLD_FRACTION
+    cold[0] = False
+    np.save(path, cold)
+
+
+def model_spec(items: int, codes_file: Path, code_sizes: list[int], cold_file: Path | None) -> dict:
     return {"model": load_config(CONFIG).to_dict()["model"], "num_items": items, "code_sizes": code_sizes,
-            "codes_file": str(codes_file), "cold_file": None}
+            "codes_file": str(codes_file), "cold_file": str(cold_file) if cold_file else None}
 
 
 @torch.no_grad()
@@ -110,37 +123,47 @@ def time_scoring(model: BERT4Rec, users: int, cfg: EvalConfig) -> dict:
             "rank_seconds_per_1k_users": round(rank_s * per_1k, 4)}
 
 
-def score_one(items: int, codes_file: Path, code_sizes: list[int], users: int) -> dict:
-    """In its own process: build the model, time scoring, report this process's peak RSS."""
+def score_one(items: int, codes_file: Path, code_sizes: list[int], users: int, cold_file: Path | None) -> dict:
+    """In its own process: build the model (with `cold_file`'s items untrained), time scoring, report this
+    process's peak RSS."""
     import psutil
 
     torch.set_num_threads(os.cpu_count())
     before_mb = round(psutil.Process().memory_info().rss / 2**20, 1)
     started = time.perf_counter()
-    model = build_model(model_spec(items, codes_file, code_sizes)).eval()
+    model = build_model(model_spec(items, codes_file, code_sizes, cold_file)).eval()
     built_s = time.perf_counter() - started
     return time_scoring(model, users, EvalConfig()) | {
         "build_seconds": round(built_s, 2), "threads": torch.get_num_threads(),
         "rss_before_model_mb": before_mb, "peak_rss_mb": retokenize_bench.peak_rss_mb()}
 
 
-def run_scoring(items: int, users: int) -> dict:
-    """Random codes written here; the model built and timed in a fresh process."""
-    codes_file = WORK / f"codes-{items}.npy"
+def run_scoring(items: int, users: int) -> tuple[dict, dict]:
+    """Random codes and cold mask written here; the model built and timed in a fresh process, without and
+    with the cold split."""
+    codes_file, cold_file = WORK / f"codes-{items}.npy", WORK / f"cold-{items}.npy"
     code_sizes = write_codes(items, codes_file)
-    done = subprocess.run([sys.executable, __file__, "--score-one", str(items), "--codes", str(codes_file),
-                           "--code-sizes", ",".join(map(str, code_sizes)), "--users", str(users)],
-                          check=True, capture_output=True, text=True)
+    write_cold_mask(items, cold_file)
+    timed = []
+    for cold in ([], ["--cold", str(cold_file)]):
+        done = subprocess.run([sys.executable, __file__, "--score-one", str(items), "--codes", str(codes_file),
+                               "--code-sizes", ",".join(map(str, code_sizes)), "--users", str(users), *cold],
+                              check=True, capture_output=True, text=True)
+        timed.append(json.loads(done.stdout.strip().splitlines()[-1]) | {"code_sizes": code_sizes})
     codes_file.unlink()
-    return json.loads(done.stdout.strip().splitlines()[-1]) | {"code_sizes": code_sizes}
+    cold_file.unlink()
+    return timed[0], timed[1] | {"cold_fraction": COLD_FRACTION,
+                                 "ratio_to_no_cold_split": round(timed[1]["seconds_per_1k_users"]
+                                                                 / timed[0]["seconds_per_1k_users"], 3)}
 
 
 def run_size(items: int, users: int) -> dict:
-    scoring = run_scoring(items, users)
-    print(f"{items} items: scoring {scoring['seconds_per_1k_users']} s per 1k users", file=sys.stderr, flush=True)
+    scoring, cold_split = run_scoring(items, users)
+    print(f"{items} items: scoring {scoring['seconds_per_1k_users']} s per 1k users, "
+          f"{cold_split['seconds_per_1k_users']} s with a cold split", file=sys.stderr, flush=True)
     retokenized = retokenize_bench.run(items, ACTORS, work=WORK)
     print(f"{items} items: retokenize {retokenized['items_per_s']} items/s", file=sys.stderr, flush=True)
-    return {"scoring": scoring, "retokenize": retokenized}
+    return {"scoring": scoring, "scoring_cold_split": cold_split, "retokenize": retokenized}
 
 
 def cost(run: dict, name: str) -> float:
@@ -192,6 +215,10 @@ NOTES = {
                "threads and memory bandwidth; peak_rss_mb is the scoring process's own peak (model, codes, "
                "one batch's score chunk), rss_before_model_mb what it held after its imports (torch, transformers, "
                "Ray), before building the model.",
+    "scoring_cold_split": "The same scoring with a random 10 % of the items untrained (a cold-item split): each "
+                          "chunk's untrained items take the mean ID vector and bias of the trained items sharing "
+                          "their longest code prefix, computed from the ID table for the groups that chunk needs. "
+                          "ratio_to_no_cold_split is that back-off's cost; peak_rss_mb this process's own peak.",
     "retokenize": "bench/retokenize.py's run: items_per_s and seconds are the job end to end (actor start, "
                   "quantizing, the driver's suffix pass), without Ray's own start; at small N the fixed start "
                   "costs dominate, so items/s rises with N and the seconds' exponent is below 1. "
@@ -213,10 +240,11 @@ def main() -> None:
     parser.add_argument("--score-one", type=int, help=argparse.SUPPRESS)  # internal: time scoring of N items
     parser.add_argument("--codes", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--code-sizes", help=argparse.SUPPRESS)
+    parser.add_argument("--cold", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.score_one:
         sizes = [int(s) for s in args.code_sizes.split(",")]
-        print(json.dumps(score_one(args.score_one, args.codes, sizes, args.users)))
+        print(json.dumps(score_one(args.score_one, args.codes, sizes, args.users, args.cold)))
         return
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
@@ -228,7 +256,7 @@ def main() -> None:
     result = {
         "benchmark": "scaling", "quick": args.quick, "machine": machine(),
         "setup": {"model": load_config(CONFIG).to_dict()["model"], "levels": LEVELS, "codebook_size": CODES,
-                  "top_k": TOP_K, "users": args.users, "retokenize_actors": ACTORS,
+                  "top_k": TOP_K, "users": args.users, "cold_fraction": COLD_FRACTION, "retokenize_actors": ACTORS,
                   "retokenize_dim": retokenize_bench.DIM},
         "summary": summary(runs), "exponents": fitted, "runs": runs, "notes": NOTES,
     }

@@ -77,7 +77,7 @@ class ShardsConfig:
     name: str = ""  # empty: the run name
     prebuilt_dir: str = ""  # shards written elsewhere (e.g. `qbr data synth`), with index.json: used as they are
     max_bytes: int = 1_000_000_000  # a shard is closed once its payload reaches this size (tar headers: +512 B a file)
-    images_dir: str = ""  # optional folder of <key>.jpg files (key: the item id, '.' and '/' percent-encoded)
+    images_dir: str = ""  # folder of <key>.jpg files (key: the item id, percent-encoded but letters, digits, '_-~')
     fetch_images: bool = False  # download the catalog's image_url column into images_dir first
     fetch_concurrency: int = 8  # image downloads at once
     fetch_retries: int = 2  # further tries of a failed download before the item is kept without its image

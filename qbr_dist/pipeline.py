@@ -258,6 +258,8 @@ def ingest(cfg: Config, root: Path) -> Path:
         rows |= {"users": sequences.num_rows, "cold_items": int(cold.sum()), "users_dropped_by_cold_split": dropped,
                  "interactions": int(pc.sum(pc.list_value_length(sequences.column("items"))).as_py() or 0),
                  "cold_test_users": int(pc.sum(sequences.column("cold_target")).as_py() or 0)}
+    else:  # an earlier run's split must not outlive its setting: training and scoring look for this file
+        (stage_dir / COLD).unlink(missing_ok=True)
     if sequences.num_rows == 0:
         raise ValueError(
             f"{inputs['interactions']}: no user has the {MIN_SPLIT_LENGTH} interactions a leave-one-out split needs"
@@ -381,6 +383,10 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     outputs = [SHARDS_DONE] + [p.name for p in feature_files(stage_dir)]
     outputs += [QUARANTINE] if (stage_dir / QUARANTINE).is_file() else []
     rows = {"items": sum(e["rows"] for e in json.loads((stage_dir / SHARDS_DONE).read_text()).values())}
+    if totals["incomplete_shards"]:  # missing or salvaged: a key no later run matches, so they are tried again
+        log.warning("encode: shards %s were missing or damaged (quarantine.jsonl); the next run tries them again",
+                    ", ".join(totals["incomplete_shards"]))
+        key = key | {"incomplete_shards": totals["incomplete_shards"]}
     _finish(stage_dir, key, outputs=outputs, rows=rows)
     return stage_dir
 
@@ -761,6 +767,8 @@ def _export_weights(cfg: Config, checkpoint: str, stage_dir: Path, loop_config: 
 
     if cfg.runtime.zero_stage == 0:
         log.warning("runtime.zero_stage = 0: no %s exported (the DeepSpeed checkpoint is in %s)", WEIGHTS, checkpoint)
+        for stale in (WEIGHTS, MODEL_SPEC):  # an earlier run's weights must not pass for this one's
+            (stage_dir / stale).unlink(missing_ok=True)
         return []
     export_weights(checkpoint, stage_dir / WEIGHTS, tag=CHECKPOINT_TAG)
     artifacts.write_json(stage_dir / MODEL_SPEC, {key: loop_config.get(key) for key in SPEC_KEYS})

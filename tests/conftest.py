@@ -3,6 +3,7 @@ and one uninterrupted tiny run through every tokenizer stage that several test f
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -43,6 +44,20 @@ def synthetic_interactions(users: int = 48, items: int = 30, seed: int = 0) -> p
             rows["timestamp"].append(float(1000 + t))
             current = (current + int(rng.integers(1, 3))) % items
     return pa.table(rows)
+
+
+def broken_png() -> bytes:
+    """A PNG whose IDAT length field is 6 short: Pillow's loader raises SyntaxError, not OSError."""
+    import struct
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(out, format="PNG")
+    data = bytearray(out.getvalue())
+    at = data.index(b"IDAT") - 4
+    data[at:at + 4] = struct.pack(">I", struct.unpack(">I", data[at:at + 4])[0] - 6)
+    return bytes(data)
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ META_FIELDS = {
     "brand": ("brand", "store"),
     "images": ("imageURLHighRes", "imageURL", "imUrl", "images"),
 }
+TEXT_FIELDS = ("title", "description", "features", "categories", "brand")  # what data.text_fields may name
 MILLISECONDS_AFTER = 10**11  # 2023 timestamps are in ms; seconds stay below this until year 5138
 
 

@@ -2,11 +2,13 @@
 
 Each image lands in `<folder>/<key>.jpg` (the shard key of the item id, see `shards.image_path`),
 written atomically; an image already there is not fetched again, so an interrupted fetch
-resumes. A URL that fails for good (HTTP 4xx, or still failing after the retries) leaves the
-item without an image: counted and listed in the quarantine, never stopping the job.
+resumes. A URL that fails for good (HTTP 4xx, a malformed URL, or still failing after the
+retries; a body shorter than its Content-Length is a failure to retry, never a saved image)
+leaves the item without an image: counted and listed in the quarantine, never stopping the job.
 """
 from __future__ import annotations
 
+import http.client
 import time
 import urllib.error
 import urllib.request
@@ -59,9 +61,13 @@ def _fetch_one(item_id: str, url: str, folder: Path, retries: int, timeout_s: fl
             time.sleep(min(0.2 * 2**attempt, 5.0))
         try:
             with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                announced = response.headers.get("Content-Length")
                 data = response.read(max_bytes + 1)
             if len(data) > max_bytes:
                 return f"larger than {max_bytes} bytes"
+            if announced and announced.isdigit() and len(data) < int(announced):
+                error = f"truncated: {len(data)} of {announced} bytes"
+                continue
             with artifacts.atomic_path(image_path(folder, item_id)) as tmp:
                 tmp.write_bytes(data)
             return None
@@ -69,6 +75,8 @@ def _fetch_one(item_id: str, url: str, folder: Path, retries: int, timeout_s: fl
             error = f"HTTP {err.code}"
             if 400 <= err.code < 500 and err.code not in (408, 429):
                 return error  # the server said no: retrying will not help
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+        except (ValueError, http.client.InvalidURL) as err:
+            return f"malformed URL: {err}"  # retrying will not help
+        except (http.client.HTTPException, OSError) as err:  # unreachable, timed out, reset, cut short
             error = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
     return error

@@ -29,6 +29,19 @@ class Quarantine:
         record = {"source": source, "where": where, "field": field, "reason": reason}
         self._handle.write(json.dumps(record) + "\n")
 
+    def keep_only(self, keep) -> None:
+        """Rewrite the file with only the records `keep(record)` accepts: those of work that stays done
+        when a stage runs again. Only before this quarantine has added any."""
+        if self._handle is not None:
+            raise RuntimeError("Quarantine.keep_only: records were already added in this run")
+        if self.path is None or not self.path.is_file():
+            return
+        records = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line]
+        kept = "".join(json.dumps(record) + "\n" for record in records if keep(record))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(kept, encoding="utf-8")
+        tmp.replace(self.path)
+
     @property
     def total(self) -> int:
         return sum(self.counts.values())

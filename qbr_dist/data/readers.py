@@ -56,6 +56,10 @@ def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantin
     """Catalog from a RecBole `.item`, parquet or Amazon metadata file; `text` joins the named fields."""
     path = _existing(path)
     if amazon.is_amazon_file(path):
+        unknown = [name for name in text_fields if name not in amazon.TEXT_FIELDS]
+        if unknown:
+            raise DataError(f"{path}: data.text_fields names {unknown[0]!r}, not a field of Amazon metadata "
+                            f"(expected some of {', '.join(amazon.TEXT_FIELDS)})")
         return amazon.read_amazon_catalog(path, text_fields, quarantine)
     if path.suffix == ".parquet":
         table = _read_parquet(path, ("item_id", *text_fields))

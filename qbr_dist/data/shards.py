@@ -131,27 +131,28 @@ def catalog_samples(
         for row in batch.to_pylist():
             item_id = row.pop("item_id")
             text = row.pop("text") or ""
-            raw = _image_bytes(item_id, row.pop("image", None), images_dir)
             jpg = None
-            if raw is not None:
-                try:
+            try:
+                raw = _image_bytes(item_id, row.pop("image", None), images_dir)
+                if raw is not None:
                     jpg = reencode_jpeg(raw, max_side=image_max_side, max_pixels=max_pixels, quality=jpeg_quality)
-                except (OSError, ValueError, Image.DecompressionBombError) as err:
-                    quarantine.add(source=str(catalog), where=f"item {item_id}", field="image",
-                                   reason=f"unreadable image, item kept without it: {err}")
+            except Exception as err:  # whatever an untrusted file or path raises is this item's problem
+                quarantine.add(source=str(catalog), where=f"item {item_id}", field="image",
+                               reason=f"unreadable image, item kept without it: {type(err).__name__}: {err}")
             yield make_sample(item_id, text, row, jpg)
 
 
 def _image_bytes(item_id: str, image, images_dir: Path | None) -> bytes | None:
+    """The item's image: its bytes, the file its path names (which must exist), or its file in `images_dir`
+    when there is one (an item without an image has none there)."""
     if isinstance(image, (bytes, bytearray)):
         return bytes(image)
     if isinstance(image, str) and image:
-        path = Path(image)
-    elif images_dir is not None:
+        return Path(image).read_bytes()
+    if images_dir is not None:
         path = image_path(images_dir, item_id)
-    else:
-        return None
-    return path.read_bytes() if path.is_file() else None
+        return path.read_bytes() if path.is_file() else None
+    return None
 
 
 def write_shards(

@@ -3,12 +3,15 @@
 Per shard: `read_webdataset` (raw bytes) -> decode and resize in CPU tasks -> encoder actors
 (`ActorPoolStrategy`, text and image models loaded once per actor) -> one parquet file per
 shard with `item_id`, `text_emb`, `image_emb` (null without an image), `has_image`.
-A shard whose output exists with a matching entry in the stage manifest is skipped, so a killed
-job resumes at the next unfinished shard. Bad samples are listed in `quarantine.jsonl`:
-an item with invalid JSON or non-UTF-8 text is left out; an unreadable or oversized image
-leaves the item without one. A shard whose checksum differs from the index (truncated or
-damaged) is salvaged first: its complete samples before the break are encoded and the break is
-one quarantine entry.
+A shard whose output exists with a matching entry in `shards_done.json` is skipped, so a killed
+job resumes at the next unfinished shard; the outputs, entries and quarantine records of every
+other shard (one the index no longer lists, or one to encode again) are removed first, so the
+folder holds what the current index's shards give and nothing older. Bad samples are listed in
+`quarantine.jsonl`: an item with invalid JSON or non-UTF-8 text is left out; an unreadable or
+oversized image leaves the item without one. A shard whose checksum differs from the index
+(truncated or damaged) is salvaged first: its complete samples before the break are encoded and
+the break is one quarantine entry. A salvaged or missing shard is incomplete: it is tried again
+on the next run (the stage says which shards in its totals).
 """
 from __future__ import annotations
 
@@ -59,8 +62,8 @@ def decode_batch(batch: dict, *, image_size: int, max_pixels: int) -> dict:
             try:
                 pixels = _square_rgb(Image, raw_image, image_size, max_pixels)
                 has_image = True
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
-                problems.append(f"unreadable image, item kept without it: {err}")
+            except Exception as err:  # whatever a decoder raises on untrusted bytes: this item's problem
+                problems.append(f"unreadable image, item kept without it: {type(err).__name__}: {err}")
         for name, value in (("item_id", item_id), ("text", text), ("image", pixels), ("has_image", has_image),
                             ("problem", "; ".join(problems)), ("fatal", fatal)):
             out[name].append(value)
@@ -159,19 +162,20 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
     image_size = input_size(resolve_model(cfg.image_model, cfg.image_model_config)) if cfg.image_model else 1
 
     index = json.loads((shard_dir / INDEX).read_text())
-    done = _read_done(out_dir)
     config_hash = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
-    totals = {"read": 0, "items": 0, "with_image": 0, "skipped_shards": 0}
+    done = _keep_only_current(out_dir, index, config_hash, quarantine)
+    totals = {"read": 0, "items": 0, "with_image": 0, "skipped_shards": len(done), "incomplete_shards": []}
     quarantined_before = quarantine.total
     encoded = encode_items.labels(stage="encode", run=metrics.run if metrics else "")
     started = time.perf_counter()
     for shard in index["shards"]:
-        output = out_dir / (Path(shard["file"]).stem + ".parquet")
-        entry = {"sha256": shard["sha256"], "config": config_hash}
-        if output.is_file() and {k: done.get(shard["file"], {}).get(k) for k in entry} == entry:
-            totals["skipped_shards"] += 1
+        if shard["file"] in done:
             continue
+        output = out_dir / _output_name(shard["file"])
         tar = _intact_or_salvaged(shard_dir / shard["file"], shard, out_dir, quarantine)
+        complete = tar == shard_dir / shard["file"]
+        if not complete:
+            totals["incomplete_shards"].append(shard["file"])
         if tar is None:
             continue
         decoded = ray.data.read_webdataset(str(tar.resolve()), decoder=None).map_batches(
@@ -185,13 +189,36 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
         kept = _quarantine_rows(table, shard["file"], quarantine)
         with artifacts.atomic_path(output) as tmp:
             pq.write_table(_feature_table(kept), tmp)
-        done[shard["file"]] = entry | {"rows": kept.num_rows}
+        done[shard["file"]] = {"sha256": shard["sha256"] if complete else "salvaged", "config": config_hash,
+                               "rows": kept.num_rows}
         artifacts.write_json(out_dir / SHARDS_DONE, done)
         totals["read"], totals["items"] = totals["read"] + table.num_rows, totals["items"] + kept.num_rows
         totals["with_image"] += int(pa.compute.sum(kept.column("has_image")).as_py() or 0)
     totals["quarantined"] = quarantine.total - quarantined_before
     totals["items_per_s"] = round(totals["items"] / max(time.perf_counter() - started, 1e-9), 1)
     return totals
+
+
+def _output_name(shard_file: str) -> str:
+    return Path(shard_file).stem + ".parquet"
+
+
+def _keep_only_current(out_dir: Path, index: dict, config_hash: str, quarantine: Quarantine) -> dict:
+    """The `shards_done.json` entries of the index's shards whose output is current (same checksum and
+    config, file present); every other output, entry and quarantine record is removed, so a shard the
+    index no longer lists leaves nothing behind and one encoded again starts clean."""
+    done = _read_done(out_dir)
+    current = {shard["file"]: done[shard["file"]] for shard in index["shards"]
+               if (out_dir / _output_name(shard["file"])).is_file()
+               and {k: done.get(shard["file"], {}).get(k) for k in ("sha256", "config")}
+               == {"sha256": shard["sha256"], "config": config_hash}}
+    kept_outputs = {_output_name(name) for name in current}
+    for output in out_dir.glob("*.parquet"):
+        if output.name not in kept_outputs:
+            output.unlink()
+    artifacts.write_json(out_dir / SHARDS_DONE, current)
+    quarantine.keep_only(lambda record: Path(record["source"]).name in current)
+    return current
 
 
 def _collect_counting(dataset, encoded) -> pa.Table:

@@ -31,6 +31,13 @@ def mlp(dims: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def in_chunks(net: nn.Module, vectors: torch.Tensor, out_dim: int, *, chunk_size: int = 65536) -> torch.Tensor:
+    """`net` over `vectors` `chunk_size` rows at a time: (n, out_dim), no rows included."""
+    if not len(vectors):
+        return vectors.new_zeros(0, out_dim)
+    return torch.cat([net(chunk) for chunk in vectors.split(chunk_size)])
+
+
 class RQVAE(nn.Module):
     def __init__(self, *, input_dim: int, hidden: list[int] = (256,), latent_dim: int = 64, levels: int = 3,
                  codebook_size: int = 256, commitment: float = 0.25):
@@ -94,13 +101,11 @@ class RQVAE(nn.Module):
 
     @torch.no_grad()
     def latents(self, vectors: torch.Tensor, *, chunk_size: int = 65536) -> torch.Tensor:
-        return torch.cat([self.encoder(chunk) for chunk in vectors.split(chunk_size)]) if len(vectors) else \
-            vectors.new_zeros(0, self.encoder_dims[-1])
+        return in_chunks(self.encoder, vectors, self.encoder_dims[-1], chunk_size=chunk_size)
 
     @torch.no_grad()
     def reconstruct(self, latents: torch.Tensor, *, chunk_size: int = 65536) -> torch.Tensor:
-        return torch.cat([self.decoder(chunk) for chunk in latents.split(chunk_size)]) if len(latents) else \
-            latents.new_zeros(0, self.encoder_dims[0])
+        return in_chunks(self.decoder, latents, self.encoder_dims[0], chunk_size=chunk_size)
 
     def tokenizer_tensors(self) -> dict[str, torch.Tensor]:
         """What the codebook file keeps: codebooks, encoder and decoder weights."""

@@ -11,7 +11,7 @@ import torch
 
 from qbr_dist.quant.codebook import load_codebooks
 from qbr_dist.quant.residual import encode
-from qbr_dist.quant.rqvae import mlp
+from qbr_dist.quant.rqvae import in_chunks, mlp
 
 
 class Tokenizer:
@@ -20,7 +20,9 @@ class Tokenizer:
         self.mode = metadata.get("mode", "rkmeans")
         self.encoder = None
         if self.mode == "rqvae":
-            self.encoder = mlp(json.loads(metadata["encoder_dims"]))
+            dims = json.loads(metadata["encoder_dims"])
+            self.latent_dim = dims[-1]
+            self.encoder = mlp(dims)
             self.encoder.load_state_dict({name.removeprefix("encoder."): tensor for name, tensor in tensors.items()
                                           if name.startswith("encoder.")})
             self.encoder.eval()
@@ -40,5 +42,5 @@ class Tokenizer:
         """(n, L) int64 codes."""
         vectors = vectors.float()
         if self.encoder is not None:
-            vectors = torch.cat([self.encoder(chunk) for chunk in vectors.split(chunk_size)])
+            vectors = in_chunks(self.encoder, vectors, self.latent_dim, chunk_size=chunk_size)
         return encode(vectors, self.codebooks, chunk_size=chunk_size)

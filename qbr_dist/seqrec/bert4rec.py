@@ -140,7 +140,10 @@ class LeftOut(nn.Module):
 
 class PrefixBackoff(nn.Module):
     """Rows of an item table (ID vectors or biases) where each untrained item's row is the mean row of
-    the trained items sharing its longest code prefix (down to the empty prefix: all trained items)."""
+    the trained items sharing its longest code prefix (down to the empty prefix: all trained items).
+
+    The means come from the current table at each call, and only for the groups of the untrained items
+    asked for: a catalog is scored a chunk at a time, and a chunk holds few of them, or none."""
 
     def __init__(self, level_codes: torch.Tensor, untrained: torch.Tensor):
         super().__init__()
@@ -150,33 +153,42 @@ class PrefixBackoff(nn.Module):
         cold[0] = False  # row 0 is padding
         trained = ~cold
         trained[0] = False
-        backoff = np.full(len(codes), -1)
-        members, groups, offset = [], [], 0
+        group_of = np.full(len(codes), -1)  # per untrained item: its group, numbered over the groups any item uses
+        members, sizes = [], []  # per used group, in that numbering: its trained items, and how many
         for depth in range(codes.shape[1], -1, -1):  # deepest prefix first
             _, inverse = np.unique(codes[:, :depth] if depth else np.zeros((len(codes), 1)), axis=0,
                                    return_inverse=True)
             inverse = inverse.ravel()
             covered = np.zeros(inverse.max() + 1, dtype=bool)
             covered[inverse[trained]] = True
-            pick = cold & (backoff < 0) & covered[inverse]
-            backoff[pick] = inverse[pick] + offset
-            members.append(np.nonzero(trained)[0])
-            groups.append(inverse[trained] + offset)
-            offset += inverse.max() + 1
-        self.groups = offset
+            pick = cold & (group_of < 0) & covered[inverse]
+            used = np.unique(inverse[pick])
+            group_of[pick] = np.searchsorted(used, inverse[pick]) + sum(len(size) for size in sizes)
+            items = np.nonzero(trained & np.isin(inverse, used))[0]
+            local = np.searchsorted(used, inverse[items])
+            members.append(items[np.argsort(local, kind="stable")])
+            sizes.append(np.bincount(local, minlength=len(used)))
+        size = torch.from_numpy(np.concatenate(sizes))
         self.register_buffer("cold", torch.from_numpy(cold), persistent=False)
-        self.register_buffer("backoff", torch.from_numpy(backoff.clip(min=0)), persistent=False)
+        self.register_buffer("group_of", torch.from_numpy(group_of.clip(min=0)), persistent=False)
         self.register_buffer("members", torch.from_numpy(np.concatenate(members)), persistent=False)
-        self.register_buffer("member_groups", torch.from_numpy(np.concatenate(groups)), persistent=False)
-        counts = torch.bincount(self.member_groups, minlength=offset).clamp_min(1)
-        self.register_buffer("counts", counts, persistent=False)
+        self.register_buffer("sizes", size, persistent=False)
+        self.register_buffer("starts", size.cumsum(0) - size, persistent=False)
 
     def forward(self, table: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        rows = table[self.members]
-        sums = torch.zeros((self.groups, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
-        means = sums.index_add(0, self.member_groups, rows) / self.counts.view(-1, *[1] * (rows.dim() - 1))
-        cold = self.cold[items].view(*items.shape, *[1] * (rows.dim() - 1))
-        return torch.where(cold, means[self.backoff[items]], table[items])
+        rows = table[items]
+        cold = self.cold[items]
+        if not bool(cold.any()):
+            return rows
+        groups, slot = torch.unique(self.group_of[items[cold]], return_inverse=True)
+        sizes = self.sizes[groups]
+        group = torch.repeat_interleave(torch.arange(len(groups), device=items.device), sizes)
+        first = torch.repeat_interleave(self.starts[groups] - (sizes.cumsum(0) - sizes), sizes)
+        member_rows = table[self.members[first + torch.arange(len(group), device=items.device)]]
+        sums = torch.zeros((len(groups), *rows.shape[items.dim():]), dtype=rows.dtype, device=rows.device)
+        means = sums.index_add(0, group, member_rows) / sizes.view(-1, *[1] * (rows.dim() - items.dim()))
+        rows[cold] = means[slot]
+        return rows
 
 
 class BERT4Rec(nn.Module):

@@ -104,7 +104,7 @@ def bert4rec_worker(loop_config: dict) -> None:
                  state.step, state.phase, state.epoch, state.batch)
     meter = TrainMeter(stage=loop_config["stage"], rank=rank, run=loop_config["run_name"])
     shards = {name: ray.train.get_dataset_shard(name) for name in ("pretrain", "finetune", *loop_config["evaluations"])}
-    sampler = _sampler(loop_config, train_cfg, engine.device)
+    sampler = _sampler(loop_config, train_cfg, engine.device, excluded=model.excluded)
 
     eval_batches: dict[str, list] = {}
 
@@ -136,13 +136,16 @@ def bert4rec_worker(loop_config: dict) -> None:
     rt.finish_worker()
 
 
-def _sampler(loop_config: dict, cfg: TrainConfig, device: torch.device) -> NegativeSampler | None:
-    """Sampled softmax when the driver sent item counts (a catalog past `train.sampled_softmax_above`), else None."""
+def _sampler(loop_config: dict, cfg: TrainConfig, device: torch.device,
+             excluded: torch.Tensor) -> NegativeSampler | None:
+    """Sampled softmax when the driver sent item counts (a catalog past `train.sampled_softmax_above`), else None;
+    it never draws the items the model keeps out of training."""
     if "counts_file" not in loop_config:
         return None
     import numpy as np
 
-    return NegativeSampler(torch.from_numpy(np.load(loop_config["counts_file"])), cfg.negatives, device)
+    return NegativeSampler(torch.from_numpy(np.load(loop_config["counts_file"])), cfg.negatives, device,
+                           excluded=excluded)
 
 
 def _negatives(sampler: NegativeSampler | None, stream: tuple) -> dict:

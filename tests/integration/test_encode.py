@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -104,5 +106,18 @@ def test_encode_job_features_quarantine_and_resume(shard_dir, tmp_path, ray_clus
     assert broken["where"] == "after sample 1" and "checksum differs" in broken["reason"]
     assert totals["quarantined"] == len(records) == 4
 
-    again = run(shard_dir, tmp_path)
-    assert again["skipped_shards"] == totals["skipped_shards"] + len(tables) and again["items"] == 0
+    again = run(shard_dir, tmp_path)  # the salvaged shard is incomplete: tried again, every other one skipped
+    assert again["skipped_shards"] == totals["skipped_shards"] + len(tables) - 1 and again["items"] == 1
+    assert again["incomplete_shards"] == ["shard-truncated.tar"]
+    assert len((tmp_path / "quarantine.jsonl").read_text().splitlines()) == 4  # its record replaced, not repeated
+
+    fewer = tmp_path / "fewer"  # the same shards, less the bad one: it must leave nothing behind
+    shutil.copytree(shard_dir, fewer)
+    index = json.loads((fewer / INDEX).read_text())
+    index["shards"] = [shard for shard in index["shards"] if shard["file"] != "shard-bad.tar"]
+    (fewer / INDEX).write_text(json.dumps(index))
+    run(fewer, tmp_path)
+    assert not (tmp_path / "shard-bad.parquet").exists() and "shard-bad.tar" not in json.loads(
+        (tmp_path / "shards_done.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "quarantine.jsonl").read_text().splitlines()]
+    assert [Path(r["source"]).name for r in records] == ["shard-truncated.tar"]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from qbr_dist.data.quarantine import Quarantine
-from qbr_dist.data.readers import read_catalog, read_interactions
+from qbr_dist.data.readers import DataError, read_catalog, read_interactions
 
 TEXT_FIELDS = ["title", "description", "features", "categories", "brand"]
 
@@ -53,6 +53,12 @@ def test_2014_metadata_parsed_without_eval(tmp_path, capfd):
     assert "unsafe" not in capfd.readouterr().out  # the code-like line was never run
     assert dict(quarantine.counts) == {"duplicate item id": 1, "not a JSON object or Python dict literal": 1,
                                        "missing item id": 1}
+
+
+def test_a_text_field_amazon_metadata_lacks_is_a_one_line_error(tmp_path):
+    path = write(tmp_path, "meta_Home.json.gz", META_2014)
+    with pytest.raises(DataError, match=r"meta_Home.json.gz: data.text_fields names 'movie_title', not a field"):
+        read_catalog(path, ["title", "movie_title"], Quarantine())
 
 
 def test_2014_reviews(tmp_path):

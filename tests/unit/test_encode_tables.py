@@ -4,6 +4,8 @@ import pyarrow as pa
 
 from qbr_dist.encode.job import _feature_table, decode_batch
 
+from ..conftest import broken_png
+
 
 def raw(image_dim):
     return pa.table({
@@ -33,3 +35,11 @@ def test_decode_flags_bad_samples_and_keeps_missing_members_as_absent():
     assert out["fatal"].tolist() == [False, True, True]
     assert out["problem"][0] == "" and "invalid json" in out["problem"][1] and "UTF-8" in out["problem"][2]
     assert out["image"].shape == (3, 8, 8, 3) and not out["has_image"].any()
+
+
+def test_decode_keeps_an_item_whose_image_decoder_raises_anything():
+    batch = {"__key__": np.array(["a"], dtype=object), "json": np.array([b'{"item_id": "a"}'], dtype=object),
+             "txt": np.array([b"fine"], dtype=object), "jpg": np.array([broken_png()], dtype=object)}
+    out = decode_batch(batch, image_size=8, max_pixels=10**6)
+    assert out["fatal"].tolist() == [False] and not out["has_image"].any()
+    assert "unreadable image" in out["problem"][0] and "SyntaxError" in out["problem"][0]

@@ -35,6 +35,13 @@ class Handler(QuietHandler):
                 return self.send_error(503)
         if self.path == "/missing.jpg":
             return self.send_error(404)
+        if self.path == "/cut.jpg":  # announces more than it sends, then closes
+            self.send_response(200)
+            self.send_header("Content-Length", str(10 * len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD)
+            self.close_connection = True
+            return None
         self.send_body(real_jpeg() if self.path == "/real.jpg" else PAYLOAD * (1000 if self.path == "/huge.jpg" else 1))
 
 
@@ -61,6 +68,18 @@ def test_fetcher_keeps_going_past_bad_urls(server, tmp_path):
     text = (tmp_path / "q.jsonl").read_text()
     assert "HTTP 404" in text and "timed out" in text.lower() and "larger than 10000 bytes" in text
     assert not list((tmp_path / "img").glob(".*tmp*"))
+
+
+def test_malformed_urls_and_cut_bodies_are_quarantined_not_saved(server, tmp_path):
+    urls = {"cut": f"{server}/cut.jpg", "words": "not a url", "ipv6": "http://[::1/x.jpg",
+            "space": f"{server}/a b.jpg", "ok": f"{server}/ok.jpg"}
+    with Quarantine(tmp_path / "q.jsonl") as quarantine:
+        summary = fetch(urls, tmp_path / "img", quarantine)
+    assert (summary.fetched, summary.failed) == (1, 4)
+    assert not image_path(tmp_path / "img", "cut").exists()  # a later fetch tries it again
+    reasons = {r["where"]: r["reason"] for r in map(json.loads, (tmp_path / "q.jsonl").read_text().splitlines())}
+    assert f"truncated: {len(PAYLOAD)} of {10 * len(PAYLOAD)} bytes" in reasons["item cut"]
+    assert all("malformed URL" in reasons[f"item {name}"] for name in ("words", "ipv6", "space"))
 
 
 def test_second_fetch_skips_images_already_there(server, tmp_path):

@@ -38,6 +38,13 @@ def test_finished_stage_is_skipped_and_a_changed_config_reruns_it(tmp_path, inte
     assert (stage / artifacts.MANIFEST).read_text() != first
 
 
+def test_a_cold_split_turned_off_leaves_no_cold_items_behind(tmp_path, interactions_file):
+    stage = pipeline.ingest(config(tmp_path, interactions_file, "data.cold_fraction=0.3"), tmp_path / "t")
+    assert np.load(stage / pipeline.COLD).sum() > 0
+    pipeline.ingest(config(tmp_path, interactions_file), tmp_path / "t")
+    assert not (stage / pipeline.COLD).exists()  # training would otherwise keep those items out
+
+
 def test_another_run_reuses_finished_stages_with_the_same_key(tmp_path, interactions_file):
     first = config(tmp_path, interactions_file)
     ingest = pipeline.ingest(first, pipeline.run_dir(first))
@@ -137,3 +144,14 @@ def test_suffixes_are_kept_only_from_codes_of_the_same_codebook(tmp_path):
     pq.write_table(pa.table({"item_id": ["a"]}), tmp_path / "items.parquet")
     with pytest.raises(ValueError, match="items.parquet: codes of codebook [(]none[)], but"):
         pipeline.check_keep_files([tmp_path / "items.parquet"], "v1")
+
+
+def test_a_stage_that_exports_no_weights_leaves_no_earlier_ones(tmp_path, interactions_file):
+    from qbr_dist.seqrec.trained import MODEL_SPEC
+    from qbr_dist.train.export import WEIGHTS
+
+    for stale in (WEIGHTS, MODEL_SPEC):
+        (tmp_path / stale).write_text("an earlier run's")
+    cfg = config(tmp_path, interactions_file, "runtime.zero_stage=0")
+    assert pipeline._export_weights(cfg, "unused", tmp_path, {}) == []
+    assert not (tmp_path / WEIGHTS).exists() and not (tmp_path / MODEL_SPEC).exists()

@@ -122,3 +122,17 @@ def test_quarantine_without_records_leaves_no_file(tmp_path):
         read_interactions(inter, quarantine)
     assert quarantine.total == 0
     assert not path.exists()
+
+
+def test_quarantine_keeps_only_the_records_of_work_that_stays_done(tmp_path):
+    path = tmp_path / "quarantine.jsonl"
+    with Quarantine(path) as earlier:
+        for source in ("a.tar", "/shards/b.tar", "a.tar"):
+            earlier.add(source=source, where="item x", field="sample", reason="r")
+    with Quarantine(path) as again:
+        again.keep_only(lambda record: record["source"] == "a.tar")
+        again.add(source="c.tar", where="item y", field="sample", reason="new")
+        with pytest.raises(RuntimeError, match="already added"):
+            again.keep_only(lambda record: True)
+    assert [r["source"] for r in quarantined(path)] == ["a.tar", "a.tar", "c.tar"]
+    assert again.total == 1  # this run's records only

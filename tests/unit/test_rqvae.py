@@ -75,6 +75,7 @@ def test_codebook_file_reproduces_the_codes_and_its_version_covers_the_encoder(t
     tokenizer = Tokenizer.from_parts(parts)
     assert parts["version"] == version and tokenizer.mode == "rqvae"
     assert torch.equal(tokenizer.codes(data, chunk_size=100), encode(model.latents(data), model.codebooks))
+    assert tokenizer.codes(data[:0]).shape == (0, len(model.codebooks))  # an empty batch: no codes, no error
 
     changed = model.tokenizer_tensors()
     changed["encoder.0.bias"] = changed["encoder.0.bias"] + 1e-3

@@ -43,6 +43,17 @@ def test_sampler_is_deterministic_per_seed_and_follows_q():
     assert torch.allclose(frequencies[1:], sampler.q[1:], atol=0.005)
 
 
+def test_sampler_never_draws_excluded_items():
+    counts = torch.tensor([0.0, 99, 0, 49, 19, 29])
+    excluded = torch.tensor([False, False, True, False, False, True])  # items 2 and 5: the newest one too
+    sampler = NegativeSampler(counts, negatives=200_000, excluded=excluded)
+    assert sampler.q.tolist() == pytest.approx([0, 100 / 170, 0, 50 / 170, 20 / 170, 0])
+    draw = sampler.draw(torch.Generator().manual_seed(3))
+    assert not excluded[draw].any()
+    assert set(draw.tolist()) == {1, 3, 4}
+    assert sampler.last == 4  # where a cumulative sum rounded below 1 sends the top of [0, 1)
+
+
 def id_model():
     torch.manual_seed(0)
     return BERT4Rec(num_items=20, hidden=16, layers=1, heads=2, max_len=6, dropout=0.0)

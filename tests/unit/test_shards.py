@@ -12,6 +12,8 @@ from PIL import Image
 from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.data.shards import INDEX, item_id_of, salvage_shard, shard_key, write_shards
 
+from ..conftest import broken_png
+
 IDS = ["B00.1/x", "plain", "with space", "ünï.cödé", "a%2Eb"]
 
 
@@ -97,6 +99,25 @@ def test_images_from_a_folder_by_item_id(tmp_path):
     (images / "a.jpg").write_bytes(jpeg((20, 20)))  # the key of a plain id is the id itself
     index, _ = write(path, tmp_path / "s", images_dir=images)
     assert index["with_image"] == 1
+
+
+def test_any_image_failure_is_the_items_problem_not_the_jobs(tmp_path):
+    """A decoder's SyntaxError, a path that names no file and an id too long for a file name each leave
+    their item without an image, listed in the quarantine; the items themselves are all written."""
+    path = tmp_path / "items.parquet"
+    long_id = "\u00e9" * 50  # percent-encoded to a 300-character key: longer than a file name may be
+    (tmp_path / "broken.png").write_bytes(broken_png())
+    pq.write_table(pa.table({"item_id": ["png", "gone", long_id, "fine"], "text": ["a", "b", "c", "d"],
+                             "image": [str(tmp_path / "broken.png"), str(tmp_path / "nowhere.jpg"), None, None]}), path)
+    images = tmp_path / "img"
+    images.mkdir()
+    (images / "fine.jpg").write_bytes(jpeg((20, 20)))
+    index, quarantine = write(path, tmp_path / "s", images_dir=images)
+    assert index["items"] == 4 and index["with_image"] == 1
+    records = [json.loads(line) for line in (tmp_path / "s" / "quarantine.jsonl").read_text().splitlines()]
+    reasons = {r["where"]: r["reason"] for r in records}
+    assert "SyntaxError" in reasons["item png"] and "FileNotFoundError" in reasons["item gone"]
+    assert "File name too long" in reasons[f"item {long_id}"]
 
 
 def text_shard(path, keys):
