@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "in its format: item_id, text_emb, image_emb, and optionally struct_tokens and cooc_emb) "
                     "through the run's fusion model (quant.input = 'fused'; items without a trained ID vector "
                     "take the content-predicted query) or its quant.input column, then the fitted quantizer, "
-                    "on Ray Data actors, and write <run>/retokenize/codes.parquet. Suffixes of items already "
-                    "in the quantize stage's codes (and in --keep-suffixes) are kept; new items are appended.",
+                    "on Ray Data actors, and write <run>/retokenize-<table name>/codes.parquet (the folder is "
+                    "printed; the pipeline's own retokenize/ is left alone). Suffixes of items already in the "
+                    "quantize stage's codes (and in --keep-suffixes) are kept; new items are appended.",
     )
     _config_args(retokenize)
     retokenize.add_argument("--features", type=Path,
@@ -99,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     retokenize.add_argument("--keep-suffixes", type=Path, metavar="CODES", action="append", default=[],
                             help="an earlier retokenization's codes.parquet (same codebook; repeatable, the "
                                  "first file's where they differ) whose items keep their suffixes and whose "
-                                 "semantic IDs are never given to another item; <run>/retokenize/codes.parquet "
-                                 "itself works (the stage key then changes with it, so the next run reruns)")
+                                 "semantic IDs are never given to another item; the command's own output "
+                                 "folder's codes.parquet itself works (the stage key then changes with it, so "
+                                 "the next identical command reruns once)")
 
     inspect = commands.add_parser("inspect", help="look into a finished run", description="Look into a finished run.")
     inspect_commands = inspect.add_subparsers(dest="inspect_command", required=True)
@@ -180,7 +182,9 @@ def _dispatch(args) -> int:
         if args.command == "quantize":
             print(dirs["quantize"])
             return 0
-        print(pipeline.retokenize(cfg, root, args.features or dirs["encode"], dirs, keep_suffixes=args.keep_suffixes))
+        features = args.features or dirs["encode"]
+        print(pipeline.retokenize(cfg, root, features, dirs, keep_suffixes=args.keep_suffixes,
+                                  stage=pipeline.cli_retokenize_stage(features)))
         return 0
     if args.command in ("shards", "encode"):
         root = pipeline.run_dir(cfg)

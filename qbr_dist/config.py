@@ -18,13 +18,23 @@ from qbr_dist.data.split import MIN_SPLIT_LENGTH
 
 
 class ConfigError(ValueError):
-    pass
+    """A config that cannot run; `key` (section.key) is the setting at fault, when one is."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 def _settings_key(section, *, later_options: tuple[str, ...]) -> dict:
     """A section's settings for a stage key, leaving out each of `later_options` while it is 0 (off), so a
     stage finished before that option existed keeps its key."""
     return {name: value for name, value in section.__dict__.items() if name not in later_options or value}
+
+
+def _without(section, resources: tuple[str, ...]) -> dict:
+    """A section's settings for a stage key, less those that change where or how fast it runs, never what
+    it computes (a rerun on more actors or another shards folder must not redo the work)."""
+    return {name: value for name, value in section.__dict__.items() if name not in resources}
 
 
 @dataclass
@@ -38,9 +48,11 @@ class RunConfig:
     tokenize: bool = True
 
     def check(self) -> None:
-        _require(bool(self.name) and "/" not in self.name, "run.name", "a non-empty name without '/'")
-        _require("://" not in self.root, "run.root",
+        _require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."), "run.name",
+                 "a non-empty name without '/', not '.' or '..'")
+        _require(bool(self.root) and "://" not in self.root, "run.root",
                  "a path on a file system (for object storage, mount the bucket and give the mount path)")
+        _require(self.seed >= 0, "run.seed", "an integer >= 0")
 
 
 @dataclass
@@ -63,6 +75,7 @@ class DataConfig:
         _require(self.max_history == 0 or self.max_history >= MIN_SPLIT_LENGTH, "data.max_history",
                  f"0 or an integer >= {MIN_SPLIT_LENGTH} (a leave-one-out split needs that many)")
         _require(0 <= self.cold_fraction < 1, "data.cold_fraction", "a number in [0, 1)")
+        _require(self.cold_seed >= 0, "data.cold_seed", "an integer >= 0")
         if self.dataset == "files":
             _require(bool(self.interactions), "data.interactions", "a file path when data.dataset = 'files'")
 
@@ -99,6 +112,9 @@ class ShardsConfig:
         _require(self.fetch_retries >= 0, "shards.fetch_retries", "an integer >= 0")
         _require(self.fetch_timeout_s > 0, "shards.fetch_timeout_s", "a number > 0")
 
+    def key(self) -> dict:
+        return _without(self, ("root", "name", "prebuilt_dir", "fetch_concurrency"))
+
 
 @dataclass
 class EncodeConfig:
@@ -119,6 +135,9 @@ class EncodeConfig:
         _require(self.cpus_per_actor > 0, "encode.cpus_per_actor", "a number > 0")
         _require(self.gpus_per_actor >= 0, "encode.gpus_per_actor", "a number >= 0")
         _require(self.max_image_pixels >= 64, "encode.max_image_pixels", "an integer >= 64")
+
+    def key(self) -> dict:
+        return _without(self, ("actors", "cpus_per_actor", "gpus_per_actor"))
 
 
 @dataclass
@@ -214,6 +233,9 @@ class QuantConfig:
         _require(self.iterations >= 1, "quant.iterations", "an integer >= 1")
         _require(self.sample_size >= 1, "quant.sample_size", "an integer >= 1")
         _require(self.chunk_size >= 1, "quant.chunk_size", "an integer >= 1")
+
+    def key(self) -> dict:
+        return _without(self, ("retokenize_batch_size", "retokenize_actors", "retokenize_cpus_per_actor"))
 
 
 @dataclass
@@ -396,9 +418,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    set_by = {}  # section.key -> the --set that gave it
     for item in overrides:
-        _apply_override(raw, item)
-    return config_from_dict(raw)
+        set_by[_apply_override(raw, item)] = item
+    try:
+        return config_from_dict(raw)
+    except ConfigError as err:
+        raise _located(err, raw, path, set_by) from None
+
+
+def _located(err: ConfigError, raw: dict, path: Path | None, set_by: dict[str, str]) -> ConfigError:
+    """The error prefixed with where its setting came from (the --set, the file, or the defaults), with the
+    value given where the message does not show it."""
+    source = set_by.get(err.key) and f"--set {set_by[err.key]}" or (str(path) if path else "defaults")
+    section, _, name = (err.key or "").partition(".")
+    value = raw.get(section, {}).get(name) if isinstance(raw.get(section), dict) else None
+    shown = "" if value is None or "got " in str(err) else f", got {value!r}"
+    return ConfigError(f"{source}: {err}{shown}", err.key)
 
 
 def config_from_dict(raw: dict) -> Config:
@@ -414,7 +450,21 @@ def config_from_dict(raw: dict) -> Config:
     config = Config(**built)
     for name in sections:
         getattr(config, name).check()
+    _check_across_sections(config)
     return config
+
+
+def _check_across_sections(config: Config) -> None:
+    """Settings that are only valid together: every worker needs some of each global batch."""
+    workers = config.runtime.num_workers
+    _require(config.fusion.batch_size >= 2 * workers, "fusion.batch_size",
+             f"at least 2 pairs per worker (2 x runtime.num_workers = {2 * workers}): with fewer, a worker's "
+             "in-batch negatives are empty")
+    _require(config.train.batch_size >= workers, "train.batch_size",
+             f"at least one sequence per worker (runtime.num_workers = {workers})")
+    if config.quant.mode == "rqvae":
+        _require(config.quant.rqvae_batch_size >= workers, "quant.rqvae_batch_size",
+                 f"at least one item per worker (runtime.num_workers = {workers})")
 
 
 def _build_section(cls, section: str, values: dict):
@@ -422,7 +472,7 @@ def _build_section(cls, section: str, values: dict):
     kwargs = {}
     for key, value in values.items():
         if key not in hints:
-            raise ConfigError(f"unknown config key '{section}.{key}' (known: {', '.join(hints)})")
+            raise ConfigError(f"unknown config key '{section}.{key}' (known: {', '.join(hints)})", f"{section}.{key}")
         kwargs[key] = _coerce(f"{section}.{key}", hints[key], value)
     return cls(**kwargs)
 
@@ -432,20 +482,23 @@ def _coerce(key: str, expected, value):
     if origin is list:
         (inner,) = typing.get_args(expected)
         if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}"
+                              + (" (quote the strings in it: ['a', 'b'])" if isinstance(value, str) else ""), key)
         return [_coerce(key, inner, v) for v in value]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is bool and not isinstance(value, bool):
-        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}", key)
     if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}", key)
     if not isinstance(value, expected):
-        raise ConfigError(f"config key '{key}': expected {expected.__name__}, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected {expected.__name__}, got {value!r}"
+                          + (" (quote it: 'value')" if expected is str else ""), key)
     return value
 
 
-def _apply_override(raw: dict, item: str) -> None:
+def _apply_override(raw: dict, item: str) -> str:
+    """Set `item` (section.key=value) in `raw`; returns section.key."""
     if "=" not in item or "." not in item.split("=", 1)[0]:
         raise ConfigError(f"override {item!r}: expected section.key=value")
     dotted, text = item.split("=", 1)
@@ -454,9 +507,12 @@ def _apply_override(raw: dict, item: str) -> None:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text  # a bare word is a string: --set run.name=demo
-    raw.setdefault(section, {})[key] = value
+    if not isinstance(raw.setdefault(section, {}), dict):
+        raise ConfigError(f"override {item!r}: '{section}' is not a config section in the file")
+    raw[section][key] = value
+    return f"{section}.{key}"
 
 
 def _require(ok: bool, key: str, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"config key '{key}': expected {expected}")
+        raise ConfigError(f"config key '{key}': expected {expected}", key)

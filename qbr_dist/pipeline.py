@@ -281,7 +281,7 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
         return _prebuilt_shards(Path(cfg.shards.prebuilt_dir))
     folder = Path(cfg.shards.root) / (cfg.shards.name or cfg.run.name)
     inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
-    key = artifacts.stage_key("shards", cfg.section_hash("shards"), inputs)
+    key = artifacts.stage_key("shards", cfg.section_hash(shards=cfg.shards.key()), inputs)
     current = artifacts.stage_is_current(folder, key)
     obs_metrics.stage_began(cfg.run.name, "shards", skipped=current)
     if current:
@@ -362,7 +362,7 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     # Keyed by the shards' contents, not the index file (which names the run it was written for), so
     # runs with the same catalog share their encoded features.
     shard_hashes = [shard["sha256"] for shard in json.loads((shards_dir / INDEX).read_text())["shards"]]
-    key = artifacts.stage_key("encode", cfg.section_hash("encode"), {"shards": shard_hashes})
+    key = artifacts.stage_key("encode", cfg.section_hash(encode=cfg.encode.key()), {"shards": shard_hashes})
     stage_dir, current = _stage("encode", root, key)
     if current:
         return stage_dir
@@ -416,10 +416,9 @@ def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structur
     """Fused item vectors, trained on Ray Train + DeepSpeed from the content and structure features."""
     import ray.data
 
-    from qbr_dist.data.split import train_part
     from qbr_dist.fusion import STATS, features
     from qbr_dist.fusion.export import MODEL
-    from qbr_dist.fusion.train_loop import adjacent_pairs, fusion_worker
+    from qbr_dist.fusion.train_loop import adjacent_pairs, fusion_worker, paired_items
     from qbr_dist.train.runtime import TrainJob, fit
 
     config_hash = cfg.section_hash("fusion", seed=cfg.run.seed, precision=cfg.runtime.precision,
@@ -434,10 +433,7 @@ def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structur
     item_ids = load_item_ids(ingest_dir)
     features.assemble(stage_dir / "features", item_ids=item_ids, encode_files=feature_files(encode_dir),
                       structure_file=structure_dir / STRUCTURE, max_tokens=cfg.fusion.max_tokens)
-    seen = np.zeros(items + 1, dtype=bool)
-    for sequence in load_sequences(ingest_dir):
-        seen[train_part(sequence)] = True
-    np.save(stage_dir / "seen.npy", seen)
+    np.save(stage_dir / "seen.npy", paired_items(load_sequences(ingest_dir), items))
     for stale in stage_dir.glob("fused-rank*.parquet"):
         stale.unlink()
     start_ray(cfg)
@@ -454,7 +450,7 @@ def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structur
         "steps_per_epoch": steps_per_epoch,
     }
     started = time.perf_counter()
-    job = TrainJob(name=f"fusion-{artifacts.key_digest(key)}", storage_path=stage_dir / "ray", loop=fusion_worker,
+    job = TrainJob(name=_train_run_name("fusion", key, cfg), storage_path=stage_dir / "ray", loop=fusion_worker,
                    loop_config=loop_config, datasets={"pairs": pairs}, metrics=obs_serve.endpoint(cfg))
     result = fit(job, cfg.runtime)
     if result.error is not None:
@@ -481,8 +477,9 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path, *, exclude: Path | None
     from qbr_dist.quant.worker import quantize_worker, rank_codes_file
     from qbr_dist.train.runtime import TrainJob, fit
 
-    key = artifacts.stage_key("quantize", cfg.section_hash("quant", seed=cfg.run.seed, precision=cfg.runtime.precision,
-                                                           grad_clip=cfg.runtime.grad_clip),
+    config_hash = cfg.section_hash(quant=cfg.quant.key(), seed=cfg.run.seed, precision=cfg.runtime.precision,
+                                   grad_clip=cfg.runtime.grad_clip)
+    key = artifacts.stage_key("quantize", config_hash,
                               {"vectors": artifacts.manifest_fingerprint(vectors_dir),
                                "exclude": artifacts.file_fingerprint(exclude) if exclude else None})
     stage_dir, current = _stage("quantize", root, key)
@@ -495,7 +492,7 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path, *, exclude: Path | None
                    "run_name": cfg.run.name, "files": [str(p.resolve()) for p in feature_files(vectors_dir)],
                    "exclude": {"items": str((exclude.parent / ITEMS).resolve()), "mask": str(exclude.resolve())}
                    if exclude else None}
-    job = TrainJob(name=f"quantize-{artifacts.key_digest(key)}", storage_path=stage_dir / "ray", loop=quantize_worker,
+    job = TrainJob(name=_train_run_name("quantize", key, cfg), storage_path=stage_dir / "ray", loop=quantize_worker,
                    loop_config=loop_config, datasets={}, metrics=obs_serve.endpoint(cfg))
     result = fit(job, cfg.runtime)
     if result.error is not None:
@@ -527,10 +524,11 @@ def _record_tokenizer(cfg: Config, quantize_dir: Path) -> None:
 
 
 def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *,
-               keep_suffixes: list[Path] = ()) -> Path:
+               keep_suffixes: list[Path] = (), stage: str = "retokenize") -> Path:
     """Codes for every row of a feature table (a parquet file or a folder of them) with the run's
     codebook, suffixes kept from the quantize stage's codes and from `keep_suffixes` (earlier
-    retokenizations' codes, same codebook; the first file's where they differ); in <run>/retokenize/.
+    retokenizations' codes, same codebook; the first file's where they differ); in <run>/<stage>/
+    (the pipeline's own, for a cold-item split, is `retokenize`; `qbr retokenize` names its own).
     With quant.input = 'fused' the rows are item features (the encode format), fused first."""
     from qbr_dist.fusion.export import MODEL
     from qbr_dist.quant import CODEBOOKS, CODES
@@ -552,8 +550,8 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
         fusion = FusionInputs(model=dirs["fusion"] / MODEL, id_vectors=feature_files(dirs["fusion"]),
                               structure=dirs["structure"] / STRUCTURE)
         inputs |= {name: artifacts.manifest_fingerprint(dirs[name]) for name in ("fusion", "structure")}
-    key = artifacts.stage_key("retokenize", cfg.section_hash("quant"), inputs)
-    stage_dir, current = _stage("retokenize", root, key)
+    key = artifacts.stage_key("retokenize", cfg.section_hash(quant=cfg.quant.key()), inputs)
+    stage_dir, current = _stage(stage, root, key)
     if current:
         return stage_dir
     start_ray(cfg, reads={f"the features {f.name}": f for f in files})
@@ -567,6 +565,13 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
              "items/s, collision rate %.4f, suffix table %d", summary["items"], summary["content_queries"], version,
              summary["actors_busy"], summary["items_per_s"], summary["collision_rate"], summary["suffix_table_size"])
     return stage_dir
+
+
+def cli_retokenize_stage(features: Path) -> str:
+    """The folder `qbr retokenize` writes for a feature table: its own, named after the table, so it never
+    replaces the pipeline's `retokenize/` (a cold split's codes, which Q-BERT4Rec trains on) nor the codes of
+    another table."""
+    return f"retokenize-{features.stem}"
 
 
 def check_keep_files(paths: list[Path], version: str | None = None) -> None:
@@ -743,7 +748,7 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     started = time.perf_counter()
     # The Ray Train run name carries the stage key (config and inputs): a rerun resumes only a run
     # of the same config on the same data and codebook.
-    job = TrainJob(name=f"{stage}-{artifacts.key_digest(key)}", storage_path=stage_dir / "ray", loop=bert4rec_worker,
+    job = TrainJob(name=_train_run_name(stage, key, cfg), storage_path=stage_dir / "ray", loop=bert4rec_worker,
                    loop_config=loop_config, datasets=datasets, metrics=obs_serve.endpoint(cfg))
     result = fit(job, cfg.runtime)
     if result.error is not None:
@@ -756,6 +761,14 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     artifacts.write_json(stage_dir / METRICS, metrics)
     _finish(stage_dir, key, outputs=outputs, rows={"steps": metrics["steps"]})
     return stage_dir
+
+
+def _train_run_name(stage: str, key: dict, cfg: Config) -> str:
+    """Names the Ray Train run a restart resumes: the stage key plus what the layout of its DeepSpeed
+    checkpoints depends on (ZeRO stage, worker count), which the key leaves out; a restart after changing
+    either then starts afresh instead of failing to load another layout's partitions."""
+    layout = {"zero_stage": cfg.runtime.zero_stage, "num_workers": cfg.runtime.num_workers}
+    return f"{stage}-{artifacts.key_digest(key | {'checkpoint_layout': layout})}"
 
 
 def _export_weights(cfg: Config, checkpoint: str, stage_dir: Path, loop_config: dict) -> list[str]:

@@ -162,7 +162,7 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
     image_size = input_size(resolve_model(cfg.image_model, cfg.image_model_config)) if cfg.image_model else 1
 
     index = json.loads((shard_dir / INDEX).read_text())
-    config_hash = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    config_hash = hashlib.sha256(json.dumps(cfg.key(), sort_keys=True).encode()).hexdigest()[:16]
     done = _keep_only_current(out_dir, index, config_hash, quarantine)
     totals = {"read": 0, "items": 0, "with_image": 0, "skipped_shards": len(done), "incomplete_shards": []}
     quarantined_before = quarantine.total

@@ -71,12 +71,16 @@ def fuse_batch(model: CrossModalFusion, batch: pa.Table, max_tokens: int) -> tup
 
 
 def _vectors(batch: pa.Table, column: str, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, width) float32 rows and which are present: valid, of that width, and not flagged absent
-    by a `has_<modality>` column; absent rows are zeros."""
+    """(n, width) float32 rows and which are present: valid and not flagged absent by a `has_<modality>`
+    column; absent rows are zeros. A missing or all-null column is a missing modality; vectors of another
+    width than the model's are an error, never a silently missing modality."""
     rows = batch.num_rows
     values = batch.column(column).combine_chunks() if column in batch.column_names else None
-    if values is None or getattr(values.type, "list_size", None) != width:
+    if values is None or values.null_count == len(values):
         return np.zeros((rows, width), np.float32), np.zeros(rows, bool)
+    if getattr(values.type, "list_size", None) != width:
+        raise ValueError(f"column '{column}': expected vectors of the width the fusion model was trained on "
+                         f"(fixed-size lists of {width} floats), got {values.type}")
     present = values.is_valid().to_numpy(zero_copy_only=False)
     flag = f"has_{column.removesuffix('_emb')}"
     if flag in batch.column_names:

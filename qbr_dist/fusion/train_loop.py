@@ -53,6 +53,16 @@ def adjacent_pairs(batch: dict, *, window: int = 1) -> dict:
             "neighbour": np.concatenate(neighbours) if neighbours else empty}
 
 
+def paired_items(sequences, num_items: int) -> np.ndarray:
+    """(num_items + 1,) bool by item: those some training pair holds, the only items whose ID vector fusion
+    trains (an item alone in its user's training part is in none)."""
+    paired = np.zeros(num_items + 1, dtype=bool)
+    for sequence in sequences:
+        pairs = adjacent_pairs({"items": [sequence]})
+        paired[pairs["anchor"]] = paired[pairs["neighbour"]] = True
+    return paired
+
+
 @dataclass
 class FusionState:
     epoch: int = 0
@@ -100,7 +110,7 @@ def fusion_worker(loop_config: dict) -> None:
         state.resumed_at.append(state.step)
         log.info("fusion resumed from the checkpoint at step %d (epoch %d, batch %d)", state.step, state.epoch,
                  state.batch)
-    meter = TrainMeter(stage="fusion", rank=rank, run=loop_config["run_name"])
+    meter = TrainMeter(stage="fusion", rank=rank, run=loop_config["run_name"], epoch=state.epoch)
     pairs = ray.train.get_dataset_shard("pairs")
     while state.epoch < cfg.epochs and not state.done:
         _train_epoch(engine, arrays, pairs, state, cfg, runtime, meter, seed=seed, rank=rank, world=world,
@@ -145,7 +155,7 @@ def _train_epoch(engine, arrays, pairs, state: FusionState, cfg: FusionConfig, r
         state.batch, state.step, loss_value = index + 1, state.step + 1, loss.item()
         for name, value in {"loss": loss_value, **parts, "steps": 1}.items():
             sums[name] = sums.get(name, 0.0) + value
-        meter.step(loss=loss_value, samples=len(items), seconds=time.perf_counter() - started, lr=lr,
+        meter.step(loss=loss_value, samples=len(anchors), seconds=time.perf_counter() - started, lr=lr,
                    grad_norm=engine.get_global_grad_norm())
         if state.step % runtime.checkpoint_every == 0:
             state.epoch_sums, sums = rt.carry_epoch_sums(state.epoch_sums, sums), {}
@@ -176,25 +186,26 @@ def write_fused(model: CrossModalFusion, arrays: dict, loop_config: dict, out: P
     gate_sums, depth_counts = torch.zeros(layers, dtype=torch.float64), torch.zeros(layers + 1, dtype=torch.float64)
     fused, depths = [], []
     model.eval()
-    with rt.full_parameters(list(model.parameters())):
-        for offset in range(0, passes, cfg.infer_batch):
-            items = torch.arange(first + offset, min(first + offset + cfg.infer_batch, last), dtype=torch.long)
-            placeholder = not len(items)
-            if placeholder:  # this rank's slice is done: still take part, with one item, and count nothing
-                items = torch.ones(1, dtype=torch.long)
-            use_id = torch.from_numpy(seen[items.numpy()]).to(device)
-            inputs = rt.on_device(tensors(arrays, items), device, rt.parameter_dtype(model))
-            result = model(items.to(device), inputs, use_id=use_id)
-            result = rt.on_device(result, torch.device("cpu"))
-            if placeholder:
-                continue
-            present = result["present"].double()
-            weight_sums += (result["weights"].double() * present.unsqueeze(1)).sum(0)
-            present_counts += present.sum(0)
-            gate_sums += result["gates"].double().sum(0)
-            depth_counts += torch.bincount(result["depth"], minlength=layers + 1).double()
-            fused.append(result["fused"].float().numpy())
-            depths.append(result["depth"].numpy())
+    # Forwards outside the gathered block: under ZeRO-3 the module hooks gather and release each layer's
+    # parameters themselves, and a forward inside GatheredParameters would leave them partitioned after it.
+    for offset in range(0, passes, cfg.infer_batch):
+        items = torch.arange(first + offset, min(first + offset + cfg.infer_batch, last), dtype=torch.long)
+        placeholder = not len(items)
+        if placeholder:  # this rank's slice is done: still take part, with one item, and count nothing
+            items = torch.ones(1, dtype=torch.long)
+        use_id = torch.from_numpy(seen[items.numpy()]).to(device)
+        inputs = rt.on_device(tensors(arrays, items), device, rt.parameter_dtype(model))
+        result = rt.on_device(model(items.to(device), inputs, use_id=use_id), torch.device("cpu"))
+        if placeholder:
+            continue
+        present = result["present"].double()
+        weight_sums += (result["weights"].double() * present.unsqueeze(1)).sum(0)
+        present_counts += present.sum(0)
+        gate_sums += result["gates"].double().sum(0)
+        depth_counts += torch.bincount(result["depth"], minlength=layers + 1).double()
+        fused.append(result["fused"].float().numpy())
+        depths.append(result["depth"].numpy())
+    with rt.full_parameters(list(model.parameters())):  # read and saved whole, with no forward inside
         id_vectors = model.id_embedding.weight[first:last].detach().float().cpu().numpy().copy()
         if rank == 0:
             save_model(out / MODEL, model, arguments=model_arguments(cfg, arrays, loop_config["vocab_size"]),

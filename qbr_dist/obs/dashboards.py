@@ -53,7 +53,8 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
         Panel("Loss", f"qbr_train_loss{{{RUN}}}", legend="{{stage}} rank {{rank}}"),
         Panel("Samples/s (all workers)", f"sum by (run, stage) (qbr_train_samples_per_second{{{RUN}}})",
               unit="ops", legend="{{stage}}"),
-        Panel("Optimizer steps/s", f"sum by (run, stage) (rate(qbr_train_steps_total{{{RUN}}}[1m]))",
+        # every rank counts each optimizer step: the rate of one rank, not the sum
+        Panel("Optimizer steps/s", f"max by (run, stage) (rate(qbr_train_steps_total{{{RUN}}}[1m]))",
               unit="ops", legend="{{stage}}"),
         Panel("Step seconds p95", _quantile(0.95, "qbr_train_step_seconds", "run, stage"), unit="s",
               legend="{{stage}}"),

@@ -16,7 +16,8 @@ STAGE_LABELS = ("stage", "run")
 
 train_loss = Gauge("qbr_train_loss", "Training loss of the latest step", TRAIN_LABELS)
 train_samples_per_second = Gauge(
-    "qbr_train_samples_per_second", "Training sequences per second on this worker", TRAIN_LABELS
+    "qbr_train_samples_per_second",
+    "Training examples per second on this worker (sequences; fusion: item pairs; RQ-VAE: items)", TRAIN_LABELS
 )
 train_step_seconds = Histogram(
     "qbr_train_step_seconds", "Wall time of one optimizer step", TRAIN_LABELS,
@@ -62,7 +63,8 @@ RUNNING, SUCCEEDED, SKIPPED, FAILED = 0, 1, 2, 3
 class TrainMeter:
     """Training metrics of one worker, bound to its labels."""
 
-    def __init__(self, *, stage: str, rank: int, run: str):
+    def __init__(self, *, stage: str, rank: int, run: str, epoch: int = 0):
+        """`epoch`: epochs already finished (a restarted worker shows where it resumed, not 0)."""
         labels = {"stage": stage, "rank": str(rank), "run": run}
         self.loss = train_loss.labels(**labels)
         self.samples_per_second = train_samples_per_second.labels(**labels)
@@ -73,6 +75,7 @@ class TrainMeter:
         self.epoch = train_epoch.labels(**labels)
         self.valid_ndcg10 = valid_ndcg10.labels(**labels)
         self.checkpoint_seconds = checkpoint_seconds.labels(**labels)
+        self.epoch.set(epoch)
 
     def step(self, *, loss: float, samples: int, seconds: float, lr: float, grad_norm: float | None) -> None:
         self.loss.set(loss)

@@ -11,6 +11,7 @@ process killed outright leaves its file behind until then, and Prometheus report
 from __future__ import annotations
 
 import atexit
+import glob
 import json
 import os
 import socket
@@ -91,15 +92,19 @@ def retire(spec: Endpoint | None, process: str) -> int:
 
 
 def _registrations(spec: Endpoint | None):
+    """(file, target group) of every process registered for spec.run: the file name narrows the search (the
+    run name escaped, as it may hold glob characters), the group's own run label decides (run `exp` is a
+    prefix of run `exp--b`'s files)."""
     folder = Path(spec.targets_dir) if spec else None
     if folder is None or not folder.is_dir():
         return
-    for path in sorted(folder.glob(f"{spec.run}--*.json")):
+    for path in sorted(folder.glob(f"{glob.escape(spec.run)}--*.json")):
         try:
             (group,) = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # removed or being replaced meanwhile
-        yield path, group
+        if group.get("labels", {}).get("run") == spec.run:
+            yield path, group
 
 
 class RegisteredTargets:

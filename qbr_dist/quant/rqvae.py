@@ -107,6 +107,18 @@ class RQVAE(nn.Module):
     def reconstruct(self, latents: torch.Tensor, *, chunk_size: int = 65536) -> torch.Tensor:
         return in_chunks(self.decoder, latents, self.encoder_dims[0], chunk_size=chunk_size)
 
+    @classmethod
+    def from_tokenizer_tensors(cls, tensors: dict[str, torch.Tensor], encoder_dims: list[int]) -> "RQVAE":
+        """A plain model (no training state) from what `tokenizer_tensors` gave."""
+        levels, codebook_size, latent_dim = tensors["codebooks"].shape
+        model = cls(input_dim=encoder_dims[0], hidden=encoder_dims[1:-1], latent_dim=latent_dim, levels=levels,
+                    codebook_size=codebook_size)
+        for part in ("encoder", "decoder"):
+            getattr(model, part).load_state_dict({name.removeprefix(f"{part}."): tensor for name, tensor
+                                                  in tensors.items() if name.startswith(f"{part}.")})
+        model.codebooks.copy_(tensors["codebooks"])
+        return model
+
     def tokenizer_tensors(self) -> dict[str, torch.Tensor]:
         """What the codebook file keeps: codebooks, encoder and decoder weights."""
         return {"codebooks": self.codebooks} | {f"{part}.{name}": tensor for part in ("encoder", "decoder")

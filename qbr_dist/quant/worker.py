@@ -172,21 +172,24 @@ def fit_rqvae(local: torch.Tensor, cfg: QuantConfig, loop_config: dict, runtime)
     state = RQVAEState(**restored) if restored else RQVAEState()
     if restored:
         state.resumed_at.append(state.step)
-    meter = TrainMeter(stage="quantize", rank=rank, run=loop_config["run_name"])
+    meter = TrainMeter(stage="quantize", rank=rank, run=loop_config["run_name"], epoch=state.epoch)
     while state.epoch < cfg.rqvae_epochs:
         _rqvae_epoch(engine, model, local, state, cfg, runtime, meter, seed=seed, micro=micro,
                      steps_per_epoch=steps_per_epoch)
         state.epoch, state.batch = state.epoch + 1, 0
         meter.epoch.set(state.epoch)
     rt.save_checkpoint(engine, {"step": state.step, "done": True}, asdict(state))
-    model.eval()
+    # The weights are read whole with no forward inside (under ZeRO-3 a forward would partition them again);
+    # the codes then come from a plain copy, so no rank's ZeRO-3 gathers wait on another's number of chunks.
     with rt.full_parameters(list(model.parameters())):
-        on_engine = local.to(engine.device)
-        latents = model.latents(on_engine, chunk_size=cfg.chunk_size)
-        codes, levels = encode_with_stats(latents, model.codebooks, chunk_size=cfg.chunk_size)
-        reconstructed = model.reconstruct(decode(codes, model.codebooks), chunk_size=cfg.chunk_size)
-        error = reconstruction_error(on_engine, reconstructed)
         tensors = {name: tensor.detach().cpu().clone() for name, tensor in model.tokenizer_tensors().items()}
+    fitted = RQVAE.from_tokenizer_tensors(tensors, model.encoder_dims).to(engine.device).eval()
+    with torch.no_grad():
+        on_engine = local.to(engine.device)
+        latents = fitted.latents(on_engine, chunk_size=cfg.chunk_size)
+        codes, levels = encode_with_stats(latents, fitted.codebooks, chunk_size=cfg.chunk_size)
+        reconstructed = fitted.reconstruct(decode(codes, fitted.codebooks), chunk_size=cfg.chunk_size)
+        error = reconstruction_error(on_engine, reconstructed)
     return Fitted(tensors=tensors, codes=codes.cpu(), levels=levels, reconstruction_error=error,
                   metadata={"encoder_dims": json.dumps(model.encoder_dims)},
                   summary={"curve": state.curve, "reseeded": state.reseeded, "steps": state.step,

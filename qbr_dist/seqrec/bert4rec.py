@@ -142,8 +142,9 @@ class PrefixBackoff(nn.Module):
     """Rows of an item table (ID vectors or biases) where each untrained item's row is the mean row of
     the trained items sharing its longest code prefix (down to the empty prefix: all trained items).
 
-    The means come from the current table at each call, and only for the groups of the untrained items
-    asked for: a catalog is scored a chunk at a time, and a chunk holds few of them, or none."""
+    The means of the groups untrained items use are computed from the current table. Outside training
+    (scoring reads them for every chunk of every user batch) they are kept until the table changes (its
+    storage or version) or training resumes; where gradients flow they are computed at each call."""
 
     def __init__(self, level_codes: torch.Tensor, untrained: torch.Tensor):
         super().__init__()
@@ -172,23 +173,32 @@ class PrefixBackoff(nn.Module):
         self.register_buffer("cold", torch.from_numpy(cold), persistent=False)
         self.register_buffer("group_of", torch.from_numpy(group_of.clip(min=0)), persistent=False)
         self.register_buffer("members", torch.from_numpy(np.concatenate(members)), persistent=False)
+        self.register_buffer("member_group", torch.repeat_interleave(torch.arange(len(size)), size), persistent=False)
         self.register_buffer("sizes", size, persistent=False)
-        self.register_buffer("starts", size.cumsum(0) - size, persistent=False)
+        self._kept: dict[tuple, tuple] = {}  # table shape -> (its storage and version, its group means)
 
     def forward(self, table: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         rows = table[items]
         cold = self.cold[items]
-        if not bool(cold.any()):
-            return rows
-        groups, slot = torch.unique(self.group_of[items[cold]], return_inverse=True)
-        sizes = self.sizes[groups]
-        group = torch.repeat_interleave(torch.arange(len(groups), device=items.device), sizes)
-        first = torch.repeat_interleave(self.starts[groups] - (sizes.cumsum(0) - sizes), sizes)
-        member_rows = table[self.members[first + torch.arange(len(group), device=items.device)]]
-        sums = torch.zeros((len(groups), *rows.shape[items.dim():]), dtype=rows.dtype, device=rows.device)
-        means = sums.index_add(0, group, member_rows) / sizes.view(-1, *[1] * (rows.dim() - items.dim()))
-        rows[cold] = means[slot]
+        if bool(cold.any()):
+            rows[cold] = self._group_means(table)[self.group_of[items[cold]]]
         return rows
+
+    def _group_means(self, table: torch.Tensor) -> torch.Tensor:
+        state = (table.data_ptr(), table._version)
+        kept = self._kept.get(tuple(table.shape))
+        if kept is not None and kept[0] == state and not torch.is_grad_enabled():
+            return kept[1]
+        sums = torch.zeros((len(self.sizes), *table.shape[1:]), dtype=table.dtype, device=table.device)
+        means = sums.index_add(0, self.member_group, table[self.members]) / self.sizes.view(
+            -1, *[1] * (table.dim() - 1))
+        if not torch.is_grad_enabled():
+            self._kept[tuple(table.shape)] = (state, means)
+        return means
+
+    def train(self, mode: bool = True) -> "PrefixBackoff":
+        self._kept.clear()  # training changes the table in place
+        return super().train(mode)
 
 
 class BERT4Rec(nn.Module):

@@ -102,7 +102,7 @@ def bert4rec_worker(loop_config: dict) -> None:
         state.resumed_at.append(state.step)
         log.info("resumed from the checkpoint at step %d (phase %d, epoch %d, batch %d)",
                  state.step, state.phase, state.epoch, state.batch)
-    meter = TrainMeter(stage=loop_config["stage"], rank=rank, run=loop_config["run_name"])
+    meter = TrainMeter(stage=loop_config["stage"], rank=rank, run=loop_config["run_name"], epoch=state.epoch)
     shards = {name: ray.train.get_dataset_shard(name) for name in ("pretrain", "finetune", *loop_config["evaluations"])}
     sampler = _sampler(loop_config, train_cfg, engine.device, excluded=model.excluded)
 

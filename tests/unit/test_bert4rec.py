@@ -93,6 +93,25 @@ def test_untrained_hybrid_items_take_the_mean_id_part_of_their_longest_trained_p
     assert codes_only.untrained_ids is None
 
 
+def test_kept_prefix_means_follow_every_change_of_the_table():
+    from qbr_dist.seqrec.bert4rec import SemanticTokens
+
+    codes = torch.tensor([[0, 0, 0], [1, 2, 0], [1, 2, 1], [1, 3, 0], [2, 0, 0], [1, 2, 2], [3, 1, 0]])
+    untrained = torch.tensor([False, False, False, False, False, True, True])
+    tokens = SemanticTokens(codes=codes, code_sizes=[4, 4, 3], hidden=4, hybrid=True, untrained=untrained).eval()
+    table = tokens.ids.table.weight
+    with torch.no_grad():
+        first = tokens._id_part(table, torch.tensor([5]))
+        assert torch.equal(tokens._id_part(table, torch.tensor([5])), first)  # kept: the table did not change
+        table.mul_(2)  # an in-place change (an optimizer step, load_state_dict) moves the table's version
+        assert torch.allclose(tokens._id_part(table, torch.tensor([5])), 2 * first)
+        tokens.load_state_dict({name: 3 * value for name, value in tokens.state_dict().items()})
+        assert torch.allclose(tokens._id_part(table, torch.tensor([5])), 6 * first)
+    assert tokens.untrained_ids._kept and not tokens.train().eval().untrained_ids._kept  # training drops them
+    with_grad = tokens._id_part(table, torch.tensor([5]))  # where gradients flow, computed at the call
+    assert with_grad.requires_grad and torch.allclose(with_grad, 6 * first)
+
+
 def test_with_cold_codes_only_untrained_hybrid_items_are_their_codes_alone():
     from qbr_dist.seqrec.bert4rec import SemanticTokens
 

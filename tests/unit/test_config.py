@@ -52,6 +52,31 @@ def test_bad_values_are_one_line_errors_naming_the_key(override, fragment):
     assert "\n" not in str(err.value)
 
 
+def test_errors_say_where_the_setting_came_from_and_what_it_was(tmp_path):
+    path = write(tmp_path, "[train]\nlr = -1.0\n[run]\nname = 'x'\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: config key 'train.lr': expected a number > 0, got -1.0$"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"^--set train.lr=-2: config key 'train.lr': .*got -2$"):
+        load_config(path, ["train.lr=-2"])
+    with pytest.raises(ConfigError, match=r"^--set run.name=2024-01-01: .*expected str, .*\(quote it"):
+        load_config(None, ["run.name=2024-01-01"])
+    with pytest.raises(ConfigError, match=r"quote the strings in it"):
+        load_config(None, ["structure.fields=[category,brand]"])
+    with pytest.raises(ConfigError, match=r"^override 'run.name=a': 'run' is not a config section"):
+        load_config(write(tmp_path, "run = 'x'\n"), ["run.name=a"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("run.name=..", "run.name"), ("run.name=.", "run.name"), ("run.root=''", "run.root"),
+    ("run.seed=-1", "run.seed"), ("data.cold_seed=-3", "data.cold_seed"),
+    ("fusion.batch_size=3", "fusion.batch_size"),  # 2 workers need 2 pairs each
+    ("train.batch_size=1", "train.batch_size"),
+])
+def test_settings_that_cannot_run_are_refused_up_front(override, key):
+    with pytest.raises(ConfigError, match=rf"^--set {override}: config key '{key}'"):
+        load_config(None, [override])
+
+
 def test_missing_file_and_bad_toml(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "none.toml")
@@ -102,3 +127,14 @@ def test_max_history_is_keyed_only_when_set():
 def test_a_run_root_uri_is_refused_with_what_to_do_instead():
     with pytest.raises(ConfigError, match=r"run.root.*mount the bucket"):
         load_config(None, ["run.root=s3://bucket/runs"])
+
+
+@pytest.mark.parametrize("section, resource, setting", [
+    ("encode", "encode.actors=4", "encode.batch_size=8"),
+    ("shards", "shards.name=elsewhere", "shards.max_bytes=4096"),
+    ("quant", "quant.retokenize_actors=4", "quant.codebook_size=64"),
+])
+def test_stage_keys_leave_out_where_and_how_fast_a_stage_runs(section, resource, setting):
+    key = getattr(load_config(None), section).key()
+    assert getattr(load_config(None, [resource]), section).key() == key  # no rerun for more actors
+    assert getattr(load_config(None, [setting]), section).key() != key

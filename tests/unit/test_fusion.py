@@ -8,7 +8,7 @@ import torch
 from qbr_dist.fusion import features
 from qbr_dist.fusion.loss import fusion_loss, info_nce
 from qbr_dist.fusion.model import MODALITIES, CrossModalFusion
-from qbr_dist.fusion.train_loop import adjacent_pairs
+from qbr_dist.fusion.train_loop import adjacent_pairs, paired_items
 
 DIMS = {"text": 6, "image": 5, "cooc": 4}
 
@@ -90,6 +90,12 @@ def test_a_few_steps_reduce_the_loss():
 def test_adjacent_pairs_come_from_training_parts_only():
     pairs = adjacent_pairs({"items": [np.array([1, 2, 3, 4, 5]), np.array([7, 8, 9])]}, window=1)
     assert list(zip(pairs["anchor"], pairs["neighbour"])) == [(1, 2), (2, 3)]
+
+
+def test_only_items_in_some_training_pair_count_as_trained():
+    # [7, 8, 9]: training part [7] alone (8 and 9 are the validation and test targets), so 7 is in no pair
+    paired = paired_items([np.array([1, 2, 3, 4, 5]), np.array([7, 8, 9])], num_items=9)
+    assert np.nonzero(paired)[0].tolist() == [1, 2, 3]
 
 
 def test_feature_arrays_follow_item_order_and_mark_missing_rows(tmp_path):

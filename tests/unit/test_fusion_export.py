@@ -50,6 +50,15 @@ def test_batch_inputs_mark_nulls_and_absent_columns_missing(model):
     assert inputs["tokens"].tolist() == [[1, 2], [0, 0], [0, 0]]
 
 
+def test_vectors_of_another_width_are_an_error_not_a_missing_modality(model):
+    rows = ("a", "b", "c")
+    with pytest.raises(ValueError, match=r"column 'text_emb': expected .*fixed-size lists of 6 floats"):
+        batch_inputs(table(model).set_column(1, "text_emb", vectors(rows, 384)), model, max_tokens=2)
+    all_null = pa.array([None] * 3, pa.list_(pa.float32()))  # the encode stage's image column without an image model
+    inputs = batch_inputs(table(model).set_column(2, "image_emb", all_null), model, max_tokens=2)
+    assert inputs["image_present"].tolist() == [False] * 3
+
+
 def test_fused_batch_matches_the_training_model(tmp_path, model):
     save_model(tmp_path / "m.safetensors", model, arguments=ARGUMENTS, max_tokens=3)
     loaded, max_tokens = load_model(tmp_path / "m.safetensors")

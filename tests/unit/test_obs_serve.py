@@ -52,6 +52,17 @@ def test_retire_removes_only_the_named_process_kind(tmp_path):
     assert REGISTRY.get_sample_value("qbr_registered_targets", {"run": "unit-retire"}) == 1
 
 
+def test_a_run_whose_name_prefixes_another_or_holds_glob_characters_counts_only_its_own(tmp_path):
+    for run in ("unit-exp", "unit-exp--b", "unit-grid[1]"):
+        (tmp_path / f"{run}--host--1.json").write_text(json.dumps(
+            [{"targets": ["127.0.0.1:1"], "labels": {"run": run, "process": "train-worker"}}]))
+    for run in ("unit-exp", "unit-grid[1]"):
+        serve.count_registrations(serve.Endpoint(run=run, targets_dir=str(tmp_path)))
+        assert REGISTRY.get_sample_value("qbr_registered_targets", {"run": run}) == 1
+    assert serve.retire(serve.Endpoint(run="unit-exp", targets_dir=str(tmp_path)), "train-worker") == 1
+    assert (tmp_path / "unit-exp--b--host--1.json").exists()
+
+
 def test_stage_metrics_track_running_skipped_and_failed():
     run = "unit-stages"
     metrics.stage_began(run, "ingest", skipped=True)

@@ -155,3 +155,18 @@ def test_a_stage_that_exports_no_weights_leaves_no_earlier_ones(tmp_path, intera
     cfg = config(tmp_path, interactions_file, "runtime.zero_stage=0")
     assert pipeline._export_weights(cfg, "unused", tmp_path, {}) == []
     assert not (tmp_path / WEIGHTS).exists() and not (tmp_path / MODEL_SPEC).exists()
+
+
+def test_a_restart_resumes_a_training_run_only_with_the_same_checkpoint_layout(tmp_path, interactions_file):
+    key = {"stage": "fusion", "inputs": {}}
+    name = pipeline._train_run_name("fusion", key, config(tmp_path, interactions_file))
+    assert name == pipeline._train_run_name("fusion", key, config(tmp_path, interactions_file))
+    for layout in ("runtime.zero_stage=3", "runtime.num_workers=1"):  # DeepSpeed could not load the old partitions
+        assert pipeline._train_run_name("fusion", key, config(tmp_path, interactions_file, layout)) != name
+
+
+def test_the_cli_retokenizes_a_table_into_its_own_folder():
+    from pathlib import Path
+
+    names = {pipeline.cli_retokenize_stage(Path(p)) for p in ("/data/NEW.parquet", "/data/NEWER.parquet", "runs/x/encode")}
+    assert names == {"retokenize-NEW", "retokenize-NEWER", "retokenize-encode"}  # never the pipeline's "retokenize"

@@ -66,6 +66,15 @@ def test_ema_update_moves_a_code_towards_its_items_and_reseeds_dead_codes():
     assert any(torch.equal(model.codebooks[0, 2], row) for row in inputs[0])
 
 
+def test_a_plain_copy_from_the_tokenizer_tensors_computes_what_the_model_does():
+    data = blobs(seed=2)
+    model = started_model(data, seed=2)
+    copy = RQVAE.from_tokenizer_tensors(model.tokenizer_tensors(), model.encoder_dims)
+    assert torch.equal(copy.latents(data), model.latents(data))
+    codes = encode(model.latents(data), model.codebooks)
+    assert torch.equal(copy.reconstruct(decode(codes, copy.codebooks)), model.reconstruct(decode(codes, model.codebooks)))
+
+
 def test_codebook_file_reproduces_the_codes_and_its_version_covers_the_encoder(tmp_path):
     data = blobs(seed=1)
     model = started_model(data, seed=1)
