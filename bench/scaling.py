@@ -216,9 +216,10 @@ NOTES = {
                "one batch's score chunk), rss_before_model_mb what it held after its imports (torch, transformers, "
                "Ray), before building the model.",
     "scoring_cold_split": "The same scoring with a random 10 % of the items untrained (a cold-item split): each "
-                          "chunk's untrained items take the mean ID vector and bias of the trained items sharing "
-                          "their longest code prefix, computed from the ID table for the groups that chunk needs. "
-                          "ratio_to_no_cold_split is that back-off's cost; peak_rss_mb this process's own peak.",
+                          "untrained item takes the mean ID vector and bias of the trained items sharing its "
+                          "longest code prefix, the means computed once from the ID table (a block of members at a "
+                          "time) and kept while the model stays in evaluation. ratio_to_no_cold_split is that "
+                          "back-off's cost; peak_rss_mb this process's own peak.",
     "retokenize": "bench/retokenize.py's run: items_per_s and seconds are the job end to end (actor start, "
                   "quantizing, the driver's suffix pass), without Ray's own start; at small N the fixed start "
                   "costs dominate, so items/s rises with N and the seconds' exponent is below 1. "

@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run the pipeline once per seed (run.seed, run.seed + 1, ...), each in <run.name>-seed<s>, "
                           "and report the mean and spread (<run.name>/seeds.md)")
     run.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
-                     help="hyperparameter grid (repeatable: every combination), one run per point in "
+                     help="hyperparameter grid (repeatable: every combination; values split at the commas outside "
+                          "brackets and quotes, so [1,0],[0,1] is two values), one run per point in "
                           "<run.name>-<point>; each model keeps its best point on validation (<run.name>/grid.md)")
 
     data = commands.add_parser("data", help="dataset commands", description="Dataset commands.")
@@ -79,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     quantize = commands.add_parser(
         "quantize", help="fit residual codebooks and give every item a unique semantic ID",
         description="Run ingest, shards, encode, structure and fusion (each skipped when current), then fit "
-                    "the residual codebooks with distributed k-means in Ray Train workers and write "
-                    "<run>/quantize/codes.parquet, codebooks.safetensors and quant_stats.json.",
+                    "the codebooks in Ray Train workers (distributed residual k-means, or an RQ-VAE with "
+                    "quant.mode = 'rqvae') and write <run>/quantize/codes.parquet, codebooks.safetensors and "
+                    "quant_stats.json; under a cold-item split (data.cold_fraction > 0) the codebooks are fit on "
+                    "warm items and <run>/retokenize/ gives every item, the cold ones included, its codes.",
     )
     _config_args(quantize)
 
@@ -90,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "in its format: item_id, text_emb, image_emb, and optionally struct_tokens and cooc_emb) "
                     "through the run's fusion model (quant.input = 'fused'; items without a trained ID vector "
                     "take the content-predicted query) or its quant.input column, then the fitted quantizer, "
-                    "on Ray Data actors, and write <run>/retokenize-<table name>/codes.parquet (the folder is "
+                    "on Ray Data actors, and write <run>/retokenize-<table name>-<digest>/codes.parquet (the folder is "
                     "printed; the pipeline's own retokenize/ is left alone). Suffixes of items already in the "
                     "quantize stage's codes (and in --keep-suffixes) are kept; new items are appended.",
     )
@@ -173,24 +176,15 @@ def _dispatch(args) -> int:
     if args.command in ("inspect", "recommend"):
         return _inspect(args, cfg)
     if args.command in ("quantize", "retokenize", "shards", "encode"):
-        pipeline.serve_driver(cfg)
-    if args.command in ("quantize", "retokenize"):
-        if args.command == "retokenize":
-            pipeline.check_keep_files(args.keep_suffixes)  # before any tokenizer stage runs
-        root = pipeline.run_dir(cfg)
-        dirs = pipeline.tokenize(cfg, root)
-        if args.command == "quantize":
-            print(dirs["quantize"])
-            return 0
-        features = args.features or dirs["encode"]
-        print(pipeline.retokenize(cfg, root, features, dirs, keep_suffixes=args.keep_suffixes,
-                                  stage=pipeline.cli_retokenize_stage(features)))
+        if args.command == "retokenize":  # before any tokenizer stage runs
+            pipeline.check_keep_files(args.keep_suffixes)
+            if args.features and not args.features.exists():
+                raise FileNotFoundError(f"{args.features}: --features names no file or folder")
+        with pipeline.holding_run(cfg):
+            print(_stage_command(args, cfg, pipeline))
         return 0
-    if args.command in ("shards", "encode"):
-        root = pipeline.run_dir(cfg)
-        done = pipeline.shards(cfg, pipeline.ingest(cfg, root))
-        print(pipeline.encode(cfg, root, done) if args.command == "encode" else done)
-        return 0
+    if args.command == "run" and args.grid and args.seeds > 1:
+        raise ValueError("--grid with --seeds: run the grid with one seed and rerun its chosen point with --seeds")
     if args.command == "run" and args.grid:
         table = grid_markdown(pipeline.run_grid(lambda extra: load_config(args.config, args.overrides + extra),
                                                 args.grid))
@@ -202,6 +196,20 @@ def _dispatch(args) -> int:
     if args.readme:
         update_readme(args.readme, table)
     return 0
+
+
+def _stage_command(args, cfg, pipeline) -> Path:
+    """Run the stages `qbr quantize`, `retokenize`, `shards` or `encode` needs; returns the folder written."""
+    root = pipeline.run_dir(cfg)
+    if args.command in ("shards", "encode"):
+        done = pipeline.shards(cfg, pipeline.ingest(cfg, root))
+        return pipeline.encode(cfg, root, done) if args.command == "encode" else done
+    dirs = pipeline.tokenize(cfg, root)
+    if args.command == "quantize":
+        return dirs["quantize"]
+    features = args.features or dirs["encode"]
+    return pipeline.retokenize(cfg, root, features, dirs, keep_suffixes=args.keep_suffixes,
+                               stage=pipeline.cli_retokenize_stage(features))
 
 
 def _inspect(args, cfg) -> int:

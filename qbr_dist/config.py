@@ -32,9 +32,11 @@ def _settings_key(section, *, later_options: tuple[str, ...]) -> dict:
 
 
 def _without(section, resources: tuple[str, ...]) -> dict:
-    """A section's settings for a stage key, less those that change where or how fast it runs, never what
-    it computes (a rerun on more actors or another shards folder must not redo the work)."""
-    return {name: value for name, value in section.__dict__.items() if name not in resources}
+    """A section's settings for a stage key, with those that change where or how fast it runs, never what it
+    computes, at their defaults: a rerun on more actors or into another shards folder redoes nothing, and
+    the key of a default config is what it was before they were set aside."""
+    defaults = type(section)()
+    return {name: getattr(defaults, name) if name in resources else value for name, value in section.__dict__.items()}
 
 
 @dataclass

@@ -7,10 +7,12 @@ run directory.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -45,13 +47,21 @@ def run_dir(cfg: Config) -> Path:
 
 
 def run_pipeline(cfg: Config) -> dict:
-    """Every stage in order; returns the report. The driver serves the run's job metrics meanwhile and
-    holds the run directory, so a second `qbr run` of the same run stops instead of writing into it."""
-    artifacts.code_version()  # pinned now: manifests name the code this run started with
+    """Every stage in order; returns the report."""
+    with holding_run(cfg):
+        return _run_stages(cfg)
+
+
+@contextlib.contextmanager
+def holding_run(cfg: Config) -> Iterator[None]:
+    """For a command that writes the run's stages (`qbr run`, `qbr quantize`, ...): pins the code version its
+    manifests name, holds the run directory, so a second command on the same run stops instead of writing
+    into it, serves the run's job metrics, and marks the stages an exception cut short as failed."""
+    artifacts.code_version()
     with artifacts.exclusive(run_dir(cfg)):
         serve_driver(cfg)
         try:
-            return _run_stages(cfg)
+            yield
         except BaseException:
             for stage in obs_metrics.running_stages(cfg.run.name):
                 obs_metrics.stage_ended(cfg.run.name, stage, failed=True)
@@ -113,7 +123,8 @@ def member_config(cfg: Config, base_name: str, **run_changes) -> Config:
 
 
 def grid_points(grid: list[str]) -> list[list[str]]:
-    """Every combination of `SECTION.KEY=V1,V2,...` values, as lists of `--set` overrides."""
+    """Every combination of `SECTION.KEY=V1,V2,...` values, as lists of `--set` overrides. Values are split
+    at the commas outside brackets and quotes, so a list value is one value: `train.mask_weights=[1,0],[0,1]`."""
     import itertools
 
     axes = []
@@ -121,20 +132,52 @@ def grid_points(grid: list[str]) -> list[list[str]]:
         key, _, values = spec.partition("=")
         if not key or not values:
             raise ValueError(f"--grid {spec!r}: expected SECTION.KEY=VALUE1,VALUE2,...")
-        axes.append([f"{key}={value}" for value in values.split(",")])
+        axes.append([f"{key}={value}" for value in _top_level_items(values)])
     return [list(point) for point in itertools.product(*axes)]
+
+
+def _top_level_items(text: str) -> list[str]:
+    """`text` split at the commas that are not inside [...] or a quoted string (TOML values side by side;
+    tomllib parses one value, not a comma-separated run of them)."""
+    items, depth, quote, start = [], 0, "", 0
+    for at, char in enumerate(text):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(text[start:at])
+            start = at + 1
+    return items + [text[start:]]
+
+
+def grid_point_name(base: str, overrides: list[str]) -> str:
+    """The run name of one grid point: the base name and its settings, with every character a folder name
+    could trip on (/, quotes, brackets, spaces) as '_'."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", f"{base}-" + "-".join(overrides)).replace("=", "_")
 
 
 def run_grid(make_config, grid: list[str]) -> dict:
     """`run_pipeline` once per grid point (config from `make_config(overrides)`, in <name>-<point>);
-    each model keeps the point of its best validation NDCG@10 and reports that point's test metrics."""
+    each model keeps the point of its best validation NDCG@10 and reports that point's test metrics.
+    Every point's config is built and checked before the first one runs."""
     from qbr_dist.report import grid_markdown, grid_summary, write_summary
 
     base = make_config([])
-    runs = []
-    for overrides in grid_points(grid):
-        name = f"{base.run.name}-" + "-".join(o.replace("=", "_") for o in overrides)
-        runs.append((overrides, run_pipeline(member_config(make_config(overrides), base.run.name, name=name))))
+    points = [(overrides, member_config(make_config(overrides), base.run.name,
+                                        name=grid_point_name(base.run.name, overrides)))
+              for overrides in grid_points(grid)]
+    names = [cfg.run.name for _, cfg in points]
+    if len(set(names)) < len(names):
+        raise ValueError(f"--grid: two points would share a run directory ({names}); give values that differ "
+                         "in letters or digits")
+    runs = [(overrides, run_pipeline(cfg)) for overrides, cfg in points]
     summary = grid_summary(runs)
     write_summary(run_dir(base), "grid", summary, grid_markdown(summary))
     return summary
@@ -147,8 +190,22 @@ def report_only(cfg: Config) -> dict:
     if missing:
         raise FileNotFoundError(f"{root}: stage(s) {', '.join(missing)} not finished; run `qbr run` first")
     finished = {name: root / name for name in ("fusion", "quantize") if artifacts.read_manifest(root / name)}
+    if finished.get("quantize") and codes_stage(root) == "retokenize":
+        finished["retokenize"] = root / "retokenize"
     models = {name: root / name for name in MODEL_STAGES if artifacts.read_manifest(root / name)}
     return _report(cfg, root, models, root / "ingest", tokenizer_dirs(finished))
+
+
+def codes_stage(root: Path) -> str:
+    """The stage whose codes.parquet holds the run's codes: `retokenize` (every item's) under a cold-item
+    split, when it used the quantize stage's current codebook, else `quantize` (a retokenize/ left by an
+    earlier config, or by `qbr retokenize` before it wrote folders of its own, holds other codes)."""
+    quantize = artifacts.read_manifest(root / "quantize")
+    if quantize is None:
+        raise FileNotFoundError(f"{root}: no finished quantize stage; run `qbr quantize` or `qbr run` first")
+    retokenize = artifacts.read_manifest(root / "retokenize")
+    current = retokenize and retokenize["rows"].get("codebook_version") == quantize["rows"]["codebook_version"]
+    return "retokenize" if current and (root / "ingest" / COLD).is_file() else "quantize"
 
 
 def _report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_dir: Path, tokenizer: dict) -> dict:
@@ -162,7 +219,7 @@ def _report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_dir: Pa
 
 def tokenizer_dirs(dirs: dict[str, Path]) -> dict[str, Path]:
     """The tokenizer stages the report shows."""
-    return {name: dirs[name] for name in ("fusion", "quantize") if name in dirs}
+    return {name: dirs[name] for name in ("fusion", "quantize", "retokenize") if name in dirs}
 
 
 def _stage(name: str, root: Path, key: dict) -> tuple[Path, bool]:
@@ -355,15 +412,19 @@ def structure(cfg: Config, root: Path, ingest_dir: Path) -> Path:
 def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     """Item feature table (one parquet per shard) in <run>/encode/, skipping finished shards."""
     from qbr_dist.data.shards import INDEX
-    from qbr_dist.encode.job import SHARDS_DONE, encode_shards, encoder_files
+    from qbr_dist.encode.job import SHARDS_DONE, encode_shards, encoder_files, shard_state
 
     import ray.data
 
     # Keyed by the shards' contents, not the index file (which names the run it was written for), so
-    # runs with the same catalog share their encoded features.
+    # runs with the same catalog share their encoded features; plus missing or damaged shards (shard_state).
     shard_hashes = [shard["sha256"] for shard in json.loads((shards_dir / INDEX).read_text())["shards"]]
-    key = artifacts.stage_key("encode", cfg.section_hash(encode=cfg.encode.key()), {"shards": shard_hashes})
-    stage_dir, current = _stage("encode", root, key)
+
+    def encode_key() -> dict:
+        return artifacts.stage_key("encode", cfg.section_hash(encode=cfg.encode.key()),
+                                   {"shards": shard_hashes} | shard_state(shards_dir, root / "encode"))
+
+    stage_dir, current = _stage("encode", root, encode_key())
     if current:
         return stage_dir
     start_ray(cfg, reads={"the shards index": shards_dir / INDEX} | encoder_files(cfg.encode))
@@ -383,11 +444,10 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     outputs = [SHARDS_DONE] + [p.name for p in feature_files(stage_dir)]
     outputs += [QUARANTINE] if (stage_dir / QUARANTINE).is_file() else []
     rows = {"items": sum(e["rows"] for e in json.loads((stage_dir / SHARDS_DONE).read_text()).values())}
-    if totals["incomplete_shards"]:  # missing or salvaged: a key no later run matches, so they are tried again
-        log.warning("encode: shards %s were missing or damaged (quarantine.jsonl); the next run tries them again",
-                    ", ".join(totals["incomplete_shards"]))
-        key = key | {"incomplete_shards": totals["incomplete_shards"]}
-    _finish(stage_dir, key, outputs=outputs, rows=rows)
+    if totals["incomplete_shards"]:
+        log.warning("encode: shards %s were missing or damaged (quarantine.jsonl); a later run encodes them once "
+                    "they are there or restored", ", ".join(totals["incomplete_shards"]))
+    _finish(stage_dir, encode_key(), outputs=outputs, rows=rows)
     return stage_dir
 
 
@@ -568,10 +628,13 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
 
 
 def cli_retokenize_stage(features: Path) -> str:
-    """The folder `qbr retokenize` writes for a feature table: its own, named after the table, so it never
-    replaces the pipeline's `retokenize/` (a cold split's codes, which Q-BERT4Rec trains on) nor the codes of
-    another table."""
-    return f"retokenize-{features.stem}"
+    """The folder `qbr retokenize` writes for a feature table: its own, named after the table and a digest of
+    its full path (two `items.parquet` in different folders are two tables), so it never replaces the
+    pipeline's `retokenize/` (a cold split's codes, which Q-BERT4Rec trains on) nor another table's codes."""
+    import hashlib
+
+    resolved = features.resolve()
+    return f"retokenize-{resolved.stem}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
 
 
 def check_keep_files(paths: list[Path], version: str | None = None) -> None:
@@ -765,9 +828,11 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
 
 def _train_run_name(stage: str, key: dict, cfg: Config) -> str:
     """Names the Ray Train run a restart resumes: the stage key plus what the layout of its DeepSpeed
-    checkpoints depends on (ZeRO stage, worker count), which the key leaves out; a restart after changing
-    either then starts afresh instead of failing to load another layout's partitions."""
-    layout = {"zero_stage": cfg.runtime.zero_stage, "num_workers": cfg.runtime.num_workers}
+    checkpoints depends on (the ZeRO stage, and with partitions the worker count), which the key leaves out;
+    a restart after changing either then starts afresh instead of failing to load another layout."""
+    layout = {"zero_stage": cfg.runtime.zero_stage}
+    if cfg.runtime.zero_stage >= 1:
+        layout["num_workers"] = cfg.runtime.num_workers
     return f"{stage}-{artifacts.key_digest(key | {'checkpoint_layout': layout})}"
 
 

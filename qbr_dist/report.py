@@ -137,6 +137,10 @@ def tokenizer_summary(dirs: dict[str, Path]) -> dict:
                                                     "mean_depth", "items", "cold_items", "steps")}
     if "quantize" in dirs:
         summary["quantize"] = json.loads((dirs["quantize"] / QUANT_STATS).read_text())
+    if "retokenize" in dirs:
+        rows = artifacts.read_manifest(dirs["retokenize"])["rows"]
+        summary["retokenize"] = {key: rows[key] for key in ("items", "content_queries", "collision_rate",
+                                                           "suffix_table_size")}
     return summary
 
 
@@ -197,6 +201,11 @@ def tokenizer_markdown(tokenizer: dict) -> list[str]:
         ]
         lines += [f"| {lv['level']} | {lv['usage']:.1%} | {lv['perplexity']:.1f} | {lv['dead_codes']} |"
                   for lv in q["levels"]]
+    if "retokenize" in tokenizer:  # the codebooks were fit on warm items; these are the codes the models used
+        r = tokenizer["retokenize"]
+        lines += ["", f"Every item's codes, the cold items' coded afterwards from their content: {r['items']:,} items "
+                      f"({r['content_queries']:,} with a content-predicted query); collision rate before the suffix "
+                      f"{r['collision_rate']:.4f}, suffix table {r['suffix_table_size']}."]
     if "fusion" in tokenizer:
         f = tokenizer["fusion"]
         names = list(f["modality_weights"][0])

@@ -9,6 +9,7 @@ leaves the item without an image: counted and listed in the quarantine, never st
 from __future__ import annotations
 
 import http.client
+import os
 import time
 import urllib.error
 import urllib.request
@@ -36,8 +37,15 @@ def fetch_images(
     folder.mkdir(parents=True, exist_ok=True)
     summary = FetchSummary()
     pending = {}
+    longest = _longest_name(folder)
     for item_id, url in urls.items():
-        if image_path(folder, item_id).is_file():
+        path = image_path(folder, item_id)
+        if len(f".{path.name}.tmp-{os.getpid()}".encode()) > longest:  # the name it is written under first
+            summary.failed += 1
+            quarantine.add(source=url, where=f"item {item_id}", field="image_url",
+                           reason=f"image not fetched, item kept without it: its file name would be longer than "
+                                  f"the {longest} bytes {folder} allows")
+        elif path.is_file():
             summary.already_there += 1
         else:
             pending[item_id] = url
@@ -51,6 +59,14 @@ def fetch_images(
                 quarantine.add(source=url, where=f"item {item_id}", field="image_url",
                                reason=f"image not fetched, item kept without it: {error}")
     return summary
+
+
+def _longest_name(folder: Path) -> int:
+    """The longest file name `folder`'s file system takes (255 where it does not say)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def _fetch_one(item_id: str, url: str, folder: Path, retries: int, timeout_s: float, max_bytes: int) -> str | None:

@@ -1,4 +1,5 @@
-"""Bad records are skipped, counted by reason and listed in a JSON-lines quarantine file.
+"""Bad records are skipped, counted by reason and listed in a JSON-lines quarantine file; a file that
+cannot be read at all is a DataError.
 
 The readers also count the rows they read in `read`, so that for one reader call on a fresh
 quarantine `read == rows returned + total` holds exactly (what counts as a row: `readers.py`).
@@ -8,6 +9,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+
+
+class DataError(ValueError):
+    """A file that cannot be read as the expected table; the message names the file and field."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(message.splitlines()))  # one line, whatever the file's text held
 
 
 class Quarantine:

@@ -13,6 +13,7 @@ lines decoded before the break, and the break itself as one row read and one qua
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Iterator
@@ -21,15 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qbr_dist.data import amazon
-from qbr_dist.data.quarantine import Quarantine
+from qbr_dist.data.quarantine import DataError, Quarantine
 from qbr_dist.data.tables import INTERACTION_FIELDS, INTERACTIONS_SCHEMA
-
-
-class DataError(ValueError):
-    """A file that cannot be read as the expected table; the message names the file and field."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(message.splitlines()))  # one line, whatever the file's text held
 
 
 def read_interactions(path: str | Path, quarantine: Quarantine) -> pa.Table:
@@ -63,7 +57,8 @@ def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantin
         return amazon.read_amazon_catalog(path, text_fields, quarantine)
     if path.suffix == ".parquet":
         table = _read_parquet(path, ("item_id", *text_fields))
-        columns = {name: _column(path, table, name, pa.string()) for name in table.schema.names}
+        columns = {name: _catalog_column(path, table, name, extra=name not in ("item_id", *text_fields))
+                   for name in table.schema.names}
         quarantine.read += table.num_rows
         records = ((i + 1, {k: v[i] for k, v in columns.items()}) for i in range(table.num_rows))
     else:
@@ -82,14 +77,30 @@ def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantin
         record["text"] = ". ".join(record[f] for f in text_fields if record.get(f))
         rows.append(record)
     names = ["item_id", "text"] + [n for n in (rows[0] if rows else {}) if n not in ("item_id", "text")]
-    return pa.table({n: pa.array([r.get(n) for r in rows], pa.string()) for n in names})
+    return pa.table({n: pa.array([r.get(n) for r in rows], _binary_image(n, rows) or pa.string()) for n in names})
+
+
+def _catalog_column(path: Path, table: pa.Table, name: str, *, extra: bool) -> list:
+    """A catalog parquet column as Python values: image bytes as bytes, an `extra` column (not the id or a text
+    field) of lists or structs (tags, attributes) as JSON text, everything else as text."""
+    type_ = table.schema.field(name).type
+    if name == "image" and (pa.types.is_binary(type_) or pa.types.is_large_binary(type_)):
+        return table.column(name).to_pylist()
+    if extra and pa.types.is_nested(type_):
+        return [None if value is None else json.dumps(value, default=str) for value in table.column(name).to_pylist()]
+    return _column(path, table, name, pa.string())
+
+
+def _binary_image(name: str, rows: list[dict]) -> pa.DataType | None:
+    """Binary for an `image` column of bytes (the catalog's own images), else None (text: a path per item)."""
+    return pa.binary() if name == "image" and any(isinstance(r.get(name), bytes) for r in rows) else None
 
 
 def _interactions_from_parquet(path: Path, quarantine: Quarantine) -> pa.Table:
     table = _read_parquet(path, INTERACTION_FIELDS)
     users = _column(path, table, "user_id", pa.string())
     items = _column(path, table, "item_id", pa.string())
-    stamps = _column(path, table, "timestamp", pa.float64())
+    stamps = _timestamps(path, table)
     quarantine.read += table.num_rows
     keep = []
     for row, (user, item, stamp) in enumerate(zip(users, items, stamps)):
@@ -105,6 +116,24 @@ def _interactions_from_parquet(path: Path, quarantine: Quarantine) -> pa.Table:
             "timestamp": pa.array([stamps[i] for i in keep], pa.float64()),
         }
     )
+
+
+def _timestamps(path: Path, table: pa.Table) -> list:
+    """The `timestamp` column as seconds: a timestamp type in its own unit, numbers as they are, text parsed a
+    row at a time (None, so quarantined, where a row holds no number). A text column with no number at all is
+    the wrong field: a DataError."""
+    column = table.column("timestamp")
+    if pa.types.is_timestamp(column.type):
+        per_second = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[column.type.unit]
+        return [None if value is None else value / per_second for value in column.cast(pa.int64()).to_pylist()]
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return _column(path, table, "timestamp", pa.float64())
+    values = column.to_pylist()
+    stamps = [None if value is None else _as_float(value) for value in values]
+    if any(value is not None for value in values) and all(stamp is None for stamp in stamps):
+        raise DataError(f"{path}: field 'timestamp' holds no number (expected seconds since 1970, as numbers, "
+                        "text or a timestamp type)")
+    return stamps
 
 
 def _interaction_problem(user, item, timestamp) -> tuple[str, str] | None:

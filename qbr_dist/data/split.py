@@ -50,9 +50,12 @@ def build_sequences(
     user; each the user's newest `max_history` items when that is > 0 (after the k-core filter)."""
     item_ids = interactions.column("item_id").to_pylist()
     items = np.fromiter((index.get(i, 0) for i in item_ids), dtype=np.int64, count=len(item_ids))
-    for row in np.flatnonzero(items == 0):
-        quarantine.add(source=source, where=f"row {row}", field="item_id",
-                       reason=f"unknown item id {item_ids[row]!r}")
+    unknown = np.flatnonzero(items == 0)
+    if len(unknown):  # named by user and time: the readers' accepted rows are not the file's lines
+        user_ids, stamps = interactions.column("user_id").to_pylist(), interactions.column("timestamp").to_pylist()
+        for row in unknown:
+            quarantine.add(source=source, where=f"user {user_ids[row]!r} at timestamp {stamps[row]!r}",
+                           field="item_id", reason=f"unknown item id {item_ids[row]!r}")
     known = items > 0
     users, user_codes = np.unique(np.asarray(interactions.column("user_id").to_pylist(), dtype=object)[known],
                                   return_inverse=True)

@@ -10,8 +10,10 @@ folder holds what the current index's shards give and nothing older. Bad samples
 `quarantine.jsonl`: an item with invalid JSON or non-UTF-8 text is left out; an unreadable or
 oversized image leaves the item without one. A shard whose checksum differs from the index
 (truncated or damaged) is salvaged first: its complete samples before the break are encoded and
-the break is one quarantine entry. A salvaged or missing shard is incomplete: it is tried again
-on the next run (the stage says which shards in its totals).
+the break is one quarantine entry; its output counts as current while the damaged file stays as it
+was, and is encoded again once the file changes (restored). A missing shard is quarantined and left
+out. `shard_state` tells the stage key about both, so a later run redoes the stage (and encodes just
+those shards) only once a missing shard appears or a damaged one changes.
 """
 from __future__ import annotations
 
@@ -163,7 +165,7 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
 
     index = json.loads((shard_dir / INDEX).read_text())
     config_hash = hashlib.sha256(json.dumps(cfg.key(), sort_keys=True).encode()).hexdigest()[:16]
-    done = _keep_only_current(out_dir, index, config_hash, quarantine)
+    done = _keep_only_current(shard_dir, out_dir, index, config_hash, quarantine)
     totals = {"read": 0, "items": 0, "with_image": 0, "skipped_shards": len(done), "incomplete_shards": []}
     quarantined_before = quarantine.total
     encoded = encode_items.labels(stage="encode", run=metrics.run if metrics else "")
@@ -172,9 +174,8 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
         if shard["file"] in done:
             continue
         output = out_dir / _output_name(shard["file"])
-        tar = _intact_or_salvaged(shard_dir / shard["file"], shard, out_dir, quarantine)
-        complete = tar == shard_dir / shard["file"]
-        if not complete:
+        tar, salvaged_from = _intact_or_salvaged(shard_dir / shard["file"], shard, out_dir, quarantine)
+        if tar != shard_dir / shard["file"]:
             totals["incomplete_shards"].append(shard["file"])
         if tar is None:
             continue
@@ -189,8 +190,8 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
         kept = _quarantine_rows(table, shard["file"], quarantine)
         with artifacts.atomic_path(output) as tmp:
             pq.write_table(_feature_table(kept), tmp)
-        done[shard["file"]] = {"sha256": shard["sha256"] if complete else "salvaged", "config": config_hash,
-                               "rows": kept.num_rows}
+        done[shard["file"]] = {"sha256": shard["sha256"], "config": config_hash, "rows": kept.num_rows} | (
+            {"salvaged": salvaged_from} if salvaged_from else {})
         artifacts.write_json(out_dir / SHARDS_DONE, done)
         totals["read"], totals["items"] = totals["read"] + table.num_rows, totals["items"] + kept.num_rows
         totals["with_image"] += int(pa.compute.sum(kept.column("has_image")).as_py() or 0)
@@ -203,15 +204,26 @@ def _output_name(shard_file: str) -> str:
     return Path(shard_file).stem + ".parquet"
 
 
-def _keep_only_current(out_dir: Path, index: dict, config_hash: str, quarantine: Quarantine) -> dict:
+def shard_state(shard_dir: Path, out_dir: Path) -> dict:
+    """How the shards on disk differ from their index, for the encode stage's key: the missing ones, and each
+    salvaged one's fingerprint as it is now. Empty while the shards are intact, so the key is then the
+    index's alone; a run leaves the state it found (or made) behind in its key."""
+    index = json.loads((shard_dir / INDEX).read_text())
+    done = _read_done(out_dir)
+    missing = [shard["file"] for shard in index["shards"] if not (shard_dir / shard["file"]).is_file()]
+    damaged = {name: artifacts.file_fingerprint(shard_dir / name) for name, entry in done.items()
+               if entry.get("salvaged") and (shard_dir / name).is_file()}
+    return ({"missing_shards": missing} if missing else {}) | ({"damaged_shards": damaged} if damaged else {})
+
+
+def _keep_only_current(shard_dir: Path, out_dir: Path, index: dict, config_hash: str, quarantine: Quarantine) -> dict:
     """The `shards_done.json` entries of the index's shards whose output is current (same checksum and
-    config, file present); every other output, entry and quarantine record is removed, so a shard the
-    index no longer lists leaves nothing behind and one encoded again starts clean."""
+    config, file present; a salvaged shard's file unchanged since); every other output, entry and
+    quarantine record is removed, so a shard the index no longer lists leaves nothing behind and one
+    encoded again starts clean."""
     done = _read_done(out_dir)
     current = {shard["file"]: done[shard["file"]] for shard in index["shards"]
-               if (out_dir / _output_name(shard["file"])).is_file()
-               and {k: done.get(shard["file"], {}).get(k) for k in ("sha256", "config")}
-               == {"sha256": shard["sha256"], "config": config_hash}}
+               if _is_current(done.get(shard["file"], {}), shard, config_hash, shard_dir, out_dir)}
     kept_outputs = {_output_name(name) for name in current}
     for output in out_dir.glob("*.parquet"):
         if output.name not in kept_outputs:
@@ -219,6 +231,14 @@ def _keep_only_current(out_dir: Path, index: dict, config_hash: str, quarantine:
     artifacts.write_json(out_dir / SHARDS_DONE, current)
     quarantine.keep_only(lambda record: Path(record["source"]).name in current)
     return current
+
+
+def _is_current(entry: dict, shard: dict, config_hash: str, shard_dir: Path, out_dir: Path) -> bool:
+    if not (out_dir / _output_name(shard["file"])).is_file() or (entry.get("sha256"), entry.get("config")) != (
+            shard["sha256"], config_hash):
+        return False
+    path = shard_dir / shard["file"]
+    return "salvaged" not in entry or (path.is_file() and artifacts.file_fingerprint(path) == entry["salvaged"])
 
 
 def _collect_counting(dataset, encoded) -> pa.Table:
@@ -233,20 +253,22 @@ def _collect_counting(dataset, encoded) -> pa.Table:
     return pa.concat_tables(blocks)
 
 
-def _intact_or_salvaged(path: Path, shard: dict, out_dir: Path, quarantine: Quarantine) -> Path | None:
-    """The shard itself when its checksum matches the index, else a copy of its complete samples
-    (None when there are none: the shard is listed in the quarantine and left for a later run)."""
-    if path.is_file() and artifacts.file_fingerprint(path) == shard["sha256"]:
-        return path
+def _intact_or_salvaged(path: Path, shard: dict, out_dir: Path,
+                        quarantine: Quarantine) -> tuple[Path | None, str | None]:
+    """The shard itself when its checksum matches the index, else a copy of its complete samples (None when
+    there are none, or the shard is missing: listed in the quarantine); with the damaged file's fingerprint."""
     if not path.is_file():
         quarantine.add(source=str(path), where="shard", field="*", reason="shard listed in the index is missing")
-        return None
+        return None, None
+    fingerprint = artifacts.file_fingerprint(path)
+    if fingerprint == shard["sha256"]:
+        return path, None
     salvaged = out_dir / SALVAGED / shard["file"]
     kept, problem = salvage_shard(path, salvaged, expected_items=shard["items"])
     quarantine.add(source=str(path), where=f"after sample {kept}", field="*",
                    reason=f"checksum differs from the index: {problem or 'all samples readable'}; "
                           f"the {kept} complete samples before it are encoded")
-    return salvaged if kept else None
+    return (salvaged if kept else None), fingerprint
 
 
 def _quarantine_rows(table: pa.Table, shard: str, quarantine: Quarantine) -> pa.Table:

@@ -7,18 +7,15 @@ from qbr_dist import artifacts
 from qbr_dist.config import Config
 from qbr_dist.inspect.codes import codes_markdown, items_under, parse_prefix, summarize_codes
 from qbr_dist.inspect.tables import markdown_table
-from qbr_dist.pipeline import ITEMS, run_dir
+from qbr_dist.pipeline import ITEMS, codes_stage, run_dir
 from qbr_dist.quant import CODES
 
 CATALOG = Path("ingest") / ITEMS
 
 
 def run_codes(run: Path) -> Path:
-    """The run's codes: every item's (retokenize stage) when it ran, else the quantize stage's."""
-    for stage in ("retokenize", "quantize"):
-        if artifacts.read_manifest(run / stage) is not None:
-            return run / stage / CODES
-    raise FileNotFoundError(f"{run}: no finished quantize stage; run `qbr quantize` or `qbr run` first")
+    """The run's codes file (`pipeline.codes_stage` says which stage's)."""
+    return run / codes_stage(run) / CODES
 
 
 def inspect_codes(cfg: Config, *, levels: int, top: int, prefix: str | None, limit: int) -> str:

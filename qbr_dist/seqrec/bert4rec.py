@@ -138,13 +138,18 @@ class LeftOut(nn.Module):
         return torch.where(self.kept[items].view(*items.shape, *[1] * (rows.dim() - items.dim())), rows, 0.0)
 
 
+MEAN_BLOCK = 65536  # member rows gathered at once for the prefix means: most of the trained items at catalog scale
+
+
 class PrefixBackoff(nn.Module):
     """Rows of an item table (ID vectors or biases) where each untrained item's row is the mean row of
     the trained items sharing its longest code prefix (down to the empty prefix: all trained items).
 
     The means of the groups untrained items use are computed from the current table. Outside training
-    (scoring reads them for every chunk of every user batch) they are kept until the table changes (its
-    storage or version) or training resumes; where gradients flow they are computed at each call."""
+    (scoring reads them for every chunk of every user batch) they are kept until `train()` or `eval()` is
+    called (as every evaluation does around its scoring) or the table is replaced or changed in place
+    (`load_state_dict`); where gradients flow they are computed at each call. With no trained item at all
+    the untrained items' rows are zeros."""
 
     def __init__(self, level_codes: torch.Tensor, untrained: torch.Tensor):
         super().__init__()
@@ -181,7 +186,7 @@ class PrefixBackoff(nn.Module):
         rows = table[items]
         cold = self.cold[items]
         if bool(cold.any()):
-            rows[cold] = self._group_means(table)[self.group_of[items[cold]]]
+            rows[cold] = self._group_means(table)[self.group_of[items[cold]]] if len(self.sizes) else 0.0
         return rows
 
     def _group_means(self, table: torch.Tensor) -> torch.Tensor:
@@ -190,8 +195,10 @@ class PrefixBackoff(nn.Module):
         if kept is not None and kept[0] == state and not torch.is_grad_enabled():
             return kept[1]
         sums = torch.zeros((len(self.sizes), *table.shape[1:]), dtype=table.dtype, device=table.device)
-        means = sums.index_add(0, self.member_group, table[self.members]) / self.sizes.view(
-            -1, *[1] * (table.dim() - 1))
+        for start in range(0, len(self.members), MEAN_BLOCK):  # the members' rows a block at a time, not all at once
+            block = slice(start, start + MEAN_BLOCK)
+            sums.index_add_(0, self.member_group[block], table[self.members[block]])
+        means = sums / self.sizes.view(-1, *[1] * (table.dim() - 1))
         if not torch.is_grad_enabled():
             self._kept[tuple(table.shape)] = (state, means)
         return means

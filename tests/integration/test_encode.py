@@ -19,7 +19,7 @@ from qbr_dist.artifacts import file_fingerprint
 from qbr_dist.config import load_config
 from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.data.shards import INDEX, shard_key, write_shards
-from qbr_dist.encode.job import encode_shards
+from qbr_dist.encode.job import encode_shards, shard_state
 from tests.conftest import TINY_VIT
 
 pytestmark = pytest.mark.integration
@@ -106,17 +106,21 @@ def test_encode_job_features_quarantine_and_resume(shard_dir, tmp_path, ray_clus
     assert broken["where"] == "after sample 1" and "checksum differs" in broken["reason"]
     assert totals["quarantined"] == len(records) == 4
 
-    again = run(shard_dir, tmp_path)  # the salvaged shard is incomplete: tried again, every other one skipped
-    assert again["skipped_shards"] == totals["skipped_shards"] + len(tables) - 1 and again["items"] == 1
-    assert again["incomplete_shards"] == ["shard-truncated.tar"]
-    assert len((tmp_path / "quarantine.jsonl").read_text().splitlines()) == 4  # its record replaced, not repeated
+    again = run(shard_dir, tmp_path)  # the salvaged shard, unchanged since, counts as done like the others
+    assert again["skipped_shards"] == totals["skipped_shards"] + len(tables) and again["items"] == 0
+    state = shard_state(shard_dir, tmp_path)  # what the stage key says of the shards: the same on both runs
+    assert list(state) == ["damaged_shards"] and list(state["damaged_shards"]) == ["shard-truncated.tar"]
+    assert len((tmp_path / "quarantine.jsonl").read_text().splitlines()) == 4  # kept, not repeated
 
-    fewer = tmp_path / "fewer"  # the same shards, less the bad one: it must leave nothing behind
+    fewer = tmp_path / "fewer"  # the bad shard left out of the index, the damaged one changed
     shutil.copytree(shard_dir, fewer)
     index = json.loads((fewer / INDEX).read_text())
     index["shards"] = [shard for shard in index["shards"] if shard["file"] != "shard-bad.tar"]
     (fewer / INDEX).write_text(json.dumps(index))
-    run(fewer, tmp_path)
+    (fewer / "shard-truncated.tar").write_bytes((fewer / "shard-truncated.tar").read_bytes() + b"\0")
+    third = run(fewer, tmp_path)
+    assert third["incomplete_shards"] == ["shard-truncated.tar"] and third["items"] == 1  # salvaged again
+    assert shard_state(fewer, tmp_path) != state
     assert not (tmp_path / "shard-bad.parquet").exists() and "shard-bad.tar" not in json.loads(
         (tmp_path / "shards_done.json").read_text())
     records = [json.loads(line) for line in (tmp_path / "quarantine.jsonl").read_text().splitlines()]

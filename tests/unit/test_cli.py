@@ -49,3 +49,20 @@ def test_console_script_is_installed():
     done = subprocess.run([sys.executable, "-m", "qbr_dist.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "qbr" in done.stdout
     assert build_parser().prog == "qbr"
+
+
+@pytest.mark.parametrize("command", [["quantize"], ["retokenize"], ["encode"], ["shards", "write"]])
+def test_stage_commands_refuse_a_run_another_process_holds(command, tmp_path, capsys):
+    from qbr_dist import artifacts
+
+    with artifacts.exclusive(tmp_path / "held"):  # as a running `qbr run` of that run would
+        assert main([*command, "--set", f"run.root='{tmp_path}'", "--set", "run.name=held",
+                     "--set", "obs.enabled=false"]) == 2
+    err = capsys.readouterr().err
+    assert "this run directory is in use" in err and not (tmp_path / "held" / "ingest").exists()
+
+
+def test_retokenize_refuses_missing_features_before_any_stage_runs(tmp_path, capsys):
+    assert main(["retokenize", "--features", str(tmp_path / "nope.parquet"), "--set", f"run.root='{tmp_path}'"]) == 2
+    assert "nope.parquet: --features names no file or folder" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

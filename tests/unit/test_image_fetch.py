@@ -72,14 +72,15 @@ def test_fetcher_keeps_going_past_bad_urls(server, tmp_path):
 
 def test_malformed_urls_and_cut_bodies_are_quarantined_not_saved(server, tmp_path):
     urls = {"cut": f"{server}/cut.jpg", "words": "not a url", "ipv6": "http://[::1/x.jpg",
-            "space": f"{server}/a b.jpg", "ok": f"{server}/ok.jpg"}
+            "space": f"{server}/a b.jpg", "ok": f"{server}/ok.jpg", "\u00e9" * 50: f"{server}/ok.jpg"}
     with Quarantine(tmp_path / "q.jsonl") as quarantine:
         summary = fetch(urls, tmp_path / "img", quarantine)
-    assert (summary.fetched, summary.failed) == (1, 4)
+    assert (summary.fetched, summary.failed) == (1, 5)
     assert not image_path(tmp_path / "img", "cut").exists()  # a later fetch tries it again
     reasons = {r["where"]: r["reason"] for r in map(json.loads, (tmp_path / "q.jsonl").read_text().splitlines())}
     assert f"truncated: {len(PAYLOAD)} of {10 * len(PAYLOAD)} bytes" in reasons["item cut"]
     assert all("malformed URL" in reasons[f"item {name}"] for name in ("words", "ipv6", "space"))
+    assert "file name would be longer than" in reasons["item " + "\u00e9" * 50]  # 300 bytes percent-encoded
 
 
 def test_second_fetch_skips_images_already_there(server, tmp_path):

@@ -87,3 +87,19 @@ def test_a_bad_prefix_is_a_one_line_error():
     with pytest.raises(ValueError, match="expected codes joined by '-'"):
         parse_prefix("3/41")
     assert parse_prefix("3-41") == (3, 41)
+
+
+def test_the_run_codes_are_the_retokenized_ones_only_with_the_current_codebook(tmp_path):
+    from qbr_dist import artifacts
+    from qbr_dist.inspect.run import run_codes
+
+    with pytest.raises(FileNotFoundError, match="no finished quantize stage"):
+        run_codes(tmp_path)
+    artifacts.write_manifest(tmp_path / "quantize", {}, outputs=[], rows={"codebook_version": "new"})
+    artifacts.write_manifest(tmp_path / "retokenize", {}, outputs=[], rows={"codebook_version": "old"})
+    assert run_codes(tmp_path) == tmp_path / "quantize" / "codes.parquet"  # an earlier config's retokenize/
+    artifacts.write_manifest(tmp_path / "retokenize", {}, outputs=[], rows={"codebook_version": "new"})
+    assert run_codes(tmp_path) == tmp_path / "quantize" / "codes.parquet"  # no cold split: another table's codes
+    (tmp_path / "ingest").mkdir()
+    (tmp_path / "ingest" / "cold_items.npy").write_bytes(b"")
+    assert run_codes(tmp_path) == tmp_path / "retokenize" / "codes.parquet"

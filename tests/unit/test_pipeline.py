@@ -168,5 +168,8 @@ def test_a_restart_resumes_a_training_run_only_with_the_same_checkpoint_layout(t
 def test_the_cli_retokenizes_a_table_into_its_own_folder():
     from pathlib import Path
 
-    names = {pipeline.cli_retokenize_stage(Path(p)) for p in ("/data/NEW.parquet", "/data/NEWER.parquet", "runs/x/encode")}
-    assert names == {"retokenize-NEW", "retokenize-NEWER", "retokenize-encode"}  # never the pipeline's "retokenize"
+    paths = ("/data/NEW.parquet", "/data/2024-05/items.parquet", "/data/2024-06/items.parquet", ".")
+    names = [pipeline.cli_retokenize_stage(Path(p)) for p in paths]
+    assert names[0].startswith("retokenize-NEW-") and names[1].startswith("retokenize-items-")
+    assert len(set(names)) == 4 and "retokenize" not in names  # never the pipeline's own folder
+    assert pipeline.cli_retokenize_stage(Path("/data/NEW.parquet")) == names[0]  # the same table: the same folder

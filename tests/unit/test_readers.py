@@ -88,6 +88,17 @@ def test_parquet_non_numeric_timestamp_is_an_error(tmp_path):
     assert str(path) in str(err.value)
 
 
+def test_parquet_timestamps_of_a_timestamp_type_or_text_with_a_bad_row(tmp_path):
+    path = tmp_path / "x.parquet"
+    stamps = pa.array([1_600_000_000_000, 1_600_000_001_500], pa.timestamp("ms"))
+    pq.write_table(pa.table({"user_id": ["u1", "u1"], "item_id": ["a", "b"], "timestamp": stamps}), path)
+    assert read_interactions(path, Quarantine()).column("timestamp").to_pylist() == [1_600_000_000.0, 1_600_000_001.5]
+    pq.write_table(pa.table({"user_id": ["u1", "u1"], "item_id": ["a", "b"], "timestamp": ["12", "oops"]}), path)
+    quarantine = Quarantine()
+    assert read_interactions(path, quarantine).column("timestamp").to_pylist() == [12.0]
+    assert quarantine.counts == {"timestamp is not a finite number": 1}  # one bad row, not the whole file
+
+
 def test_catalog_joins_text_fields_and_keeps_the_first_duplicate(tmp_path):
     item = write_lines(
         tmp_path / "x.item",
@@ -103,6 +114,17 @@ def test_catalog_joins_text_fields_and_keeps_the_first_duplicate(tmp_path):
     assert catalog.column("text").to_pylist() == ["Toy Story. Animation", "Heat"]
     assert catalog.column("release_year").to_pylist() == ["1995", "1995"]
     assert [(r["field"], r["reason"]) for r in quarantined(qpath)] == [("item_id", "duplicate item id")]
+
+
+def test_parquet_catalog_keeps_image_bytes_and_writes_nested_fields_as_json(tmp_path):
+    path = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item_id": ["a", "b"], "title": ["Mug", "Cap"], "tags": [["red", "tea"], None],
+                             "image": pa.array([b"\xff\xd8 jpeg", None], pa.binary())}), path)
+    table = read_catalog(path, ["title"], Quarantine())
+    assert table.schema.field("image").type == pa.binary()
+    rows = table.to_pylist()
+    assert rows[0]["image"] == b"\xff\xd8 jpeg" and rows[1]["image"] is None
+    assert json.loads(rows[0]["tags"]) == ["red", "tea"] and rows[1]["tags"] is None and rows[0]["text"] == "Mug"
 
 
 def test_quarantine_file_appears_with_the_first_record(tmp_path):

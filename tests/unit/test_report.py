@@ -1,6 +1,8 @@
 """Report rendering of the tokenizer stages (stats files as the stages write them)."""
 import json
 
+import pytest
+
 from qbr_dist.report import markdown, plot_code_usage, plots_markdown, tokenizer_summary, write_plots
 
 QUANT = {"codebook_version": "523e0f3263b1c0b0", "items": 12, "reconstruction_error": 0.37, "collision_rate": 0.25,
@@ -26,6 +28,21 @@ def test_tokenizer_section_shows_usage_collisions_and_modality_weights(tmp_path)
     assert "collision rate before the suffix 0.2500" in text and "by residual k-means, 2 levels x 4 codes" in text
     assert "| 0 | 75.0% | 2.8 | 1 |" in text and "| 1 | 100.0% | 3.9 | 0 |" in text
     assert "| layer | text | image | tokens | cooc | mean gate |" in text and "| 1 | 0.500 | n/a | 0.200 | 0.300 | 0.910 |" in text
+
+
+def test_under_a_cold_split_the_report_also_shows_every_items_codes(tmp_path):
+    from qbr_dist import artifacts
+
+    (tmp_path / "quantize").mkdir()
+    (tmp_path / "quantize" / "quant_stats.json").write_text(json.dumps(QUANT))
+    artifacts.write_manifest(tmp_path / "retokenize", {}, outputs=[], rows={
+        "items": 15, "content_queries": 3, "collision_rate": 0.3333, "suffix_table_size": 3, "seconds": 2.0})
+    summary = tokenizer_summary({"quantize": tmp_path / "quantize", "retokenize": tmp_path / "retokenize"})
+    assert summary["retokenize"] == {"items": 15, "content_queries": 3, "collision_rate": 0.3333,
+                                     "suffix_table_size": 3}
+    text = markdown(REPORT | {"tokenizer": summary})
+    assert "Every item's codes, the cold items' coded afterwards from their content: 15 items (3 with a " \
+           "content-predicted query); collision rate before the suffix 0.3333, suffix table 3." in text
 
 
 def test_rqvae_codebooks_say_how_they_were_trained():
@@ -139,6 +156,29 @@ def test_readme_table_is_replaced_between_the_markers_with_date_and_machine(tmp_
     (tmp_path / "bare.md").write_text("no markers\n")
     with pytest.raises(ValueError, match="no <!-- qbr:results:start -->"):
         update_readme(tmp_path / "bare.md", "x")
+
+
+def test_grid_values_may_be_lists_or_paths_and_every_point_is_checked_before_any_runs(monkeypatch, tmp_path):
+    from qbr_dist import pipeline
+    from qbr_dist.config import ConfigError, load_config
+
+    assert pipeline.grid_points(["train.mask_weights=[1,0,0,0],[0,1,0,0]", "encode.text_model='a,b','c'"]) == [
+        ["train.mask_weights=[1,0,0,0]", "encode.text_model='a,b'"], ["train.mask_weights=[1,0,0,0]", "encode.text_model='c'"],
+        ["train.mask_weights=[0,1,0,0]", "encode.text_model='a,b'"], ["train.mask_weights=[0,1,0,0]", "encode.text_model='c'"]]
+    assert pipeline.grid_point_name("demo", ["encode.text_model='/models/a b'", "train.lr=1e-3"]) == \
+        "demo-encode.text_model___models_a_b_-train.lr_1e-3"
+    ran = []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg: ran.append(cfg.run.name))
+    with pytest.raises(ConfigError, match="train.lr"):
+        pipeline.run_grid(lambda extra: load_config(None, [f"run.root='{tmp_path}'", *extra]), ["train.lr=1e-3,-1"])
+    assert ran == []  # the bad second point stopped the grid before its good first point ran
+
+
+def test_grid_with_seeds_is_refused(capsys):
+    from qbr_dist.cli import main
+
+    assert main(["run", "--grid", "train.lr=1e-3,3e-4", "--seeds", "3"]) == 2
+    assert "--grid with --seeds" in capsys.readouterr().err
 
 
 def test_seeds_and_grid_points_get_their_own_run_directory_but_share_the_catalogs_shards():

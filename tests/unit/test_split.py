@@ -36,14 +36,15 @@ def test_sequences_sorted_by_time_ties_keep_row_order():
 
 
 def test_unknown_items_are_quarantined_and_counted(tmp_path):
-    rows = [("u", "a", 1), ("u", "zzz", 2), ("u", "b", 3), ("u", "c", 4)]
+    rows = [("u", "a", 1_600_000_001), ("u", "zzz", 1_600_000_002), ("u", "b", 1_600_000_003), ("u", "c", 1_600_000_004)]
     path = tmp_path / "quarantine.jsonl"
     with Quarantine(path) as quarantine:
         seqs, summary = sequences(rows, quarantine=quarantine)
     assert seqs == {"u": [1, 2, 3]}
     assert summary.unknown_item_rows == 1
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    assert records == [{"source": "test", "where": "row 1", "field": "item_id", "reason": "unknown item id 'zzz'"}]
+    assert records == [{"source": "test", "where": "user 'u' at timestamp 1600000002.0", "field": "item_id",
+                        "reason": "unknown item id 'zzz'"}]
 
 
 def test_short_users_are_excluded_and_counted():
