@@ -1,6 +1,8 @@
-"""The quantize stage in RQ-VAE mode on two real Ray Train workers with DeepSpeed (gloo): codes
+"""The quantize stage in RQ-VAE mode on two real Ray Train workers with DeepSpeed ZeRO-3 (gloo): codes
 are unique, the learned codebooks are kept in one versioned file with the encoder, and
-retokenizing the same vectors with that file gives the same codes."""
+retokenizing the same vectors with that file gives the same codes. ZeRO-3, the stage where the
+parameters are partitioned: a forward under its hooks once left the saved encoder empty (the
+retokenizer then failed to load it); the other stages read the same weights without a gather."""
 from __future__ import annotations
 
 import json
@@ -21,7 +23,7 @@ def test_rqvae_mode_trains_saves_and_retokenizes(tmp_path, encode_dir, ray_clust
                              "quant.levels=2", "quant.codebook_size=6", "quant.iterations=10",
                              "quant.rqvae_hidden=[16]", "quant.rqvae_latent_dim=4", "quant.rqvae_epochs=4",
                              "quant.rqvae_batch_size=64", "quant.retokenize_actors=1", "runtime.num_workers=2",
-                             "runtime.checkpoint_every=5", "runtime.dashboard=false"])
+                             "runtime.checkpoint_every=5", "runtime.dashboard=false", "runtime.zero_stage=3"])
     root = pipeline.run_dir(cfg)
     quantized = pipeline.quantize(cfg, root, encode_dir)
 
