@@ -11,7 +11,7 @@ import torch
 
 from qbr_dist.quant.codebook import load_codebooks
 from qbr_dist.quant.residual import encode
-from qbr_dist.quant.rqvae import in_chunks, mlp
+from qbr_dist.quant.rqvae import RQVAE, in_chunks
 
 
 class Tokenizer:
@@ -20,12 +20,7 @@ class Tokenizer:
         self.mode = metadata.get("mode", "rkmeans")
         self.encoder = None
         if self.mode == "rqvae":
-            dims = json.loads(metadata["encoder_dims"])
-            self.latent_dim = dims[-1]
-            self.encoder = mlp(dims)
-            self.encoder.load_state_dict({name.removeprefix("encoder."): tensor for name, tensor in tensors.items()
-                                          if name.startswith("encoder.")})
-            self.encoder.eval()
+            self.encoder = RQVAE.from_tokenizer_tensors(tensors, json.loads(metadata["encoder_dims"])).encoder.eval()
 
     @staticmethod
     def parts(path: Path) -> dict:
@@ -41,6 +36,6 @@ class Tokenizer:
     def codes(self, vectors: torch.Tensor, *, chunk_size: int = 65536) -> torch.Tensor:
         """(n, L) int64 codes."""
         vectors = vectors.float()
-        if self.encoder is not None:
-            vectors = in_chunks(self.encoder, vectors, self.latent_dim, chunk_size=chunk_size)
+        if self.encoder is not None:  # the latents the codebooks quantize, as wide as a code vector
+            vectors = in_chunks(self.encoder, vectors, self.codebooks.shape[-1], chunk_size=chunk_size)
         return encode(vectors, self.codebooks, chunk_size=chunk_size)
