@@ -438,9 +438,9 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
         context.enable_progress_bars = bars
         obs_serve.retire(obs_serve.endpoint(cfg), "encode-actor")
     _count_records(cfg, "encode", read=totals["read"], quarantined=totals["quarantined"])
-    log.info("encode: %d items (%d with an image), %d quarantined, %d shards already done, %.1f items/s",
-             totals["items"], totals["with_image"], totals["quarantined"], totals["skipped_shards"],
-             totals["items_per_s"])
+    log.info("encode: %d items (%d with text, %d with an image), %d quarantined, %d shards already done, "
+             "%.1f items/s", totals["items"], totals["with_text"], totals["with_image"], totals["quarantined"],
+             totals["skipped_shards"], totals["items_per_s"])
     outputs = [SHARDS_DONE] + [p.name for p in feature_files(stage_dir)]
     outputs += [QUARANTINE] if (stage_dir / QUARANTINE).is_file() else []
     rows = {"items": sum(e["rows"] for e in json.loads((stage_dir / SHARDS_DONE).read_text()).values())}

@@ -2,18 +2,19 @@
 
 Per shard: `read_webdataset` (raw bytes) -> decode and resize in CPU tasks -> encoder actors
 (`ActorPoolStrategy`, text and image models loaded once per actor) -> one parquet file per
-shard with `item_id`, `text_emb`, `image_emb` (null without an image), `has_image`.
-A shard whose output exists with a matching entry in `shards_done.json` is skipped, so a killed
-job resumes at the next unfinished shard; the outputs, entries and quarantine records of every
-other shard (one the index no longer lists, or one to encode again) are removed first, so the
-folder holds what the current index's shards give and nothing older. Bad samples are listed in
-`quarantine.jsonl`: an item with invalid JSON or non-UTF-8 text is left out; an unreadable or
-oversized image leaves the item without one. A shard whose checksum differs from the index
-(truncated or damaged) is salvaged first: its complete samples before the break are encoded and
-the break is one quarantine entry; its output counts as current while the damaged file stays as it
-was, and is encoded again once the file changes (restored). A missing shard is quarantined and left
-out. `shard_state` tells the stage key about both, so a later run redoes the stage (and encodes just
-those shards) only once a missing shard appears or a damaged one changes.
+shard with `item_id`, `text_emb` (null for empty text), `image_emb` (null without an image),
+`has_image`. A shard whose output exists with a matching entry in `shards_done.json` is skipped,
+so a killed job resumes at the next unfinished shard; the outputs, entries and quarantine records
+of every other shard (one the index no longer lists, or one to encode again) are removed first,
+so the folder holds what the current index's shards give and nothing older. Bad samples are
+listed in `quarantine.jsonl`: an item with invalid JSON or non-UTF-8 text is left out; empty text
+leaves the item without text features, an unreadable or oversized image without an image.
+A shard whose checksum differs from the index (truncated or damaged) is salvaged first: its
+complete samples before the break are encoded and the break is one quarantine entry; its output
+counts as current while the damaged file stays as it was, and is encoded again once the file
+changes (restored). A missing shard is quarantined and left out. `shard_state` tells the stage
+key about both, so a later run redoes the stage (and encodes just those shards) only once a
+missing shard appears or a damaged one changes.
 """
 from __future__ import annotations
 
@@ -41,11 +42,11 @@ SHARDS_DONE, SALVAGED = "shards_done.json", "salvaged"
 
 
 def decode_batch(batch: dict, *, image_size: int, max_pixels: int) -> dict:
-    """Raw WebDataset columns -> item_id, text, image (uint8 S x S x 3), has_image, problem, fatal."""
+    """Raw WebDataset columns -> item_id, text, has_text, image (uint8 S x S x 3), has_image, problem, fatal."""
     from PIL import Image
 
     keys = batch["__key__"]
-    out = {"item_id": [], "text": [], "image": [], "has_image": [], "problem": [], "fatal": []}
+    out = {"item_id": [], "text": [], "has_text": [], "image": [], "has_image": [], "problem": [], "fatal": []}
     for key, raw_json, raw_text, raw_image in zip(keys, *(_member(batch, name) for name in ("json", "txt", "jpg"))):
         item_id, text, problems, fatal = item_id_of(key), "", [], False
         try:
@@ -58,6 +59,9 @@ def decode_batch(batch: dict, *, image_size: int, max_pixels: int) -> dict:
         except UnicodeDecodeError:
             problems.append("text is not UTF-8")
             fatal = True
+        has_text = bool(text.strip())
+        if not has_text and not fatal:
+            problems.append("empty text, item kept without text features")
         pixels = np.zeros((image_size, image_size, 3), dtype=np.uint8)
         has_image = False
         if raw_image is not None and not fatal:
@@ -66,7 +70,8 @@ def decode_batch(batch: dict, *, image_size: int, max_pixels: int) -> dict:
                 has_image = True
             except Exception as err:  # whatever a decoder raises on untrusted bytes: this item's problem
                 problems.append(f"unreadable image, item kept without it: {type(err).__name__}: {err}")
-        for name, value in (("item_id", item_id), ("text", text), ("image", pixels), ("has_image", has_image),
+        for name, value in (("item_id", item_id), ("text", text), ("has_text", has_text), ("image", pixels),
+                            ("has_image", has_image),
                             ("problem", "; ".join(problems)), ("fatal", fatal)):
             out[name].append(value)
     return {name: np.stack(v) if name == "image" else np.asarray(v) for name, v in out.items()}
@@ -140,14 +145,17 @@ class EncoderActor:
     def _encode(self, batch: dict) -> dict:
         import torch
 
-        text_emb = self.text(list(batch["text"]))
+        has_text = batch["has_text"].astype(bool)
+        text_emb = np.zeros((len(has_text), self.text.dim), dtype=np.float32)
+        if has_text.any():
+            text_emb[has_text] = self.text(list(batch["text"][has_text]))
         has_image = batch["has_image"].astype(bool)
         image_dim = self.image.dim if self.image else 0
         image_emb = np.zeros((len(has_image), image_dim), dtype=np.float32)
         if self.image is not None and has_image.any():
             pixels = torch.from_numpy(batch["image"][has_image]).permute(0, 3, 1, 2).float() / 255.0
             image_emb[has_image] = self.image((pixels - self.mean) / self.std)
-        return {"item_id": batch["item_id"], "text_emb": text_emb, "image_emb": image_emb,
+        return {"item_id": batch["item_id"], "text_emb": text_emb, "has_text": has_text, "image_emb": image_emb,
                 "has_image": has_image & (self.image is not None), "problem": batch["problem"],
                 "fatal": batch["fatal"]}
 
@@ -166,7 +174,8 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
     index = json.loads((shard_dir / INDEX).read_text())
     config_hash = hashlib.sha256(json.dumps(cfg.key(), sort_keys=True).encode()).hexdigest()[:16]
     done = _keep_only_current(shard_dir, out_dir, index, config_hash, quarantine)
-    totals = {"read": 0, "items": 0, "with_image": 0, "skipped_shards": len(done), "incomplete_shards": []}
+    totals = {"read": 0, "items": 0, "with_text": 0, "with_image": 0, "skipped_shards": len(done),
+              "incomplete_shards": []}
     quarantined_before = quarantine.total
     encoded = encode_items.labels(stage="encode", run=metrics.run if metrics else "")
     started = time.perf_counter()
@@ -194,7 +203,8 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
             {"salvaged": salvaged_from} if salvaged_from else {})
         artifacts.write_json(out_dir / SHARDS_DONE, done)
         totals["read"], totals["items"] = totals["read"] + table.num_rows, totals["items"] + kept.num_rows
-        totals["with_image"] += int(pa.compute.sum(kept.column("has_image")).as_py() or 0)
+        for flag in ("text", "image"):
+            totals[f"with_{flag}"] += int(pa.compute.sum(kept.column(f"has_{flag}")).as_py() or 0)
     totals["quarantined"] = quarantine.total - quarantined_before
     totals["items_per_s"] = round(totals["items"] / max(time.perf_counter() - started, 1e-9), 1)
     return totals
@@ -281,9 +291,9 @@ def _quarantine_rows(table: pa.Table, shard: str, quarantine: Quarantine) -> pa.
 
 
 def _feature_table(table: pa.Table) -> pa.Table:
-    """Fixed-size float32 list columns; `image_emb` is null where the item has no image
-    (all null, as a plain float list, when no image encoder is configured)."""
-    has_image = table.column("has_image").combine_chunks()
+    """Fixed-size float32 list columns; `text_emb` is null where the item's text is empty, `image_emb` where
+    it has no image (all null, as a plain float list, when no image encoder is configured)."""
+    has_text, has_image = (table.column(name).combine_chunks() for name in ("has_text", "has_image"))
     text = np.stack(table.column("text_emb").to_numpy(zero_copy_only=False)).astype(np.float32)
     image = np.stack(table.column("image_emb").to_numpy(zero_copy_only=False)).astype(np.float32)
     if image.shape[1] == 0:
@@ -293,7 +303,8 @@ def _feature_table(table: pa.Table) -> pa.Table:
                                                         mask=pa.compute.invert(has_image))
     return pa.table({
         "item_id": table.column("item_id").cast(pa.string()),
-        "text_emb": pa.FixedSizeListArray.from_arrays(pa.array(text.reshape(-1)), text.shape[1]),
+        "text_emb": pa.FixedSizeListArray.from_arrays(pa.array(text.reshape(-1)), text.shape[1],
+                                                      mask=pa.compute.invert(has_text)),
         "image_emb": image_array,
         "has_image": has_image,
     })

@@ -39,8 +39,9 @@ def assemble(folder: Path, *, item_ids: list[str], encode_files: list[Path], str
         for batch in pq.ParquetFile(path).iter_batches(columns=["item_id", "text_emb", "image_emb", "has_image"]):
             at = _positions(batch.column("item_id").to_pylist(), index)
             known = at > 0
-            arrays["text"][at[known]] = _matrix(batch.column("text_emb"), text_dim)[known]
-            arrays["text_present"][at[known]] = True
+            has_text = batch.column("text_emb").is_valid().to_numpy(zero_copy_only=False) & known
+            arrays["text"][at[has_text]] = _matrix(batch.column("text_emb"), text_dim)[has_text]
+            arrays["text_present"][at[has_text]] = True
             has_image = np.asarray(batch.column("has_image").to_pylist(), dtype=bool) & known
             if image_dim and has_image.any():
                 arrays["image"][at[has_image]] = _matrix(batch.column("image_emb"), image_dim)[has_image]

@@ -52,8 +52,9 @@ def read_rows(files: list[Path], column: str, start: int, stop: int) -> tuple[li
             part = batch.slice(lo, hi - lo)
             values = part.column(1)
             if values.null_count:
-                raise ValueError(f"{path}: column '{column}' has nulls (items without that feature); "
-                                 "quantize a column every item has")
+                raise ValueError(f"{path}: column '{column}' has nulls (items without that feature, listed in the "
+                                 "encode stage's quarantine.jsonl); quantize a column every item has "
+                                 "(quant.input = 'fused' gives them one)")
             ids += part.column(0).to_pylist()
             vectors.append(column_matrix(values))
     return ids, torch.from_numpy(np.concatenate(vectors)) if vectors else torch.zeros(0, 0)

@@ -58,6 +58,7 @@ def shard_dir(tmp_path_factory):
         sink.write({"__key__": shard_key("bad-text"), "txt": b"\xff\xfe\xfa", "json": json.dumps({"item_id": "bad-text"})})
         sink.write({"__key__": shard_key("bad-jpg"), "txt": "y", "json": json.dumps({"item_id": "bad-jpg"}),
                     "jpg": b"\xff\xd8 truncated"})
+        sink.write({"__key__": shard_key("blank"), "txt": " \n", "json": json.dumps({"item_id": "blank"})})
     truncated = root / "shard-truncated.tar"
     with wds.TarWriter(str(truncated)) as sink:
         for key in ("t0", "t1", "t2"):
@@ -65,7 +66,7 @@ def shard_dir(tmp_path_factory):
     whole = truncated.read_bytes()
     truncated.write_bytes(whole[:len(whole) // 3])  # breaks inside t1: t0 is complete
     index["shards"] += [
-        {"file": bad.name, "items": 4, "bytes": bad.stat().st_size, "sha256": file_fingerprint(bad)},
+        {"file": bad.name, "items": 5, "bytes": bad.stat().st_size, "sha256": file_fingerprint(bad)},
         {"file": truncated.name, "items": 3, "bytes": len(whole), "sha256": hashlib.sha256(whole).hexdigest()},
     ]
     (root / INDEX).write_text(json.dumps(index))
@@ -89,28 +90,30 @@ def test_encode_job_features_quarantine_and_resume(shard_dir, tmp_path, ray_clus
     table = pa.concat_tables(tables)
     by_id = {row["item_id"]: row for row in table.to_pylist()}
 
-    assert set(by_id) == {f"item.{i}" for i in range(12)} | {"ok", "bad-jpg", "t0"}
+    assert set(by_id) == {f"item.{i}" for i in range(12)} | {"ok", "bad-jpg", "blank", "t0"}
     assert table.schema.field("text_emb").type == pa.list_(pa.float32(), 384)
     assert table.schema.field("image_emb").type == pa.list_(pa.float32(), 32)
     assert by_id["item.0"]["has_image"] and len(by_id["item.0"]["image_emb"]) == 32
     assert not by_id["item.9"]["has_image"] and by_id["item.9"]["image_emb"] is None
     assert not by_id["bad-jpg"]["has_image"] and by_id["bad-jpg"]["image_emb"] is None
-    assert totals["items"] == 15 and totals["with_image"] == 8
-    assert totals["read"] == 17  # the 15 kept and the 2 left out; bad-jpg is kept, without its image
-    assert _encoded_items() - before == 15  # the driver counts what the actors encoded and the job kept
+    assert by_id["blank"]["text_emb"] is None and len(by_id["ok"]["text_emb"]) == 384
+    assert totals["items"] == 16 and totals["with_image"] == 8 and totals["with_text"] == 15
+    assert totals["read"] == 18  # the 16 kept and the 2 left out; bad-jpg is kept without its image, blank without text
+    assert _encoded_items() - before == 16  # the driver counts what the actors encoded and the job kept
 
     records = [json.loads(line) for line in (tmp_path / "quarantine.jsonl").read_text().splitlines()]
     reasons = " | ".join(r["reason"] for r in records)
     assert "invalid json" in reasons and "not UTF-8" in reasons and "unreadable image" in reasons
+    assert "empty text" in reasons
     (broken,) = [r for r in records if r["source"].endswith("shard-truncated.tar")]
     assert broken["where"] == "after sample 1" and "checksum differs" in broken["reason"]
-    assert totals["quarantined"] == len(records) == 4
+    assert totals["quarantined"] == len(records) == 5
 
     again = run(shard_dir, tmp_path)  # the salvaged shard, unchanged since, counts as done like the others
     assert again["skipped_shards"] == totals["skipped_shards"] + len(tables) and again["items"] == 0
     state = shard_state(shard_dir, tmp_path)  # what the stage key says of the shards: the same on both runs
     assert list(state) == ["damaged_shards"] and list(state["damaged_shards"]) == ["shard-truncated.tar"]
-    assert len((tmp_path / "quarantine.jsonl").read_text().splitlines()) == 4  # kept, not repeated
+    assert len((tmp_path / "quarantine.jsonl").read_text().splitlines()) == 5  # kept, not repeated
 
     fewer = tmp_path / "fewer"  # the bad shard left out of the index, the damaged one changed
     shutil.copytree(shard_dir, fewer)

@@ -11,6 +11,7 @@ def raw(image_dim):
     return pa.table({
         "item_id": ["a", "b"], "text_emb": list(np.ones((2, 4), np.float32)),
         "image_emb": list(np.ones((2, image_dim), np.float32)), "has_image": [True, False],
+        "has_text": [True, True],
     })
 
 
@@ -43,3 +44,14 @@ def test_decode_keeps_an_item_whose_image_decoder_raises_anything():
     out = decode_batch(batch, image_size=8, max_pixels=10**6)
     assert out["fatal"].tolist() == [False] and not out["has_image"].any()
     assert "unreadable image" in out["problem"][0] and "SyntaxError" in out["problem"][0]
+
+
+def test_empty_text_is_flagged_and_gives_a_null_text_vector():
+    batch = {"__key__": np.array(["a", "b"], dtype=object),
+             "json": np.array([b'{"item_id": "a"}', b'{"item_id": "b"}'], dtype=object),
+             "txt": np.array([b"fine", b" \n "], dtype=object), "jpg": np.array([None, None], dtype=object)}
+    out = decode_batch(batch, image_size=8, max_pixels=10**6)
+    assert out["has_text"].tolist() == [True, False] and out["fatal"].tolist() == [False, False]
+    assert out["problem"][0] == "" and "empty text" in out["problem"][1]
+    table = _feature_table(raw(0).set_column(4, "has_text", pa.array([True, False])))
+    assert table.column("text_emb").to_pylist() == [[1.0] * 4, None]

@@ -101,11 +101,12 @@ def test_only_items_in_some_training_pair_count_as_trained():
 def test_feature_arrays_follow_item_order_and_mark_missing_rows(tmp_path):
     encode = tmp_path / "shard-000000.parquet"
     pq.write_table(pa.table({
-        "item_id": ["b", "a"],
-        "text_emb": pa.FixedSizeListArray.from_arrays(pa.array(np.arange(4, dtype=np.float32)), 2),
-        "image_emb": pa.FixedSizeListArray.from_arrays(pa.array(np.ones(6, np.float32)), 3,
-                                                       mask=pa.array([True, False])),
-        "has_image": [False, True],
+        "item_id": ["b", "a", "d"],  # d's text was empty: no text vector
+        "text_emb": pa.FixedSizeListArray.from_arrays(pa.array(np.arange(6, dtype=np.float32)), 2,
+                                                      mask=pa.array([False, False, True])),
+        "image_emb": pa.FixedSizeListArray.from_arrays(pa.array(np.ones(9, np.float32)), 3,
+                                                       mask=pa.array([True, False, True])),
+        "has_image": [False, True, False],
     }), encode)
     structure = tmp_path / "structure.parquet"
     pq.write_table(pa.table({
@@ -113,15 +114,16 @@ def test_feature_arrays_follow_item_order_and_mark_missing_rows(tmp_path):
         "cooc_emb": pa.FixedSizeListArray.from_arrays(pa.array(np.arange(6, dtype=np.float32)), 2),
         "has_cooc": [True, False, True],
     }), structure)
-    shapes = features.assemble(tmp_path / "f", item_ids=["a", "b", "c"], encode_files=[encode],
+    shapes = features.assemble(tmp_path / "f", item_ids=["a", "b", "c", "d"], encode_files=[encode],
                                structure_file=structure, max_tokens=2)
     arrays = features.load(tmp_path / "f")
-    assert shapes["text"] == (4, 2) and shapes["image"] == (4, 3)
+    assert shapes["text"] == (5, 2) and shapes["image"] == (5, 3)
     assert arrays["text"][1].tolist() == [2, 3] and arrays["text"][2].tolist() == [0, 1]  # a, b
-    assert arrays["text_present"].tolist() == [False, True, True, False]  # c was never encoded
-    assert arrays["image_present"].tolist() == [False, True, False, False]
+    assert arrays["text_present"].tolist() == [False, True, True, False, False]  # c never encoded, d empty text
+    assert arrays["text"][4].tolist() == [0, 0]
+    assert arrays["image_present"].tolist() == [False, True, False, False, False]
     assert arrays["tokens"][1].tolist() == [1, 2] and arrays["tokens"][3].tolist() == [2, 0]
-    assert arrays["cooc_present"].tolist() == [False, True, False, True]
+    assert arrays["cooc_present"].tolist() == [False, True, False, True, False]
 
 
 @pytest.mark.parametrize("n", [1, 3])
