@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: setup test-tools ops submit demo test test-unit test-integration test-reliability bench-encode bench-encode-quick bench-kmeans \
 	bench-kmeans-quick bench-retokenize bench-retokenize-quick bench-ablations bench-ablations-quick bench-load bench-load-quick \
 	bench-quality bench-quality-quick bench-scaling bench-scaling-quick bench-throughput bench-throughput-quick bench-slices \
-	bench-slices-quick bench-offsets bench-offsets-quick bench-cold bench-cold-quick bench-paired bench-paired-quick bench-engine-start bench-gpu-smoke gpu-wheels clean
+	bench-slices-quick bench-offsets bench-offsets-quick bench-cold bench-cold-quick bench-paired bench-paired-quick bench-engine-start bench-parquet-reads bench-gpu-smoke gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -149,6 +149,9 @@ gpu-wheels: $(STAMP)
 
 bench-engine-start: $(STAMP)
 	$(PY) bench/engine_start.py
+
+bench-parquet-reads: $(STAMP)
+	$(PY) bench/parquet_reads.py
 
 bench-gpu-smoke: $(STAMP)
 	PYTHON=$(PY) bash bench/gpu/run.sh --smoke

@@ -24,8 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from qbr_dist.train.runtime import use_embedded_environment
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+use_embedded_environment()  # the tests' own ray.init calls start Ray as `qbr run` does
 
 TINY_VIT = Path(__file__).parent / "fixtures" / "qbr-tiny-vit.json"  # random-initialised on purpose
 OPS = Path(__file__).resolve().parents[1] / "ops"

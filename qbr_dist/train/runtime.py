@@ -34,6 +34,20 @@ class ForeignCheckpoint(RuntimeError):
     """A checkpoint outside the run's own folder: DeepSpeed unpickles checkpoints, so they are never followed."""
 
 
+EMBEDDED_RAY_ENVIRONMENT = {
+    "RAY_AUTH_MODE": "disabled",
+    # Ray Data's parquet reader starts a pool of footer-reader actors (32 by default) for every read: on one
+    # machine, 32 processes to read a few footers (retokenization's joins 1.8x slower; bench/parquet_reads.py).
+    "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
+}
+
+
+def use_embedded_environment() -> None:
+    """Settings for a Ray this process starts (its workers inherit its environment); a value already set wins."""
+    for name, value in EMBEDDED_RAY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
 def start_ray(runtime: RuntimeConfig) -> None:
     """Connect to the cluster in RAY_ADDRESS (as `ray.init` reads it), else start an embedded one."""
     if ray.is_initialized():
@@ -44,7 +58,7 @@ def start_ray(runtime: RuntimeConfig) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    use_embedded_environment()
     ray.init(
         num_cpus=runtime.ray_num_cpus or os.cpu_count(),
         object_store_memory=runtime.object_store_mb * 1024**2,

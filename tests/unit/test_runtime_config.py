@@ -1,8 +1,10 @@
+import os
+
 import torch
 
 from qbr_dist.config import load_config
 from qbr_dist.train.engine import deepspeed_config, skip_inference_allreduce_kernel
-from qbr_dist.train.runtime import carry_epoch_sums, my_slice
+from qbr_dist.train.runtime import carry_epoch_sums, my_slice, use_embedded_environment
 
 
 def test_deepspeed_config_follows_the_runtime_section():
@@ -39,3 +41,10 @@ def test_deepspeed_builds_no_shared_memory_kernel_once_skipped(tmp_path, monkeyp
     skip_inference_allreduce_kernel()
     assert build_shm_op() is None
     assert not any(tmp_path.iterdir())
+
+
+def test_the_embedded_ray_environment_keeps_what_the_user_set(monkeypatch):
+    monkeypatch.setenv("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "8")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    use_embedded_environment()
+    assert os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] == "8" and os.environ["RAY_AUTH_MODE"] == "disabled"
