@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report",
                                  help="rewrite report.json, report.md, the plots and report.html of a finished run",
-                                 description="Render the report of a run whose stages have finished.")
+                                 description="Render the report of a run whose stages have all finished with "
+                                             "this config; a stage computed with another config or other inputs "
+                                             "is an error that names it.")
     _config_args(report)
     report.add_argument("--readme", type=Path, help="also write the results table into this README between its markers")
 

@@ -8,6 +8,7 @@ run directory.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import time
@@ -40,6 +41,14 @@ STRUCTURE, STRUCTURE_VOCAB = "structure.parquet", "structure_vocab.json"
 
 # content-knn only with the tokenizer stages; qbert4rec also needs model.tokens != "id"
 MODEL_STAGES = ("popularity", "content-knn", "bert4rec", "qbert4rec")
+
+# Set by `report_only` alone: every stage then checks that it is current, computing its key as a run would,
+# and nothing runs.
+_REPORT_ONLY = contextvars.ContextVar("report_only", default=False)
+
+
+class StageNotCurrent(RuntimeError):
+    """`qbr report` of a run whose stages were computed with another config or other inputs."""
 
 
 def run_dir(cfg: Config) -> Path:
@@ -184,16 +193,18 @@ def run_grid(make_config, grid: list[str]) -> dict:
 
 
 def report_only(cfg: Config) -> dict:
-    """The report of a run whose stages have all finished."""
+    """The report of a run whose stages have all finished with this config: the stages are walked as
+    `qbr run` walks them, each checked against the key it would have now, so a report never labels
+    results with a config that did not make them (StageNotCurrent names the first stage that differs)."""
     root = run_dir(cfg)
     missing = [name for name in ("ingest", "popularity", "bert4rec") if artifacts.read_manifest(root / name) is None]
     if missing:
         raise FileNotFoundError(f"{root}: stage(s) {', '.join(missing)} not finished; run `qbr run` first")
-    finished = {name: root / name for name in ("fusion", "quantize") if artifacts.read_manifest(root / name)}
-    if finished.get("quantize") and codes_stage(root) == "retokenize":
-        finished["retokenize"] = root / "retokenize"
-    models = {name: root / name for name in MODEL_STAGES if artifacts.read_manifest(root / name)}
-    return _report(cfg, root, models, root / "ingest", tokenizer_dirs(finished))
+    token = _REPORT_ONLY.set(True)
+    try:
+        return _run_stages(cfg)
+    finally:
+        _REPORT_ONLY.reset(token)
 
 
 def codes_stage(root: Path) -> str:
@@ -224,12 +235,25 @@ def tokenizer_dirs(dirs: dict[str, Path]) -> dict[str, Path]:
 
 def _stage(name: str, root: Path, key: dict) -> tuple[Path, bool]:
     stage_dir = root / name
+    if _checked_for_report(stage_dir, key):
+        return stage_dir, True
     current = artifacts.stage_is_current(stage_dir, key) or _reuse(stage_dir, key)
     log.info("stage %s: %s", name, "up to date, skipped" if current else "running")
     if not current:
         artifacts.begin_stage(stage_dir)
     obs_metrics.stage_began(root.name, name, skipped=current)
     return stage_dir, current
+
+
+def _checked_for_report(stage_dir: Path, key: dict) -> bool:
+    """Under `report_only`, True for a current stage and StageNotCurrent for any other; False when stages run."""
+    if not _REPORT_ONLY.get():
+        return False
+    if not artifacts.stage_is_current(stage_dir, key):
+        finished = artifacts.read_manifest(stage_dir)
+        raise StageNotCurrent(f"{stage_dir}: " + ("computed with another config or other inputs" if finished else
+                                                  "not finished") + "; run `qbr run` with this config first")
+    return True
 
 
 def _reuse(stage_dir: Path, key: dict) -> bool:
@@ -339,6 +363,8 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
     folder = Path(cfg.shards.root) / (cfg.shards.name or cfg.run.name)
     inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
     key = artifacts.stage_key("shards", cfg.section_hash(shards=cfg.shards.key()), inputs)
+    if _checked_for_report(folder, key):
+        return folder
     current = artifacts.stage_is_current(folder, key)
     obs_metrics.stage_began(cfg.run.name, "shards", skipped=current)
     if current:
