@@ -371,6 +371,9 @@ class EvalConfig:
         _require(self.chunk_size >= 1, "eval.chunk_size", "an integer >= 1")
         _require(self.batch_size >= 1, "eval.batch_size", "an integer >= 1")
 
+    def key(self) -> dict:
+        return _without(self, ("chunk_size", "batch_size"))
+
 
 @dataclass
 class ObsConfig:

@@ -748,8 +748,8 @@ def _driver_baseline(stage: str, cfg: Config, root: Path, ingest_dir: Path, inpu
     from qbr_dist.seqrec.examples import evaluation_examples
     from qbr_dist.seqrec.metrics import evaluate_examples
 
-    key = artifacts.stage_key(stage, cfg.section_hash("eval"), {"ingest": artifacts.manifest_fingerprint(ingest_dir),
-                                                                **inputs})
+    key = artifacts.stage_key(stage, cfg.section_hash(eval=cfg.eval.key()),
+                              {"ingest": artifacts.manifest_fingerprint(ingest_dir), **inputs})
     stage_dir, current = _stage(stage, root, key)
     if current:
         return stage_dir
@@ -788,8 +788,8 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     if quantize_dir is None:  # the ID baseline: no semantic option applies
         model = dataclasses.replace(cfg.model, tokens="id", id_dropout=0.0, codebook_init=False, cold_codes_only=False)
     # Worker count, checkpoint cadence and the like do not change the result; precision and clipping do.
-    config_hash = cfg.section_hash("train", "eval", model=model.key(), seed=cfg.run.seed, loop=LOOP_VERSION,
-                                   precision=cfg.runtime.precision, grad_clip=cfg.runtime.grad_clip)
+    config_hash = cfg.section_hash("train", eval=cfg.eval.key(), model=model.key(), seed=cfg.run.seed,
+                                   loop=LOOP_VERSION, precision=cfg.runtime.precision, grad_clip=cfg.runtime.grad_clip)
     inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
     codes_dir = codes_dir or quantize_dir
     if quantize_dir is not None:

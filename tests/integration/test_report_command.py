@@ -1,5 +1,6 @@
-"""`qbr report` of the shared tiny run: the same report from the stages as they are, and a clear
-refusal for a config that did not make them (the report would label results with it)."""
+"""`qbr report` of the shared tiny run: the same report from the stages as they are, also under
+settings that change only where or how fast stages run; and a refusal naming the first stage a
+changed setting feeds, so every stage is shown to be keyed by its own settings."""
 from __future__ import annotations
 
 import pytest
@@ -9,16 +10,28 @@ from qbr_dist.config import config_from_dict
 
 pytestmark = pytest.mark.integration
 
+RESOURCES = {("encode", "actors"): 2, ("quant", "retokenize_actors"): 2, ("eval", "chunk_size"): 7,
+             ("eval", "batch_size"): 3, ("runtime", "num_workers"): 1, ("runtime", "checkpoint_every"): 3}
+# each setting, and the first stage of the run it feeds
+RESULTS = [(("data", "cold_seed"), 1, "ingest"), (("structure", "window"), 2, "structure"),
+           (("encode", "max_image_pixels"), 10**6, "encode"), (("fusion", "lr"), 0.5, "fusion"),
+           (("quant", "codebook_size"), 4, "quantize"), (("eval", "exclude_history"), True, "popularity"),
+           (("model", "hidden"), 8, "bert4rec"), (("train", "lr"), 0.5, "bert4rec")]
+
+
+def changed(cfg, settings: dict):
+    raw = cfg.to_dict()
+    for (section, name), value in settings.items():
+        raw[section][name] = value
+    return config_from_dict(raw)
+
 
 def test_report_renders_the_run_and_refuses_a_config_that_did_not_make_it(tokenized_run):
     cfg = tokenized_run.cfg
-    report = pipeline.report_only(cfg)
-    assert report["models"] == tokenized_run.report["models"] and report["config"] == cfg.to_dict()
+    report = pipeline.report_only(changed(cfg, RESOURCES))
+    assert report["models"] == tokenized_run.report["models"]
+    assert pipeline.report_only(cfg)["config"] == cfg.to_dict()  # rendered again with the run's own config
 
-    other = cfg.to_dict()
-    other["train"]["lr"] *= 2  # the tokenizer stages still match; the first model trained with it does not
-    with pytest.raises(pipeline.StageNotCurrent, match="bert4rec: computed with another config"):
-        pipeline.report_only(config_from_dict(other))
-    other["quant"]["codebook_size"] = 4
-    with pytest.raises(pipeline.StageNotCurrent, match="quantize: computed with another config"):
-        pipeline.report_only(config_from_dict(other))
+    for setting, value, stage in RESULTS:
+        with pytest.raises(pipeline.StageNotCurrent, match=f"/{stage}: computed with another config"):
+            pipeline.report_only(changed(cfg, {setting: value}))
