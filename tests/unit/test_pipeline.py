@@ -49,13 +49,13 @@ def test_another_run_reuses_finished_stages_with_the_same_key(tmp_path, interact
     first = config(tmp_path, interactions_file)
     ingest = pipeline.ingest(first, pipeline.run_dir(first))
     popularity = pipeline.popularity(first, pipeline.run_dir(first), ingest)
-    second = config(tmp_path, interactions_file, "run.name=t2", "eval.batch_size=7")
+    second = config(tmp_path, interactions_file, "run.name=t2", "eval.exclude_history=true")
     reused = pipeline.ingest(second, pipeline.run_dir(second))
     assert reused.parent.name == "t2" and (reused / pipeline.SEQUENCES).is_file()
     assert (reused / artifacts.MANIFEST).read_text() == (ingest / artifacts.MANIFEST).read_text()
     assert (reused / pipeline.SEQUENCES).stat().st_ino == (ingest / pipeline.SEQUENCES).stat().st_ino  # linked
     assert not list(pipeline.run_dir(second).glob("*.reusing"))
-    # eval settings enter the popularity key: that stage is not taken from the first run
+    # eval settings that change results enter the popularity key: that stage is not taken from the first run
     again = pipeline.popularity(second, pipeline.run_dir(second), reused)
     assert artifacts.read_manifest(again)["key"] != artifacts.read_manifest(popularity)["key"]
     changed = config(tmp_path, interactions_file, "run.name=t3", "data.k_core=5")
