@@ -17,3 +17,11 @@ def column_matrix(column: pa.Array | pa.ChunkedArray, dtype=np.float32) -> np.nd
     if not len(column):
         return np.zeros((0, getattr(column.type, "list_size", 0)), dtype=dtype)
     return np.asarray(column.flatten(), dtype=dtype).reshape(len(column), -1)
+
+
+def matrix_column(matrix: np.ndarray, *, valid: np.ndarray | None = None) -> pa.FixedSizeListArray:
+    """An (n, width) array as a fixed-size list column, the inverse of `column_matrix`; rows where `valid` is
+    false are null."""
+    matrix = np.ascontiguousarray(matrix)
+    mask = None if valid is None else pa.array(~np.asarray(valid, dtype=bool))
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1], mask=mask)

@@ -34,6 +34,7 @@ from qbr_dist.config import EncodeConfig
 from qbr_dist.data.actor_pools import batch_blocks
 from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.data.shards import INDEX, item_id_of, open_image, salvage_shard
+from qbr_dist.data.tables import matrix_column
 from qbr_dist.obs.metrics import actor_labels, encode_batch_seconds, encode_items
 from qbr_dist.obs.serve import Endpoint, serve
 
@@ -299,12 +300,10 @@ def _feature_table(table: pa.Table) -> pa.Table:
     if image.shape[1] == 0:
         image_array = pa.nulls(len(has_image), pa.list_(pa.float32()))
     else:
-        image_array = pa.FixedSizeListArray.from_arrays(pa.array(image.reshape(-1)), image.shape[1],
-                                                        mask=pa.compute.invert(has_image))
+        image_array = matrix_column(image, valid=has_image.to_numpy(zero_copy_only=False))
     return pa.table({
         "item_id": table.column("item_id").cast(pa.string()),
-        "text_emb": pa.FixedSizeListArray.from_arrays(pa.array(text.reshape(-1)), text.shape[1],
-                                                      mask=pa.compute.invert(has_text)),
+        "text_emb": matrix_column(text, valid=has_text.to_numpy(zero_copy_only=False)),
         "image_emb": image_array,
         "has_image": has_image,
     })

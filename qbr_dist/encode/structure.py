@@ -19,6 +19,8 @@ import pyarrow as pa
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
+from qbr_dist.data.tables import matrix_column
+
 PAD_TOKEN = "<pad>"
 
 
@@ -152,16 +154,15 @@ def _svd_rows(matrix: sp.csr_matrix, k: int, seed: int) -> np.ndarray:
 def structure_table(item_ids: list[str], tokens: list[list[int]], embedding: np.ndarray,
                     has_cooc: np.ndarray) -> pa.Table:
     """One row per catalog item; item i is row i + 1 of `embedding` and `has_cooc` (row 0 is padding)."""
-    n, dim = len(item_ids), embedding.shape[1]
+    n = len(item_ids)
     if len(tokens) != n or embedding.shape[0] != n + 1 or has_cooc.shape != (n + 1,):
         raise ValueError(f"structure table: {n} items but {len(tokens)} token lists, embedding "
                          f"{embedding.shape} and has_cooc {has_cooc.shape} (expected {n + 1} rows with padding)")
     offsets = np.concatenate([[0], np.cumsum([len(t) for t in tokens])]).astype(np.int32)
     values = np.fromiter((t for item in tokens for t in item), dtype=np.int32, count=int(offsets[-1]))
-    flat = pa.array(np.ascontiguousarray(embedding[1:], dtype=np.float32).ravel(), type=pa.float32())
     return pa.table({
         "item_id": pa.array(item_ids, type=pa.string()),
         "struct_tokens": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
-        "cooc_emb": pa.FixedSizeListArray.from_arrays(flat, dim),
+        "cooc_emb": matrix_column(np.asarray(embedding[1:], dtype=np.float32)),
         "has_cooc": pa.array(np.asarray(has_cooc[1:], dtype=bool)),
     })

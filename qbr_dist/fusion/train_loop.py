@@ -23,6 +23,7 @@ import torch
 from qbr_dist import artifacts
 from qbr_dist.config import FusionConfig
 from qbr_dist.data.split import train_part
+from qbr_dist.data.tables import matrix_column
 from qbr_dist.fusion import STATS, features
 from qbr_dist.fusion.export import ID_VECTOR, MODEL, save_model
 from qbr_dist.fusion.loss import fusion_loss
@@ -213,11 +214,10 @@ def write_fused(model: CrossModalFusion, arrays: dict, loop_config: dict, out: P
     vectors = np.concatenate(fused) if fused else np.zeros((0, cfg.dim), np.float32)
     table = pa.table({
         "item_id": item_ids.slice(first - 1, max(last - first, 0)),
-        "fused": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), cfg.dim),
+        "fused": matrix_column(vectors),
         "depth": pa.array(np.concatenate(depths) if depths else np.zeros(0, np.int64), pa.int8()),
         "cold": pa.array(~seen[first:last]),
-        ID_VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(id_vectors.ravel()), cfg.dim,
-                                                     mask=pa.array(~seen[first:last])),
+        ID_VECTOR: matrix_column(id_vectors, valid=seen[first:last]),
     })
     with artifacts.atomic_path(fused_part(out, rank)) as tmp:
         pq.write_table(table, tmp)

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from qbr_dist.data.actor_pools import batch_blocks
 from qbr_dist.data.buckets import BucketFiles, id_buckets, mix64
-from qbr_dist.data.tables import column_matrix
+from qbr_dist.data.tables import column_matrix, matrix_column
 from qbr_dist.fusion.export import ID_VECTOR, TOKENS_COLUMN, VECTOR_COLUMNS, fuse_batch, load_model
 from qbr_dist.obs.metrics import retokenized_items
 from qbr_dist.obs.serve import Endpoint
@@ -78,9 +78,7 @@ class Retokenizer:
 
         vectors, trained_id = self._vectors(batch)
         codes = self.tokenizer.codes(torch.from_numpy(vectors), chunk_size=self.chunk_size).numpy()
-        flat = pa.array(codes.astype(np.int32).ravel())
-        table = pa.table({"item_id": batch.column("item_id"),
-                          "codes": pa.FixedSizeListArray.from_arrays(flat, codes.shape[1])})
+        table = pa.table({"item_id": batch.column("item_id"), "codes": matrix_column(codes.astype(np.int32))})
         name = f"{uuid.uuid4().hex}.parquet"
         pq.write_table(with_buckets(table, self.buckets), self.folder / name)
         return pa.table({"file": [name], "rows": [table.num_rows], "content_queries": [int((~trained_id).sum())],

@@ -21,7 +21,7 @@ import torch
 
 from qbr_dist import artifacts
 from qbr_dist.config import QuantConfig
-from qbr_dist.data.tables import column_matrix
+from qbr_dist.data.tables import column_matrix, matrix_column
 from qbr_dist.obs.metrics import TrainMeter
 from qbr_dist.quant import CODEBOOKS, STATS
 from qbr_dist.quant.codebook import save_codebooks, verify_identical
@@ -115,7 +115,7 @@ def quantize_worker(loop_config: dict) -> None:
                       for name, tensor in fitted.tensors.items()}
     with artifacts.atomic_path(rank_codes_file(out, rank)) as tmp:
         pq.write_table(pa.table({"item_id": pa.array(ids, pa.string()),
-                                 "codes": pa.array(fitted.codes.tolist(), pa.list_(pa.int32()))}), tmp)
+                                 "codes": matrix_column(np.asarray(fitted.codes, dtype=np.int32))}), tmp)
     if rank == 0:
         version = save_codebooks(out / CODEBOOKS, fitted.tensors, mode=cfg.mode, input=cfg.input, **fitted.metadata)
         levels = [s.as_dict() for s in fitted.levels]

@@ -94,3 +94,12 @@ def test_column_matrix_for_fixed_and_variable_lists_and_empty_columns():
     assert column_matrix(pa.chunked_array([fixed, fixed])).shape == (4, 3)
     assert column_matrix(pa.array([[1, 2], [3, 4]]), np.int64).tolist() == [[1, 2], [3, 4]]
     assert column_matrix(fixed.slice(0, 0)).shape == (0, 3)
+
+
+def test_matrix_column_is_the_inverse_of_column_matrix_and_nulls_invalid_rows():
+    from qbr_dist.data.tables import column_matrix, matrix_column
+
+    matrix = np.arange(6, dtype=np.int32).reshape(3, 2)
+    column = matrix_column(matrix, valid=np.array([True, False, True]))
+    assert column.type == pa.list_(pa.int32(), 2) and column.to_pylist() == [[0, 1], None, [4, 5]]
+    assert column_matrix(matrix_column(matrix[:, ::-1]), np.int32).tolist() == matrix[:, ::-1].tolist()
