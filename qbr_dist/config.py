@@ -18,11 +18,13 @@ from qbr_dist.data.split import MIN_SPLIT_LENGTH
 
 
 class ConfigError(ValueError):
-    """A config that cannot run; `key` (section.key) is the setting at fault, when one is."""
+    """A config that cannot run; `key` (section.key) is the setting at fault, when one is, and `related` the
+    settings it was checked against."""
 
-    def __init__(self, message: str, key: str | None = None):
+    def __init__(self, message: str, key: str | None = None, related: tuple[str, ...] = ()):
         super().__init__(message)
         self.key = key
+        self.related = related
 
 
 def _settings_key(section, *, later_options: tuple[str, ...]) -> dict:
@@ -433,13 +435,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 
 def _located(err: ConfigError, raw: dict, path: Path | None, set_by: dict[str, str]) -> ConfigError:
-    """The error prefixed with where its setting came from (the --set, the file, or the defaults), with the
+    """The error prefixed with where its settings came from (each --set, the file, or the defaults), with the
     value given where the message does not show it."""
-    source = set_by.get(err.key) and f"--set {set_by[err.key]}" or (str(path) if path else "defaults")
-    section, _, name = (err.key or "").partition(".")
-    value = raw.get(section, {}).get(name) if isinstance(raw.get(section), dict) else None
+    if err.key is None:
+        return ConfigError(f"{path or 'defaults'}: {err}")
+    given = [source for key in (err.key, *err.related) if (source := _source(key, raw, path, set_by))]
+    value = _given(raw, err.key)
     shown = "" if value is None or "got " in str(err) else f", got {value!r}"
-    return ConfigError(f"{source}: {err}{shown}", err.key)
+    return ConfigError(f"{' and '.join(dict.fromkeys(given)) or 'defaults'}: {err}{shown}", err.key, err.related)
+
+
+def _source(key: str, raw: dict, path: Path | None, set_by: dict[str, str]) -> str | None:
+    """The --set or the file that gave `key`; None when it has its default."""
+    if key in set_by:
+        return f"--set {set_by[key]}"
+    return str(path) if path and _given(raw, key) is not None else None
+
+
+def _given(raw: dict, key: str):
+    """The value the file or a --set gave `key` (section.name), or None."""
+    section, _, name = key.partition(".")
+    return raw[section].get(name) if isinstance(raw.get(section), dict) else None
 
 
 def config_from_dict(raw: dict) -> Config:
@@ -461,15 +477,15 @@ def config_from_dict(raw: dict) -> Config:
 
 def _check_across_sections(config: Config) -> None:
     """Settings that are only valid together: every worker needs some of each global batch."""
-    workers = config.runtime.num_workers
+    workers, against = config.runtime.num_workers, ("runtime.num_workers",)
     _require(config.fusion.batch_size >= 2 * workers, "fusion.batch_size",
              f"at least 2 pairs per worker (2 x runtime.num_workers = {2 * workers}): with fewer, a worker's "
-             "in-batch negatives are empty")
+             "in-batch negatives are empty", related=against)
     _require(config.train.batch_size >= workers, "train.batch_size",
-             f"at least one sequence per worker (runtime.num_workers = {workers})")
+             f"at least one sequence per worker (runtime.num_workers = {workers})", related=against)
     if config.quant.mode == "rqvae":
         _require(config.quant.rqvae_batch_size >= workers, "quant.rqvae_batch_size",
-                 f"at least one item per worker (runtime.num_workers = {workers})")
+                 f"at least one item per worker (runtime.num_workers = {workers})", related=against)
 
 
 def _build_section(cls, section: str, values: dict):
@@ -518,6 +534,6 @@ def _apply_override(raw: dict, item: str) -> str:
     return f"{section}.{key}"
 
 
-def _require(ok: bool, key: str, expected: str) -> None:
+def _require(ok: bool, key: str, expected: str, *, related: tuple[str, ...] = ()) -> None:
     if not ok:
-        raise ConfigError(f"config key '{key}': expected {expected}", key)
+        raise ConfigError(f"config key '{key}': expected {expected}", key, related)

@@ -77,6 +77,14 @@ def test_settings_that_cannot_run_are_refused_up_front(override, key):
         load_config(None, [override])
 
 
+def test_a_setting_checked_against_another_names_both_sources(tmp_path):
+    path = write(tmp_path, "[fusion]\nbatch_size = 8\n")
+    with pytest.raises(ConfigError, match=rf"^{path} and --set runtime.num_workers=8: config key 'fusion.batch_size'"):
+        load_config(path, ["runtime.num_workers=8"])
+    with pytest.raises(ConfigError, match=r"^--set runtime.num_workers=300: config key 'fusion.batch_size'"):
+        load_config(None, ["runtime.num_workers=300"])
+
+
 def test_missing_file_and_bad_toml(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "none.toml")
