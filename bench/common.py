@@ -1,5 +1,6 @@
 """What every benchmark script does alike. Import it before Ray: it sets the environment the Makefile
-sets (no usage stats, no token auth, no hub downloads), so direct runs behave as `make bench-*` runs."""
+sets (no usage stats, no hub downloads) and the one `qbr run` gives a Ray it starts (no token auth, one
+parquet footer reader), so direct runs behave as `make bench-*` runs and their Ray as the project's."""
 from __future__ import annotations
 
 import json
@@ -7,9 +8,11 @@ import os
 import platform
 from pathlib import Path
 
-for _name, _value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AUTH_MODE", "disabled"), ("HF_HUB_OFFLINE", "1"),
-                      ("TOKENIZERS_PARALLELISM", "false")):
+from qbr_dist.train.runtime import use_embedded_environment
+
+for _name, _value in (("RAY_USAGE_STATS_ENABLED", "0"), ("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
     os.environ.setdefault(_name, _value)
+use_embedded_environment()
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent

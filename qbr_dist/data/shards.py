@@ -110,13 +110,15 @@ class ShardSet:
         partial.replace(fname)
 
 
-def make_sample(item_id: str, text: str, fields: dict, jpg: bytes | None) -> dict:
-    """One WebDataset sample; the json carries the original id next to the structured fields."""
+def make_sample(item_id: str, text: str | None, fields: dict, jpg: bytes | None) -> dict:
+    """One WebDataset sample; the json carries the original id next to the structured fields. An item
+    without text (None: a catalog with no text at all) has no `txt` member; empty text is written as it is."""
     sample = {
         "__key__": shard_key(item_id),
-        "txt": text,
         "json": json.dumps({"item_id": item_id, **fields}, sort_keys=True, ensure_ascii=False),
     }
+    if text is not None:
+        sample["txt"] = text
     if jpg is not None:
         sample["jpg"] = jpg
     return sample
@@ -130,7 +132,7 @@ def catalog_samples(
     for batch in pq.ParquetFile(catalog).iter_batches(batch_size=batch_rows):
         for row in batch.to_pylist():
             item_id = row.pop("item_id")
-            text = row.pop("text") or ""
+            text = row.pop("text")
             jpg = None
             try:
                 raw = _image_bytes(item_id, row.pop("image", None), images_dir)

@@ -2,13 +2,14 @@
 
 Per shard: `read_webdataset` (raw bytes) -> decode and resize in CPU tasks -> encoder actors
 (`ActorPoolStrategy`, text and image models loaded once per actor) -> one parquet file per
-shard with `item_id`, `text_emb` (null for empty text), `image_emb` (null without an image),
+shard with `item_id`, `text_emb` (null without text), `image_emb` (null without an image),
 `has_image`. A shard whose output exists with a matching entry in `shards_done.json` is skipped,
 so a killed job resumes at the next unfinished shard; the outputs, entries and quarantine records
 of every other shard (one the index no longer lists, or one to encode again) are removed first,
 so the folder holds what the current index's shards give and nothing older. Bad samples are
 listed in `quarantine.jsonl`: an item with invalid JSON or non-UTF-8 text is left out; empty text
-leaves the item without text features, an unreadable or oversized image without an image.
+leaves the item without text features, an unreadable or oversized image without an image. A sample
+without a text or image member just has none (a catalog without text writes no `txt`).
 A shard whose checksum differs from the index (truncated or damaged) is salvaged first: its
 complete samples before the break are encoded and the break is one quarantine entry; its output
 counts as current while the damaged file stays as it was, and is encoded again once the file
@@ -40,6 +41,14 @@ from qbr_dist.obs.serve import Endpoint, serve
 
 log = logging.getLogger("qbr.encode")
 SHARDS_DONE, SALVAGED = "shards_done.json", "salvaged"
+# What a shard encodes to besides the settings: raised with every code change that alters it, so the stage
+# and each shard's done entry are redone (2: empty text gives a null text vector, not the vector of "").
+ENCODE_VERSION = 2
+
+
+def settings_key(cfg: EncodeConfig) -> dict:
+    """What a shard's output depends on besides the shard: the encoder settings and ENCODE_VERSION."""
+    return cfg.key() | {"code": ENCODE_VERSION}
 
 
 def decode_batch(batch: dict, *, image_size: int, max_pixels: int) -> dict:
@@ -61,7 +70,7 @@ def decode_batch(batch: dict, *, image_size: int, max_pixels: int) -> dict:
             problems.append("text is not UTF-8")
             fatal = True
         has_text = bool(text.strip())
-        if not has_text and not fatal:
+        if raw_text is not None and not has_text and not fatal:  # no txt member: an item without text, as planned
             problems.append("empty text, item kept without text features")
         pixels = np.zeros((image_size, image_size, 3), dtype=np.uint8)
         has_image = False
@@ -173,7 +182,7 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
     image_size = input_size(resolve_model(cfg.image_model, cfg.image_model_config)) if cfg.image_model else 1
 
     index = json.loads((shard_dir / INDEX).read_text())
-    config_hash = hashlib.sha256(json.dumps(cfg.key(), sort_keys=True).encode()).hexdigest()[:16]
+    config_hash = hashlib.sha256(json.dumps(settings_key(cfg), sort_keys=True).encode()).hexdigest()[:16]
     done = _keep_only_current(shard_dir, out_dir, index, config_hash, quarantine)
     totals = {"read": 0, "items": 0, "with_text": 0, "with_image": 0, "skipped_shards": len(done),
               "incomplete_shards": []}
@@ -200,12 +209,13 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
         kept = _quarantine_rows(table, shard["file"], quarantine)
         with artifacts.atomic_path(output) as tmp:
             pq.write_table(_feature_table(kept), tmp)
-        done[shard["file"]] = {"sha256": shard["sha256"], "config": config_hash, "rows": kept.num_rows} | (
+        present = {f"with_{flag}": int(pa.compute.sum(kept.column(f"has_{flag}")).as_py() or 0)
+                   for flag in ("text", "image")}
+        done[shard["file"]] = {"sha256": shard["sha256"], "config": config_hash, "rows": kept.num_rows} | present | (
             {"salvaged": salvaged_from} if salvaged_from else {})
         artifacts.write_json(out_dir / SHARDS_DONE, done)
         totals["read"], totals["items"] = totals["read"] + table.num_rows, totals["items"] + kept.num_rows
-        for flag in ("text", "image"):
-            totals[f"with_{flag}"] += int(pa.compute.sum(kept.column(f"has_{flag}")).as_py() or 0)
+        totals |= {name: totals[name] + count for name, count in present.items()}
     totals["quarantined"] = quarantine.total - quarantined_before
     totals["items_per_s"] = round(totals["items"] / max(time.perf_counter() - started, 1e-9), 1)
     return totals

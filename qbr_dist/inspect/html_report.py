@@ -83,15 +83,16 @@ def recommend_some_users(run: Path) -> list[dict]:
     return [recommender.top(user=user.as_py(), k=5) for user in users[:RECOMMENDED_USERS]]
 
 
-def write_html(cfg: Config, run: Path) -> Path:
-    """<run>/report.html from the run's report.md and plots, codes and Q-BERT4Rec weights (where they exist)."""
+def write_html(cfg: Config, run: Path, *, codes: bool, recommend: bool) -> Path:
+    """<run>/report.html from the run's report.md and plots, its codes (`codes`: the run has a quantize stage)
+    and Q-BERT4Rec's recommendations (`recommend`: it has a qbert4rec stage, whose weights were exported)."""
     from qbr_dist.inspect.recommend import cited_prefixes, describe_codes
     from qbr_dist.train.export import WEIGHTS
 
     sections = [f"<section id=\"results\"><h2>Results</h2>{to_html((run / 'report.md').read_text())}</section>"]
-    found = recommend_some_users(run) if (run / "qbert4rec" / WEIGHTS).is_file() else []
+    found = recommend_some_users(run) if recommend and (run / "qbert4rec" / WEIGHTS).is_file() else []
     script = ""
-    if artifacts.read_manifest(run / "quantize") is not None:
+    if codes:
         summary = summarize_codes(run_codes(run), run / CATALOG, levels=1, fields=cfg.structure.fields,
                                   separator=cfg.structure.separator, also=cited_prefixes(found), work=run)
         describe_codes(found, summary)

@@ -37,7 +37,7 @@ class ForeignCheckpoint(RuntimeError):
 EMBEDDED_RAY_ENVIRONMENT = {
     "RAY_AUTH_MODE": "disabled",
     # Ray Data's parquet reader starts a pool of footer-reader actors (32 by default) for every read: on one
-    # machine, 32 processes to read a few footers (retokenization's joins 1.8x slower; bench/parquet_reads.py).
+    # machine, 32 processes to read a few footers (retokenization's joins 1.5x slower; bench/parquet_reads.py).
     "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
 }
 

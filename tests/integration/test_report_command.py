@@ -26,12 +26,20 @@ def changed(cfg, settings: dict):
     return config_from_dict(raw)
 
 
+def manifests(run) -> dict:
+    return {path: path.read_bytes() for path in sorted(run.glob("*/manifest.json"))}
+
+
 def test_report_renders_the_run_and_refuses_a_config_that_did_not_make_it(tokenized_run):
+    import ray
+
     cfg = tokenized_run.cfg
+    before = manifests(pipeline.run_dir(cfg))
     report = pipeline.report_only(changed(cfg, RESOURCES))
     assert report["models"] == tokenized_run.report["models"]
     assert pipeline.report_only(cfg)["config"] == cfg.to_dict()  # rendered again with the run's own config
 
     for setting, value, stage in RESULTS:
-        with pytest.raises(pipeline.StageNotCurrent, match=f"/{stage}: computed with another config"):
+        with pytest.raises(pipeline.StageNotCurrent, match=f"/{stage}: computed with other settings; run `qbr run`"):
             pipeline.report_only(changed(cfg, {setting: value}))
+    assert manifests(pipeline.run_dir(cfg)) == before and not ray.is_initialized()  # it ran nothing

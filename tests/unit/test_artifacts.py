@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from qbr_dist import __version__, artifacts
-from qbr_dist.artifacts import atomic_path, code_version, stage_is_current, stage_key, write_json, write_manifest
+from qbr_dist.artifacts import (atomic_path, code_version, stage_is_current, stage_key, why_not_current, write_json,
+                                write_manifest)
 
 
 def test_atomic_path_renames_on_success(tmp_path):
@@ -57,11 +58,12 @@ def finished_stage(tmp_path, key):
 def test_stage_is_current_when_key_matches_and_outputs_exist(tmp_path):
     key = stage_key("split", "cfg1", {"inter": "abc"})
     stage = finished_stage(tmp_path, key)
-    assert stage_is_current(stage, key)
-    assert not stage_is_current(stage, stage_key("split", "cfg2", {"inter": "abc"}))
-    assert not stage_is_current(stage, stage_key("split", "cfg1", {"inter": "xyz"}))
+    assert stage_is_current(stage, key) and why_not_current(stage, key) is None
+    assert why_not_current(stage, stage_key("split", "cfg2", {"inter": "abc"})) == "computed with other settings"
+    assert why_not_current(stage, stage_key("split", "cfg1", {"inter": "xyz"})) == "computed with another 'inter' input"
+    assert why_not_current(stage, dict(key, package="0.0.1")).startswith("computed with another version (split of")
     (stage / "part" / "b.txt").unlink()
-    assert not stage_is_current(stage, key)
+    assert not stage_is_current(stage, key) and why_not_current(stage, key) == "outputs missing: part/b.txt"
 
 
 def test_stage_without_manifest_is_not_current(tmp_path):

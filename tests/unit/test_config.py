@@ -142,6 +142,7 @@ def test_a_run_root_uri_is_refused_with_what_to_do_instead():
     ("shards", "shards.name=elsewhere", "shards.max_bytes=4096"),
     ("quant", "quant.retokenize_actors=4", "quant.codebook_size=64"),
     ("eval", "eval.chunk_size=1024", "eval.exclude_history=true"),
+    ("eval", "eval.batch_size=7", "eval.exclude_history=true"),
 ])
 def test_stage_keys_leave_out_where_and_how_fast_a_stage_runs(section, resource, setting):
     key = getattr(load_config(None), section).key()

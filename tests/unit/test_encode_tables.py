@@ -47,11 +47,12 @@ def test_decode_keeps_an_item_whose_image_decoder_raises_anything():
 
 
 def test_empty_text_is_flagged_and_gives_a_null_text_vector():
-    batch = {"__key__": np.array(["a", "b"], dtype=object),
-             "json": np.array([b'{"item_id": "a"}', b'{"item_id": "b"}'], dtype=object),
-             "txt": np.array([b"fine", b" \n "], dtype=object), "jpg": np.array([None, None], dtype=object)}
+    batch = {"__key__": np.array(["a", "b", "c"], dtype=object),
+             "json": np.array([b'{"item_id": "a"}', b'{"item_id": "b"}', b'{"item_id": "c"}'], dtype=object),
+             "txt": np.array([b"fine", b" \n ", float("nan")], dtype=object),  # c: no txt member at all
+             "jpg": np.array([None, None, None], dtype=object)}
     out = decode_batch(batch, image_size=8, max_pixels=10**6)
-    assert out["has_text"].tolist() == [True, False] and out["fatal"].tolist() == [False, False]
-    assert out["problem"][0] == "" and "empty text" in out["problem"][1]
+    assert out["has_text"].tolist() == [True, False, False] and not out["fatal"].any()
+    assert "empty text" in out["problem"][1] and out["problem"][0] == out["problem"][2] == ""  # c is not bad data
     table = _feature_table(raw(0).set_column(4, "has_text", pa.array([True, False])))
     assert table.column("text_emb").to_pylist() == [[1.0] * 4, None]

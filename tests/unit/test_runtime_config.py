@@ -44,7 +44,7 @@ def test_deepspeed_builds_no_shared_memory_kernel_once_skipped(tmp_path, monkeyp
 
 
 def test_the_embedded_ray_environment_keeps_what_the_user_set(monkeypatch):
-    monkeypatch.setenv("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "8")
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
     use_embedded_environment()
-    assert os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] == "8" and os.environ["RAY_AUTH_MODE"] == "disabled"
+    assert os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] == "1" and os.environ["RAY_AUTH_MODE"] == "token"

@@ -10,7 +10,7 @@ import webdataset as wds
 from PIL import Image
 
 from qbr_dist.data.quarantine import Quarantine
-from qbr_dist.data.shards import INDEX, item_id_of, salvage_shard, shard_key, write_shards
+from qbr_dist.data.shards import INDEX, item_id_of, make_sample, salvage_shard, shard_key, write_shards
 
 from ..conftest import broken_png
 
@@ -145,3 +145,7 @@ def test_salvage_reports_a_tar_that_ends_cleanly_but_early(tmp_path):
     copied, problem = salvage_shard(tmp_path / "s.tar", tmp_path / "out.tar", expected_items=3)
     assert copied == 1 and "ends after 2 of the 3 samples" in problem  # "b" may be missing files
     assert salvage_shard(tmp_path / "s.tar", tmp_path / "again.tar", expected_items=2) == (2, None)
+
+
+def test_an_item_without_text_has_no_txt_member_and_empty_text_is_kept_as_given():
+    assert "txt" not in make_sample("a", None, {}, None) and make_sample("b", "", {}, None)["txt"] == ""
