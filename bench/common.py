@@ -8,10 +8,11 @@ import os
 import platform
 from pathlib import Path
 
-from qbr_dist.train.runtime import use_embedded_environment
-
 for _name, _value in (("RAY_USAGE_STATS_ENABLED", "0"), ("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
     os.environ.setdefault(_name, _value)
+
+from qbr_dist.train.runtime import use_embedded_environment  # noqa: E402 (it imports Ray: after the settings)
+
 use_embedded_environment()
 
 BENCH = Path(__file__).resolve().parent

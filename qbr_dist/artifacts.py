@@ -124,11 +124,11 @@ def why_not_current(stage_dir: str | Path, key: dict) -> str | None:
     if manifest is None:
         return "not finished"
     found = manifest.get("key", {})
-    reasons = ["other settings"] if found.get("config_hash") != key["config_hash"] else []
-    inputs = found.get("inputs", {})
-    reasons += [f"another '{name}' input" for name in sorted(set(inputs) | set(key["inputs"]))
-                if inputs.get(name) != key["inputs"].get(name)]
-    if found.get("package") != key["package"] or found.get("stage") != key["stage"]:
+    reasons = ["other settings (or stage code)"] if found.get("config_hash") != key.get("config_hash") else []
+    inputs, wanted = found.get("inputs") or {}, key.get("inputs") or {}
+    reasons += [f"another '{name}' input" for name in sorted(set(inputs) | set(wanted))
+                if inputs.get(name) != wanted.get(name)]
+    if found.get("package") != key.get("package") or found.get("stage") != key.get("stage"):
         reasons.append(f"another version ({found.get('stage')} of qbr-dist {found.get('package')})")
     if found != key and not reasons:
         reasons.append("another stage key")

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     write = shard_commands.add_parser(
         "write", help="write the run's catalog as WebDataset shards",
         description="Ingest the catalog (skipped when current) and write one sample per item "
-                    "({key}.txt, {key}.json, {key}.jpg when it has an image) into "
+                    "({key}.json, {key}.txt when the catalog has text, {key}.jpg when it has an image) into "
                     "<shards.root>/<shards.name or run.name>/, with index.json listing every shard.",
     )
     _config_args(write)

@@ -81,7 +81,8 @@ class DataConfig:
         _require(0 <= self.cold_fraction < 1, "data.cold_fraction", "a number in [0, 1)")
         _require(self.cold_seed >= 0, "data.cold_seed", "an integer >= 0")
         if self.dataset == "files":
-            _require(bool(self.interactions), "data.interactions", "a file path when data.dataset = 'files'")
+            _require(bool(self.interactions), "data.interactions", "a file path when data.dataset = 'files'",
+                     related=("data.dataset",))
 
     def key(self) -> dict:
         """The settings that change the split."""
@@ -111,7 +112,7 @@ class ShardsConfig:
         _require(1 <= self.jpeg_quality <= 95, "shards.jpeg_quality", "an integer in [1, 95]")
         _require("/" not in self.name, "shards.name", "a name without '/'")
         _require(bool(self.images_dir) or not self.fetch_images, "shards.images_dir",
-                 "a folder when shards.fetch_images is true")
+                 "a folder when shards.fetch_images is true", related=("shards.fetch_images",))
         _require(self.fetch_concurrency >= 1, "shards.fetch_concurrency", "an integer >= 1")
         _require(self.fetch_retries >= 0, "shards.fetch_retries", "an integer >= 0")
         _require(self.fetch_timeout_s > 0, "shards.fetch_timeout_s", "a number > 0")
@@ -295,17 +296,20 @@ class ModelConfig:
 
     def check(self) -> None:
         _require(self.tokens in ("id", "semantic", "hybrid"), "model.tokens", "'id', 'semantic' or 'hybrid'")
-        _require(self.hidden >= 1 and self.hidden % self.heads == 0, "model.hidden", "a multiple of model.heads")
+        _require(self.hidden >= 1 and self.hidden % self.heads == 0, "model.hidden", "a multiple of model.heads",
+                 related=("model.heads",))
         _require(self.layers >= 1, "model.layers", "an integer >= 1")
         _require(self.max_len >= 2, "model.max_len", "an integer >= 2")
         _require(0 <= self.dropout < 1, "model.dropout", "a number in [0, 1)")
         _require(0 <= self.id_dropout < 1, "model.id_dropout", "a number in [0, 1)")
         _require(self.id_dropout == 0 or self.tokens == "hybrid", "model.id_dropout",
-                 "0 unless model.tokens = 'hybrid' (only hybrid items have an ID vector to leave out)")
+                 "0 unless model.tokens = 'hybrid' (only hybrid items have an ID vector to leave out)",
+                 related=("model.tokens",))
         _require(not self.codebook_init or self.tokens != "id", "model.codebook_init",
-                 "false when model.tokens = 'id' (item IDs have no code tables)")
+                 "false when model.tokens = 'id' (item IDs have no code tables)", related=("model.tokens",))
         _require(not self.cold_codes_only or self.tokens == "hybrid", "model.cold_codes_only",
-                 "false unless model.tokens = 'hybrid' (only hybrid items have an ID part to leave out)")
+                 "false unless model.tokens = 'hybrid' (only hybrid items have an ID part to leave out)",
+                 related=("model.tokens",))
 
     def key(self) -> dict:
         """The settings that change a trained model."""
@@ -442,7 +446,8 @@ def _located(err: ConfigError, raw: dict, path: Path | None, set_by: dict[str, s
     given = [source for key in (err.key, *err.related) if (source := _source(key, raw, path, set_by))]
     value = _given(raw, err.key)
     shown = "" if value is None or "got " in str(err) else f", got {value!r}"
-    return ConfigError(f"{' and '.join(dict.fromkeys(given)) or 'defaults'}: {err}{shown}", err.key, err.related)
+    fallback = str(path) if path else "defaults"  # a setting the file's others made invalid, or a default
+    return ConfigError(f"{' and '.join(dict.fromkeys(given)) or fallback}: {err}{shown}", err.key, err.related)
 
 
 def _source(key: str, raw: dict, path: Path | None, set_by: dict[str, str]) -> str | None:
@@ -485,7 +490,7 @@ def _check_across_sections(config: Config) -> None:
              f"at least one sequence per worker (runtime.num_workers = {workers})", related=against)
     if config.quant.mode == "rqvae":
         _require(config.quant.rqvae_batch_size >= workers, "quant.rqvae_batch_size",
-                 f"at least one item per worker (runtime.num_workers = {workers})", related=against)
+                 f"at least one item per worker (runtime.num_workers = {workers})", related=(*against, "quant.mode"))
 
 
 def _build_section(cls, section: str, values: dict):

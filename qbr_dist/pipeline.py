@@ -37,6 +37,9 @@ log = logging.getLogger("qbr")
 ITEMS, SEQUENCES, QUARANTINE, METRICS = "items.parquet", "sequences.parquet", "quarantine.jsonl", "metrics.json"
 COLD = "cold_items.npy"  # ingest, with data.cold_fraction > 0: (items + 1,) bool, the cold items
 STRUCTURE, STRUCTURE_VOCAB = "structure.parquet", "structure_vocab.json"
+# Without data.catalog, ingest makes a catalog of the interactions' items; in the ingest key in its place.
+# Version 2: those items have no text (null); version 1 gave them empty text, which encode now quarantines.
+MADE_CATALOG = "made from the interactions, version 2"
 
 
 # content-knn only with the tokenizer stages; qbert4rec also needs model.tokens != "id"
@@ -317,7 +320,8 @@ def raw_fingerprints(cfg: Config) -> dict[str, str]:
     if cfg.data.dataset != "files":
         pinned = pinned_sha256(cfg.data.dataset)
         return {kind: pinned[name] for kind, name in _named_files(cfg.data.dataset).items()}
-    return {kind: artifacts.file_fingerprint(path) for kind, path in raw_inputs(cfg).items()}
+    fingerprints = {kind: artifacts.file_fingerprint(path) for kind, path in raw_inputs(cfg).items()}
+    return fingerprints if "catalog" in fingerprints else fingerprints | {"catalog": MADE_CATALOG}
 
 
 def ingest(cfg: Config, root: Path) -> Path:

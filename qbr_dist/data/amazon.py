@@ -24,7 +24,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from qbr_dist.data.quarantine import Quarantine
-from qbr_dist.data.tables import INTERACTIONS_SCHEMA
+from qbr_dist.data.tables import INTERACTIONS_SCHEMA, item_text
 
 # Source field names, in order of preference, for each field of ours.
 REVIEW_FIELDS = {
@@ -80,7 +80,7 @@ def read_amazon_catalog(path: Path, text_fields: list[str], quarantine: Quaranti
         flat = {name: _flatten(value) for name, value in item.items() if name != "images"}
         row = {
             "item_id": item_id,
-            "text": ". ".join(flat[f] for f in text_fields if flat.get(f)),
+            "text": item_text(flat, text_fields),
             "category": _last_category(item["categories"]),
             "brand": flat["brand"] or None,
             "image_url": _image_url(item["images"]),

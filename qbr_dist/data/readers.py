@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from qbr_dist.data import amazon
 from qbr_dist.data.quarantine import DataError, Quarantine
-from qbr_dist.data.tables import INTERACTION_FIELDS, INTERACTIONS_SCHEMA
+from qbr_dist.data.tables import INTERACTION_FIELDS, INTERACTIONS_SCHEMA, item_text
 
 
 def read_interactions(path: str | Path, quarantine: Quarantine) -> pa.Table:
@@ -74,7 +74,7 @@ def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantin
             quarantine.add(source=str(path), where=f"row {where}", field="item_id", reason="duplicate item id")
             continue
         seen.add(item_id)
-        record["text"] = ". ".join(record[f] for f in text_fields if record.get(f))
+        record["text"] = item_text(record, text_fields)
         rows.append(record)
     names = ["item_id", "text"] + [n for n in (rows[0] if rows else {}) if n not in ("item_id", "text")]
     return pa.table({n: pa.array([r.get(n) for r in rows], _binary_image(n, rows) or pa.string()) for n in names})

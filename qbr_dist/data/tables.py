@@ -9,6 +9,12 @@ INTERACTIONS_SCHEMA = pa.schema(
 )
 
 
+def item_text(record: dict, text_fields: list[str]) -> str | None:
+    """An item's text: its `text_fields` joined by ". ", empty ones left out, so "" for an item whose fields are
+    all empty (bad data, quarantined when encoded); None when no field is configured (a catalog without text)."""
+    return ". ".join(record[f] for f in text_fields if record.get(f)) if text_fields else None
+
+
 def column_matrix(column: pa.Array | pa.ChunkedArray, dtype=np.float32) -> np.ndarray:
     """A list column with the same length in every row (vectors, code tuples) as an (n, width) array.
     Null rows must be filled or refused first: they have no values to flatten."""

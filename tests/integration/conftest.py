@@ -32,7 +32,7 @@ def encode_dir(tmp_path_factory):
             "image_emb": pa.nulls(len(ids), pa.list_(pa.float32())), "has_image": [False] * len(ids),
         }), folder / f"shard-{part:06d}.parquet")
     artifacts.write_manifest(folder, {"stage": "encode"}, outputs=["shard-000000.parquet", "shard-000001.parquet"],
-                             rows={"items": 500})
+                             rows={"items": 500, "with_text": 500, "with_image": 0})
     return folder
 
 

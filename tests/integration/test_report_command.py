@@ -40,6 +40,7 @@ def test_report_renders_the_run_and_refuses_a_config_that_did_not_make_it(tokeni
     assert pipeline.report_only(cfg)["config"] == cfg.to_dict()  # rendered again with the run's own config
 
     for setting, value, stage in RESULTS:
-        with pytest.raises(pipeline.StageNotCurrent, match=f"/{stage}: computed with other settings; run `qbr run`"):
+        with pytest.raises(pipeline.StageNotCurrent,
+                           match=rf"/{stage}: computed with other settings \(or stage code\); run `qbr run`"):
             pipeline.report_only(changed(cfg, {setting: value}))
     assert manifests(pipeline.run_dir(cfg)) == before and not ray.is_initialized()  # it ran nothing

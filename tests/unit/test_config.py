@@ -83,6 +83,11 @@ def test_a_setting_checked_against_another_names_both_sources(tmp_path):
         load_config(path, ["runtime.num_workers=8"])
     with pytest.raises(ConfigError, match=r"^--set runtime.num_workers=300: config key 'fusion.batch_size'"):
         load_config(None, ["runtime.num_workers=300"])
+    heads = write(tmp_path, "[model]\nheads = 3\n")  # the default width is what the file's heads made invalid
+    with pytest.raises(ConfigError, match=rf"^{heads}: config key 'model.hidden'"):
+        load_config(heads)
+    with pytest.raises(ConfigError, match=r"^--set model.heads=3: config key 'model.hidden'"):
+        load_config(None, ["model.heads=3"])
 
 
 def test_missing_file_and_bad_toml(tmp_path):

@@ -125,6 +125,8 @@ def test_parquet_catalog_keeps_image_bytes_and_writes_nested_fields_as_json(tmp_
     rows = table.to_pylist()
     assert rows[0]["image"] == b"\xff\xd8 jpeg" and rows[1]["image"] is None
     assert json.loads(rows[0]["tags"]) == ["red", "tea"] and rows[1]["tags"] is None and rows[0]["text"] == "Mug"
+    # no text field named: a catalog without text (no txt member, nothing quarantined), not one of empty texts
+    assert read_catalog(path, [], Quarantine()).column("text").to_pylist() == [None, None]
 
 
 def test_quarantine_file_appears_with_the_first_record(tmp_path):
