@@ -191,3 +191,14 @@ def test_seeds_and_grid_points_get_their_own_run_directory_but_share_the_catalog
     assert run_dir(member) != run_dir(cfg) and cfg.shards.name == ""
     named = load_config(None, ["run.name=demo", "shards.name=catalog"])
     assert member_config(named, "demo", name="demo-x").shards.name == "catalog"
+
+
+def test_the_html_report_shows_codes_only_for_a_config_with_the_stages(tmp_path):
+    from qbr_dist import artifacts
+    from qbr_dist.config import load_config
+    from qbr_dist.inspect.html_report import write_html
+
+    (tmp_path / "report.md").write_text("| model | HR@10 |\n|---|---|\n| popularity | 0.1 |\n")
+    artifacts.write_manifest(tmp_path / "quantize", {"stage": "quantize"}, outputs=[], rows={})  # an older config's
+    page = write_html(load_config(None), tmp_path, codes=False, recommend=False).read_text()
+    assert "popularity" in page and 'id="codes"' not in page and 'id="recommendations"' not in page
