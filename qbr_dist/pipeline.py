@@ -42,9 +42,6 @@ STRUCTURE, STRUCTURE_VOCAB = "structure.parquet", "structure_vocab.json"
 MADE_CATALOG = "made from the interactions, version 2"
 
 
-# content-knn only with the tokenizer stages; qbert4rec also needs model.tokens != "id"
-MODEL_STAGES = ("popularity", "content-knn", "bert4rec", "qbert4rec")
-
 # Set by `report_only` alone: every stage then checks that it is current, computing its key as a run would,
 # and nothing runs.
 _REPORT_ONLY = contextvars.ContextVar("report_only", default=False)

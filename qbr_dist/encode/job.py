@@ -302,7 +302,7 @@ def _quarantine_rows(table: pa.Table, shard: str, quarantine: Quarantine) -> pa.
 
 
 def _feature_table(table: pa.Table) -> pa.Table:
-    """Fixed-size float32 list columns; `text_emb` is null where the item's text is empty, `image_emb` where
+    """Fixed-size float32 list columns; `text_emb` is null where the item has no text (or empty text), `image_emb` where
     it has no image (all null, as a plain float list, when no image encoder is configured)."""
     has_text, has_image = (table.column(name).combine_chunks() for name in ("has_text", "has_image"))
     text = np.stack(table.column("text_emb").to_numpy(zero_copy_only=False)).astype(np.float32)
