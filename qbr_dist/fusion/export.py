@@ -16,13 +16,12 @@ import pyarrow as pa
 import torch
 
 from qbr_dist import artifacts
-from qbr_dist.data.tables import column_matrix
+from qbr_dist.fusion.features import padded_tokens, vector_rows
 from qbr_dist.fusion.model import CrossModalFusion
 
 MODEL = "fusion_model.safetensors"
 ID_VECTOR = "id_vector"  # column of the fused parquet files: the trained ID vector, null for items never seen
 VECTOR_COLUMNS = {"text": "text_emb", "image": "image_emb", "cooc": "cooc_emb"}
-TOKENS_COLUMN = "struct_tokens"
 
 
 def save_model(path: Path, model: CrossModalFusion, *, arguments: dict, max_tokens: int) -> None:
@@ -54,9 +53,9 @@ def batch_inputs(batch: pa.Table, model: CrossModalFusion, max_tokens: int) -> d
     inputs = {}
     for name, column in VECTOR_COLUMNS.items():
         width = model.project[name][1].in_features
-        matrix, present = _vectors(batch, column, width)
+        matrix, present = vector_rows(batch, column, width)
         inputs[name], inputs[f"{name}_present"] = torch.from_numpy(matrix), torch.from_numpy(present)
-    inputs["tokens"] = torch.from_numpy(_padded_tokens(batch, max_tokens))
+    inputs["tokens"] = torch.from_numpy(padded_tokens(batch, max_tokens))
     return inputs
 
 
@@ -64,39 +63,7 @@ def batch_inputs(batch: pa.Table, model: CrossModalFusion, max_tokens: int) -> d
 def fuse_batch(model: CrossModalFusion, batch: pa.Table, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
     """(fused vectors (B, d), whether each item had a trained ID vector)."""
     dim = model.final_norm.normalized_shape[0]
-    id_vectors, has_id = _vectors(batch, ID_VECTOR, dim)
+    id_vectors, has_id = vector_rows(batch, ID_VECTOR, dim)
     out = model.fuse(torch.from_numpy(id_vectors), batch_inputs(batch, model, max_tokens),
                      use_id=torch.from_numpy(has_id))
     return out["fused"].float().numpy(), has_id
-
-
-def _vectors(batch: pa.Table, column: str, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, width) float32 rows and which are present: valid and not flagged absent by a `has_<modality>`
-    column; absent rows are zeros. A missing or all-null column is a missing modality; vectors of another
-    width than the model's are an error, never a silently missing modality."""
-    rows = batch.num_rows
-    values = batch.column(column).combine_chunks() if column in batch.column_names else None
-    if values is None or values.null_count == len(values):
-        return np.zeros((rows, width), np.float32), np.zeros(rows, bool)
-    if getattr(values.type, "list_size", None) != width:
-        raise ValueError(f"column '{column}': expected vectors of the width the fusion model was trained on "
-                         f"(fixed-size lists of {width} floats), got {values.type}")
-    present = values.is_valid().to_numpy(zero_copy_only=False)
-    flag = f"has_{column.removesuffix('_emb')}"
-    if flag in batch.column_names:
-        present &= batch.column(flag).to_numpy(zero_copy_only=False).astype(bool)
-    filled = values.fill_null(pa.scalar([0.0] * width, type=values.type)) if values.null_count else values
-    matrix = column_matrix(filled).astype(np.float32)
-    matrix[~present] = 0.0
-    return matrix, present
-
-
-def _padded_tokens(batch: pa.Table, max_tokens: int) -> np.ndarray:
-    """(n, max_tokens) token ids, 0-padded (0 is the padding token)."""
-    out = np.zeros((batch.num_rows, max_tokens), np.int64)
-    if TOKENS_COLUMN not in batch.column_names:
-        return out
-    for row, tokens in enumerate(batch.column(TOKENS_COLUMN).to_pylist()):
-        kept = (tokens or [])[:max_tokens]
-        out[row, :len(kept)] = kept
-    return out

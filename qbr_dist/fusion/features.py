@@ -11,10 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qbr_dist.data.tables import column_matrix
 
+TOKENS_COLUMN = "struct_tokens"
 ARRAYS = ("text", "text_present", "image", "image_present", "cooc", "cooc_present", "tokens")
 
 
@@ -37,24 +39,14 @@ def assemble(folder: Path, *, item_ids: list[str], encode_files: list[Path], str
     }
     for path in encode_files:
         for batch in pq.ParquetFile(path).iter_batches(columns=["item_id", "text_emb", "image_emb", "has_image"]):
-            at = _positions(batch.column("item_id").to_pylist(), index)
-            known = at > 0
-            has_text = batch.column("text_emb").is_valid().to_numpy(zero_copy_only=False) & known
-            arrays["text"][at[has_text]] = _matrix(batch.column("text_emb"), text_dim)[has_text]
-            arrays["text_present"][at[has_text]] = True
-            has_image = np.asarray(batch.column("has_image").to_pylist(), dtype=bool) & known
-            if image_dim and has_image.any():
-                arrays["image"][at[has_image]] = _matrix(batch.column("image_emb"), image_dim)[has_image]
-                arrays["image_present"][at[has_image]] = True
+            _write_rows(arrays, pa.Table.from_batches([batch]), index, {"text": ("text_emb", text_dim),
+                                                                       "image": ("image_emb", image_dim)})
     for batch in pq.ParquetFile(structure_file).iter_batches(columns=["item_id", "struct_tokens", "cooc_emb",
                                                                       "has_cooc"]):
-        at = _positions(batch.column("item_id").to_pylist(), index)
+        table = pa.Table.from_batches([batch])
+        at = _write_rows(arrays, table, index, {"cooc": ("cooc_emb", cooc_dim)})
         known = at > 0
-        arrays["cooc"][at[known]] = _matrix(batch.column("cooc_emb"), cooc_dim)[known]
-        arrays["cooc_present"][at[known]] = np.asarray(batch.column("has_cooc").to_pylist(), dtype=bool)[known]
-        for row, tokens in zip(at[known], np.asarray(batch.column("struct_tokens").to_pylist(), dtype=object)[known]):
-            kept = tokens[:max_tokens]
-            arrays["tokens"][row, :len(kept)] = kept
+        arrays["tokens"][at[known]] = padded_tokens(table, max_tokens)[known]
     shapes = {}
     for name, array in arrays.items():
         array.flush()
@@ -86,10 +78,47 @@ def _positions(ids: list[str], index: dict[str, int]) -> np.ndarray:
     return np.fromiter((index.get(i, 0) for i in ids), dtype=np.int64, count=len(ids))
 
 
-def _matrix(column, width: int) -> np.ndarray:
-    """A fixed-size-list column as an (n, width) array; null rows are zeros."""
-    import pyarrow as pa
+def _write_rows(arrays: dict[str, np.memmap], table: pa.Table, index: dict[str, int],
+                vectors: dict[str, tuple[str, int]]) -> np.ndarray:
+    """Copy the vectors of the table's known items into their rows of `arrays` ({name: (column, width)};
+    a width of 0 is a modality without vectors); returns each table row's item index (0: unknown)."""
+    at = _positions(table.column("item_id").to_pylist(), index)
+    known = at > 0
+    for name, (column, width) in vectors.items():
+        if width:
+            matrix, present = vector_rows(table, column, width)
+            arrays[name][at[known]] = matrix[known]
+            arrays[f"{name}_present"][at[known]] = present[known]
+    return at
 
-    if column.null_count:
-        column = column.fill_null(pa.scalar([0.0] * width, type=column.type))
-    return column_matrix(column)
+
+def vector_rows(table: pa.Table, column: str, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, width) float32 rows and which are present: valid and not flagged absent by a `has_<modality>`
+    column; absent rows are zeros. A missing or all-null column is a missing modality; vectors of another
+    width than expected are an error, never a silently missing modality."""
+    rows = table.num_rows
+    values = table.column(column).combine_chunks() if column in table.column_names else None
+    if values is None or values.null_count == len(values):
+        return np.zeros((rows, width), np.float32), np.zeros(rows, bool)
+    if getattr(values.type, "list_size", None) != width:
+        raise ValueError(f"column '{column}': expected vectors of the width the fusion model was trained on "
+                         f"(fixed-size lists of {width} floats), got {values.type}")
+    present = values.is_valid().to_numpy(zero_copy_only=False)
+    flag = f"has_{column.removesuffix('_emb')}"
+    if flag in table.column_names:
+        present &= table.column(flag).to_numpy(zero_copy_only=False).astype(bool)
+    filled = values.fill_null(pa.scalar([0.0] * width, type=values.type)) if values.null_count else values
+    matrix = column_matrix(filled).astype(np.float32)
+    matrix[~present] = 0.0
+    return matrix, present
+
+
+def padded_tokens(table: pa.Table, max_tokens: int) -> np.ndarray:
+    """(n, max_tokens) structural token ids, 0-padded (0 is the padding token); zeros without the column."""
+    out = np.zeros((table.num_rows, max_tokens), np.int64)
+    if TOKENS_COLUMN not in table.column_names:
+        return out
+    for row, tokens in enumerate(table.column(TOKENS_COLUMN).to_pylist()):
+        kept = (tokens or [])[:max_tokens]
+        out[row, :len(kept)] = kept
+    return out

@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 from qbr_dist.data.actor_pools import batch_blocks
 from qbr_dist.data.buckets import BucketFiles, id_buckets, mix64
 from qbr_dist.data.tables import column_matrix, matrix_column
-from qbr_dist.fusion.export import ID_VECTOR, TOKENS_COLUMN, VECTOR_COLUMNS, fuse_batch, load_model
+from qbr_dist.fusion.export import ID_VECTOR, VECTOR_COLUMNS, fuse_batch, load_model
+from qbr_dist.fusion.features import TOKENS_COLUMN
 from qbr_dist.obs.metrics import retokenized_items
 from qbr_dist.obs.serve import Endpoint
 from qbr_dist.quant import CODES

@@ -182,3 +182,21 @@ def test_encoder_vectors_some_items_lack_are_refused_before_quantizing(tmp_path)
     with pytest.raises(ValueError, match=r"quant.input = 'text_emb', but 1 of 10 items have no such vector"):
         pipeline.quantize(load_config(None, ["quant.input='text_emb'"]), tmp_path, encode)
     pipeline._every_item_has("image_emb", encode)  # every item has an image: nothing to refuse
+
+
+@pytest.mark.parametrize("with_text", [0, 3])
+def test_content_knn_runs_only_when_some_item_has_text(tmp_path, monkeypatch, caplog, with_text):
+    encode = tmp_path / "encode"
+    artifacts.write_manifest(encode, artifacts.stage_key("encode", "x", {}), outputs=[],
+                             rows={"items": 3, "with_text": with_text, "with_image": 0})
+    dirs = {"ingest": tmp_path / "ingest", "encode": encode, "quantize": tmp_path / "quantize"}
+    monkeypatch.setattr(pipeline, "tokenize", lambda cfg, root: dirs)
+    monkeypatch.setattr(pipeline, "popularity", lambda cfg, root, ingest_dir: tmp_path / "popularity")
+    monkeypatch.setattr(pipeline, "content_knn", lambda cfg, root, ingest_dir, encode_dir: encode_dir)
+    monkeypatch.setattr(pipeline, "bert4rec", lambda cfg, root, ingest_dir, **codes: tmp_path / "bert4rec")
+    monkeypatch.setattr(pipeline, "_report", lambda cfg, root, model_dirs, *rest: model_dirs)
+    with caplog.at_level("INFO", logger=pipeline.log.name):
+        models = pipeline._run_stages(load_config(None, [f"run.root='{tmp_path}'", "run.tokenize=true"]))
+    assert ("content-knn" in models) == bool(with_text)
+    assert ("no item has text features" in caplog.text) == (not with_text)
+    assert {"popularity", "bert4rec", "qbert4rec"} <= set(models)
