@@ -74,6 +74,22 @@ def file_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+class Fingerprints:
+    """`file_fingerprint` for one run that checks the same large files more than once (the encode stage's
+    damaged shards): each file is read once while its size and times stay the same (ctime changes even when a
+    restore keeps the old mtime), so a file that changes is read again."""
+
+    def __init__(self):
+        self._seen: dict[tuple, str] = {}
+
+    def of(self, path: str | Path) -> str:
+        stat = os.stat(path)
+        key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        if key not in self._seen:
+            self._seen[key] = file_fingerprint(path)
+        return self._seen[key]
+
+
 @functools.cache
 def code_version() -> dict:
     """Package version, plus the git commit (and whether tracked files differ from it) when the code runs

@@ -460,10 +460,11 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     # Keyed by the shards' contents, not the index file (which names the run it was written for), so
     # runs with the same catalog share their encoded features; plus missing or damaged shards (shard_state).
     shard_hashes = [shard["sha256"] for shard in json.loads((shards_dir / INDEX).read_text())["shards"]]
+    fingerprints = artifacts.Fingerprints()  # the key (before and after) and the job read each damaged shard once
 
     def encode_key() -> dict:
         return artifacts.stage_key("encode", cfg.section_hash(encode=settings_key(cfg.encode)),
-                                   {"shards": shard_hashes} | shard_state(shards_dir, root / "encode"))
+                                   {"shards": shard_hashes} | shard_state(shards_dir, root / "encode", fingerprints))
 
     stage_dir, current = _stage("encode", root, encode_key())
     if current:
@@ -474,7 +475,7 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     try:
         with Quarantine(stage_dir / QUARANTINE) as quarantine:
             totals = encode_shards(shards_dir, stage_dir, cfg.encode, quarantine=quarantine,
-                                   metrics=obs_serve.endpoint(cfg))
+                                   metrics=obs_serve.endpoint(cfg), fingerprints=fingerprints)
     finally:
         context.enable_progress_bars = bars
         obs_serve.retire(obs_serve.endpoint(cfg), "encode-actor")

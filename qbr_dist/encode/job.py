@@ -171,9 +171,10 @@ class EncoderActor:
 
 
 def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quarantine: Quarantine,
-                  metrics: Endpoint | None = None) -> dict:
+                  metrics: Endpoint | None = None, fingerprints: artifacts.Fingerprints | None = None) -> dict:
     """Encode every shard listed in `shard_dir/index.json` that has no current output; returns totals.
-    The encoder actors serve their metrics where `metrics` says."""
+    The encoder actors serve their metrics where `metrics` says; `fingerprints`, shared with `shard_state`,
+    reads each shard file once however often the run checks it."""
     import ray.data
 
     from qbr_dist.encode.image import input_size, resolve_model
@@ -183,7 +184,8 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
 
     index = json.loads((shard_dir / INDEX).read_text())
     config_hash = hashlib.sha256(json.dumps(settings_key(cfg), sort_keys=True).encode()).hexdigest()[:16]
-    done = _keep_only_current(shard_dir, out_dir, index, config_hash, quarantine)
+    fingerprints = fingerprints or artifacts.Fingerprints()
+    done = _keep_only_current(shard_dir, out_dir, index, config_hash, quarantine, fingerprints)
     totals = {"read": 0, "items": 0, "with_text": 0, "with_image": 0, "skipped_shards": len(done),
               "incomplete_shards": []}
     quarantined_before = quarantine.total
@@ -193,7 +195,7 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
         if shard["file"] in done:
             continue
         output = out_dir / _output_name(shard["file"])
-        tar, salvaged_from = _intact_or_salvaged(shard_dir / shard["file"], shard, out_dir, quarantine)
+        tar, salvaged_from = _intact_or_salvaged(shard_dir / shard["file"], shard, out_dir, quarantine, fingerprints)
         if tar != shard_dir / shard["file"]:
             totals["incomplete_shards"].append(shard["file"])
         if tar is None:
@@ -225,26 +227,28 @@ def _output_name(shard_file: str) -> str:
     return Path(shard_file).stem + ".parquet"
 
 
-def shard_state(shard_dir: Path, out_dir: Path) -> dict:
+def shard_state(shard_dir: Path, out_dir: Path, fingerprints: artifacts.Fingerprints | None = None) -> dict:
     """How the shards on disk differ from their index, for the encode stage's key: the missing ones, and each
     salvaged one's fingerprint as it is now. Empty while the shards are intact, so the key is then the
     index's alone; a run leaves the state it found (or made) behind in its key."""
     index = json.loads((shard_dir / INDEX).read_text())
     done = _read_done(out_dir)
     missing = [shard["file"] for shard in index["shards"] if not (shard_dir / shard["file"]).is_file()]
-    damaged = {name: artifacts.file_fingerprint(shard_dir / name) for name, entry in done.items()
+    fingerprints = fingerprints or artifacts.Fingerprints()
+    damaged = {name: fingerprints.of(shard_dir / name) for name, entry in done.items()
                if entry.get("salvaged") and (shard_dir / name).is_file()}
     return ({"missing_shards": missing} if missing else {}) | ({"damaged_shards": damaged} if damaged else {})
 
 
-def _keep_only_current(shard_dir: Path, out_dir: Path, index: dict, config_hash: str, quarantine: Quarantine) -> dict:
+def _keep_only_current(shard_dir: Path, out_dir: Path, index: dict, config_hash: str, quarantine: Quarantine,
+                       fingerprints: artifacts.Fingerprints) -> dict:
     """The `shards_done.json` entries of the index's shards whose output is current (same checksum and
     config, file present; a salvaged shard's file unchanged since); every other output, entry and
     quarantine record is removed, so a shard the index no longer lists leaves nothing behind and one
     encoded again starts clean."""
     done = _read_done(out_dir)
     current = {shard["file"]: done[shard["file"]] for shard in index["shards"]
-               if _is_current(done.get(shard["file"], {}), shard, config_hash, shard_dir, out_dir)}
+               if _is_current(done.get(shard["file"], {}), shard, config_hash, shard_dir, out_dir, fingerprints)}
     kept_outputs = {_output_name(name) for name in current}
     for output in out_dir.glob("*.parquet"):
         if output.name not in kept_outputs:
@@ -254,12 +258,13 @@ def _keep_only_current(shard_dir: Path, out_dir: Path, index: dict, config_hash:
     return current
 
 
-def _is_current(entry: dict, shard: dict, config_hash: str, shard_dir: Path, out_dir: Path) -> bool:
+def _is_current(entry: dict, shard: dict, config_hash: str, shard_dir: Path, out_dir: Path,
+                fingerprints: artifacts.Fingerprints) -> bool:
     if not (out_dir / _output_name(shard["file"])).is_file() or (entry.get("sha256"), entry.get("config")) != (
             shard["sha256"], config_hash):
         return False
     path = shard_dir / shard["file"]
-    return "salvaged" not in entry or (path.is_file() and artifacts.file_fingerprint(path) == entry["salvaged"])
+    return "salvaged" not in entry or (path.is_file() and fingerprints.of(path) == entry["salvaged"])
 
 
 def _collect_counting(dataset, encoded) -> pa.Table:
@@ -274,14 +279,14 @@ def _collect_counting(dataset, encoded) -> pa.Table:
     return pa.concat_tables(blocks)
 
 
-def _intact_or_salvaged(path: Path, shard: dict, out_dir: Path,
-                        quarantine: Quarantine) -> tuple[Path | None, str | None]:
+def _intact_or_salvaged(path: Path, shard: dict, out_dir: Path, quarantine: Quarantine,
+                        fingerprints: artifacts.Fingerprints) -> tuple[Path | None, str | None]:
     """The shard itself when its checksum matches the index, else a copy of its complete samples (None when
     there are none, or the shard is missing: listed in the quarantine); with the damaged file's fingerprint."""
     if not path.is_file():
         quarantine.add(source=str(path), where="shard", field="*", reason="shard listed in the index is missing")
         return None, None
-    fingerprint = artifacts.file_fingerprint(path)
+    fingerprint = fingerprints.of(path)
     if fingerprint == shard["sha256"]:
         return path, None
     salvaged = out_dir / SALVAGED / shard["file"]

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from qbr_dist.artifacts import Fingerprints
 from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.data.readers import DataError, read_catalog, read_interactions
 from qbr_dist.data.shards import ShardSet, make_sample, salvage_shard
@@ -548,7 +549,7 @@ def test_truncated_shard_keeps_exactly_the_complete_samples_before_the_cut(shard
         copied, problem = salvage_shard(damaged, Path(tmp) / "out.tar", expected_items=len(samples))
         assert samples_in(Path(tmp) / "out.tar") == samples[:copied]
         quarantine = Quarantine()
-        salvaged, _ = _intact_or_salvaged(damaged, entry, Path(tmp) / "encoded", quarantine)
+        salvaged, _ = _intact_or_salvaged(damaged, entry, Path(tmp) / "encoded", quarantine, Fingerprints())
     assert copied == complete_before(cut, starts, end)
     assert (problem is None) == (copied == len(samples))
     # as the encode job counts: the samples before the break are read and kept, the break is one entry
