@@ -1,4 +1,5 @@
-# `make demo` and `make test` set everything up first; the rest (ops, submit, test-*, bench-*) are below.
+# `make demo` and `make test` set everything up first; the rest (setup, test-tools, ops, submit, test-*, bench-*,
+# gpu-wheels, clean) are below.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -54,7 +55,7 @@ test-unit: setup
 test-integration: setup test-tools
 	$(PY) -m pytest -q tests/integration
 
-test-reliability: setup
+test-reliability: setup test-tools
 	$(PY) -m pytest -q tests/reliability
 
 # Benchmarks (not part of `make test`): JSON under bench/results/. Peers they compare against

@@ -1,4 +1,5 @@
-"""`qbr` command line: run the pipeline, fetch data, render the report, show the resolved config."""
+"""`qbr` command line: run the pipeline or one tokenizer stage (shards write, encode, quantize, retokenize), make or
+fetch data, look into a finished run (inspect codes, recommend, report), show the resolved config."""
 from __future__ import annotations
 
 import argparse
