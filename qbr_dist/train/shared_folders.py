@@ -4,7 +4,8 @@ proves it on the nodes alive when a stage starts Ray, with one task pinned to ea
 - a folder the run writes (`run.root`): the driver writes a random token into it; each node must read the
   token back and write an answer beside it, which the driver must then see;
 - a file the stage reads (the shards' index, the features to retokenize): each node must find it with the
-  driver's size, first and last bytes (enough to tell two files apart without reading gigabytes).
+  driver's size, first and last bytes (enough to tell two files apart without reading gigabytes); of a long
+  list of files (thousands of feature files), every file's size and the bytes of FULLY_READ of them.
 A node that misses a mount then stops the run with one line naming the folder, the node and what failed,
 instead of failing later inside a stage with a bare FileNotFoundError."""
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 log = logging.getLogger(__name__)
 
 FINGERPRINT_BYTES = 64 * 1024  # read from each end of a file (a parquet footer is at its end)
+FULLY_READ = 16  # files of a stage's inputs whose ends are read, spread over the list; the rest by size alone
 PROBE_PREFIX = ".node-probe-"  # the token file and the nodes' answers in a written folder (removed after)
 MAX_SHOWN = 6  # problems named in the error; the rest counted
 STALE_PROBE_S = 24 * 3600  # older probe files were left by a killed driver: the next check removes them
@@ -35,6 +37,7 @@ class Probe:
     path: str  # the file every node reads
     digest: str  # its fingerprint as the driver reads it
     answer: bool  # whether each node writes an answer beside it (folders the run writes)
+    ends: int = FINGERPRINT_BYTES  # bytes the fingerprint reads from each end of the file (0: its size alone)
 
 
 class NotShared(RuntimeError):
@@ -50,7 +53,7 @@ def check_shared_folders(written: dict[str, Path], read: dict[str, Path] | None 
         return len(nodes)
     token = uuid.uuid4().hex
     probes = [written_probe(label, Path(folder).resolve(), token) for label, folder in written.items()]
-    probes += [_read_probe(label, Path(file).resolve()) for label, file in (read or {}).items()]
+    probes += read_probes(read or {})
     try:
         problems = _node_problems(probes, nodes)
     finally:
@@ -81,9 +84,18 @@ def _remove_stale(folder: Path) -> None:
                 leftover.unlink()
 
 
-def _read_probe(label: str, file: Path) -> Probe:
+def read_probes(read: dict[str, Path]) -> list[Probe]:
+    """A probe per file; the ends of FULLY_READ of them, spread evenly over the list, the rest by size, so a
+    stage reading thousands of files does not read megabytes of each on every node."""
+    count = len(read)
+    fully = {round(i * (count - 1) / (FULLY_READ - 1)) for i in range(FULLY_READ)} if count > FULLY_READ else None
+    return [_read_probe(label, Path(file).resolve(), FINGERPRINT_BYTES if fully is None or i in fully else 0)
+            for i, (label, file) in enumerate(read.items())]
+
+
+def _read_probe(label: str, file: Path, ends: int) -> Probe:
     try:
-        return Probe(label, str(file), fingerprint(file), answer=False)
+        return Probe(label, str(file), fingerprint(file, ends), answer=False, ends=ends)
     except OSError as error:
         raise NotShared(f"{label} {file}: the driver cannot read it ({error.strerror or error})") from None
 
@@ -124,14 +136,14 @@ def _remove_written(probes: list[Probe], nodes: list[dict]) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def fingerprint(path: Path) -> str:
-    """Size and sha256 of the first and last FINGERPRINT_BYTES: the same file, or a copy, on another node."""
+def fingerprint(path: Path, ends: int = FINGERPRINT_BYTES) -> str:
+    """Size and sha256 of the first and last `ends` bytes: the same file, or a copy, on another node."""
     with open(path, "rb") as handle:
         size = handle.seek(0, 2)
         handle.seek(0)
-        digest = hashlib.sha256(handle.read(FINGERPRINT_BYTES))
-        handle.seek(max(size - FINGERPRINT_BYTES, 0))
-        digest.update(handle.read(FINGERPRINT_BYTES))
+        digest = hashlib.sha256(handle.read(ends))
+        handle.seek(max(size - ends, 0))
+        digest.update(handle.read(ends))
     return f"{size}:{digest.hexdigest()}"
 
 
@@ -144,7 +156,7 @@ def probe_problem(probe: Probe, node_id: str) -> str | None:
     its answer beside it), else why not."""
     path = Path(probe.path)
     try:
-        seen = fingerprint(path)
+        seen = fingerprint(path, probe.ends)
     except OSError as error:
         return f"cannot read {path} ({error.strerror or error})"
     if seen != probe.digest:

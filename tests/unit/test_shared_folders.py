@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 import time
 
-from qbr_dist.train.shared_folders import (FINGERPRINT_BYTES, PROBE_PREFIX, STALE_PROBE_S, Probe, written_probe,
-                                           answer_path, fingerprint, probe_problem)
+from qbr_dist.train.shared_folders import (FINGERPRINT_BYTES, FULLY_READ, PROBE_PREFIX, STALE_PROBE_S, Probe,
+                                           answer_path, fingerprint, probe_problem, read_probes, written_probe)
 
 
 def probe_of(path, content: str, *, answer: bool = True) -> Probe:
@@ -67,3 +67,19 @@ def test_a_new_probe_removes_what_a_killed_driver_left_long_ago_and_nothing_newe
     os.utime(other, (long_ago, long_ago))
     probe = written_probe("run.root", tmp_path, "abc")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([recent.name, other.name, probe.path.rsplit("/", 1)[1]])
+
+
+def test_of_many_input_files_only_a_spread_sample_is_read_beyond_its_size(tmp_path):
+    files = {}
+    for n in range(FULLY_READ * 4):
+        files[f"the features part-{n}"] = tmp_path / f"part-{n}.parquet"
+        files[f"the features part-{n}"].write_bytes(bytes([n]) * 100)
+    probes = read_probes(files)
+    read = [n for n, probe in enumerate(probes) if probe.ends]
+    assert len(read) == FULLY_READ and read[0] == 0 and read[-1] == len(files) - 1
+    assert all(probe_problem(probe, "node1") is None for probe in probes)
+    (tmp_path / "part-1.parquet").write_bytes(b"x" * 100)  # same size, not read: its content is not compared
+    (tmp_path / "part-2.parquet").write_bytes(b"x" * 101)
+    (tmp_path / "part-0.parquet").write_bytes(b"x" * 100)  # read: a change of content is found
+    assert [n for n, probe in enumerate(probes[:3]) if probe_problem(probe, "node1")] == [0, 2]
+    assert all(probe.ends for probe in read_probes(dict(list(files.items())[:FULLY_READ])))
