@@ -1,7 +1,11 @@
 """`qbr report` of the shared tiny run: the same report from the stages as they are, also under
 settings that change only where or how fast stages run; and a refusal naming the first stage a
-changed setting feeds, so every stage is shown to be keyed by its own settings."""
+changed setting feeds, so every stage is shown to be keyed by its own settings. A raw file gone since
+the run is taken as the ingest stage recorded it; another file in its place is refused."""
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +48,22 @@ def test_report_renders_the_run_and_refuses_a_config_that_did_not_make_it(tokeni
                            match=rf"/{stage}: computed with other settings \(or stage code\); run `qbr run`"):
             pipeline.report_only(changed(cfg, {setting: value}))
     assert manifests(pipeline.run_dir(cfg)) == before and not ray.is_initialized()  # it ran nothing
+
+
+def test_report_of_a_run_whose_raw_files_are_gone_takes_them_as_ingest_recorded(tokenized_run, tmp_path, caplog):
+    cfg = tokenized_run.cfg
+    interactions = Path(cfg.data.interactions)
+    kept = tmp_path / interactions.name
+    shutil.move(interactions, kept)
+    try:
+        with caplog.at_level("WARNING", logger=pipeline.log.name):
+            assert pipeline.report_only(cfg)["models"] == tokenized_run.report["models"]
+        assert f"{interactions}: not found, so not checked" in caplog.text
+        with pytest.raises(FileNotFoundError, match="file not found"):
+            pipeline.raw_fingerprints(cfg)  # only a report takes the record: a run needs the file
+        interactions.write_bytes(b"another file")
+        with pytest.raises(pipeline.StageNotCurrent, match="ingest: computed with another 'interactions' input"):
+            pipeline.report_only(cfg)
+    finally:
+        interactions.unlink(missing_ok=True)
+        shutil.move(kept, interactions)
