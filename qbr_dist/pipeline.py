@@ -668,12 +668,13 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
     from qbr_dist.fusion.export import MODEL
     from qbr_dist.quant import CODEBOOKS, CODES
     from qbr_dist.quant.codebook import load_codebooks
-    from qbr_dist.quant.retokenize import FusionInputs
+    from qbr_dist.quant.retokenize import FusionInputs, check_feature_files
     from qbr_dist.quant.retokenize import retokenize as retokenize_job
 
     files = sorted(features.glob("*.parquet")) if features.is_dir() else [features]
     if not files or not all(f.is_file() for f in files):
         raise FileNotFoundError(f"{features}: no parquet feature table to retokenize")
+    check_feature_files(files, tokenizer_vectors(cfg, dirs["encode"]))
     quantize_dir = dirs["quantize"]
     _, version, _ = load_codebooks(quantize_dir / CODEBOOKS)
     fusion = None
@@ -700,6 +701,17 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
              "items/s, collision rate %.4f, suffix table %d", summary["items"], summary["content_queries"], version,
              summary["actors_busy"], summary["items_per_s"], summary["collision_rate"], summary["suffix_table_size"])
     return stage_dir
+
+
+def tokenizer_vectors(cfg: Config, encode_dir: Path) -> dict[str, int]:
+    """{column: width} of the encoder vectors the run's tokenizer was fit on: quant.input's, or with 'fused' each
+    modality some item of the run had."""
+    from qbr_dist.fusion.features import vector_width
+
+    rows = artifacts.read_manifest(encode_dir)["rows"]
+    columns = [cfg.quant.input] if cfg.quant.input != "fused" else \
+        [column for column, counted in (("text_emb", "with_text"), ("image_emb", "with_image")) if rows[counted]]
+    return {column: vector_width(feature_files(encode_dir), column) for column in columns}
 
 
 def cli_retokenize_stage(features: Path) -> str:

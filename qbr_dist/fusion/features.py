@@ -8,6 +8,7 @@ worker touches only the rows of its batches. A modality an item lacks is a zero 
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,8 @@ def assemble(folder: Path, *, item_ids: list[str], encode_files: list[Path], str
     folder.mkdir(parents=True, exist_ok=True)
     index = {item_id: i + 1 for i, item_id in enumerate(item_ids)}
     rows = len(item_ids) + 1
-    text_dim, image_dim = _vector_width(encode_files, "text_emb"), _vector_width(encode_files, "image_emb")
-    cooc_dim = _vector_width([structure_file], "cooc_emb")
+    text_dim, image_dim = vector_width(encode_files, "text_emb"), vector_width(encode_files, "image_emb")
+    cooc_dim = vector_width([structure_file], "cooc_emb")
     arrays = {
         "text": _open(folder, "text", (rows, text_dim), np.float32),
         "text_present": _open(folder, "text_present", (rows,), np.bool_),
@@ -68,7 +69,7 @@ def _open(folder: Path, name: str, shape: tuple, dtype) -> np.memmap:
     return np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
 
 
-def _vector_width(files: list[Path], column: str) -> int:
+def vector_width(files: list[Path], column: str) -> int:
     """Width of a fixed-size-list column (0 for a plain list column: no vectors, e.g. no image model)."""
     field = pq.read_schema(files[0]).field(column) if files else None
     return field.type.list_size if field is not None and hasattr(field.type, "list_size") else 0
@@ -100,9 +101,7 @@ def vector_rows(table: pa.Table, column: str, width: int) -> tuple[np.ndarray, n
     values = table.column(column).combine_chunks() if column in table.column_names else None
     if values is None or values.null_count == len(values):
         return np.zeros((rows, width), np.float32), np.zeros(rows, bool)
-    if getattr(values.type, "list_size", None) != width:
-        raise ValueError(f"column '{column}': expected vectors of the width the fusion model was trained on "
-                         f"(fixed-size lists of {width} floats), got {values.type}")
+    values = _fixed_width(values, column, width)
     present = values.is_valid().to_numpy(zero_copy_only=False)
     flag = f"has_{column.removesuffix('_emb')}"
     if flag in table.column_names:
@@ -111,6 +110,19 @@ def vector_rows(table: pa.Table, column: str, width: int) -> tuple[np.ndarray, n
     matrix = column_matrix(filled).astype(np.float32)
     matrix[~present] = 0.0
     return matrix, present
+
+
+def _fixed_width(values: pa.Array, column: str, width: int) -> pa.Array:
+    """Vectors as fixed-size lists of `width`: variable-size lists (a table written through pandas) are taken
+    when every vector has that width; anything else is an error naming the column."""
+    variable = pa.types.is_list(values.type) or pa.types.is_large_list(values.type)
+    if variable:
+        with contextlib.suppress(pa.ArrowInvalid):  # raised when some vector has another length
+            values = values.cast(pa.list_(values.type.value_type, width))
+    if getattr(values.type, "list_size", None) != width:
+        raise ValueError(f"column '{column}': expected vectors of {width} floats each (the width the tokenizer "
+                         f"was fit on), got {values.type}{' with other lengths' if variable else ''}")
+    return values
 
 
 def padded_tokens(table: pa.Table, max_tokens: int) -> np.ndarray:

@@ -96,6 +96,28 @@ class Retokenizer:
         return column_matrix(values), np.ones(batch.num_rows, bool)
 
 
+def check_feature_files(files: list[Path], vectors: dict[str, int]) -> None:
+    """Refuse, before any actor starts, a feature file that is not parquet, or lacks `item_id` or a vector column
+    the run's tokenizer was fit on (`vectors`: {column: width}), or holds something else in it: one line naming
+    the file. Without such a column every new item would get the same codes, from no content."""
+    for path in files:
+        try:
+            schema = pq.read_schema(path)
+        except (pa.ArrowInvalid, OSError) as error:
+            raise ValueError(f"{path}: not a parquet feature table ({error})") from None
+        for column in ["item_id", *vectors]:
+            if column not in schema.names:
+                raise ValueError(f"{path}: no column '{column}' (a feature table has item_id and the vectors the "
+                                 f"run's tokenizer was fit on: {', '.join(vectors)}; found {', '.join(schema.names)})")
+        for column, width in vectors.items():
+            kind = schema.field(column).type
+            size = getattr(kind, "list_size", width)
+            if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)) \
+                    or not pa.types.is_floating(kind.value_type) or size != width:
+                raise ValueError(f"{path}: column '{column}' is {kind}; expected vectors of {width} floats each "
+                                 "(the width the run's tokenizer was fit on)")
+
+
 def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Path, *, previous: list[Path],
                fusion: FusionInputs | None = None, batch_size: int = 4096, actors: int = 1,
                cpus_per_actor: float = 0.5, chunk_size: int = 65536, bucket_rows: int = 250_000,

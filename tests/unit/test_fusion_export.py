@@ -52,11 +52,21 @@ def test_batch_inputs_mark_nulls_and_absent_columns_missing(model):
 
 def test_vectors_of_another_width_are_an_error_not_a_missing_modality(model):
     rows = ("a", "b", "c")
-    with pytest.raises(ValueError, match=r"column 'text_emb': expected .*fixed-size lists of 6 floats"):
+    with pytest.raises(ValueError, match=r"column 'text_emb': expected vectors of 6 floats each .*got fixed_size_list"):
         batch_inputs(table(model).set_column(1, "text_emb", vectors(rows, 384)), model, max_tokens=2)
+    uneven = pa.array([[0.0] * 6, [0.0] * 5, None], pa.list_(pa.float64()))
+    with pytest.raises(ValueError, match=r"expected vectors of 6 floats each .* with other lengths"):
+        batch_inputs(table(model).set_column(1, "text_emb", uneven), model, max_tokens=2)
     all_null = pa.array([None] * 3, pa.list_(pa.float32()))  # the encode stage's image column without an image model
     inputs = batch_inputs(table(model).set_column(2, "image_emb", all_null), model, max_tokens=2)
     assert inputs["image_present"].tolist() == [False] * 3
+
+
+def test_vectors_as_variable_lists_of_the_right_width_are_taken_as_they_are(model):
+    """A feature table written through pandas holds plain lists, not fixed-size ones."""
+    plain = table(model).to_pandas()
+    assert batch_inputs(pa.Table.from_pandas(plain), model, max_tokens=2)["text"].tolist() == \
+        batch_inputs(table(model), model, max_tokens=2)["text"].tolist()
 
 
 def test_fused_batch_matches_the_training_model(tmp_path, model):

@@ -1,6 +1,7 @@
 """Residual k-means, codebook versions and files, and unique semantic IDs, in one process."""
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -209,3 +210,25 @@ def test_buckets_are_fixed_functions_of_the_codes_and_the_id_bytes():
     assert np.bincount(spread, minlength=10).min() > 900  # ids that differ in one digit spread evenly
     codes = np.array([[1, 2, 3], [3, 2, 1], [1, 2, 3]])
     assert code_buckets(codes, 1000)[0] == code_buckets(codes, 1000)[2] != code_buckets(codes, 1000)[1]
+
+
+def test_a_feature_table_without_the_vectors_the_tokenizer_was_fit_on_is_refused_naming_the_file(tmp_path):
+    from qbr_dist.quant.retokenize import check_feature_files
+
+    good, plain = tmp_path / "good.parquet", tmp_path / "plain.parquet"
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(8, np.float32)), 4)
+    pq.write_table(pa.table({"item_id": ["a", "b"], "text_emb": vectors}), good)
+    pq.write_table(pa.table({"item_id": ["a", "b"], "text_emb": pa.array([[0.0] * 4] * 2)}), plain)
+    check_feature_files([good, plain], {"text_emb": 4})  # plain lists are checked for their width as they are read
+    cases = {"no_text": ({"item_id": ["a"]}, r"no column 'text_emb' \(.*found item_id\)"),
+             "wide": ({"item_id": ["a"], "text_emb": pa.FixedSizeListArray.from_arrays(pa.array([0.0] * 8), 8)},
+                      r"column 'text_emb' is fixed_size_list<\w+: double>\[8\]; expected vectors of 4 floats"),
+             "words": ({"item_id": ["a"], "text_emb": ["a film"]}, r"column 'text_emb' is string; expected")}
+    for name, (columns, message) in cases.items():
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table(columns), path)
+        with pytest.raises(ValueError, match=rf"^{path}: {message}"):
+            check_feature_files([good, path], {"text_emb": 4})
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match=r"broken.parquet: not a parquet feature table"):
+        check_feature_files([tmp_path / "broken.parquet"], {})
