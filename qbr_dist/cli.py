@@ -17,6 +17,17 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
                         help="override one config value; repeatable (e.g. --set train.lr=3e-4)")
 
 
+def _count(text: str) -> int:
+    """An option that counts something (seeds, items, levels, words): a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{text}'")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qbr", description="Q-BERT4Rec on Ray + DeepSpeed: data, training, evaluation, reports."
@@ -31,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "interrupted training stage resumes from its latest checkpoint.")
     _config_args(run)
     run.add_argument("--readme", type=Path, help="also write the results table into this README between its markers")
-    run.add_argument("--seeds", type=int, default=1,
+    run.add_argument("--seeds", type=_count, default=1,
                      help="run the pipeline once per seed (run.seed, run.seed + 1, ...), each in <run.name>-seed<s>, "
                           "and report the mean and spread (<run.name>/seeds.md)")
     run.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
@@ -52,14 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "sequences from a latent-preference process, the planted attributes and WebDataset shards "
                     "into OUT, streaming (memory flat in the number of items).",
     )
-    synth.add_argument("--items", type=int, required=True, help="number of items")
-    synth.add_argument("--users", type=int, required=True, help="number of users")
+    synth.add_argument("--items", type=_count, required=True, help="number of items")
+    synth.add_argument("--users", type=_count, required=True, help="number of users")
     synth.add_argument("--out", type=Path, help="output folder (default .cache/data/synth-<items>x<users>-s<seed>)")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--image-side", type=int, default=64, help="image width and height in pixels (default 64)")
+    synth.add_argument("--image-side", type=_count, default=64, help="image width and height in pixels (default 64)")
     synth.add_argument("--text-attribute-prob", type=float, default=0.5,
                        help="chance that an item's text names its colour, and (separately) its shape")
-    synth.add_argument("--shard-bytes", type=int, default=1_000_000_000, help="target shard size (default 1 GB)")
+    synth.add_argument("--shard-bytes", type=_count, default=1_000_000_000, help="target shard size (default 1 GB)")
 
     shards = commands.add_parser("shards", help="WebDataset shard commands", description="WebDataset shard commands.")
     shard_commands = shards.add_subparsers(dest="shards_command", required=True)
@@ -117,10 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "structure.fields, examples; written to <run>/inspect/codes.json and .md. With --prefix, "
                     "the items under one prefix instead.")
     _config_args(codes)
-    codes.add_argument("--levels", type=int, default=1, help="code levels to summarise (default 1)")
-    codes.add_argument("--top", type=int, default=8, help="words per code (default 8)")
+    codes.add_argument("--levels", type=_count, default=1, help="code levels to summarise (default 1)")
+    codes.add_argument("--top", type=_count, default=8, help="words per code (default 8)")
     codes.add_argument("--prefix", help="list the items under this code prefix, e.g. 3-41")
-    codes.add_argument("--limit", type=int, default=20, help="items shown with --prefix (default 20)")
+    codes.add_argument("--limit", type=_count, default=20, help="items shown with --prefix (default 20)")
 
     recommend = commands.add_parser(
         "recommend", help="top-k next items from a trained model, explained by shared semantic codes",
@@ -131,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     who = recommend.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="a user id of the run's data")
     who.add_argument("--history", help="comma-separated item ids, oldest first")
-    recommend.add_argument("--k", type=int, default=10, help="items to recommend (default 10)")
+    recommend.add_argument("--k", type=_count, default=10, help="items to recommend (default 10)")
     recommend.add_argument("--model", default="qbert4rec", choices=("qbert4rec", "bert4rec"),
                            help="the training stage whose weights to use (default qbert4rec)")
 
@@ -159,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"qbr: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("qbr: interrupted; the same command resumes: finished stages are skipped and training continues "
+              "from its latest checkpoint", file=sys.stderr)
+        return 130
 
 
 def _dispatch(args) -> int:

@@ -11,8 +11,12 @@ reproducible across worker counts and resumes mid-epoch exactly.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
+import signal
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,8 @@ import torch
 from qbr_dist.config import RuntimeConfig
 from qbr_dist.obs.serve import Endpoint, retire, serve, unregister
 from qbr_dist.train import collective
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_TAG = "state"
 CHECKPOINT_ROOT = "checkpoint_root"  # loop-config key: the only folder this run's workers restore from
@@ -106,10 +112,48 @@ def fit(job: TrainJob, runtime: RuntimeConfig):
             datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
         ),
     )
+    remove_untracked_checkpoints(Path(job.storage_path) / job.name)
     try:
-        return trainer.fit()
+        with ctrl_c_as_keyboard_interrupt():
+            return trainer.fit()
     finally:
         retire(job.metrics, "train-worker")
+
+
+def remove_untracked_checkpoints(run_folder: Path) -> list[str]:
+    """Remove the checkpoint folders Ray Train's snapshot does not list: written by a run stopped before Ray
+    recorded them (Ctrl-C, a kill), never resumed from, and outside `keep_checkpoints`, so each stop would
+    otherwise leave a model-sized folder for good. A snapshot of another layout leaves everything in place."""
+    import shutil
+
+    snapshot = run_folder / "checkpoint_manager_snapshot.json"
+    try:
+        results = json.loads(snapshot.read_text())["checkpoint_results"]
+        tracked = {result["checkpoint_dir_name"] for result in results}
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    untracked = sorted(path.name for path in run_folder.glob("checkpoint_*")
+                       if path.is_dir() and path.name not in tracked)
+    for name in untracked:
+        shutil.rmtree(run_folder / name)
+    if untracked:
+        log.info("%s: removed %d checkpoint(s) Ray Train never recorded: %s", run_folder, len(untracked),
+                 ", ".join(untracked))
+    return untracked
+
+
+@contextlib.contextmanager
+def ctrl_c_as_keyboard_interrupt():
+    """Ray Train's fit() answers Ctrl-C by aborting the run and calling sys.exit, and leaves its handler installed;
+    here Ctrl-C ends as a KeyboardInterrupt, as everywhere else in a stage, and later ones reach Python again."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    except SystemExit:
+        raise KeyboardInterrupt from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
 
 
 def _serving(loop: Callable[[dict], None], metrics: Endpoint | None) -> Callable[[dict], None]:

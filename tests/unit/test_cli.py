@@ -66,3 +66,26 @@ def test_retokenize_refuses_missing_features_before_any_stage_runs(tmp_path, cap
     assert main(["retokenize", "--features", str(tmp_path / "nope.parquet"), "--set", f"run.root='{tmp_path}'"]) == 2
     assert "nope.parquet: --features names no file or folder" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("words", [["run", "--seeds", "0"], ["run", "--seeds", "-1"],
+                                   ["inspect", "codes", "--levels", "0"], ["inspect", "codes", "--top", "-3"],
+                                   ["recommend", "--user", "u", "--k", "-5"], ["data", "synth", "--items", "x",
+                                                                             "--users", "3"]])
+def test_counting_options_below_one_are_refused_before_anything_runs(words, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(words)
+    assert done.value.code == 2
+    assert "expected a whole number of at least 1, got" in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_the_command_with_one_line_and_exit_130(monkeypatch, capsys):
+    import qbr_dist.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_dispatch", interrupted)
+    assert main(["run"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qbr: interrupted; the same command resumes") and "\n" not in err

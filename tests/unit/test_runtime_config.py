@@ -1,10 +1,11 @@
+import json
 import os
 
 import torch
 
 from qbr_dist.config import load_config
 from qbr_dist.train.engine import deepspeed_config, skip_inference_allreduce_kernel
-from qbr_dist.train.runtime import carry_epoch_sums, my_slice, use_embedded_environment
+from qbr_dist.train.runtime import carry_epoch_sums, my_slice, remove_untracked_checkpoints, use_embedded_environment
 
 
 def test_deepspeed_config_follows_the_runtime_section():
@@ -48,3 +49,31 @@ def test_the_embedded_ray_environment_keeps_what_the_user_set(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     use_embedded_environment()
     assert os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] == "1" and os.environ["RAY_AUTH_MODE"] == "token"
+
+
+def test_checkpoints_ray_train_never_recorded_are_removed_before_a_run_resumes(tmp_path):
+    for name in ("checkpoint_a", "checkpoint_b", "checkpoint_c", "best"):
+        (tmp_path / name).mkdir()
+    assert remove_untracked_checkpoints(tmp_path) == []  # no snapshot yet: nothing is known, nothing removed
+    (tmp_path / "checkpoint_manager_snapshot.json").write_text(json.dumps({"checkpoint_layout": "another"}))
+    assert remove_untracked_checkpoints(tmp_path) == []  # a snapshot this code does not read: left alone
+    listed = {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_a"}, {"checkpoint_dir_name": "checkpoint_b"}]}
+    (tmp_path / "checkpoint_manager_snapshot.json").write_text(json.dumps(listed))
+    assert remove_untracked_checkpoints(tmp_path) == ["checkpoint_c"]  # written after the last record, then stopped
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "checkpoint_a", "checkpoint_b",
+                                                         "checkpoint_manager_snapshot.json"]
+
+
+def test_ray_trains_exit_on_ctrl_c_becomes_a_keyboard_interrupt_and_its_handler_is_undone():
+    import signal
+
+    import pytest
+
+    from qbr_dist.train.runtime import ctrl_c_as_keyboard_interrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_as_keyboard_interrupt():
+            signal.signal(signal.SIGINT, lambda *_: None)  # as fit() installs its own
+            raise SystemExit(0)  # what that handler does on Ctrl-C
+    assert signal.getsignal(signal.SIGINT) is before
