@@ -5,7 +5,8 @@ An explanation cites, level by level, the recommended item's own code prefixes t
 item also has (`3`, then `3-41`, ...), with the number of history items sharing it and the words
 that characterise it (the code inspector's TF-IDF). Items kept out of training by a cold-item
 split are marked cold: their scores come from their codes (with hybrid tokens, plus the mean ID
-vector of the trained items sharing their longest code prefix).
+vector of the trained items sharing their longest code prefix). An ID-only model never trained their
+vectors, so it recommends none of them.
 """
 from __future__ import annotations
 
@@ -87,6 +88,10 @@ class Recommender:
         """Top-k items after the history, each with the code prefixes it shares with it (no words yet)."""
         past = self.history(user, history)
         scores = score_next(self.model, past)
+        unscored = 0
+        if self.codes is None:  # an ID-only model: the vectors of cold items were never trained
+            unscored = int(self.cold[1:].sum())
+            scores[torch.from_numpy(self.cold[1:].astype(bool))] = float("-inf")
         top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices.add(1).tolist()
         items = []
         for item in top:
@@ -96,7 +101,8 @@ class Recommender:
                 entry |= {"codes": self.codes[item].tolist(), "shared": shared_prefixes(self.codes[item],
                                                                                         self.codes[past])}
             items.append(entry)
-        return {"stage": self.stage, "user": user, "history": [self.ids[i - 1].as_py() for i in past], "items": items}
+        return {"stage": self.stage, "user": user, "history": [self.ids[i - 1].as_py() for i in past], "items": items,
+                "cold_left_out": unscored}
 
 
 def cited_prefixes(found: list[dict]) -> frozenset[str]:
@@ -125,7 +131,9 @@ def recommend(run: Path, *, stage: str = "qbert4rec", user: str | None = None, h
 
 def recommend_title(found: dict) -> str:
     who = f"user {found['user']}'s" if found["user"] is not None else "the given"
-    return f"Top {len(found['items'])} from {found['stage']} after {who} history of {len(found['history'])} items"
+    left_out = found.get("cold_left_out", 0)
+    return (f"Top {len(found['items'])} from {found['stage']} after {who} history of {len(found['history'])} items"
+            + (f" ({left_out} cold items left out: an ID-only model cannot score them)" if left_out else ""))
 
 
 def recommend_table(found: dict) -> tuple[list[str], list[list[str]]]:

@@ -1,6 +1,7 @@
 """`qbr inspect codes` and `qbr recommend` on the shared tiny run over the synthetic catalog:
 first-level codes group the planted categories far better than the same codes shuffled across
-items, and explanations cite only code prefixes that the item and its history really share."""
+items, explanations cite only code prefixes that the item and its history really share, and the
+ID-only model recommends no cold item (it never trained their vectors)."""
 from __future__ import annotations
 
 import numpy as np
@@ -76,3 +77,6 @@ def test_recommendations_cite_only_codes_the_item_and_the_history_really_have(to
             assert cited["prefix"] == "-".join(map(str, prefix))
             assert cited["history_items"] == int((history[:, : level + 1] == prefix).all(axis=1).sum()) > 0
             assert cited["words"], cited
+    id_only = recommend(run, stage="bert4rec", user=user, k=len(index))  # every item it can score
+    assert id_only["cold_left_out"] == int(cold.sum()) > 0 and found["cold_left_out"] == 0
+    assert id_only["items"] and not any(item["cold"] for item in id_only["items"])
