@@ -436,6 +436,18 @@ def _prebuilt_shards(folder: Path) -> Path:
     return folder
 
 
+def check_structure_fields(cfg: Config, ingest_dir: Path) -> Path:
+    """The ingested catalog, checked to have every field structure.fields names (right after ingest too, so a
+    misspelt field stops the run before hours of encoding)."""
+    items_file = ingest_dir / ITEMS
+    present = pq.read_schema(items_file).names
+    for name in cfg.structure.fields:
+        if name not in present:
+            raise ValueError(f"{items_file}: structure.fields names '{name}', which the catalog does not have "
+                             f"(fields: {', '.join(present)})")
+    return items_file
+
+
 def structure(cfg: Config, root: Path, ingest_dir: Path) -> Path:
     """Structural features from the catalog's fields and the training parts of the sequences only."""
     from qbr_dist.data.split import train_part
@@ -446,12 +458,7 @@ def structure(cfg: Config, root: Path, ingest_dir: Path) -> Path:
     stage_dir, current = _stage("structure", root, key)
     if current:
         return stage_dir
-    items_file = ingest_dir / ITEMS
-    present = pq.read_schema(items_file).names
-    for name in cfg.structure.fields:
-        if name not in present:
-            raise ValueError(f"{items_file}: structure.fields names '{name}', which the catalog does not have "
-                             f"(fields: {', '.join(present)})")
+    items_file = check_structure_fields(cfg, ingest_dir)
     catalog = pq.read_table(items_file, columns=["item_id", *cfg.structure.fields])
     tokens, vocab = field_tokens({name: catalog.column(name).to_pylist() for name in cfg.structure.fields},
                                  separator=cfg.structure.separator or None, min_count=cfg.structure.min_count)
@@ -523,6 +530,7 @@ def tokenize(cfg: Config, root: Path) -> dict[str, Path]:
     """ingest -> shards -> encode -> structure -> fusion (when quant.input = 'fused') -> quantize, fitted on
     warm items only under a cold-item split, then retokenize to give the cold items their codes."""
     dirs = {"ingest": ingest(cfg, root)}
+    check_structure_fields(cfg, dirs["ingest"])
     dirs["encode"] = encode(cfg, root, shards(cfg, dirs["ingest"]))
     dirs["structure"] = structure(cfg, root, dirs["ingest"])
     vectors = dirs["encode"]

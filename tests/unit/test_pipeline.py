@@ -113,11 +113,19 @@ def test_structure_stage_tokens_and_training_only_cooccurrence(tmp_path):
     assert artifacts.read_manifest(stage)["rows"]["with_cooccurrence"] == 2
 
 
-def test_structure_stage_names_a_missing_field(tmp_path, interactions_file):
+def test_structure_stage_names_a_missing_field_and_the_tokenizer_stops_before_encoding(tmp_path, interactions_file,
+                                                                                       monkeypatch):
     cfg = config(tmp_path, interactions_file, "structure.fields=['brand']")
     root = pipeline.run_dir(cfg)
     with pytest.raises(ValueError, match=r"items.parquet: structure.fields names 'brand'"):
         pipeline.structure(cfg, root, pipeline.ingest(cfg, root))
+
+    def unreachable(*args):
+        raise AssertionError("shards written for a run whose structure.fields are wrong")
+
+    monkeypatch.setattr(pipeline, "shards", unreachable)
+    with pytest.raises(ValueError, match=r"items.parquet: structure.fields names 'brand'"):
+        pipeline.tokenize(cfg, root)
 
 
 def test_a_run_directory_in_use_stops_a_second_run_before_any_stage(tmp_path, interactions_file):
