@@ -374,15 +374,18 @@ def ingest(cfg: Config, root: Path) -> Path:
     else:  # an earlier run's split must not outlive its setting: training and scoring look for this file
         (stage_dir / COLD).unlink(missing_ok=True)
     if sequences.num_rows == 0:
-        raise ValueError(
-            f"{inputs['interactions']}: no user has the {MIN_SPLIT_LENGTH} interactions a leave-one-out split needs"
-        )
+        after = [f"the {cfg.data.k_core}-core filter (data.k_core)"] * bool(cfg.data.k_core) + \
+            ["the cold-item split (data.cold_fraction)"] * bool(cfg.data.cold_fraction)
+        raise ValueError(f"{inputs['interactions']}: no user has the {MIN_SPLIT_LENGTH} interactions a leave-one-out "
+                         "split needs" + (f" after {' and '.join(after)}" if after else ""))
     for name, table in ((ITEMS, catalog), (SEQUENCES, sequences)):
         with artifacts.atomic_path(stage_dir / name) as tmp:
             pq.write_table(table, tmp)
     _finish(stage_dir, key, outputs=outputs, rows=rows)
-    log.info("ingest: %d users, %d items, %d interactions, %d quarantined",
-             summary.users, summary.items, summary.interactions, quarantine.total)
+    log.info("ingest: %d users, %d items, %d interactions, %d quarantined%s", rows["users"], summary.items,
+             rows["interactions"], quarantine.total, f"; cold-item split: {rows['cold_items']} items out of every "
+             f"training and validation input, {rows['users_dropped_by_cold_split']} users left with too short a "
+             f"history, {rows['cold_test_users']} with a cold test target" if cfg.data.cold_fraction else "")
     return stage_dir
 
 

@@ -33,6 +33,7 @@ def read_interactions(path: str | Path, quarantine: Quarantine) -> pa.Table:
         return amazon.read_amazon_interactions(path, quarantine)
     if path.suffix == ".parquet":
         return _interactions_from_parquet(path, quarantine)
+    _require_atomic(path, ".inter", "data.interactions")
     rows = {name: [] for name in INTERACTION_FIELDS}
     for line_no, record in _atomic_records(path, INTERACTION_FIELDS, quarantine):
         timestamp = _as_float(record["timestamp"])
@@ -44,6 +45,13 @@ def read_interactions(path: str | Path, quarantine: Quarantine) -> pa.Table:
         rows["item_id"].append(record["item_id"])
         rows["timestamp"].append(timestamp)
     return pa.table(rows, schema=INTERACTIONS_SCHEMA)
+
+
+def _require_atomic(path: Path, suffix: str, setting: str) -> None:
+    """A file read as RecBole atomic must be named so: a .csv read as tab-separated fields gives a misleading error."""
+    if path.suffix != suffix:
+        raise DataError(f"{path}: {setting} of an unsupported type '{path.suffix or path.name}' (expected a RecBole "
+                        f"atomic {suffix} file, .parquet, or Amazon .json/.jsonl, optionally .gz)")
 
 
 def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantine) -> pa.Table:
@@ -62,6 +70,7 @@ def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantin
         quarantine.read += table.num_rows
         records = ((i + 1, {k: v[i] for k, v in columns.items()}) for i in range(table.num_rows))
     else:
+        _require_atomic(path, ".item", "data.catalog")
         records = _atomic_records(path, ("item_id", *text_fields), quarantine)
     seen: set[str] = set()
     rows: list[dict] = []

@@ -68,8 +68,11 @@ class Recommender:
     """One run's trained model, catalog, codes and cold mask, loaded once for any number of histories."""
 
     def __init__(self, run: Path, stage: str = "qbert4rec"):
+        from qbr_dist.artifacts import read_manifest
         from qbr_dist.seqrec.trained import load_trained
 
+        if read_manifest(run / stage) is None:
+            raise FileNotFoundError(f"{run}: no finished {stage} stage; run `qbr run` with this config first")
         self.run, self.stage, ingest = run, stage, run / "ingest"
         self.catalog = pq.read_table(ingest / ITEMS, columns=["item_id", "text"])
         self.ids = self.catalog.column("item_id").combine_chunks()

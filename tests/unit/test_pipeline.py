@@ -208,3 +208,15 @@ def test_content_knn_runs_only_when_some_item_has_text(tmp_path, monkeypatch, ca
     assert ("content-knn" in models) == bool(with_text)
     assert ("no item has text features" in caplog.text) == (not with_text)
     assert {"popularity", "bert4rec", "qbert4rec"} <= set(models)
+
+
+def test_ingest_says_which_filter_left_no_user_and_logs_what_the_cold_split_took(tmp_path, interactions_file, caplog):
+    cfg = config(tmp_path, interactions_file, "data.k_core=1000", "data.cold_fraction=0.1")
+    with pytest.raises(ValueError, match=r"no user has the 3 interactions a leave-one-out split needs after the "
+                                         r"1000-core filter \(data.k_core\) and the cold-item split"):
+        pipeline.ingest(cfg, pipeline.run_dir(cfg))
+    cfg = config(tmp_path, interactions_file, "data.cold_fraction=0.1")
+    with caplog.at_level("INFO", logger=pipeline.log.name):
+        rows = artifacts.read_manifest(pipeline.ingest(cfg, pipeline.run_dir(cfg)))["rows"]
+    assert (f"ingest: {rows['users']} users" in caplog.text and f"cold-item split: {rows['cold_items']} items out"
+            in caplog.text and rows["cold_items"] > 0)

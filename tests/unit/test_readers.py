@@ -160,3 +160,12 @@ def test_quarantine_keeps_only_the_records_of_work_that_stays_done(tmp_path):
             again.keep_only(lambda record: True)
     assert [r["source"] for r in quarantined(path)] == ["a.tar", "a.tar", "c.tar"]
     assert again.total == 1  # this run's records only
+
+
+def test_a_file_of_another_type_is_refused_by_its_name_not_misread(tmp_path):
+    inter = write_lines(tmp_path / "x.csv", b"user_id,item_id,timestamp", [b"u1,i1,100"])
+    with pytest.raises(DataError, match=r"x.csv: data.interactions of an unsupported type '.csv' \(expected a RecBole "
+                                        r"atomic .inter file"):
+        read_interactions(inter, Quarantine())
+    with pytest.raises(DataError, match=r"x.csv: data.catalog of an unsupported type '.csv'"):
+        read_catalog(inter, [], Quarantine())

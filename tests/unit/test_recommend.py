@@ -14,3 +14,10 @@ def test_a_users_history_is_found_across_row_groups_and_an_unknown_user_is_a_one
     assert user_history(tmp_path, "a") == [1, 2]
     with pytest.raises(ValueError, match=r"sequences.parquet: no user 'zz'"):
         user_history(tmp_path, "zz")
+
+
+def test_a_run_without_the_trained_stage_is_a_one_line_error(tmp_path):
+    from qbr_dist.inspect.recommend import Recommender
+
+    with pytest.raises(FileNotFoundError, match=r"nope: no finished bert4rec stage; run `qbr run`"):
+        Recommender(tmp_path / "nope", "bert4rec")
