@@ -204,7 +204,8 @@ def report_only(cfg: Config) -> dict:
         raise FileNotFoundError(f"{root}: stage(s) {', '.join(missing)} not finished; run `qbr run` first")
     token = _REPORT_ONLY.set(True)
     try:
-        return _run_stages(cfg)
+        with artifacts.exclusive(root):  # it rewrites the report files a running `qbr run` writes last
+            return _run_stages(cfg)
     finally:
         _REPORT_ONLY.reset(token)
 
@@ -227,6 +228,7 @@ def _report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_dir: Pa
 
     report = write_report(cfg, root, model_dirs, ingest_dir, tokenizer)
     write_html(cfg, root, codes="quantize" in tokenizer, recommend="qbert4rec" in model_dirs)
+    log.info("report: %s (report.json, report.md, the plots and report.html)", root)
     return report
 
 

@@ -1,6 +1,7 @@
 """`qbr inspect` on a run directory: finds the run's codes and catalog, writes <run>/inspect/."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from qbr_dist import artifacts
@@ -9,6 +10,9 @@ from qbr_dist.inspect.codes import codes_markdown, items_under, parse_prefix, su
 from qbr_dist.inspect.tables import markdown_table
 from qbr_dist.pipeline import ITEMS, codes_stage, run_dir
 from qbr_dist.quant import CODES
+from qbr_dist.quant.codes import code_levels
+
+log = logging.getLogger(__name__)
 
 CATALOG = Path("ingest") / ITEMS
 
@@ -26,15 +30,19 @@ def inspect_codes(cfg: Config, *, levels: int, top: int, prefix: str | None, lim
     if prefix:
         found = items_under(codes, catalog, parse_prefix(prefix), limit=limit)
         artifacts.write_json(out / f"prefix-{found['prefix']}.json", found)
+        log.info("inspect codes: %s", out / f"prefix-{found['prefix']}.json")
         rows = [[item["item_id"], "-".join(map(str, item["codes"])), item["text"] or ""] for item in found["shown"]]
         return "\n".join([f"{found['items']} items under code prefix {found['prefix']} (showing {len(rows)})", "",
                           *markdown_table(["item", "codes", "text"], rows)])
+    if levels > (depth := code_levels(codes)):
+        raise ValueError(f"--levels {levels}: the codes of {codes} have {depth} levels (and the suffix)")
     summary = summarize_codes(codes, catalog, levels=levels, fields=cfg.structure.fields,
                               separator=cfg.structure.separator, top=top, work=run)
     table = codes_markdown(summary)
     artifacts.write_json(out / "codes.json", summary)
     with artifacts.atomic_path(out / "codes.md") as tmp:
         tmp.write_text(table)
+    log.info("inspect codes: %s and %s", out / "codes.json", out / "codes.md")
     return table
 
 
@@ -46,4 +54,5 @@ def recommend_for(cfg: Config, *, stage: str, user: str | None, history: str | N
     found = recommend(run, stage=stage, user=user, history=history.split(",") if history else None, k=k)
     who = f"user-{user}" if user is not None else "history"
     artifacts.write_json(run / "inspect" / f"recommend-{who}.json", found)
+    log.info("recommend: %s", run / "inspect" / f"recommend-{who}.json")
     return recommend_markdown(found)

@@ -61,6 +61,13 @@ def suffix_table_size(path: Path) -> int:
     return int((pq.read_schema(path).metadata or {}).get(SUFFIX_KEY, b"0"))
 
 
+def code_levels(path: Path) -> int:
+    """Levels of a codes file's code tuples, the suffix not counted (0 for a file without rows)."""
+    file = pq.ParquetFile(path)
+    first = file.read_row_group(0, columns=["codes"]).column(0) if file.num_row_groups else []
+    return len(first[0].as_py()) - 1 if len(first) else 0
+
+
 def read_codes(path: Path, *, expected_version: str | None = None) -> pa.Table:
     """The codes table; refuses one whose codebook version differs from `expected_version`."""
     path = Path(path)

@@ -7,6 +7,7 @@ codebook. `encode` and `decode` apply codebooks to any vectors, chunk by chunk;
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -15,6 +16,8 @@ import torch
 from qbr_dist.quant.codebook import verify_identical
 from qbr_dist.quant.kmeans import kmeans, nearest
 from qbr_dist.train import collective
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,6 +87,9 @@ def residual_kmeans(local: torch.Tensor, *, levels: int, codebook_size: int, ite
         codebooks.append(result.centroids)
         codes.append(assigned)
         stats.append(level_stats(level, result.counts, result.inertia))
+        if collective.rank() == 0:  # a level of a large catalog takes minutes: the log shows the fit moving
+            log.info("k-means level %d of %d fitted: %d of %d codes used, inertia %.4g", level + 1, levels,
+                     int((result.counts > 0).sum()), codebook_size, result.inertia)
     return torch.stack(codebooks), torch.stack(codes, 1), stats
 
 

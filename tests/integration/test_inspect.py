@@ -47,6 +47,9 @@ def test_the_command_writes_the_summary_and_lists_a_prefix(tokenized_run, capsys
     assert "| code | items | words | category | brand | example |" in capsys.readouterr().out
     run = pipeline.run_dir(cfg)
     assert (run / "inspect" / "codes.json").is_file() and (run / "inspect" / "codes.md").is_file()
+    levels = tokenized_run.cfg.quant.levels
+    assert main(["inspect", "codes", *args, "--levels", str(levels + 1)]) == 2
+    assert f"--levels {levels + 1}: the codes of" in capsys.readouterr().err
     first = pq.read_table(run_codes(run)).column("codes")[0].as_py()[0]
     assert main(["inspect", "codes", *args, "--prefix", str(first), "--limit", "3"]) == 0
     listed = capsys.readouterr().out

@@ -232,3 +232,11 @@ def test_a_feature_table_without_the_vectors_the_tokenizer_was_fit_on_is_refused
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
     with pytest.raises(ValueError, match=r"broken.parquet: not a parquet feature table"):
         check_feature_files([tmp_path / "broken.parquet"], {})
+
+
+def test_a_codes_file_knows_its_levels_without_the_suffix(tmp_path):
+    from qbr_dist.quant.codes import code_levels, write_codes
+
+    write_codes(tmp_path / "c.parquet", pa.array(["a", "b"]), np.array([[1, 2, 3], [1, 2, 4]]), np.array([0, 0]), "v")
+    write_codes(tmp_path / "empty.parquet", pa.array([], pa.string()), np.zeros((0, 3), int), np.zeros(0, int), "v")
+    assert code_levels(tmp_path / "c.parquet") == 3 and code_levels(tmp_path / "empty.parquet") == 0
