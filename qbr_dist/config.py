@@ -257,7 +257,7 @@ class RuntimeConfig:
     keep_checkpoints: int = 2  # latest Ray Train checkpoints kept per training stage
     ray_num_cpus: int = 0  # embedded Ray only; 0 = all CPUs of this machine
     object_store_mb: int = 512  # embedded Ray only
-    dashboard: bool = True  # embedded Ray only: dashboard on 127.0.0.1:8265 (Ray Train's state checks use it)
+    dashboard: bool = True  # embedded Ray only: dashboard on 127.0.0.1:8265; off, Ray Train's state checks warn often
 
     def check(self) -> None:
         _require(self.num_workers >= 1, "runtime.num_workers", "an integer >= 1")
