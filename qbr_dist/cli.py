@@ -204,7 +204,7 @@ def _dispatch(args) -> int:
     if args.command == "run" and args.grid and args.seeds > 1:
         raise ValueError("--grid with --seeds: run the grid with one seed and rerun its chosen point with --seeds")
     if args.command == "run" and args.grid:
-        table = grid_markdown(pipeline.run_grid(lambda extra: load_config(args.config, args.overrides + extra),
+        table = grid_markdown(pipeline.run_grid(lambda extra: load_config(args.config, args.overrides, grid=extra),
                                                 args.grid))
     elif args.command == "run" and args.seeds > 1:
         table = seeds_markdown(pipeline.run_seeds(cfg, args.seeds))

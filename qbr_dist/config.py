@@ -419,7 +419,8 @@ class Config:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] = (), grid: list[str] = ()) -> Config:
+    """The file's config with each `--set` override, then a `--grid` point's (errors name the option at fault)."""
     raw: dict = {}
     if path is not None:
         path = Path(path)
@@ -429,9 +430,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML ({err})") from None
-    set_by = {}  # section.key -> the --set that gave it
-    for item in overrides:
-        set_by[_apply_override(raw, item)] = item
+    set_by = {}  # section.key -> the option that gave it
+    for option, items in (("--set", overrides), ("--grid", grid)):
+        for item in items:
+            set_by[_apply_override(raw, item)] = f"{option} {item}"
     try:
         return config_from_dict(raw)
     except ConfigError as err:
@@ -451,9 +453,11 @@ def _located(err: ConfigError, raw: dict, path: Path | None, set_by: dict[str, s
 
 
 def _source(key: str, raw: dict, path: Path | None, set_by: dict[str, str]) -> str | None:
-    """The --set or the file that gave `key`; None when it has its default."""
-    if key in set_by:
-        return f"--set {set_by[key]}"
+    """The option or the file that gave `key` (section.key, or a section: every option that set a key of it); None
+    when it has its default."""
+    options = [given for dotted, given in set_by.items() if key in (dotted, dotted.partition(".")[0])]
+    if options:
+        return " and ".join(options)
     return str(path) if path and _given(raw, key) is not None else None
 
 
@@ -469,7 +473,7 @@ def config_from_dict(raw: dict) -> Config:
     built = {}
     for name, values in raw.items():
         if name not in sections:
-            raise ConfigError(f"unknown config section '{name}' (known: {', '.join(sections)})")
+            raise ConfigError(f"unknown config section '{name}' (known: {', '.join(sections)})", name)
         if not isinstance(values, dict):
             raise ConfigError(f"config section '{name}' must be a table")
         built[name] = _build_section(hints[name], name, values)

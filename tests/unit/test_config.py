@@ -90,6 +90,17 @@ def test_a_setting_checked_against_another_names_both_sources(tmp_path):
         load_config(None, ["model.heads=3"])
 
 
+def test_an_unknown_section_is_blamed_on_the_option_or_file_that_named_it(tmp_path):
+    path = write(tmp_path, "[train]\nlr = 1e-3\n")
+    with pytest.raises(ConfigError, match=r"^--set foo.bar=1 and --set foo.baz=2: unknown config section 'foo'"):
+        load_config(path, ["foo.bar=1", "foo.baz=2"])
+    with pytest.raises(ConfigError, match=r"^--grid foo.bar=1: unknown config section 'foo'"):
+        load_config(path, ["train.lr=1e-4"], grid=["foo.bar=1"])
+    named = write(tmp_path, "[foo]\n")
+    with pytest.raises(ConfigError, match=rf"^{named}: unknown config section 'foo'"):
+        load_config(named)
+
+
 def test_missing_file_and_bad_toml(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "none.toml")

@@ -169,8 +169,8 @@ def test_grid_values_may_be_lists_or_paths_and_every_point_is_checked_before_any
         "demo-encode.text_model___models_a_b_-train.lr_1e-3"
     ran = []
     monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg: ran.append(cfg.run.name))
-    with pytest.raises(ConfigError, match="train.lr"):
-        pipeline.run_grid(lambda extra: load_config(None, [f"run.root='{tmp_path}'", *extra]), ["train.lr=1e-3,-1"])
+    with pytest.raises(ConfigError, match=r"^--grid train.lr=-1: config key 'train.lr'"):  # the option that gave it
+        pipeline.run_grid(lambda extra: load_config(None, [f"run.root='{tmp_path}'"], grid=extra), ["train.lr=1e-3,-1"])
     assert ran == []  # the bad second point stopped the grid before its good first point ran
 
 
