@@ -84,7 +84,7 @@ class Fingerprints:
 
     def of(self, path: str | Path) -> str:
         stat = os.stat(path)
-        key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        key = (str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         if key not in self._seen:
             self._seen[key] = file_fingerprint(path)
         return self._seen[key]

@@ -17,6 +17,9 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
                         help="override one config value; repeatable (e.g. --set train.lr=3e-4)")
 
 
+STAGE_COMMANDS = ("run", "shards", "encode", "quantize", "retokenize")  # those that write stages of a run
+
+
 def _count(text: str) -> int:
     """An option that counts something (seeds, items, levels, words): a whole number of at least 1."""
     try:
@@ -171,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qbr: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("qbr: interrupted; the same command resumes: finished stages are skipped and training continues "
-              "from its latest checkpoint", file=sys.stderr)
+        resumes = args.command in STAGE_COMMANDS
+        print("qbr: interrupted" + ("; the same command resumes: finished stages are skipped and training continues "
+                                    "from its latest checkpoint" if resumes else ""), file=sys.stderr)
         return 130
 
 
@@ -198,6 +202,8 @@ def _dispatch(args) -> int:
             pipeline.check_keep_files(args.keep_suffixes)
             if args.features and not args.features.exists():
                 raise FileNotFoundError(f"{args.features}: --features names no file or folder")
+            if args.features:
+                pipeline.feature_table_files(args.features)
         with pipeline.holding_run(cfg):
             print(_stage_command(args, cfg, pipeline))
         return 0

@@ -441,7 +441,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), grid:
 
 
 def _located(err: ConfigError, raw: dict, path: Path | None, set_by: dict[str, str]) -> ConfigError:
-    """The error prefixed with where its settings came from (each --set, the file, or the defaults), with the
+    """The error prefixed with where its settings came from (each --set or --grid, the file, or the defaults), with the
     value given where the message does not show it."""
     if err.key is None:
         return ConfigError(f"{path or 'defaults'}: {err}")

@@ -35,6 +35,7 @@ from qbr_dist.report import write_report
 log = logging.getLogger("qbr")
 
 ITEMS, SEQUENCES, QUARANTINE, METRICS = "items.parquet", "sequences.parquet", "quarantine.jsonl", "metrics.json"
+VECTOR_COUNTS = {"text_emb": "with_text", "image_emb": "with_image"}  # encoder vectors -> the encode stage's counts
 COLD = "cold_items.npy"  # ingest, with data.cold_fraction > 0: (items + 1,) bool, the cold items
 STRUCTURE, STRUCTURE_VOCAB = "structure.parquet", "structure_vocab.json"
 # Without data.catalog, ingest makes a catalog of the interactions' items; in the ingest key in its place.
@@ -657,7 +658,7 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path, *, exclude: Path | None
 def _every_item_has(column: str, vectors_dir: Path) -> None:
     """Encoder vectors (quant.input 'text_emb' or 'image_emb') can be quantized only if every item has one:
     checked from the encode stage's counts before any worker starts."""
-    counted = {"text_emb": "with_text", "image_emb": "with_image"}.get(column)
+    counted = VECTOR_COUNTS.get(column)
     rows = artifacts.read_manifest(vectors_dir)["rows"]
     if counted and rows[counted] < rows["items"]:
         raise ValueError(f"{vectors_dir}: quant.input = '{column}', but {rows['items'] - rows[counted]} of "
@@ -684,10 +685,8 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
     from qbr_dist.quant.retokenize import FusionInputs, check_feature_files
     from qbr_dist.quant.retokenize import retokenize as retokenize_job
 
-    files = sorted(features.glob("*.parquet")) if features.is_dir() else [features]
-    if not files or not all(f.is_file() for f in files):
-        raise FileNotFoundError(f"{features}: no parquet feature table to retokenize")
-    check_feature_files(files, tokenizer_vectors(cfg, dirs["encode"]))
+    files = feature_table_files(features)
+    check_feature_files(files, tokenizer_vectors(cfg, dirs["encode"]), any_of=cfg.quant.input == "fused")
     quantize_dir = dirs["quantize"]
     _, version, _ = load_codebooks(quantize_dir / CODEBOOKS)
     fusion = None
@@ -716,6 +715,18 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
     return stage_dir
 
 
+def feature_table_files(features: Path) -> list[Path]:
+    """The parquet files of a feature table to retokenize (a file or a folder of them), each checked to be parquet
+    with an item_id column before any stage runs."""
+    from qbr_dist.quant.retokenize import check_feature_files
+
+    files = sorted(features.glob("*.parquet")) if features.is_dir() else [features]
+    if not files or not all(f.is_file() for f in files):
+        raise FileNotFoundError(f"{features}: no parquet feature table to retokenize")
+    check_feature_files(files, {})
+    return files
+
+
 def tokenizer_vectors(cfg: Config, encode_dir: Path) -> dict[str, int]:
     """{column: width} of the encoder vectors the run's tokenizer was fit on: quant.input's, or with 'fused' each
     modality some item of the run had."""
@@ -723,7 +734,7 @@ def tokenizer_vectors(cfg: Config, encode_dir: Path) -> dict[str, int]:
 
     rows = artifacts.read_manifest(encode_dir)["rows"]
     columns = [cfg.quant.input] if cfg.quant.input != "fused" else \
-        [column for column, counted in (("text_emb", "with_text"), ("image_emb", "with_image")) if rows[counted]]
+        [column for column, counted in VECTOR_COUNTS.items() if rows[counted]]
     return {column: vector_width(feature_files(encode_dir), column) for column in columns}
 
 

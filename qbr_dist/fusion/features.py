@@ -101,7 +101,7 @@ def vector_rows(table: pa.Table, column: str, width: int) -> tuple[np.ndarray, n
     values = table.column(column).combine_chunks() if column in table.column_names else None
     if values is None or values.null_count == len(values):
         return np.zeros((rows, width), np.float32), np.zeros(rows, bool)
-    values = _fixed_width(values, column, width)
+    values = fixed_width(values, column, width)
     present = values.is_valid().to_numpy(zero_copy_only=False)
     flag = f"has_{column.removesuffix('_emb')}"
     if flag in table.column_names:
@@ -112,7 +112,7 @@ def vector_rows(table: pa.Table, column: str, width: int) -> tuple[np.ndarray, n
     return matrix, present
 
 
-def _fixed_width(values: pa.Array, column: str, width: int) -> pa.Array:
+def fixed_width(values: pa.Array, column: str, width: int) -> pa.Array:
     """Vectors as fixed-size lists of `width`: variable-size lists (a table written through pandas) are taken
     when every vector has that width; anything else is an error naming the column."""
     variable = pa.types.is_list(values.type) or pa.types.is_large_list(values.type)
@@ -120,8 +120,8 @@ def _fixed_width(values: pa.Array, column: str, width: int) -> pa.Array:
         with contextlib.suppress(pa.ArrowInvalid):  # raised when some vector has another length
             values = values.cast(pa.list_(values.type.value_type, width))
     if getattr(values.type, "list_size", None) != width:
-        raise ValueError(f"column '{column}': expected vectors of {width} floats each (the width the tokenizer "
-                         f"was fit on), got {values.type}{' with other lengths' if variable else ''}")
+        raise ValueError(f"column '{column}': expected vectors of {width} floats each, got {values.type}"
+                         f"{' with other lengths' if variable else ''}")
     return values
 
 

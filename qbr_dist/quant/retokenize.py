@@ -37,7 +37,7 @@ from qbr_dist.data.actor_pools import batch_blocks
 from qbr_dist.data.buckets import BucketFiles, id_buckets, mix64
 from qbr_dist.data.tables import column_matrix, matrix_column
 from qbr_dist.fusion.export import ID_VECTOR, VECTOR_COLUMNS, fuse_batch, load_model
-from qbr_dist.fusion.features import TOKENS_COLUMN
+from qbr_dist.fusion.features import TOKENS_COLUMN, fixed_width
 from qbr_dist.obs.metrics import retokenized_items
 from qbr_dist.obs.serve import Endpoint
 from qbr_dist.quant import CODES
@@ -90,26 +90,30 @@ class Retokenizer:
         if self.fusion is not None:
             model, max_tokens = self.fusion
             return fuse_batch(model, batch, max_tokens)
-        values = batch.column(self.column)
+        values = batch.column(self.column).combine_chunks()
         if values.null_count:
             raise ValueError(f"column '{self.column}' has nulls; retokenize needs a vector for every item")
-        return column_matrix(values), np.ones(batch.num_rows, bool)
+        width = len(values[0].values) if len(values) else 0  # the driver checked fixed-size lists against the codebook
+        return column_matrix(fixed_width(values, self.column, width)), np.ones(batch.num_rows, bool)
 
 
-def check_feature_files(files: list[Path], vectors: dict[str, int]) -> None:
-    """Refuse, before any actor starts, a feature file that is not parquet, or lacks `item_id` or a vector column
-    the run's tokenizer was fit on (`vectors`: {column: width}), or holds something else in it: one line naming
-    the file. Without such a column every new item would get the same codes, from no content."""
+def check_feature_files(files: list[Path], vectors: dict[str, int], *, any_of: bool = False) -> None:
+    """Refuse, before any actor starts, a feature file that is not parquet, or lacks `item_id` or the vector columns
+    the run's tokenizer was fit on (`vectors`: {column: width}; with `any_of`, as fusion takes them, at least one),
+    or holds something else in one: one line naming the file. Without any, every new item would get the same
+    codes, from no content."""
     for path in files:
         try:
             schema = pq.read_schema(path)
         except (pa.ArrowInvalid, OSError) as error:
             raise ValueError(f"{path}: not a parquet feature table ({error})") from None
-        for column in ["item_id", *vectors]:
-            if column not in schema.names:
-                raise ValueError(f"{path}: no column '{column}' (a feature table has item_id and the vectors the "
-                                 f"run's tokenizer was fit on: {', '.join(vectors)}; found {', '.join(schema.names)})")
-        for column, width in vectors.items():
+        missing = [column for column in vectors if column not in schema.names]
+        if "item_id" not in schema.names or (len(missing) == len(vectors) if any_of else missing) and vectors:
+            wanted = ["item_id"] if "item_id" not in schema.names else missing
+            raise ValueError(f"{path}: no column {', '.join(map(repr, wanted))} (a feature table has item_id and "
+                             f"{'one' if any_of else 'each'} of the vectors the run's tokenizer was fit on: "
+                             f"{', '.join(vectors) or 'none'}; found {', '.join(schema.names)})")
+        for column, width in ((c, w) for c, w in vectors.items() if c in schema.names):
             kind = schema.field(column).type
             size = getattr(kind, "list_size", width)
             if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)) \

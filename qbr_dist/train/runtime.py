@@ -149,10 +149,12 @@ def ctrl_c_as_keyboard_interrupt():
     previous = signal.getsignal(signal.SIGINT)
     try:
         yield
-    except SystemExit:
+    except SystemExit as done:
+        if done.code not in (0, None) or signal.getsignal(signal.SIGINT) is previous:  # not Ray Train's handler's
+            raise
         raise KeyboardInterrupt from None
     finally:
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread() and previous is not None:
             signal.signal(signal.SIGINT, previous)
 
 

@@ -80,7 +80,7 @@ def test_counting_options_below_one_are_refused_before_anything_runs(words, caps
 
 
 def test_ctrl_c_ends_the_command_with_one_line_and_exit_130(monkeypatch, capsys):
-    import qbr_dist.cli as cli
+    from qbr_dist import cli
 
     def interrupted(args):
         raise KeyboardInterrupt
@@ -89,6 +89,16 @@ def test_ctrl_c_ends_the_command_with_one_line_and_exit_130(monkeypatch, capsys)
     assert main(["run"]) == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("qbr: interrupted; the same command resumes") and "\n" not in err
+    assert main(["config"]) == 130
+    assert capsys.readouterr().err.strip() == "qbr: interrupted"  # nothing to resume
+
+
+def test_a_bad_grid_point_is_named_by_its_option_before_any_point_runs(monkeypatch, tmp_path, capsys):
+    from qbr_dist import pipeline
+
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg: pytest.fail("a point ran"))
+    assert main(["run", "--set", f"run.root='{tmp_path}'", "--grid", "train.lr=1e-3,-1"]) == 2
+    assert capsys.readouterr().err.startswith("qbr: error: --grid train.lr=-1: config key 'train.lr'")
 
 
 def test_report_refuses_a_run_another_process_holds(tmp_path, capsys):
@@ -99,3 +109,11 @@ def test_report_refuses_a_run_another_process_holds(tmp_path, capsys):
     with artifacts.exclusive(tmp_path / "held"):  # a `qbr run` of it, which writes the report files last
         assert main(["report", "--set", f"run.root='{tmp_path}'", "--set", "run.name=held"]) == 2
     assert "this run directory is in use" in capsys.readouterr().err
+
+
+def test_retokenize_refuses_a_table_that_is_not_parquet_before_any_stage_runs(tmp_path, capsys):
+    (tmp_path / "new.parquet").write_bytes(b"item_id,text\n")
+    root = tmp_path / "runs"
+    assert main(["retokenize", "--features", str(tmp_path / "new.parquet"), "--set", f"run.root='{root}'"]) == 2
+    assert "new.parquet: not a parquet feature table" in capsys.readouterr().err
+    assert not root.exists()

@@ -52,10 +52,10 @@ def test_batch_inputs_mark_nulls_and_absent_columns_missing(model):
 
 def test_vectors_of_another_width_are_an_error_not_a_missing_modality(model):
     rows = ("a", "b", "c")
-    with pytest.raises(ValueError, match=r"column 'text_emb': expected vectors of 6 floats each .*got fixed_size_list"):
+    with pytest.raises(ValueError, match=r"column 'text_emb': expected vectors of 6 floats each, got fixed_size_list"):
         batch_inputs(table(model).set_column(1, "text_emb", vectors(rows, 384)), model, max_tokens=2)
     uneven = pa.array([[0.0] * 6, [0.0] * 5, None], pa.list_(pa.float64()))
-    with pytest.raises(ValueError, match=r"expected vectors of 6 floats each .* with other lengths"):
+    with pytest.raises(ValueError, match=r"expected vectors of 6 floats each, got list<.*> with other lengths"):
         batch_inputs(table(model).set_column(1, "text_emb", uneven), model, max_tokens=2)
     all_null = pa.array([None] * 3, pa.list_(pa.float32()))  # the encode stage's image column without an image model
     inputs = batch_inputs(table(model).set_column(2, "image_emb", all_null), model, max_tokens=2)

@@ -219,7 +219,7 @@ def test_a_feature_table_without_the_vectors_the_tokenizer_was_fit_on_is_refused
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(8, np.float32)), 4)
     pq.write_table(pa.table({"item_id": ["a", "b"], "text_emb": vectors}), good)
     pq.write_table(pa.table({"item_id": ["a", "b"], "text_emb": pa.array([[0.0] * 4] * 2)}), plain)
-    check_feature_files([good, plain], {"text_emb": 4})  # plain lists are checked for their width as they are read
+    check_feature_files([good, plain], {"text_emb": 4})  # plain lists: their lengths are checked as they are read
     cases = {"no_text": ({"item_id": ["a"]}, r"no column 'text_emb' \(.*found item_id\)"),
              "wide": ({"item_id": ["a"], "text_emb": pa.FixedSizeListArray.from_arrays(pa.array([0.0] * 8), 8)},
                       r"column 'text_emb' is fixed_size_list<\w+: double>\[8\]; expected vectors of 4 floats"),
@@ -240,3 +240,32 @@ def test_a_codes_file_knows_its_levels_without_the_suffix(tmp_path):
     write_codes(tmp_path / "c.parquet", pa.array(["a", "b"]), np.array([[1, 2, 3], [1, 2, 4]]), np.array([0, 0]), "v")
     write_codes(tmp_path / "empty.parquet", pa.array([], pa.string()), np.zeros((0, 3), int), np.zeros(0, int), "v")
     assert code_levels(tmp_path / "c.parquet") == 3 and code_levels(tmp_path / "empty.parquet") == 0
+
+
+def test_fused_retokenization_needs_one_of_the_runs_vectors_and_checks_the_width_of_those_there(tmp_path):
+    from qbr_dist.quant.retokenize import check_feature_files
+
+    text_only = tmp_path / "text.parquet"
+    pq.write_table(pa.table({"item_id": ["a"], "text_emb": pa.FixedSizeListArray.from_arrays(pa.array([0.0] * 4), 4)}),
+                   text_only)
+    run = {"text_emb": 4, "image_emb": 8}
+    check_feature_files([text_only], run, any_of=True)  # no images for these items: fusion takes them as missing
+    with pytest.raises(ValueError, match=r"no column 'image_emb' \(a feature table has item_id and each of"):
+        check_feature_files([text_only], run)
+    with pytest.raises(ValueError, match=r"fixed_size_list<\w+: double>\[4\]; expected vectors of 6"):
+        check_feature_files([text_only], {"text_emb": 6, "image_emb": 8}, any_of=True)
+    bare = tmp_path / "bare.parquet"
+    pq.write_table(pa.table({"item_id": ["a"], "struct_tokens": [[1]]}), bare)
+    with pytest.raises(ValueError, match=r"no column 'text_emb', 'image_emb' \(a feature table has item_id and one of"):
+        check_feature_files([bare], run, any_of=True)
+    pq.write_table(pa.table({"id": ["a"]}), bare)
+    with pytest.raises(ValueError, match=r"bare.parquet: no column 'item_id'"):
+        check_feature_files([bare], {})
+
+
+def test_plain_list_vectors_of_uneven_lengths_are_an_error_not_silently_reshaped():
+    from qbr_dist.fusion.features import fixed_width
+
+    with pytest.raises(ValueError, match=r"column 'text_emb': expected vectors of 3 floats each, got list.* other"):
+        fixed_width(pa.array([[1.0, 1.0, 1.0], [2.0] * 5]), "text_emb", 3)
+    assert fixed_width(pa.array([[1.0, 1.0, 1.0], [2.0] * 3]), "text_emb", 3).type.list_size == 3

@@ -72,8 +72,13 @@ def test_ray_trains_exit_on_ctrl_c_becomes_a_keyboard_interrupt_and_its_handler_
     from qbr_dist.train.runtime import ctrl_c_as_keyboard_interrupt
 
     before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt):
-        with ctrl_c_as_keyboard_interrupt():
-            signal.signal(signal.SIGINT, lambda *_: None)  # as fit() installs its own
-            raise SystemExit(0)  # what that handler does on Ctrl-C
+    with pytest.raises(KeyboardInterrupt), ctrl_c_as_keyboard_interrupt():
+        signal.signal(signal.SIGINT, lambda *_: None)  # as fit() installs its own
+        raise SystemExit(0)  # what that handler does on Ctrl-C
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(SystemExit), ctrl_c_as_keyboard_interrupt():
+        signal.signal(signal.SIGINT, lambda *_: None)
+        raise SystemExit(1)  # any other exit stays one
+    with pytest.raises(SystemExit), ctrl_c_as_keyboard_interrupt():
+        raise SystemExit(0)  # without Ray Train's handler, too
     assert signal.getsignal(signal.SIGINT) is before
