@@ -126,11 +126,8 @@ def remove_untracked_checkpoints(run_folder: Path) -> list[str]:
     otherwise leave a model-sized folder for good. A snapshot of another layout leaves everything in place."""
     import shutil
 
-    snapshot = run_folder / "checkpoint_manager_snapshot.json"
-    try:
-        results = json.loads(snapshot.read_text())["checkpoint_results"]
-        tracked = {result["checkpoint_dir_name"] for result in results}
-    except (OSError, ValueError, KeyError, TypeError):
+    tracked = recorded_checkpoints(run_folder)
+    if tracked is None:
         return []
     untracked = sorted(path.name for path in run_folder.glob("checkpoint_*")
                        if path.is_dir() and path.name not in tracked)
@@ -140,6 +137,15 @@ def remove_untracked_checkpoints(run_folder: Path) -> list[str]:
         log.info("%s: removed %d checkpoint(s) Ray Train never recorded: %s", run_folder, len(untracked),
                  ", ".join(untracked))
     return untracked
+
+
+def recorded_checkpoints(run_folder: Path) -> set[str] | None:
+    """The checkpoint folders Ray Train's snapshot of a training run lists; None without a snapshot this reads."""
+    try:
+        results = json.loads((run_folder / "checkpoint_manager_snapshot.json").read_text())["checkpoint_results"]
+        return {result["checkpoint_dir_name"] for result in results}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @contextlib.contextmanager

@@ -10,7 +10,8 @@ Each rerun skips the stages already finished (manifest match) and resumes the in
 The run ends with byte-identical codes; fusion and Q-BERT4Rec, though resumed mid-epoch, end with
 the same step counts, identical metrics and loss curves, and parameters within 1e-5; and every
 model stage that was never interrupted (popularity, content-knn, BERT4Rec) has identical metrics:
-the same config and seed give the same results.
+the same config and seed give the same results. Ray Train's snapshot of each interrupted stage lists
+exactly the checkpoint folders left behind (those a kill left unrecorded are removed on the resume).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from qbr_dist import artifacts, pipeline
 from qbr_dist.fusion import STATS as FUSION_STATS
 from qbr_dist.quant import CODES
 from qbr_dist.train.export import WEIGHTS, load_weights
+from qbr_dist.train.runtime import recorded_checkpoints
 from tests.conftest import tokenizer_run_overrides
 from tests.reliability.conftest import (kill_one_train_worker, kill_tree, latest_checkpoint_step, qbr_run,
                                         wait_for)
@@ -93,6 +95,12 @@ def test_a_run_survives_killed_drivers_and_a_dead_worker(tmp_path, synth_catalog
 
     for stage in ("popularity", "content-knn", "bert4rec"):  # never interrupted: run twice, same results
         assert without_run_facts(metrics(crashed, stage)) == without_run_facts(metrics(straight, stage)), stage
+
+    for stage in ("fusion", "qbert4rec"):  # the killed driver's unrecorded checkpoints went when the stage resumed
+        for run_folder in (crashed / stage / "ray").iterdir():
+            recorded = recorded_checkpoints(run_folder)
+            kept = {path.name for path in run_folder.glob("checkpoint_*") if path.is_dir()}
+            assert recorded and recorded == kept, (stage, recorded, kept)
 
 
 def without_run_facts(stats: dict) -> dict:
