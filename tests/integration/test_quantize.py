@@ -97,7 +97,8 @@ def test_retokenize_reproduces_the_codes_and_only_appends_suffixes(tmp_path, enc
                              "quant.retokenize_actors=2", "runtime.dashboard=false"])
     root = pipeline.run_dir(cfg)
     counted = _retokenized_items("q")
-    first = read_codes(pipeline.retokenize(cfg, root, encode_dir, {"quantize": quantized}) / CODES)
+    dirs = {"quantize": quantized, "encode": encode_dir}  # as `pipeline.tokenize` gives them, for encoder vectors
+    first = read_codes(pipeline.retokenize(cfg, root, encode_dir, dirs) / CODES)
     original = read_codes(quantized / CODES)
     assert _retokenized_items("q") - counted == len(original)  # the driver counted each item once
     assert sorted(first.to_pylist(), key=lambda r: r["item_id"]) == sorted(original.to_pylist(),
@@ -122,7 +123,7 @@ def test_retokenize_reproduces_the_codes_and_only_appends_suffixes(tmp_path, enc
     copies = pq.read_table(encode_dir / "shard-000000.parquet").slice(0, 40)
     copies = copies.set_column(0, "item_id", pa.array([f"new{i}" for i in range(40)]))
     pq.write_table(copies, grown / "shard-000002.parquet")
-    again = read_codes(pipeline.retokenize(cfg, root, grown, {"quantize": quantized}) / CODES)
+    again = read_codes(pipeline.retokenize(cfg, root, grown, dirs) / CODES)
     before = {r["item_id"]: r["codes"] for r in original.to_pylist()}
     after = {r["item_id"]: r["codes"] for r in again.to_pylist()}
     assert len(after) == 540 and all(after[i] == c for i, c in before.items())  # old items: unchanged

@@ -39,6 +39,7 @@ def test_rqvae_mode_trains_saves_and_retokenizes(tmp_path, encode_dir, ray_clust
     codes = read_codes(quantized / CODES, expected_version=version)
     assert len({tuple(c) for c in codes.column("codes").to_pylist()}) == 500
 
-    again = read_codes(pipeline.retokenize(cfg, root, encode_dir, {"quantize": quantized}) / CODES, expected_version=version)
+    dirs = {"quantize": quantized, "encode": encode_dir}
+    again = read_codes(pipeline.retokenize(cfg, root, encode_dir, dirs) / CODES, expected_version=version)
     assert sorted(again.to_pylist(), key=lambda r: r["item_id"]) == sorted(codes.to_pylist(),
                                                                           key=lambda r: r["item_id"])
