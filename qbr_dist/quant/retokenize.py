@@ -115,11 +115,21 @@ def check_feature_files(files: list[Path], vectors: dict[str, int], *, any_of: b
                              f"{', '.join(vectors) or 'none'}; found {', '.join(schema.names)})")
         for column, width in ((c, w) for c, w in vectors.items() if c in schema.names):
             kind = schema.field(column).type
-            size = getattr(kind, "list_size", width)
-            if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)) \
-                    or not pa.types.is_floating(kind.value_type) or size != width:
+            listed = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+            if not listed or not pa.types.is_floating(kind.value_type) or \
+                    _first_length(path, column, kind) not in (width, None):
                 raise ValueError(f"{path}: column '{column}' is {kind}; expected vectors of {width} floats each "
                                  "(the width the run's tokenizer was fit on)")
+
+
+def _first_length(path: Path, column: str, kind: pa.DataType) -> int | None:
+    """A vector column's width: fixed-size lists' from the schema, plain lists' from the first vector (the rest are
+    checked as they are read); None where the first row has none."""
+    if pa.types.is_fixed_size_list(kind):
+        return kind.list_size
+    first = next(pq.ParquetFile(path).iter_batches(batch_size=1, columns=[column]), None)
+    value = first.column(0)[0] if first is not None and first.num_rows else None
+    return len(value.values) if value is not None and value.is_valid else None
 
 
 def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Path, *, previous: list[Path],

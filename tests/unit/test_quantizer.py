@@ -219,7 +219,13 @@ def test_a_feature_table_without_the_vectors_the_tokenizer_was_fit_on_is_refused
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(8, np.float32)), 4)
     pq.write_table(pa.table({"item_id": ["a", "b"], "text_emb": vectors}), good)
     pq.write_table(pa.table({"item_id": ["a", "b"], "text_emb": pa.array([[0.0] * 4] * 2)}), plain)
-    check_feature_files([good, plain], {"text_emb": 4})  # plain lists: their lengths are checked as they are read
+    check_feature_files([good, plain], {"text_emb": 4})  # plain lists: the first vector here, the rest as read
+    wide_plain, no_first = tmp_path / "wide_plain.parquet", tmp_path / "no_first.parquet"
+    pq.write_table(pa.table({"item_id": ["a"], "text_emb": pa.array([[0.0] * 8])}), wide_plain)
+    with pytest.raises(ValueError, match=r"wide_plain.parquet: column 'text_emb' is list<.*>; expected vectors of 4"):
+        check_feature_files([wide_plain], {"text_emb": 4})
+    pq.write_table(pa.table({"item_id": ["a", "b"], "text_emb": pa.array([None, [0.0] * 4])}), no_first)
+    check_feature_files([no_first], {"text_emb": 4})  # an item without the vector first: nothing to compare yet
     cases = {"no_text": ({"item_id": ["a"]}, r"no column 'text_emb' \(.*found item_id\)"),
              "wide": ({"item_id": ["a"], "text_emb": pa.FixedSizeListArray.from_arrays(pa.array([0.0] * 8), 8)},
                       r"column 'text_emb' is fixed_size_list<\w+: double>\[8\]; expected vectors of 4 floats"),
