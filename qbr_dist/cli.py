@@ -199,11 +199,13 @@ def _dispatch(args) -> int:
         return _inspect(args, cfg)
     if args.command in ("quantize", "retokenize", "shards", "encode"):
         if args.command == "retokenize":  # before any tokenizer stage runs
+            from qbr_dist.quant.retokenize import check_feature_files
+
             pipeline.check_keep_files(args.keep_suffixes)
             if args.features and not args.features.exists():
                 raise FileNotFoundError(f"{args.features}: --features names no file or folder")
-            if args.features:
-                pipeline.feature_table_files(args.features)
+            if args.features:  # parquet with item_id, before any stage runs; the vectors once the run's are known
+                check_feature_files(pipeline.feature_table_files(args.features), {})
         with pipeline.holding_run(cfg):
             print(_stage_command(args, cfg, pipeline))
         return 0

@@ -134,7 +134,7 @@ def recommend(run: Path, *, stage: str = "qbert4rec", user: str | None = None, h
 
 def recommend_title(found: dict) -> str:
     who = f"user {found['user']}'s" if found["user"] is not None else "the given"
-    left_out = found.get("cold_left_out", 0)
+    left_out = found["cold_left_out"]
     return (f"Top {len(found['items'])} from {found['stage']} after {who} history of {len(found['history'])} items"
             + (f" ({left_out} cold items left out: an ID-only model cannot score them)" if left_out else ""))
 

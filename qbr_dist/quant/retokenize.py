@@ -108,8 +108,9 @@ def check_feature_files(files: list[Path], vectors: dict[str, int], *, any_of: b
         except (pa.ArrowInvalid, OSError) as error:
             raise ValueError(f"{path}: not a parquet feature table ({error})") from None
         missing = [column for column in vectors if column not in schema.names]
-        if "item_id" not in schema.names or (len(missing) == len(vectors) if any_of else missing) and vectors:
-            wanted = ["item_id"] if "item_id" not in schema.names else missing
+        wanted = ["item_id"] if "item_id" not in schema.names else \
+            missing if missing and (len(missing) == len(vectors) or not any_of) else []
+        if wanted:
             raise ValueError(f"{path}: no column {', '.join(map(repr, wanted))} (a feature table has item_id and "
                              f"{'one' if any_of else 'each'} of the vectors the run's tokenizer was fit on: "
                              f"{', '.join(vectors) or 'none'}; found {', '.join(schema.names)})")
