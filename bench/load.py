@@ -146,7 +146,7 @@ def run(items: int, work: Path, *, actors: int = 2, kill_after_s: float = 2.0) -
     save_codebooks(work / "codebooks.safetensors", {"codebooks": codebooks})
     retok = _killed_job("Retokenizer", kill_after_s, lambda: retokenize(
         features, "text_emb", work / "codebooks.safetensors", work / "retokenize", previous=[],
-        batch_size=256, actors=actors))
+        quarantine=Quarantine(work / "retokenize" / "quarantine.jsonl"), batch_size=256, actors=actors))
     retok["items"] = exactly_once(_column([work / "retokenize" / CODES], "item_id"), catalog)
     return {"items": items, "actors": actors, "synth_seconds": data["seconds"], "encode": encode, "retokenize": retok}
 

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.quant.codebook import save_codebooks
 from qbr_dist.quant.residual import residual_kmeans
 from qbr_dist.quant.retokenize import retokenize
@@ -106,7 +107,8 @@ def run_one(folder: Path, actors: int) -> dict:
     try:
         with WorkerMemory() as workers:
             summary = retokenize(sorted(folder.glob("vectors-*.parquet")), "vector", folder / "codebooks.safetensors",
-                                 folder / "out", previous=[], batch_size=4096, actors=actors)
+                                 folder / "out", previous=[], batch_size=4096, actors=actors,
+                                 quarantine=Quarantine(folder / "out" / "quarantine.jsonl"))
     finally:
         ray.shutdown()
     return summary | {"driver_peak_rss_mb": peak_rss_mb(), "worker_peak_rss_mb": round(workers.peak_mb, 1)}

@@ -703,15 +703,21 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
     if current:
         return stage_dir
     start_ray(cfg, reads={f"the features {f.name}": f for f in files})
-    summary = retokenize_job(files, cfg.quant.input, quantize_dir / CODEBOOKS, stage_dir,
-                             previous=[*keep_suffixes, quantize_dir / CODES],
-                             fusion=fusion, batch_size=cfg.quant.retokenize_batch_size,
-                             actors=cfg.quant.retokenize_actors, cpus_per_actor=cfg.quant.retokenize_cpus_per_actor,
-                             chunk_size=cfg.quant.chunk_size, metrics=obs_serve.endpoint(cfg))
-    _finish(stage_dir, key, outputs=[CODES], rows=summary)
+    (stage_dir / QUARANTINE).unlink(missing_ok=True)
+    with Quarantine(stage_dir / QUARANTINE) as quarantine:
+        summary = retokenize_job(files, cfg.quant.input, quantize_dir / CODEBOOKS, stage_dir,
+                                 previous=[*keep_suffixes, quantize_dir / CODES], quarantine=quarantine,
+                                 fusion=fusion, batch_size=cfg.quant.retokenize_batch_size,
+                                 actors=cfg.quant.retokenize_actors,
+                                 cpus_per_actor=cfg.quant.retokenize_cpus_per_actor,
+                                 chunk_size=cfg.quant.chunk_size, metrics=obs_serve.endpoint(cfg))
+    _count_records(cfg, "retokenize", read=quarantine.read, quarantined=quarantine.total)
+    _finish(stage_dir, key, outputs=[CODES] + ([QUARANTINE] if quarantine.total else []), rows=summary)
     log.info("retokenize: %d items (%d with a content-predicted query) with codebook %s by %d actors at %.0f "
-             "items/s, collision rate %.4f, suffix table %d", summary["items"], summary["content_queries"], version,
-             summary["actors_busy"], summary["items_per_s"], summary["collision_rate"], summary["suffix_table_size"])
+             "items/s, collision rate %.4f, suffix table %d; %d rows quarantined%s", summary["items"],
+             summary["content_queries"], version, summary["actors_busy"], summary["items_per_s"],
+             summary["collision_rate"], summary["suffix_table_size"], quarantine.total,
+             f" (listed in {stage_dir / QUARANTINE})" if quarantine.total else "")
     return stage_dir
 
 

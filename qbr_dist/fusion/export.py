@@ -48,12 +48,17 @@ def load_model(path: Path) -> tuple[CrossModalFusion, int]:
     return model.eval(), int(metadata["max_tokens"])
 
 
+def input_widths(model: CrossModalFusion) -> dict[str, int]:
+    """{column: width} of every vector column the model reads from a batch, the trained ID vector's included."""
+    return {column: model.project[name][1].in_features for name, column in VECTOR_COLUMNS.items()} | {
+        ID_VECTOR: model.final_norm.normalized_shape[0]}
+
+
 def batch_inputs(batch: pa.Table, model: CrossModalFusion, max_tokens: int) -> dict[str, torch.Tensor]:
     """The model's feature inputs from an Arrow batch of item features."""
-    inputs = {}
+    inputs, widths = {}, input_widths(model)
     for name, column in VECTOR_COLUMNS.items():
-        width = model.project[name][1].in_features
-        matrix, present = vector_rows(batch, column, width)
+        matrix, present = vector_rows(batch, column, widths[column])
         inputs[name], inputs[f"{name}_present"] = torch.from_numpy(matrix), torch.from_numpy(present)
     inputs["tokens"] = torch.from_numpy(padded_tokens(batch, max_tokens))
     return inputs
@@ -62,8 +67,7 @@ def batch_inputs(batch: pa.Table, model: CrossModalFusion, max_tokens: int) -> d
 @torch.no_grad()
 def fuse_batch(model: CrossModalFusion, batch: pa.Table, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
     """(fused vectors (B, d), whether each item had a trained ID vector)."""
-    dim = model.final_norm.normalized_shape[0]
-    id_vectors, has_id = vector_rows(batch, ID_VECTOR, dim)
+    id_vectors, has_id = vector_rows(batch, ID_VECTOR, input_widths(model)[ID_VECTOR])
     out = model.fuse(torch.from_numpy(id_vectors), batch_inputs(batch, model, max_tokens),
                      use_id=torch.from_numpy(has_id))
     return out["fused"].float().numpy(), has_id

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from qbr_dist.data.tables import column_matrix
@@ -123,6 +124,18 @@ def fixed_width(values: pa.Array, column: str, width: int) -> pa.Array:
         raise ValueError(f"column '{column}': expected vectors of {width} floats each, got {values.type}"
                          f"{' with other lengths' if variable else ''}")
     return values
+
+
+def bad_vectors(values: pa.Array, width: int) -> dict[int, str]:
+    """{row: why} for the vectors that cannot be used: another length than `width`, or a value that is null, NaN or
+    infinite. A null row (no vector) is not among them: whether one is missing is for the caller to say."""
+    lengths = pc.list_value_length(values).fill_null(width).to_numpy(zero_copy_only=False)
+    bad = {int(row): f"a vector of {lengths[row]} values; expected {width}" for row in np.flatnonzero(lengths != width)}
+    flat = pc.list_flatten(values).to_numpy(zero_copy_only=False)  # a null value comes out as NaN
+    parents = pc.list_parent_indices(values).to_numpy(zero_copy_only=False)
+    for row in np.unique(parents[~np.isfinite(flat)]):
+        bad.setdefault(int(row), "a value that is null, NaN or infinite")
+    return bad
 
 
 def padded_tokens(table: pa.Table, max_tokens: int) -> np.ndarray:

@@ -175,12 +175,14 @@ def _by_item_bucket(path: Path, columns: list[str], folder: Path, buckets: int, 
 
 def items_under(codes_file: Path, catalog_file: Path, prefix: tuple[int, ...], *, limit: int = 50,
                 batch_rows: int = 65_536) -> dict:
-    """How many items carry `prefix`, and the first `limit` of them with their text; streams both files."""
-    matched, count = [], 0
+    """How many items carry `prefix`, the first `limit` of them with their text, and the largest code of each of the
+    prefix's levels (what a prefix no item carries is beyond); streams both files."""
+    matched, count, largest = [], 0, np.full(len(prefix), -1)
     for batch in pq.ParquetFile(codes_file).iter_batches(batch_size=batch_rows, columns=["item_id", "codes"]):
         codes = column_matrix(batch.column("codes"), np.int32)
         if codes.shape[1] < len(prefix):
             raise ValueError(f"code prefix {prefix_name(prefix)}: longer than the {codes.shape[1]} codes per item")
+        largest = np.maximum(largest, codes[:, : len(prefix)].max(axis=0, initial=-1))
         hits = np.flatnonzero((codes[:, : len(prefix)] == np.asarray(prefix)).all(axis=1))
         count += len(hits)
         for i in hits[: max(limit - len(matched), 0)]:
@@ -191,8 +193,19 @@ def items_under(codes_file: Path, catalog_file: Path, prefix: tuple[int, ...], *
         keep = pc.is_in(batch.column("item_id"), value_set=wanted)
         for row in batch.filter(keep).to_pylist():
             text[row["item_id"]] = row["text"]
-    return {"prefix": prefix_name(prefix), "items": count,
+    return {"prefix": prefix_name(prefix), "items": count, "largest": largest.tolist(),
             "shown": [m | {"text": text.get(m["item_id"])} for m in matched]}
+
+
+def prefix_title(found: dict) -> str:
+    """What `items_under` found, in one line; for a prefix no item carries, the level whose code is out of range."""
+    title = f"{found['items']} items under code prefix {found['prefix']}"
+    beyond = [(level, code, top) for level, (code, top) in enumerate(zip(parse_prefix(found["prefix"]),
+                                                                         found["largest"])) if code > top]
+    if not found["items"] and beyond:
+        level, code, top = beyond[0]
+        return f"{title}: level {level}'s codes run from 0 to {top}, not to {code}"
+    return f"{title} (showing {len(found['shown'])})"
 
 
 def code_table(summary: dict, level: dict) -> tuple[list[str], list[list[str]]]:

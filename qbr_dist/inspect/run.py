@@ -6,7 +6,7 @@ from pathlib import Path
 
 from qbr_dist import artifacts
 from qbr_dist.config import Config
-from qbr_dist.inspect.codes import codes_markdown, items_under, parse_prefix, summarize_codes
+from qbr_dist.inspect.codes import codes_markdown, items_under, parse_prefix, prefix_title, summarize_codes
 from qbr_dist.inspect.tables import markdown_table
 from qbr_dist.pipeline import ITEMS, codes_stage, run_dir
 from qbr_dist.quant import CODES
@@ -32,8 +32,7 @@ def inspect_codes(cfg: Config, *, levels: int, top: int, prefix: str | None, lim
         artifacts.write_json(out / f"prefix-{found['prefix']}.json", found)
         log.info("inspect codes: %s", out / f"prefix-{found['prefix']}.json")
         rows = [[item["item_id"], "-".join(map(str, item["codes"])), item["text"] or ""] for item in found["shown"]]
-        return "\n".join([f"{found['items']} items under code prefix {found['prefix']} (showing {len(rows)})", "",
-                          *markdown_table(["item", "codes", "text"], rows)])
+        return "\n".join([prefix_title(found), "", *markdown_table(["item", "codes", "text"], rows)])
     if levels > (depth := code_levels(codes)):
         raise ValueError(f"--levels {levels}: the codes of {codes} have {depth} levels (and the suffix)")
     summary = summarize_codes(codes, catalog, levels=levels, fields=cfg.structure.fields,

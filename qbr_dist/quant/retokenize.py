@@ -36,8 +36,9 @@ import pyarrow.parquet as pq
 from qbr_dist.data.actor_pools import batch_blocks
 from qbr_dist.data.buckets import BucketFiles, id_buckets, mix64
 from qbr_dist.data.tables import column_matrix, matrix_column
-from qbr_dist.fusion.export import ID_VECTOR, VECTOR_COLUMNS, fuse_batch, load_model
-from qbr_dist.fusion.features import TOKENS_COLUMN, fixed_width
+from qbr_dist.data.quarantine import DataError, Quarantine
+from qbr_dist.fusion.export import ID_VECTOR, VECTOR_COLUMNS, fuse_batch, input_widths, load_model
+from qbr_dist.fusion.features import TOKENS_COLUMN, bad_vectors, fixed_width
 from qbr_dist.obs.metrics import retokenized_items
 from qbr_dist.obs.serve import Endpoint
 from qbr_dist.quant import CODES
@@ -77,31 +78,54 @@ class Retokenizer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
-        vectors, trained_id = self._vectors(batch)
-        codes = self.tokenizer.codes(torch.from_numpy(vectors), chunk_size=self.chunk_size).numpy()
-        table = pa.table({"item_id": batch.column("item_id"), "codes": matrix_column(codes.astype(np.int32))})
-        name = f"{uuid.uuid4().hex}.parquet"
-        pq.write_table(with_buckets(table, self.buckets), self.folder / name)
-        return pa.table({"file": [name], "rows": [table.num_rows], "content_queries": [int((~trained_id).sum())],
-                         "actor": [self.actor]})
+        widths = input_widths(self.fusion[0]) if self.fusion else {self.column: self.tokenizer.input_width}
+        keep, quarantined = usable_rows(batch, widths, vector_required=self.fusion is None)
+        batch, name, content_queries = batch.filter(pa.array(keep)), None, 0
+        if batch.num_rows:
+            vectors, trained_id = self._vectors(batch, widths)
+            codes = self.tokenizer.codes(torch.from_numpy(vectors), chunk_size=self.chunk_size).numpy()
+            table = pa.table({"item_id": batch.column("item_id"), "codes": matrix_column(codes.astype(np.int32))})
+            name, content_queries = f"{uuid.uuid4().hex}.parquet", int((~trained_id).sum())
+            pq.write_table(with_buckets(table, self.buckets), self.folder / name)
+        return pa.table({"file": [name], "rows": [batch.num_rows], "content_queries": [content_queries],
+                         "actor": [self.actor], "quarantined": pa.array([quarantined], QUARANTINED)})
 
-    def _vectors(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    def _vectors(self, batch: pa.Table, widths: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
         """(vectors to quantize, whether each item's query was its trained ID vector)."""
         if self.fusion is not None:
             model, max_tokens = self.fusion
             return fuse_batch(model, batch, max_tokens)
-        values = batch.column(self.column).combine_chunks()
-        if values.null_count:
-            raise ValueError(f"column '{self.column}' has nulls; retokenize needs a vector for every item")
-        width = len(values[0].values) if len(values) else 0  # the driver checked fixed-size lists against the codebook
-        return column_matrix(fixed_width(values, self.column, width)), np.ones(batch.num_rows, bool)
+        values = fixed_width(batch.column(self.column).combine_chunks(), self.column, widths[self.column])
+        return column_matrix(values), np.ones(batch.num_rows, bool)
+
+
+QUARANTINED = pa.list_(pa.struct([("item_id", pa.string()), ("field", pa.string()), ("reason", pa.string())]))
+
+
+def usable_rows(batch: pa.Table, widths: dict[str, int], *, vector_required: bool) -> tuple[np.ndarray, list[dict]]:
+    """Which rows of a feature batch can be coded, and a quarantine record for each that cannot: a row without an
+    item id, or with a vector of `widths` ({column: width}) of another length or holding a null, NaN or infinite
+    value; with `vector_required`, also a row without the vector (else a missing modality, which fusion takes)."""
+    ids = batch.column("item_id").to_pylist()
+    problems = {row: ("item_id", "no item id") for row, item_id in enumerate(ids) if item_id in (None, "")}
+    for column in (c for c in widths if c in batch.column_names):
+        values = batch.column(column).combine_chunks()
+        found = bad_vectors(values, widths[column])
+        if vector_required:
+            found |= {int(row): "no vector" for row in np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))}
+        for row, reason in sorted(found.items()):
+            problems.setdefault(row, (column, reason))
+    keep = np.ones(batch.num_rows, bool)
+    keep[list(problems)] = False
+    return keep, [{"item_id": None if ids[row] is None else str(ids[row]), "field": field, "reason": reason}
+                  for row, (field, reason) in sorted(problems.items())]
 
 
 def check_feature_files(files: list[Path], vectors: dict[str, int], *, any_of: bool = False) -> None:
     """Refuse, before any actor starts, a feature file that is not parquet, or lacks `item_id` or the vector columns
     the run's tokenizer was fit on (`vectors`: {column: width}; with `any_of`, as fusion takes them, at least one),
     or holds something else in one: one line naming the file. Without any, every new item would get the same
-    codes, from no content."""
+    codes, from no content. Single bad vectors are the stream's to quarantine (`usable_rows`)."""
     for path in files:
         try:
             schema = pq.read_schema(path)
@@ -117,30 +141,32 @@ def check_feature_files(files: list[Path], vectors: dict[str, int], *, any_of: b
         for column, width in ((c, w) for c, w in vectors.items() if c in schema.names):
             kind = schema.field(column).type
             listed = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
-            if not listed or not pa.types.is_floating(kind.value_type) or \
-                    _first_length(path, column, kind) not in (width, None):
+            if not listed or not pa.types.is_floating(kind.value_type) or not _width_seen(path, column, kind, width):
                 raise ValueError(f"{path}: column '{column}' is {kind}; expected vectors of {width} floats each "
                                  "(the width the run's tokenizer was fit on)")
 
 
-def _first_length(path: Path, column: str, kind: pa.DataType) -> int | None:
-    """A vector column's width: fixed-size lists' from the schema, plain lists' from the first vector (the rest are
-    checked as they are read); None where the first row has none."""
+SAMPLED_VECTORS = 1024  # plain-list vectors read on the driver to tell a table of another width from a few bad rows
+
+
+def _width_seen(path: Path, column: str, kind: pa.DataType, width: int) -> bool:
+    """Whether the column can hold vectors of `width`: a fixed-size list's by its schema; plain lists unless none of
+    the first vectors has it (a table of another width is refused at once, a few bad rows are quarantined)."""
     if pa.types.is_fixed_size_list(kind):
-        return kind.list_size
-    first = next(pq.ParquetFile(path).iter_batches(batch_size=1, columns=[column]), None)
-    value = first.column(0)[0] if first is not None and first.num_rows else None
-    return len(value.values) if value is not None and value.is_valid else None
+        return kind.list_size == width
+    first = next(pq.ParquetFile(path).iter_batches(batch_size=SAMPLED_VECTORS, columns=[column]), None)
+    lengths = set(pc.list_value_length(first.column(0)).drop_null().to_pylist()) if first is not None else set()
+    return not lengths or width in lengths
 
 
 def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Path, *, previous: list[Path],
-               fusion: FusionInputs | None = None, batch_size: int = 4096, actors: int = 1,
+               quarantine: Quarantine, fusion: FusionInputs | None = None, batch_size: int = 4096, actors: int = 1,
                cpus_per_actor: float = 0.5, chunk_size: int = 65536, bucket_rows: int = 250_000,
                metrics: Endpoint | None = None) -> dict:
-    """Write `out_dir/codes.parquet` for every row of `files` (their `column`, or their features
+    """Write `out_dir/codes.parquet` for every usable row of `files` (their `column`, or their features
     through `fusion`), keeping the suffixes of the `previous` codes files made with the same codebook (the
-    first file's where they differ); returns counts and throughput. Items are counted for `metrics.run` as
-    they are coded."""
+    first file's where they differ), and list every other row in `quarantine`; returns counts and throughput.
+    Items are counted for `metrics.run` as they are coded."""
     tokenizer = Tokenizer.parts(codebooks_file)
     version = tokenizer["version"]
     started = time.perf_counter()
@@ -149,14 +175,19 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
     if fusion is None and column not in pq.read_schema(files[0]).names:
         raise ValueError(f"{files[0]}: no column '{column}' (quant.input) to retokenize")
     buckets = max(1, -(-row_count(files) // bucket_rows))
+    quarantined_before = quarantine.total
     staged, content_queries, busy = _encode(files, column, tokenizer, staging / "encoded", fusion=fusion,
                                             buckets=buckets, batch_size=batch_size, actors=actors,
                                             cpus_per_actor=cpus_per_actor, chunk_size=chunk_size,
-                                            run=metrics.run if metrics else "")
+                                            run=metrics.run if metrics else "", quarantine=quarantine)
+    quarantined = quarantine.total - quarantined_before
+    if not staged and quarantined:
+        raise DataError(f"{_source(files)}: all {quarantined} rows were quarantined, none could be coded "
+                        f"(reasons: {dict(quarantine.counts)}; listed in {quarantine.path})")
     encoded_s = time.perf_counter() - started
     counts = assign_in_buckets(staged, _same_codebook(previous, version), Path(out_dir) / CODES, version, buckets,
                                work=staging, source=_source(files))
-    counts |= {"content_queries": content_queries, "actors_busy": busy}
+    counts |= {"content_queries": content_queries, "actors_busy": busy, "quarantined": quarantined}
     shutil.rmtree(staging)
     seconds = time.perf_counter() - started
     return counts | {"codebook_version": version, "encode_seconds": round(encoded_s, 2), "seconds": round(seconds, 2),
@@ -165,10 +196,10 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
 
 def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fusion: FusionInputs | None,
             buckets: int, batch_size: int, actors: int, cpus_per_actor: float, chunk_size: int,
-            run: str) -> tuple[list[Path], int, int]:
+            run: str, quarantine: Quarantine) -> tuple[list[Path], int, int]:
     """The Ray Data job: staging parquet of item ids, codes and bucket numbers in `folder`; returns the
     files its receipts name, sorted, how many items took the content-predicted query and how many actors
-    coded a batch, having counted the items for `run`."""
+    coded a batch, having counted the items for `run` and listed the rows the actors left out in `quarantine`."""
     import ray
     import ray.data
 
@@ -182,12 +213,18 @@ def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fu
         batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus_per_actor)
     coded = retokenized_items.labels(stage="retokenize", run=run)
-    staged, content_queries, busy = [], 0, set()
+    staged, content_queries, busy, source = [], 0, set(), _source(files)
     for receipt in receipts.iter_batches(batch_size=None, batch_format="pyarrow"):
-        coded.inc(pc.sum(receipt.column("rows")).as_py() or 0)
+        rows = pc.sum(receipt.column("rows")).as_py() or 0
+        coded.inc(rows)
         content_queries += pc.sum(receipt.column("content_queries")).as_py() or 0
-        staged += [folder / name for name in receipt.column("file").to_pylist()]
+        staged += [folder / name for name in receipt.column("file").drop_null().to_pylist()]
         busy.update(receipt.column("actor").to_pylist())
+        records = [record for batch in receipt.column("quarantined").to_pylist() for record in batch]
+        quarantine.read += rows + len(records)
+        for record in records:
+            where = f"item {record['item_id']!r}" if record["item_id"] is not None else "a row without item id"
+            quarantine.add(source=source, where=where, field=record["field"], reason=record["reason"])
     return sorted(staged), content_queries, len(busy)
 
 

@@ -22,6 +22,11 @@ class Tokenizer:
         if self.mode == "rqvae":
             self.encoder = RQVAE.from_tokenizer_tensors(tensors, json.loads(metadata["encoder_dims"])).encoder.eval()
 
+    @property
+    def input_width(self) -> int:
+        """How many values an item vector to code has."""
+        return self.encoder[0].in_features if self.encoder is not None else self.codebooks.shape[-1]
+
     @staticmethod
     def parts(path: Path) -> dict:
         """The file's tensors (numpy) and metadata, to ship through Ray's object store once."""

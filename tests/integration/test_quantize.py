@@ -3,6 +3,7 @@ versions are enforced; and the cross-rank codebook check, on two real gloo proce
 rank whose codebook was tampered with."""
 from __future__ import annotations
 
+import json
 import socket
 
 import pyarrow as pa
@@ -16,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from qbr_dist import artifacts, pipeline
 from qbr_dist.config import load_config
+from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.quant import CODEBOOKS, CODES, STATS
 from qbr_dist.quant.codebook import CodebookMismatch, load_codebooks, verify_identical
 from qbr_dist.quant.codes import read_codes
@@ -110,10 +112,11 @@ def test_retokenize_reproduces_the_codes_and_only_appends_suffixes(tmp_path, enc
     monkeypatch.setattr(ray.data.DataContext.get_current(), "wait_for_min_actors_s", 120)
     twice = tmp_path / "twice"
     summary = retokenize_job([one_file], "text_emb", quantized / CODEBOOKS, twice, previous=[], batch_size=50,
-                             actors=2, bucket_rows=64)
+                             actors=2, bucket_rows=64, quarantine=Quarantine(twice / "quarantine.jsonl"))
     assert summary["actors_busy"] == 2
     assert sorted(read_codes(twice / CODES).to_pylist(), key=lambda r: r["item_id"]) == sorted(
         first.to_pylist(), key=lambda r: r["item_id"])
+    check_bad_rows_are_quarantined(cfg, root, one_file, dirs, first)
 
     # a grown catalog: copies of existing vectors under new ids, so they collide with old items
     grown = tmp_path / "grown"
@@ -130,6 +133,32 @@ def test_retokenize_reproduces_the_codes_and_only_appends_suffixes(tmp_path, enc
     assert len({tuple(c) for c in after.values()}) == 540  # still unique
     assert all(after[f"new{i}"][:-1] == before[f"item{i}"][:-1] for i in range(40))
     assert all(after[f"new{i}"][-1] > before[f"item{i}"][-1] for i in range(40))  # appended after the old ones
+
+
+def check_bad_rows_are_quarantined(cfg, root, features, dirs, codes) -> None:
+    """Bad rows in a plain-list feature table (a vector too long, a NaN, no vector, no item id) are each left out and
+    listed; every other item gets the codes it gets from the clean table."""
+    table = pq.read_table(features)
+    vectors = table.column("text_emb").to_pylist()
+    vectors[3], vectors[7][0], vectors[11] = vectors[3] + [0.5], float("nan"), None
+    ids = table.column("item_id").to_pylist()
+    ids[13] = None
+    bad = features.with_name("bad-rows.parquet")
+    pq.write_table(table.set_column(0, "item_id", pa.array(ids)).set_column(
+        table.schema.get_field_index("text_emb"), "text_emb", pa.array(vectors, pa.list_(pa.float32()))), bad)
+    stage = pipeline.retokenize(cfg, root, bad, dirs, stage="retokenize-bad")
+    listed = [json.loads(line) for line in (stage / "quarantine.jsonl").read_text().splitlines()]
+    assert sorted((r["where"], r["field"], r["reason"]) for r in listed) == sorted([
+        (f"item {ids[3]!r}", "text_emb", f"a vector of {len(vectors[3])} values; expected {len(vectors[3]) - 1}"),
+        (f"item {ids[7]!r}", "text_emb", "a value that is null, NaN or infinite"),
+        (f"item {ids[11]!r}", "text_emb", "no vector"),
+        ("a row without item id", "item_id", "no item id")])
+    manifest = artifacts.read_manifest(stage)
+    assert "quarantine.jsonl" in manifest["outputs"] and manifest["rows"]["quarantined"] == 4
+    left_out = {ids[3], ids[7], ids[11], table.column("item_id")[13].as_py()}
+    expected = [r for r in codes.to_pylist() if r["item_id"] not in left_out]
+    assert sorted(read_codes(stage / CODES).to_pylist(), key=lambda r: r["item_id"]) == sorted(
+        expected, key=lambda r: r["item_id"])
 
 
 def _retokenized_items(run: str) -> float:

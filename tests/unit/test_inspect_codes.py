@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qbr_dist.inspect.codes import items_under, parse_prefix, summarize_codes
+from qbr_dist.inspect.codes import items_under, parse_prefix, prefix_title, summarize_codes
 from qbr_dist.quant.codes import write_codes
 
 CATALOG = [  # item, text, category; code 0 holds the mugs, code 1 the lamps
@@ -81,6 +81,13 @@ def test_items_under_a_prefix_are_counted_and_shown_with_their_text(files):
     assert found["prefix"] == "0-3" and found["items"] == 2
     assert found["shown"] == [{"item_id": "m1", "codes": [0, 3, 0], "text": "Red ceramic mug"}]
     assert items_under(*files, (7,))["items"] == 0
+
+
+def test_a_prefix_no_item_carries_says_which_level_is_out_of_range(files):
+    assert prefix_title(items_under(*files, (0, 3))) == "2 items under code prefix 0-3 (showing 2)"
+    assert prefix_title(items_under(*files, (0, 9))) == \
+        "0 items under code prefix 0-9: level 1's codes run from 0 to 5, not to 9"
+    assert prefix_title(items_under(*files, (1, 5))) == "0 items under code prefix 1-5 (showing 0)"  # in range
 
 
 def test_a_bad_prefix_is_a_one_line_error():

@@ -219,13 +219,13 @@ def test_a_feature_table_without_the_vectors_the_tokenizer_was_fit_on_is_refused
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(8, np.float32)), 4)
     pq.write_table(pa.table({"item_id": ["a", "b"], "text_emb": vectors}), good)
     pq.write_table(pa.table({"item_id": ["a", "b"], "text_emb": pa.array([[0.0] * 4] * 2)}), plain)
-    check_feature_files([good, plain], {"text_emb": 4})  # plain lists: the first vector here, the rest as read
-    wide_plain, no_first = tmp_path / "wide_plain.parquet", tmp_path / "no_first.parquet"
-    pq.write_table(pa.table({"item_id": ["a"], "text_emb": pa.array([[0.0] * 8])}), wide_plain)
+    check_feature_files([good, plain], {"text_emb": 4})  # plain lists: sampled here, every row checked as read
+    wide_plain, mixed = tmp_path / "wide_plain.parquet", tmp_path / "mixed.parquet"
+    pq.write_table(pa.table({"item_id": ["a", "b"], "text_emb": pa.array([None, [0.0] * 8])}), wide_plain)
     with pytest.raises(ValueError, match=r"wide_plain.parquet: column 'text_emb' is list<.*>; expected vectors of 4"):
         check_feature_files([wide_plain], {"text_emb": 4})
-    pq.write_table(pa.table({"item_id": ["a", "b"], "text_emb": pa.array([None, [0.0] * 4])}), no_first)
-    check_feature_files([no_first], {"text_emb": 4})  # an item without the vector first: nothing to compare yet
+    pq.write_table(pa.table({"item_id": ["a", "b", "c"], "text_emb": pa.array([None, [0.0] * 5, [0.0] * 4])}), mixed)
+    check_feature_files([mixed], {"text_emb": 4})  # one bad vector is the stream's to quarantine, not the table's end
     cases = {"no_text": ({"item_id": ["a"]}, r"no column 'text_emb' \(.*found item_id\)"),
              "wide": ({"item_id": ["a"], "text_emb": pa.FixedSizeListArray.from_arrays(pa.array([0.0] * 8), 8)},
                       r"column 'text_emb' is fixed_size_list<\w+: double>\[8\]; expected vectors of 4 floats"),
@@ -267,6 +267,38 @@ def test_fused_retokenization_needs_one_of_the_runs_vectors_and_checks_the_width
     pq.write_table(pa.table({"id": ["a"]}), bare)
     with pytest.raises(ValueError, match=r"bare.parquet: no column 'item_id'"):
         check_feature_files([bare], {})
+
+
+def test_bad_vectors_names_each_row_of_another_length_or_with_a_value_that_is_not_a_finite_number():
+    from qbr_dist.fusion.features import bad_vectors
+
+    nan, inf = float("nan"), float("inf")
+    plain = pa.array([[1.0, 2.0], None, [nan, 1.0], [1.0, None], [1.0, 2.0, 3.0], [], [2.0, -inf], [0.0, 0.0]],
+                     pa.list_(pa.float32()))
+    assert bad_vectors(plain, 2) == {2: "a value that is null, NaN or infinite", 3: "a value that is null, NaN or "
+                                     "infinite", 4: "a vector of 3 values; expected 2", 5: "a vector of 0 values; "
+                                     "expected 2", 6: "a value that is null, NaN or infinite"}
+    fixed = pa.array([[1.0, 2.0], None, [inf, 1.0]], pa.list_(pa.float64(), 2)).slice(1)  # an offset into the buffers
+    assert bad_vectors(fixed, 2) == {1: "a value that is null, NaN or infinite"}
+    assert bad_vectors(fixed, 3) == {1: "a vector of 2 values; expected 3"}  # the length is named before the values
+
+
+def test_usable_rows_leaves_out_and_lists_rows_without_an_id_or_with_a_bad_vector():
+    from qbr_dist.quant.retokenize import QUARANTINED, usable_rows
+
+    batch = pa.table({"item_id": ["a", None, "c", "", "e"],
+                      "text_emb": pa.array([[1.0, 1.0], [1.0, 1.0], None, [1.0, 1.0], [1.0]]),
+                      "image_emb": pa.array([[1.0], [1.0], [1.0], [1.0], [float("nan")]])})
+    keep, records = usable_rows(batch, {"text_emb": 2}, vector_required=True)
+    assert keep.tolist() == [True, False, False, False, False]
+    assert records == [{"item_id": None, "field": "item_id", "reason": "no item id"},
+                       {"item_id": "c", "field": "text_emb", "reason": "no vector"},
+                       {"item_id": "", "field": "item_id", "reason": "no item id"},
+                       {"item_id": "e", "field": "text_emb", "reason": "a vector of 1 values; expected 2"}]
+    assert pa.array([records], QUARANTINED).type == QUARANTINED  # as the actor's receipt carries them
+    keep, records = usable_rows(batch, {"text_emb": 2, "image_emb": 1, "id_vector": 4}, vector_required=False)
+    assert keep.tolist() == [True, False, True, False, False]  # fusion takes a missing vector as a missing modality
+    assert [r["field"] for r in records] == ["item_id", "item_id", "text_emb"]  # one record a row: its first problem
 
 
 def test_plain_list_vectors_of_uneven_lengths_are_an_error_not_silently_reshaped():
