@@ -87,8 +87,9 @@ class Retokenizer:
             table = pa.table({"item_id": batch.column("item_id"), "codes": matrix_column(codes.astype(np.int32))})
             name, content_queries = f"{uuid.uuid4().hex}.parquet", int((~trained_id).sum())
             pq.write_table(with_buckets(table, self.buckets), self.folder / name)
-        return pa.table({"file": [name], "rows": [batch.num_rows], "content_queries": [content_queries],
-                         "actor": [self.actor], "quarantined": pa.array([quarantined], QUARANTINED)})
+        return pa.table({"file": pa.array([name], pa.string()), "rows": [batch.num_rows],
+                         "content_queries": [content_queries], "actor": [self.actor],
+                         "quarantined": pa.array([quarantined], QUARANTINED)})
 
     def _vectors(self, batch: pa.Table, widths: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
         """(vectors to quantize, whether each item's query was its trained ID vector)."""

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 
 from qbr_dist import artifacts, pipeline
 from qbr_dist.config import load_config
-from qbr_dist.data.quarantine import Quarantine
+from qbr_dist.data.quarantine import DataError, Quarantine
 from qbr_dist.quant import CODEBOOKS, CODES, STATS
 from qbr_dist.quant.codebook import CodebookMismatch, load_codebooks, verify_identical
 from qbr_dist.quant.codes import read_codes
@@ -159,6 +159,11 @@ def check_bad_rows_are_quarantined(cfg, root, features, dirs, codes) -> None:
     expected = [r for r in codes.to_pylist() if r["item_id"] not in left_out]
     assert sorted(read_codes(stage / CODES).to_pylist(), key=lambda r: r["item_id"]) == sorted(
         expected, key=lambda r: r["item_id"])
+    all_bad = features.with_name("all-bad.parquet")  # a batch without one codable row: a receipt without a file
+    pq.write_table(pa.table({"item_id": ["n1", "n2"], "text_emb": pa.array([[float("nan")] * (len(vectors[3]) - 1)] * 2,
+                                                                            pa.list_(pa.float32()))}), all_bad)
+    with pytest.raises(DataError, match=r"all-bad.parquet: all 2 rows were quarantined, none could be coded \(reasons"):
+        pipeline.retokenize(cfg, root, all_bad, dirs, stage="retokenize-all-bad")
 
 
 def _retokenized_items(run: str) -> float:
