@@ -980,7 +980,8 @@ def _semantic_codes(ingest_dir: Path, quantize_dir: Path, codes_dir: Path, stage
     if rows.null_count:
         missing = item_ids.filter(rows.is_null())
         raise ValueError(f"{codes_dir / CODES}: {len(missing)} catalog items have no semantic ID "
-                         f"(e.g. {missing[0].as_py()!r}; quarantined at encode?); retokenize the catalog first")
+                         f"(e.g. {missing[0].as_py()!r}; quarantined at encode or retokenize? see their "
+                         "quarantine.jsonl); retokenize the catalog first")
     by_row = column_matrix(table.column("codes"), np.int64)
     codes = np.zeros((len(item_ids) + 1, by_row.shape[1]), dtype=np.int64)
     codes[1:] = by_row[rows.to_numpy()]

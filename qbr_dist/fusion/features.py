@@ -128,11 +128,16 @@ def fixed_width(values: pa.Array, column: str, width: int) -> pa.Array:
 
 def bad_vectors(values: pa.Array, width: int) -> dict[int, str]:
     """{row: why} for the vectors that cannot be used: another length than `width`, or a value that is null, NaN or
-    infinite. A null row (no vector) is not among them: whether one is missing is for the caller to say."""
-    lengths = pc.list_value_length(values).fill_null(width).to_numpy(zero_copy_only=False)
-    bad = {int(row): f"a vector of {lengths[row]} values; expected {width}" for row in np.flatnonzero(lengths != width)}
+    infinite. A null row (no vector) is not among them, nor a column of nulls alone (pandas types it null, not list):
+    whether one is missing is for the caller to say."""
+    if pa.types.is_null(values.type):
+        return {}
+    lengths = pc.list_value_length(values).fill_null(0).to_numpy(zero_copy_only=False)
+    valid = values.is_valid().to_numpy(zero_copy_only=False)
+    bad = {int(row): f"a vector of {lengths[row]} values; expected {width}"
+           for row in np.flatnonzero(valid & (lengths != width))}
     flat = pc.list_flatten(values).to_numpy(zero_copy_only=False)  # a null value comes out as NaN
-    parents = pc.list_parent_indices(values).to_numpy(zero_copy_only=False)
+    parents = np.repeat(np.arange(len(values)), lengths)  # as list_flatten lists them: null rows hold none
     for row in np.unique(parents[~np.isfinite(flat)]):
         bad.setdefault(int(row), "a value that is null, NaN or infinite")
     return bad

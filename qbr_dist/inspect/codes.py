@@ -202,7 +202,9 @@ def prefix_title(found: dict) -> str:
     title = f"{found['items']} items under code prefix {found['prefix']}"
     beyond = [(level, code, top) for level, (code, top) in enumerate(zip(parse_prefix(found["prefix"]),
                                                                          found["largest"])) if code > top]
-    if not found["items"] and beyond:
+    if found["largest"][0] < 0:
+        return f"{title}: the codes file holds no items"
+    if beyond:
         level, code, top = beyond[0]
         return f"{title}: level {level}'s codes run from 0 to {top}, not to {code}"
     return f"{title} (showing {len(found['shown'])})"

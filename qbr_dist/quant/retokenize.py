@@ -5,9 +5,11 @@ codebook file's tensors) once from the object store and quantize batch by batch.
 quant.input = 'fused' the table holds item features (the encode table format); the job first
 left-joins them by item id with the trained ID vectors from the fusion stage's parquet (nothing
 catalog-sized is broadcast) and the actors run the exported fusion model, so a brand-new item
-gets its query from the content head. Each actor call writes one staging parquet file
-(`item_id, codes` and two bucket numbers, a fixed hash of the code tuple and one of the item id)
-and returns a receipt naming it; the driver counts items from the receipts as they stream in (so
+gets its query from the content head. An actor leaves out the rows it cannot code (no item id, a
+bad vector: `usable_rows`), writes the others to one staging parquet file per call (`item_id,
+codes` and two bucket numbers, a fixed hash of the code tuple and one of the item id; none when
+no row was left) and returns a receipt naming it and the rows left out, which the driver lists
+in the quarantine; the driver counts items from the receipts as they stream in (so
 `qbr_retokenized_items_total` is exact and live however briefly the actors live) and stages only
 receipted files (a call cut short by a killed actor leaves at most an unlisted file, and Ray Data
 runs it again). The driver then streams the staged rows, and the earlier codes files made with
@@ -35,8 +37,8 @@ import pyarrow.parquet as pq
 
 from qbr_dist.data.actor_pools import batch_blocks
 from qbr_dist.data.buckets import BucketFiles, id_buckets, mix64
-from qbr_dist.data.tables import column_matrix, matrix_column
 from qbr_dist.data.quarantine import DataError, Quarantine
+from qbr_dist.data.tables import column_matrix, matrix_column
 from qbr_dist.fusion.export import ID_VECTOR, VECTOR_COLUMNS, fuse_batch, input_widths, load_model
 from qbr_dist.fusion.features import TOKENS_COLUMN, bad_vectors, fixed_width
 from qbr_dist.obs.metrics import retokenized_items
@@ -73,16 +75,16 @@ class Retokenizer:
         self.tokenizer = Tokenizer.from_parts(ray.get(tokenizer[0]))  # fetched once per actor
         self.column, self.chunk_size, self.buckets, self.folder = column, chunk_size, buckets, Path(folder)
         self.fusion = load_model(Path(fusion_model)) if fusion_model else None
+        self.widths = input_widths(self.fusion[0]) if self.fusion else {column: self.tokenizer.input_width}
         self.actor = uuid.uuid4().hex  # names this actor in its receipts: the summary counts the actors that worked
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
-        widths = input_widths(self.fusion[0]) if self.fusion else {self.column: self.tokenizer.input_width}
-        keep, quarantined = usable_rows(batch, widths, vector_required=self.fusion is None)
+        keep, quarantined = usable_rows(batch, self.widths, vector_required=self.fusion is None)
         batch, name, content_queries = batch.filter(pa.array(keep)), None, 0
         if batch.num_rows:
-            vectors, trained_id = self._vectors(batch, widths)
+            vectors, trained_id = self._vectors(batch)
             codes = self.tokenizer.codes(torch.from_numpy(vectors), chunk_size=self.chunk_size).numpy()
             table = pa.table({"item_id": batch.column("item_id"), "codes": matrix_column(codes.astype(np.int32))})
             name, content_queries = f"{uuid.uuid4().hex}.parquet", int((~trained_id).sum())
@@ -91,12 +93,12 @@ class Retokenizer:
                          "content_queries": [content_queries], "actor": [self.actor],
                          "quarantined": pa.array([quarantined], QUARANTINED)})
 
-    def _vectors(self, batch: pa.Table, widths: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    def _vectors(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """(vectors to quantize, whether each item's query was its trained ID vector)."""
         if self.fusion is not None:
             model, max_tokens = self.fusion
             return fuse_batch(model, batch, max_tokens)
-        values = fixed_width(batch.column(self.column).combine_chunks(), self.column, widths[self.column])
+        values = fixed_width(batch.column(self.column).combine_chunks(), self.column, self.widths[self.column])
         return column_matrix(values), np.ones(batch.num_rows, bool)
 
 
@@ -114,7 +116,7 @@ def usable_rows(batch: pa.Table, widths: dict[str, int], *, vector_required: boo
         found = bad_vectors(values, widths[column])
         if vector_required:
             found |= {int(row): "no vector" for row in np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))}
-        for row, reason in sorted(found.items()):
+        for row, reason in found.items():
             problems.setdefault(row, (column, reason))
     keep = np.ones(batch.num_rows, bool)
     keep[list(problems)] = False
@@ -147,12 +149,12 @@ def check_feature_files(files: list[Path], vectors: dict[str, int], *, any_of: b
                                  "(the width the run's tokenizer was fit on)")
 
 
-SAMPLED_VECTORS = 1024  # plain-list vectors read on the driver to tell a table of another width from a few bad rows
+SAMPLED_VECTORS = 1024  # plain-list rows read on the driver to tell a table of another width from a few bad rows
 
 
 def _width_seen(path: Path, column: str, kind: pa.DataType, width: int) -> bool:
-    """Whether the column can hold vectors of `width`: a fixed-size list's by its schema; plain lists unless none of
-    the first vectors has it (a table of another width is refused at once, a few bad rows are quarantined)."""
+    """Whether the column can hold vectors of `width`: a fixed-size list's by its schema; plain lists unless no
+    vector in the first rows has it (a table of another width is refused at once, a few bad rows are quarantined)."""
     if pa.types.is_fixed_size_list(kind):
         return kind.list_size == width
     first = next(pq.ParquetFile(path).iter_batches(batch_size=SAMPLED_VECTORS, columns=[column]), None)

@@ -88,6 +88,10 @@ def test_a_prefix_no_item_carries_says_which_level_is_out_of_range(files):
     assert prefix_title(items_under(*files, (0, 9))) == \
         "0 items under code prefix 0-9: level 1's codes run from 0 to 5, not to 9"
     assert prefix_title(items_under(*files, (1, 5))) == "0 items under code prefix 1-5 (showing 0)"  # in range
+    empty = files[0].with_name("empty.parquet")
+    write_codes(empty, [], np.zeros((0, 2), np.int64), np.zeros(0, np.int64), "v1")
+    assert prefix_title(items_under(empty, files[1], (0,))) == \
+        "0 items under code prefix 0: the codes file holds no items"
 
 
 def test_a_bad_prefix_is_a_one_line_error():

@@ -278,6 +278,10 @@ def test_bad_vectors_names_each_row_of_another_length_or_with_a_value_that_is_no
     assert bad_vectors(plain, 2) == {2: "a value that is null, NaN or infinite", 3: "a value that is null, NaN or "
                                      "infinite", 4: "a vector of 3 values; expected 2", 5: "a vector of 0 values; "
                                      "expected 2", 6: "a value that is null, NaN or infinite"}
+    hidden = pa.ListArray.from_arrays(pa.array([0, 2, 4, 6], pa.int32()), pa.array([1.0, 2.0, nan, 1.0, 5.0, inf]),
+                                      mask=pa.array([False, True, False]))  # a null row with values behind it
+    assert bad_vectors(hidden, 2) == {2: "a value that is null, NaN or infinite"}
+    assert bad_vectors(pa.nulls(3), 2) == {}  # a column of nulls alone, as pandas writes one: a missing modality
     fixed = pa.array([[1.0, 2.0], None, [inf, 1.0]], pa.list_(pa.float64(), 2)).slice(1)  # an offset into the buffers
     assert bad_vectors(fixed, 2) == {1: "a value that is null, NaN or infinite"}
     assert bad_vectors(fixed, 3) == {1: "a vector of 2 values; expected 3"}  # the length is named before the values
@@ -295,10 +299,14 @@ def test_usable_rows_leaves_out_and_lists_rows_without_an_id_or_with_a_bad_vecto
                        {"item_id": "c", "field": "text_emb", "reason": "no vector"},
                        {"item_id": "", "field": "item_id", "reason": "no item id"},
                        {"item_id": "e", "field": "text_emb", "reason": "a vector of 1 values; expected 2"}]
-    assert pa.array([records], QUARANTINED).type == QUARANTINED  # as the actor's receipt carries them
+    assert pa.array([records], QUARANTINED).to_pylist() == [records]  # as the actor's receipt carries them
     keep, records = usable_rows(batch, {"text_emb": 2, "image_emb": 1, "id_vector": 4}, vector_required=False)
     assert keep.tolist() == [True, False, True, False, False]  # fusion takes a missing vector as a missing modality
     assert [r["field"] for r in records] == ["item_id", "item_id", "text_emb"]  # one record a row: its first problem
+    untyped = batch.set_column(1, "text_emb", pa.nulls(5))  # all None through pandas: typed null, not list
+    assert usable_rows(untyped, {"text_emb": 2}, vector_required=False)[0].tolist() == [True, False, True, False, True]
+    assert [r["reason"] for r in usable_rows(untyped, {"text_emb": 2}, vector_required=True)[1]] == \
+        ["no vector", "no item id", "no vector", "no item id", "no vector"]
 
 
 def test_plain_list_vectors_of_uneven_lengths_are_an_error_not_silently_reshaped():
