@@ -108,7 +108,8 @@ def _run_stages(cfg: Config) -> dict:
     if tokenizer and cfg.model.tokens != "id":
         model_dirs["qbert4rec"] = bert4rec(cfg, root, ingest_dir, quantize_dir=tokenizer["quantize"],
                                            codes_dir=tokenizer.get("retokenize", tokenizer["quantize"]))
-    return _report(cfg, root, model_dirs, ingest_dir, tokenizer_dirs(tokenizer))
+    return _report(cfg, root, model_dirs, ingest_dir, tokenizer_dirs(tokenizer),
+                   quarantines=quarantine_files({"ingest": ingest_dir} | tokenizer))
 
 
 def run_seeds(cfg: Config, seeds: int) -> dict:
@@ -223,14 +224,21 @@ def codes_stage(root: Path) -> str:
     return "retokenize" if current and (root / "ingest" / COLD).is_file() else "quantize"
 
 
-def _report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_dir: Path, tokenizer: dict) -> dict:
+def _report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_dir: Path, tokenizer: dict, *,
+            quarantines: dict[str, Path]) -> dict:
     """report.json, report.md and the plots, then report.html around them."""
     from qbr_dist.inspect.html_report import write_html
 
-    report = write_report(cfg, root, model_dirs, ingest_dir, tokenizer)
+    report = write_report(cfg, root, model_dirs, ingest_dir, tokenizer, quarantines=quarantines)
     write_html(cfg, root, codes="quantize" in tokenizer, recommend="qbert4rec" in model_dirs)
     log.info("report: %s (report.json, report.md, the plots and report.html)", root)
     return report
+
+
+def quarantine_files(dirs: dict[str, Path]) -> dict[str, Path]:
+    """{stage: its quarantine file} for the stages whose manifest lists one (records they left out)."""
+    return {name: folder / QUARANTINE for name, folder in dirs.items()
+            if QUARANTINE in (artifacts.read_manifest(folder) or {}).get("outputs", [])}
 
 
 def tokenizer_dirs(dirs: dict[str, Path]) -> dict[str, Path]:
@@ -537,7 +545,8 @@ def tokenize(cfg: Config, root: Path) -> dict[str, Path]:
     warm items only under a cold-item split, then retokenize to give the cold items their codes."""
     dirs = {"ingest": ingest(cfg, root)}
     check_structure_fields(cfg, dirs["ingest"])
-    dirs["encode"] = encode(cfg, root, shards(cfg, dirs["ingest"]))
+    dirs["shards"] = shards(cfg, dirs["ingest"])
+    dirs["encode"] = encode(cfg, root, dirs["shards"])
     dirs["structure"] = structure(cfg, root, dirs["ingest"])
     vectors = dirs["encode"]
     if cfg.quant.input == "fused":

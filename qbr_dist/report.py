@@ -16,12 +16,14 @@ README_START, README_END = "<!-- qbr:results:start -->", "<!-- qbr:results:end -
 
 
 def write_report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_dir: Path,
-                 tokenizer_dirs: dict[str, Path]) -> dict:
+                 tokenizer_dirs: dict[str, Path], *, quarantines: dict[str, Path]) -> dict:
+    """`quarantines`: {stage: quarantine file} of the stages that left input records out."""
     models = {name: json.loads((folder / "metrics.json").read_text()) for name, folder in model_dirs.items()}
     report = {
         "dataset": cfg.data.dataset,
         "split": "leave-one-out",
         "data": artifacts.read_manifest(ingest_dir)["rows"],
+        "quarantined": {stage: {"records": _lines(path), "file": str(path)} for stage, path in quarantines.items()},
         "models": {
             name: {key: m.get(key) for key in ("valid", "test", "test_cold", "train_wall_s", "epochs", "steps", "best",
                                                "mask_mixture") if key in m}
@@ -35,6 +37,11 @@ def write_report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_di
     with artifacts.atomic_path(root / "report.md") as tmp:
         tmp.write_text(markdown(report) + plots_markdown(report["plots"]))
     return report
+
+
+def _lines(path: Path) -> int:
+    with open(path, "rb") as handle:
+        return sum(1 for _ in handle)
 
 
 def plots_markdown(plots: dict[str, str]) -> str:
@@ -158,12 +165,21 @@ def markdown(report: dict) -> str:
         cells = [f"{m['test'][k]:.4f}" for k in METRIC_NAMES]
         cells += [f"{m['valid']['NDCG@10']:.4f}", str(m.get("epochs", 0)), f"{m.get('train_wall_s', 0):.0f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += cold_markdown(report)
+    lines += quarantine_markdown(report) + cold_markdown(report)
     mixtures = [f"{name} " + ", ".join(f"{k} {v:.0%}" for k, v in m["mask_mixture"].items())
                 for name, m in report["models"].items() if m.get("mask_mixture")]
     if mixtures:
         lines += ["", "Pretraining masks (share of sequences per strategy): " + "; ".join(mixtures) + "."]
     return "\n".join(lines + tokenizer_markdown(report.get("tokenizer", {}))) + "\n"
+
+
+def quarantine_markdown(report: dict) -> list[str]:
+    """Which stages left input records out, and where they are listed; a report without the key predates it."""
+    if "quarantined" not in report:
+        return []
+    left_out = [f"{stage} {entry['records']:,} (`{entry['file']}`)" for stage, entry in report["quarantined"].items()]
+    return ["", "Input records skipped and listed in a quarantine file: " + "; ".join(left_out) + "." if left_out
+            else "No input record was quarantined."]
 
 
 def cold_markdown(report: dict) -> list[str]:

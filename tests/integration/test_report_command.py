@@ -41,7 +41,13 @@ def test_report_renders_the_run_and_refuses_a_config_that_did_not_make_it(tokeni
     before = manifests(pipeline.run_dir(cfg))
     report = pipeline.report_only(changed(cfg, RESOURCES))
     assert report["models"] == tokenized_run.report["models"]
-    assert pipeline.report_only(cfg)["config"] == cfg.to_dict()  # rendered again with the run's own config
+    again = pipeline.report_only(cfg)
+    assert again["config"] == cfg.to_dict()  # rendered again with the run's own config
+    assert again["quarantined"] == tokenized_run.report["quarantined"]
+    for stage, entry in again["quarantined"].items():  # each stage's own count, as its file lists them
+        assert entry["records"] == len(Path(entry["file"]).read_text().splitlines()) > 0
+    listed = "Input records skipped" if again["quarantined"] else "No input record was quarantined."
+    assert listed in (pipeline.run_dir(cfg) / "report.md").read_text()
 
     for setting, value, stage in RESULTS:
         with pytest.raises(pipeline.StageNotCurrent,

@@ -202,3 +202,24 @@ def test_the_html_report_shows_codes_only_for_a_config_with_the_stages(tmp_path)
     artifacts.write_manifest(tmp_path / "quantize", {"stage": "quantize"}, outputs=[], rows={})  # an older config's
     page = write_html(load_config(None), tmp_path, codes=False, recommend=False).read_text()
     assert "popularity" in page and 'id="codes"' not in page and 'id="recommendations"' not in page
+
+
+def test_the_report_names_each_stage_that_quarantined_records_and_its_file(tmp_path):
+    from qbr_dist import artifacts
+    from qbr_dist.pipeline import quarantine_files
+    from qbr_dist.report import quarantine_markdown
+
+    for stage, records in (("ingest", 2), ("encode", 0), ("retokenize", 1)):
+        outputs = ["items.parquet"] + (["quarantine.jsonl"] if records else [])
+        artifacts.write_manifest(tmp_path / stage, {"stage": stage}, outputs=outputs, rows={})
+        if records:
+            (tmp_path / stage / "quarantine.jsonl").write_text('{"reason": "bad"}\n' * records)
+    (tmp_path / "encode" / "quarantine.jsonl").write_text("{}\n")  # a file the manifest does not list: a stale one
+    files = quarantine_files({stage: tmp_path / stage for stage in ("ingest", "encode", "retokenize", "absent")})
+    assert files == {"ingest": tmp_path / "ingest" / "quarantine.jsonl",
+                     "retokenize": tmp_path / "retokenize" / "quarantine.jsonl"}
+    report = {"quarantined": {"ingest": {"records": 2, "file": "i.jsonl"}, "retokenize": {"records": 1, "file": "r"}}}
+    assert quarantine_markdown(report) == ["", "Input records skipped and listed in a quarantine file: ingest 2 "
+                                               "(`i.jsonl`); retokenize 1 (`r`)."]
+    assert quarantine_markdown({"quarantined": {}}) == ["", "No input record was quarantined."]
+    assert quarantine_markdown({}) == [] and "quarantine" not in markdown(REPORT)  # a report from before the key
