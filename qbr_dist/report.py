@@ -174,12 +174,13 @@ def markdown(report: dict) -> str:
 
 
 def quarantine_markdown(report: dict) -> list[str]:
-    """Which stages left input records out, and where they are listed; a report without the key predates it."""
+    """Which stages left input records out (report.json has their files; paths would tie the README's copy to one
+    machine); a report without the key predates it."""
     if "quarantined" not in report:
         return []
-    left_out = [f"{stage} {entry['records']:,} (`{entry['file']}`)" for stage, entry in report["quarantined"].items()]
-    return ["", "Input records skipped and listed in a quarantine file: " + "; ".join(left_out) + "." if left_out
-            else "No input record was quarantined."]
+    left_out = [f"{stage} {entry['records']:,}" for stage, entry in report["quarantined"].items()]
+    return ["", "Input records skipped and listed in their stage's quarantine.jsonl (report.json names the files): "
+            + "; ".join(left_out) + "." if left_out else "No input record was quarantined."]
 
 
 def cold_markdown(report: dict) -> list[str]:

@@ -219,7 +219,7 @@ def test_the_report_names_each_stage_that_quarantined_records_and_its_file(tmp_p
     assert files == {"ingest": tmp_path / "ingest" / "quarantine.jsonl",
                      "retokenize": tmp_path / "retokenize" / "quarantine.jsonl"}
     report = {"quarantined": {"ingest": {"records": 2, "file": "i.jsonl"}, "retokenize": {"records": 1, "file": "r"}}}
-    assert quarantine_markdown(report) == ["", "Input records skipped and listed in a quarantine file: ingest 2 "
-                                               "(`i.jsonl`); retokenize 1 (`r`)."]
+    assert quarantine_markdown(report) == ["", "Input records skipped and listed in their stage's quarantine.jsonl "
+                                               "(report.json names the files): ingest 2; retokenize 1."]
     assert quarantine_markdown({"quarantined": {}}) == ["", "No input record was quarantined."]
     assert quarantine_markdown({}) == [] and "quarantine" not in markdown(REPORT)  # a report from before the key
