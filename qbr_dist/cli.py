@@ -193,7 +193,7 @@ def _dispatch(args) -> int:
             print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     from qbr_dist import pipeline
-    from qbr_dist.report import grid_markdown, markdown, seeds_markdown, update_readme
+    from qbr_dist.report import check_readme, grid_markdown, markdown, seeds_markdown, update_readme
 
     if args.command in ("inspect", "recommend"):
         return _inspect(args, cfg)
@@ -209,6 +209,8 @@ def _dispatch(args) -> int:
         with pipeline.holding_run(cfg):
             print(_stage_command(args, cfg, pipeline))
         return 0
+    if getattr(args, "readme", None):
+        check_readme(args.readme)  # before hours of work, not after
     if args.command == "run" and args.grid and args.seeds > 1:
         raise ValueError("--grid with --seeds: run the grid with one seed and rerun its chosen point with --seeds")
     if args.command == "run" and args.grid:

@@ -387,7 +387,7 @@ class ObsConfig:
 
     enabled: bool = True  # false: no process serves metrics
     bind: str = "127.0.0.1"  # an address, or "node": this Ray node's address (cluster runs)
-    port: int = 0  # 0 = a free port per process; each registers the one it got
+    port: int = 0  # 0 = a free port per process; N = the first free port from N up (a firewall opens N to N+63)
     targets_dir: str = ""  # Prometheus file_sd folder; "" = <run.root>/prometheus_targets
 
     def check(self) -> None:

@@ -201,12 +201,15 @@ def report_only(cfg: Config) -> dict:
     `qbr run` walks them, each checked against the key it would have now, so a report never labels
     results with a config that did not make them (StageNotCurrent names the first stage that differs)."""
     root = run_dir(cfg)
-    missing = [name for name in ("ingest", "popularity", "bert4rec") if artifacts.read_manifest(root / name) is None]
-    if missing:
-        raise FileNotFoundError(f"{root}: stage(s) {', '.join(missing)} not finished; run `qbr run` first")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such run; run `qbr run` first")
     token = _REPORT_ONLY.set(True)
     try:
         with artifacts.exclusive(root):  # it rewrites the report files a running `qbr run` writes last
+            missing = [stage for stage in ("ingest", "popularity", "bert4rec")
+                       if artifacts.read_manifest(root / stage) is None]
+            if missing:
+                raise FileNotFoundError(f"{root}: stage(s) {', '.join(missing)} not finished; run `qbr run` first")
             return _run_stages(cfg)
     finally:
         _REPORT_ONLY.reset(token)
@@ -710,6 +713,8 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
     key = artifacts.stage_key("retokenize", cfg.section_hash(quant=cfg.quant.key()), inputs)
     stage_dir, current = _stage(stage, root, key)
     if current:
+        if quarantined := artifacts.read_manifest(stage_dir)["rows"].get("quarantined"):
+            log.info("retokenize: %d rows were quarantined (listed in %s)", quarantined, stage_dir / QUARANTINE)
         return stage_dir
     start_ray(cfg, reads={f"the features {f.name}": f for f in files})
     (stage_dir / QUARANTINE).unlink(missing_ok=True)
@@ -719,8 +724,8 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
                                  fusion=fusion, batch_size=cfg.quant.retokenize_batch_size,
                                  actors=cfg.quant.retokenize_actors,
                                  cpus_per_actor=cfg.quant.retokenize_cpus_per_actor,
-                                 chunk_size=cfg.quant.chunk_size, metrics=obs_serve.endpoint(cfg))
-    _count_records(cfg, "retokenize", read=quarantine.read, quarantined=quarantine.total)
+                                 chunk_size=cfg.quant.chunk_size, metrics=obs_serve.endpoint(cfg), stage=stage)
+    _count_records(cfg, stage, read=quarantine.read, quarantined=quarantine.total)
     _finish(stage_dir, key, outputs=[CODES] + ([QUARANTINE] if quarantine.total else []), rows=summary)
     log.info("retokenize: %d items (%d with a content-predicted query) with codebook %s by %d actors at %.0f "
              "items/s, collision rate %.4f, suffix table %d; %d rows quarantined%s", summary["items"],

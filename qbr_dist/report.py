@@ -304,13 +304,23 @@ def provenance() -> str:
             f"{os.cpu_count()} CPUs, {memory_gb:.0f} GiB memory, {accelerator}.")
 
 
+README_RESULTS = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+
+
+def check_readme(readme: Path) -> str:
+    """The README's text, refused in one line when it is missing or has no result markers (checked before a run)."""
+    if not readme.is_file():
+        raise FileNotFoundError(f"{readme}: --readme names no file")
+    text = readme.read_text()
+    if not README_RESULTS.search(text):
+        raise ValueError(f"{readme}: no {README_START} ... {README_END} markers to put the results between")
+    return text
+
+
 def update_readme(readme: Path, table: str) -> None:
     """Replace the text between the README's result markers with `table` and the machine it ran on."""
     table = f"{table}\n{provenance()}\n"
-    text = readme.read_text()
-    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
-    if not pattern.search(text):
-        raise ValueError(f"{readme}: no {README_START} ... {README_END} markers to put the results between")
+    text = check_readme(readme)
     block = f"{README_START}\n{table}{README_END}"
     with artifacts.atomic_path(readme) as tmp:
-        tmp.write_text(pattern.sub(lambda _: block, text))
+        tmp.write_text(README_RESULTS.sub(lambda _: block, text))

@@ -128,18 +128,23 @@ def fixed_width(values: pa.Array, column: str, width: int) -> pa.Array:
 
 def bad_vectors(values: pa.Array, width: int) -> dict[int, str]:
     """{row: why} for the vectors that cannot be used: another length than `width`, or a value that is null, NaN or
-    infinite. A null row (no vector) is not among them, nor a column of nulls alone (pandas types it null, not list):
-    whether one is missing is for the caller to say."""
+    infinite (the first such value named). A null row (no vector) is not among them, nor a column of nulls alone
+    (pandas types it null, not list): whether one is missing is for the caller to say."""
     if pa.types.is_null(values.type):
         return {}
     lengths = pc.list_value_length(values).fill_null(0).to_numpy(zero_copy_only=False)
     valid = values.is_valid().to_numpy(zero_copy_only=False)
     bad = {int(row): f"a vector of {lengths[row]} values; expected {width}"
            for row in np.flatnonzero(valid & (lengths != width))}
-    flat = pc.list_flatten(values).to_numpy(zero_copy_only=False)  # a null value comes out as NaN
+    flat = pc.list_flatten(values)
+    numbers = flat.to_numpy(zero_copy_only=False)  # a null value comes out as NaN
+    kinds = np.where(flat.is_null().to_numpy(zero_copy_only=False), "a null value",
+                     np.where(np.isnan(numbers), "a NaN value", "an infinite value"))
     parents = np.repeat(np.arange(len(values)), lengths)  # as list_flatten lists them: null rows hold none
-    for row in np.unique(parents[~np.isfinite(flat)]):
-        bad.setdefault(int(row), "a value that is null, NaN or infinite")
+    unusable = np.flatnonzero(~np.isfinite(numbers))
+    rows, first = np.unique(parents[unusable], return_index=True)
+    for row, at in zip(rows, unusable[first]):
+        bad.setdefault(int(row), str(kinds[at]))
     return bad
 
 

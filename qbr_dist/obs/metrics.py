@@ -65,7 +65,7 @@ class TrainMeter:
 
     def __init__(self, *, stage: str, rank: int, run: str, epoch: int = 0):
         """`epoch`: epochs already finished (a restarted worker shows where it resumed, not 0)."""
-        labels = {"stage": stage, "rank": str(rank), "run": run}
+        labels = self.labels = {"stage": stage, "rank": str(rank), "run": run}
         self.loss = train_loss.labels(**labels)
         self.samples_per_second = train_samples_per_second.labels(**labels)
         self.step_seconds = train_step_seconds.labels(**labels)
@@ -73,9 +73,12 @@ class TrainMeter:
         self.learning_rate = train_learning_rate.labels(**labels)
         self.grad_norm = train_grad_norm.labels(**labels)
         self.epoch = train_epoch.labels(**labels)
-        self.valid_ndcg10 = valid_ndcg10.labels(**labels)
         self.checkpoint_seconds = checkpoint_seconds.labels(**labels)
         self.epoch.set(epoch)
+
+    def validated(self, ndcg10: float) -> None:
+        """Set on the first evaluation: a series made with the others would show 0 for stages that never evaluate."""
+        valid_ndcg10.labels(**self.labels).set(ndcg10)
 
     def step(self, *, loss: float, samples: int, seconds: float, lr: float, grad_norm: float | None) -> None:
         self.loss.set(loss)

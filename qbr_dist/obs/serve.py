@@ -11,6 +11,7 @@ process killed outright leaves its file behind until then, and Prometheus report
 from __future__ import annotations
 
 import atexit
+import errno
 import glob
 import json
 import os
@@ -53,7 +54,7 @@ def serve(spec: Endpoint | None, *, process: str) -> str | None:
         return None
     if _server is None:
         address = bind_address(spec.bind)
-        server, _ = start_http_server(spec.port, addr=address)
+        server = _start_server(address, spec.port)
         _server = (address, server.server_port)
         atexit.register(unregister)
     target = f"{_server[0]}:{_server[1]}"
@@ -62,6 +63,23 @@ def serve(spec: Endpoint | None, *, process: str) -> str | None:
         artifacts.write_json(path, [{"targets": [target], "labels": {"run": spec.run, "process": process}}])
         _registered.add(path)
     return target
+
+
+PORTS_TRIED = 64  # with a fixed obs.port: the ports from it up that a process tries (one per process of a node)
+
+
+def _start_server(address: str, port: int):
+    """The metrics server on a free port (`port` 0), or on the first free one from `port` up: the driver and the
+    workers of a node share its address, so a fixed port serves only the first of them."""
+    if port == 0:
+        return start_http_server(0, addr=address)[0]
+    for candidate in range(port, min(port + PORTS_TRIED, 65536)):
+        try:
+            return start_http_server(candidate, addr=address)[0]
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+    raise OSError(errno.EADDRINUSE, f"obs.port: ports {port} to {candidate} on {address} are all in use")
 
 
 def bind_address(bind: str) -> str:

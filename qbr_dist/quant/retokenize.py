@@ -165,11 +165,11 @@ def _width_seen(path: Path, column: str, kind: pa.DataType, width: int) -> bool:
 def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Path, *, previous: list[Path],
                quarantine: Quarantine, fusion: FusionInputs | None = None, batch_size: int = 4096, actors: int = 1,
                cpus_per_actor: float = 0.5, chunk_size: int = 65536, bucket_rows: int = 250_000,
-               metrics: Endpoint | None = None) -> dict:
+               metrics: Endpoint | None = None, stage: str = "retokenize") -> dict:
     """Write `out_dir/codes.parquet` for every usable row of `files` (their `column`, or their features
     through `fusion`), keeping the suffixes of the `previous` codes files made with the same codebook (the
     first file's where they differ), and list every other row in `quarantine`; returns counts and throughput.
-    Items are counted for `metrics.run` as they are coded."""
+    Items are counted for `metrics.run` and `stage` as they are coded."""
     tokenizer = Tokenizer.parts(codebooks_file)
     version = tokenizer["version"]
     started = time.perf_counter()
@@ -182,7 +182,7 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
     staged, content_queries, busy = _encode(files, column, tokenizer, staging / "encoded", fusion=fusion,
                                             buckets=buckets, batch_size=batch_size, actors=actors,
                                             cpus_per_actor=cpus_per_actor, chunk_size=chunk_size,
-                                            run=metrics.run if metrics else "", quarantine=quarantine)
+                                            run=metrics.run if metrics else "", stage=stage, quarantine=quarantine)
     quarantined = quarantine.total - quarantined_before
     if not staged and quarantined:
         raise DataError(f"{_source(files)}: all {quarantined} rows were quarantined, none could be coded "
@@ -199,10 +199,11 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
 
 def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fusion: FusionInputs | None,
             buckets: int, batch_size: int, actors: int, cpus_per_actor: float, chunk_size: int,
-            run: str, quarantine: Quarantine) -> tuple[list[Path], int, int]:
+            run: str, stage: str, quarantine: Quarantine) -> tuple[list[Path], int, int]:
     """The Ray Data job: staging parquet of item ids, codes and bucket numbers in `folder`; returns the
     files its receipts name, sorted, how many items took the content-predicted query and how many actors
-    coded a batch, having counted the items for `run` and listed the rows the actors left out in `quarantine`."""
+    coded a batch, having counted the items for `run` and `stage` and listed the rows the actors left out in
+    `quarantine`."""
     import ray
     import ray.data
 
@@ -215,7 +216,7 @@ def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fu
             "fusion_model": str(Path(fusion.model).resolve()) if fusion else None, "folder": str(folder.resolve())},
         batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus_per_actor)
-    coded = retokenized_items.labels(stage="retokenize", run=run)
+    coded = retokenized_items.labels(stage=stage, run=run)
     staged, content_queries, busy, source = [], 0, set(), _source(files)
     for receipt in receipts.iter_batches(batch_size=None, batch_format="pyarrow"):
         rows = pc.sum(receipt.column("rows")).as_py() or 0

@@ -247,7 +247,7 @@ def _checkpoint(engine, state: LoopState, meter, phase: str, loss: float, loop_c
 def _select(state: LoopState, evaluate, phase: str, meter, *, tests: list[str], rank: int) -> None:
     """Validation decides: a new best also records the test metrics (warm, and cold) of these same weights."""
     valid = evaluate("valid")
-    meter.valid_ndcg10.set(valid["NDCG@10"])
+    meter.validated(valid["NDCG@10"])
     if rank == 0:  # every rank holds the same all-reduced metrics
         log.info("%s epoch %d step %d: valid NDCG@10 %.4f HR@10 %.4f", phase, state.epoch, state.step,
                  valid["NDCG@10"], valid["HR@10"])

@@ -150,11 +150,14 @@ def check_bad_rows_are_quarantined(cfg, root, features, dirs, codes) -> None:
     listed = [json.loads(line) for line in (stage / "quarantine.jsonl").read_text().splitlines()]
     assert sorted((r["where"], r["field"], r["reason"]) for r in listed) == sorted([
         (f"item {ids[3]!r}", "text_emb", f"a vector of {len(vectors[3])} values; expected {len(vectors[3]) - 1}"),
-        (f"item {ids[7]!r}", "text_emb", "a value that is null, NaN or infinite"),
+        (f"item {ids[7]!r}", "text_emb", "a NaN value"),
         (f"item {ids[11]!r}", "text_emb", "no vector"),
         ("a row without item id", "item_id", "no item id")])
     manifest = artifacts.read_manifest(stage)
     assert "quarantine.jsonl" in manifest["outputs"] and manifest["rows"]["quarantined"] == 4
+    counted = {"stage": "retokenize-bad", "run": cfg.run.name}  # the stage's own labels, not the pipeline's
+    assert REGISTRY.get_sample_value("qbr_quarantined_records_total", counted) == 4
+    assert REGISTRY.get_sample_value("qbr_input_records_total", counted) == len(ids)
     left_out = {ids[3], ids[7], ids[11], table.column("item_id")[13].as_py()}
     expected = [r for r in codes.to_pylist() if r["item_id"] not in left_out]
     assert sorted(read_codes(stage / CODES).to_pylist(), key=lambda r: r["item_id"]) == sorted(

@@ -40,9 +40,21 @@ def test_bad_override_is_a_one_line_error_and_exit_2(capsys):
     assert err.startswith("qbr: error:") and "train.nope" in err and "\n" not in err
 
 
-def test_report_without_a_run_names_the_missing_stages(tmp_path, capsys):
+def test_report_without_a_run_says_so(tmp_path, capsys):
     assert main(["report", "--set", f"run.root='{tmp_path}'"]) == 2
-    assert "not finished" in capsys.readouterr().err
+    assert "no such run; run `qbr run` first" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", [None, "no markers\n"], ids=["missing", "without-markers"])
+def test_a_readme_that_cannot_take_the_table_is_refused_before_the_run(text, tmp_path, monkeypatch, capsys):
+    from qbr_dist import pipeline
+
+    readme = tmp_path / "README.md"
+    if text is not None:
+        readme.write_text(text)
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg: pytest.fail("the run started"))
+    assert main(["run", "--readme", str(readme), "--set", f"run.root='{tmp_path}'"]) == 2
+    assert capsys.readouterr().err.startswith(f"qbr: error: {readme}: ")
 
 
 def test_console_script_is_installed():

@@ -19,6 +19,9 @@ def test_train_meter_reports_through_prometheus():
     assert value("qbr_train_step_seconds_count", **labels) == 2
     assert value("qbr_train_step_seconds_sum", **labels) == 0.75
     assert value("qbr_train_grad_norm", **labels) == 2.0
+    assert value("qbr_valid_ndcg_at_10", **labels) is None  # no evaluation yet: no series, not a 0 on a dashboard
+    meter.validated(0.0625)
+    assert value("qbr_valid_ndcg_at_10", **labels) == 0.0625
 
 
 def test_every_metric_is_prefixed_and_uses_only_allowed_labels():

@@ -22,6 +22,26 @@ def test_endpoint_follows_config(tmp_path):
     assert serve.endpoint(load_config(None, ["obs.enabled=false"])) is None
 
 
+def test_with_a_fixed_port_each_process_of_a_node_takes_the_first_free_one_from_it():
+    import socket
+
+    with socket.socket() as taken:  # the port another process of the node (the driver) already serves on
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        servers = []
+        try:
+            servers.append(serve._start_server("127.0.0.1", port))
+            servers.append(serve._start_server("127.0.0.1", port))
+            assert port < servers[0].server_port < servers[1].server_port <= port + serve.PORTS_TRIED
+            with urllib.request.urlopen(f"http://127.0.0.1:{servers[1].server_port}/metrics", timeout=5) as page:
+                assert page.status == 200
+        finally:
+            for server in servers:
+                server.shutdown()
+                server.server_close()
+
+
 def test_serve_registers_a_scrapeable_target_and_unregisters(tmp_path):
     spec = serve.Endpoint(run="unit-serve", targets_dir=str(tmp_path))
     target = serve.serve(spec, process="driver")

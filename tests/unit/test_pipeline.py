@@ -136,6 +136,18 @@ def test_a_run_directory_in_use_stops_a_second_run_before_any_stage(tmp_path, in
     assert not (pipeline.run_dir(cfg) / "ingest").exists()
 
 
+def test_a_report_of_a_run_still_going_names_its_holder_not_its_unfinished_stages(tmp_path, interactions_file):
+    cfg = config(tmp_path, interactions_file, "obs.enabled=false")
+    with pytest.raises(FileNotFoundError, match=r"/t: no such run; run `qbr run` first"):
+        pipeline.report_only(cfg)
+    assert not pipeline.run_dir(cfg).exists()  # a report creates no run folder
+    with artifacts.exclusive(pipeline.run_dir(cfg)):
+        with pytest.raises(RuntimeError, match="this run directory is in use by pid"):
+            pipeline.report_only(cfg)
+    with pytest.raises(FileNotFoundError, match=r"stage\(s\) ingest, popularity, bert4rec not finished"):
+        pipeline.report_only(cfg)
+
+
 def test_suffixes_are_kept_only_from_codes_of_the_same_codebook(tmp_path):
     from qbr_dist.quant.codes import write_codes
 
@@ -202,7 +214,7 @@ def test_content_knn_runs_only_when_some_item_has_text(tmp_path, monkeypatch, ca
     monkeypatch.setattr(pipeline, "popularity", lambda cfg, root, ingest_dir: tmp_path / "popularity")
     monkeypatch.setattr(pipeline, "content_knn", lambda cfg, root, ingest_dir, encode_dir: encode_dir)
     monkeypatch.setattr(pipeline, "bert4rec", lambda cfg, root, ingest_dir, **codes: tmp_path / "bert4rec")
-    monkeypatch.setattr(pipeline, "_report", lambda cfg, root, model_dirs, *rest: model_dirs)
+    monkeypatch.setattr(pipeline, "_report", lambda cfg, root, model_dirs, *rest, **named: model_dirs)
     with caplog.at_level("INFO", logger=pipeline.log.name):
         models = pipeline._run_stages(load_config(None, [f"run.root='{tmp_path}'", "run.tokenize=true"]))
     assert ("content-knn" in models) == bool(with_text)
