@@ -145,6 +145,9 @@ def grid_points(grid: list[str]) -> list[list[str]]:
         key, _, values = spec.partition("=")
         if not key or not values:
             raise ValueError(f"--grid {spec!r}: expected SECTION.KEY=VALUE1,VALUE2,...")
+        if key.strip() in ("run.name", "run.root"):
+            raise ValueError(f"--grid {spec!r}: every grid point has its own run folder already (<run.name>-<its "
+                             f"settings>); set {key.strip()} with --set")
         axes.append([f"{key}={value}" for value in _top_level_items(values)])
     return [list(point) for point in itertools.product(*axes)]
 

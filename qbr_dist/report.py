@@ -100,12 +100,12 @@ def seeds_markdown(summary: dict) -> str:
     lines = [f"Mean ± standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}); each seed "
              "selects its model on validation NDCG@10 and reports test metrics.", ""]
     for evaluation, title in (("test", "model"), ("test_cold", "model (cold targets)")):
-        rows = {name: m[evaluation] for name, m in summary["models"].items() if evaluation in m}
-        if not rows:
+        if not any(evaluation in m for m in summary["models"].values()):
             continue
         lines += ["| " + title + " | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|"]
-        lines += [f"| {name} | " + " | ".join(f"{v[k]['mean']:.4f} ± {v[k]['std']:.4f}" for k in METRIC_NAMES) + " |"
-                  for name, v in rows.items()]
+        lines += [f"| {name} | " + " | ".join(f"{m[evaluation][k]['mean']:.4f} ± {m[evaluation][k]['std']:.4f}"
+                                              for k in METRIC_NAMES) + " |" if evaluation in m else _id_only_row(name)
+                  for name, m in summary["models"].items()]
         lines.append("")
     return "\n".join(lines)
 
@@ -195,12 +195,15 @@ def cold_markdown(report: dict) -> list[str]:
         "| model (cold targets) | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|",
     ]
     for name, m in report["models"].items():
-        if "test_cold" in m:
-            lines.append(f"| {name} | " + " | ".join(f"{m['test_cold'][k]:.4f}" for k in METRIC_NAMES) + " |")
-        else:
-            lines.append(f"| {name} | ID-only: cannot score cold items (their ID vectors were never trained) |"
-                         + " |" * (len(METRIC_NAMES) - 1))
+        lines.append(f"| {name} | " + " | ".join(f"{m['test_cold'][k]:.4f}" for k in METRIC_NAMES) + " |"
+                     if "test_cold" in m else _id_only_row(name))
     return lines
+
+
+def _id_only_row(name: str) -> str:
+    """A cold-target table's row for a model without cold scores: its cold rows were never trained."""
+    return f"| {name} | ID-only: cannot score cold items (their ID vectors were never trained) |" + \
+        " |" * (len(METRIC_NAMES) - 1)
 
 
 def tokenizer_markdown(tokenizer: dict) -> list[str]:

@@ -145,7 +145,9 @@ def check_feature_files(files: list[Path], vectors: dict[str, int], *, any_of: b
             kind = schema.field(column).type
             listed = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
             if not listed or not pa.types.is_floating(kind.value_type) or not _width_seen(path, column, kind, width):
-                raise ValueError(f"{path}: column '{column}' is {kind}; expected vectors of {width} floats each "
+                shown = f"{kind}: every value null (how pandas writes NaN)" if listed and pa.types.is_null(
+                    kind.value_type) else kind
+                raise ValueError(f"{path}: column '{column}' is {shown}; expected vectors of {width} floats each "
                                  "(the width the run's tokenizer was fit on)")
 
 

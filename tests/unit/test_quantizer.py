@@ -229,7 +229,9 @@ def test_a_feature_table_without_the_vectors_the_tokenizer_was_fit_on_is_refused
     cases = {"no_text": ({"item_id": ["a"]}, r"no column 'text_emb' \(.*found item_id\)"),
              "wide": ({"item_id": ["a"], "text_emb": pa.FixedSizeListArray.from_arrays(pa.array([0.0] * 8), 8)},
                       r"column 'text_emb' is fixed_size_list<\w+: double>\[8\]; expected vectors of 4 floats"),
-             "words": ({"item_id": ["a"], "text_emb": ["a film"]}, r"column 'text_emb' is string; expected")}
+             "words": ({"item_id": ["a"], "text_emb": ["a film"]}, r"column 'text_emb' is string; expected"),
+             "nulls": ({"item_id": ["a"], "text_emb": pa.array([[None] * 4])},
+                       r"column 'text_emb' is list<\w+: null>: every value null \(how pandas writes NaN\); expected")}
     for name, (columns, message) in cases.items():
         path = tmp_path / f"{name}.parquet"
         pq.write_table(pa.table(columns), path)

@@ -105,7 +105,8 @@ def test_seed_summary_gives_mean_and_sample_spread_per_model():
     assert abs(ndcg["mean"] - 0.2) < 1e-12 and abs(ndcg["std"] - 0.1) < 1e-12
     text = seeds_markdown(summary)
     assert "over 3 seeds (0, 1, 2)" in text and "| qbert4rec | 0.2000 ± 0.1000 |" in text
-    assert "| model (cold targets) |" in text and text.count("| bert4rec |") == 1
+    assert "| model (cold targets) |" in text and text.count("| bert4rec |") == 2
+    assert "| bert4rec | ID-only: cannot score cold items" in text  # named, as a single run's report names it
 
 
 def test_grid_points_and_each_model_choosing_its_point_on_validation_only():
@@ -172,6 +173,8 @@ def test_grid_values_may_be_lists_or_paths_and_every_point_is_checked_before_any
     with pytest.raises(ConfigError, match=r"^--grid train.lr=-1: config key 'train.lr'"):  # the option that gave it
         pipeline.run_grid(lambda extra: load_config(None, [f"run.root='{tmp_path}'"], grid=extra), ["train.lr=1e-3,-1"])
     assert ran == []  # the bad second point stopped the grid before its good first point ran
+    with pytest.raises(ValueError, match=r"--grid 'run.name=a,b': every grid point has its own run folder already"):
+        pipeline.grid_points(["train.lr=1e-3,1e-4", "run.name=a,b"])
 
 
 def test_grid_with_seeds_is_refused(capsys):
