@@ -730,7 +730,7 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
                                  chunk_size=cfg.quant.chunk_size, metrics=obs_serve.endpoint(cfg), stage=stage)
     _count_records(cfg, stage, read=quarantine.read, quarantined=quarantine.total)
     _finish(stage_dir, key, outputs=[CODES] + ([QUARANTINE] if quarantine.total else []), rows=summary)
-    log.info("retokenize: %d items (%d with a content-predicted query) with codebook %s by %d actors at %.0f "
+    log.info("retokenize: %d items (%d with a content-predicted query) with codebook %s, actors busy %d, %.1f "
              "items/s, collision rate %.4f, suffix table %d; %d rows quarantined%s", summary["items"],
              summary["content_queries"], version, summary["actors_busy"], summary["items_per_s"],
              summary["collision_rate"], summary["suffix_table_size"], quarantine.total,

@@ -100,13 +100,9 @@ def seeds_markdown(summary: dict) -> str:
     lines = [f"Mean ± standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}); each seed "
              "selects its model on validation NDCG@10 and reports test metrics.", ""]
     for evaluation, title in (("test", "model"), ("test_cold", "model (cold targets)")):
-        if not any(evaluation in m for m in summary["models"].values()):
-            continue
-        lines += ["| " + title + " | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|"]
-        lines += [f"| {name} | " + " | ".join(f"{m[evaluation][k]['mean']:.4f} ± {m[evaluation][k]['std']:.4f}"
-                                              for k in METRIC_NAMES) + " |" if evaluation in m else _id_only_row(name)
-                  for name, m in summary["models"].items()]
-        lines.append("")
+        if any(evaluation in m for m in summary["models"].values()):
+            lines += metrics_table(title, summary["models"], evaluation,
+                                   lambda v: f"{v['mean']:.4f} ± {v['std']:.4f}") + [""]
     return "\n".join(lines)
 
 
@@ -129,9 +125,10 @@ def grid_markdown(summary: dict) -> str:
     for name, m in summary["models"].items():
         lines += [f"| {name} | {' '.join(p['point']) or '(base)'}{' (chosen)' if p['point'] == m['best'] else ''} | "
                   f"{p['valid_NDCG@10']:.4f} |" for p in m["points"]]
-    lines += ["", "| model (chosen point) | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{m['test'][k]:.4f}" for k in METRIC_NAMES) + " |"
-              for name, m in summary["models"].items()]
+    lines += [""] + metrics_table("model (chosen point)", summary["models"], "test", "{:.4f}".format)
+    if any("test_cold" in m for m in summary["models"].values()):
+        lines += [""] + metrics_table("model (chosen point, cold targets)", summary["models"], "test_cold",
+                                      "{:.4f}".format)
     return "\n".join(lines) + "\n"
 
 
@@ -192,18 +189,19 @@ def cold_markdown(report: dict) -> list[str]:
         "", f"Cold-item split: {data['cold_items']:,} items never appear in training or validation inputs. "
         f"The table above covers the users whose test target is warm; {data['cold_test_users']:,} users whose "
         "test target is cold are ranked against all items here, with the same metric code.", "",
-        "| model (cold targets) | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|",
     ]
-    for name, m in report["models"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{m['test_cold'][k]:.4f}" for k in METRIC_NAMES) + " |"
-                     if "test_cold" in m else _id_only_row(name))
+    return lines + metrics_table("model (cold targets)", report["models"], "test_cold", "{:.4f}".format)
+
+
+def metrics_table(title: str, models: dict, evaluation: str, cell) -> list[str]:
+    """One row of `evaluation` metrics per model (`cell` formats a metric's value); a model without them is an
+    ID-only one in a cold-target table, named rather than scored (its cold rows were never trained)."""
+    lines = ["| " + title + " | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|"]
+    for name, m in models.items():
+        lines.append(f"| {name} | " + " | ".join(cell(m[evaluation][k]) for k in METRIC_NAMES) + " |"
+                     if evaluation in m else f"| {name} | ID-only: cannot score cold items (their ID vectors were "
+                     "never trained) |" + " |" * (len(METRIC_NAMES) - 1))
     return lines
-
-
-def _id_only_row(name: str) -> str:
-    """A cold-target table's row for a model without cold scores: its cold rows were never trained."""
-    return f"| {name} | ID-only: cannot score cold items (their ID vectors were never trained) |" + \
-        " |" * (len(METRIC_NAMES) - 1)
 
 
 def tokenizer_markdown(tokenizer: dict) -> list[str]:

@@ -137,6 +137,11 @@ def test_grid_points_and_each_model_choosing_its_point_on_validation_only():
     later["models"]["c"] = later["models"]["b"] | {"test": later["models"]["a"]["test"]}  # only at the second point
     summary = grid_summary([(["x=1"], report(0.2, 0.1, 0.1, 0.9)), (["x=2"], later)])
     assert summary["models"]["c"]["best"] == ["x=2"] and summary["models"]["c"]["test"]["MRR"] == 0.9
+    assert "cold targets" not in grid_markdown(summary)
+    later["models"]["c"]["test_cold"] = dict.fromkeys(later["models"]["c"]["test"], 0.05)  # a cold split's scores
+    text = grid_markdown(grid_summary([(["x=1"], report(0.2, 0.1, 0.1, 0.9)), (["x=2"], later)]))
+    assert "| model (chosen point, cold targets) |" in text and "| c | 0.0500 | 0.0500 |" in text
+    assert "| a | ID-only: cannot score cold items" in text  # named, as in a single run's and the seeds' tables
 
 
 def test_readme_table_is_replaced_between_the_markers_with_date_and_machine(tmp_path):
