@@ -200,10 +200,10 @@ def items_under(codes_file: Path, catalog_file: Path, prefix: tuple[int, ...], *
 def prefix_title(found: dict) -> str:
     """What `items_under` found, in one line; for a prefix no item carries, the level whose code is out of range."""
     title = f"{found['items']} items under code prefix {found['prefix']}"
-    beyond = [(level, code, top) for level, (code, top) in enumerate(zip(parse_prefix(found["prefix"]),
-                                                                         found["largest"])) if code > top]
     if found["largest"][0] < 0:
         return f"{title}: the codes file holds no items"
+    beyond = [(level, code, top) for level, (code, top) in enumerate(zip(parse_prefix(found["prefix"]),
+                                                                         found["largest"])) if code > top]
     if beyond:
         level, code, top = beyond[0]
         return f"{title}: level {level}'s codes run from 0 to {top}, not to {code}"
