@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import json
 import logging
 import time
@@ -194,9 +195,23 @@ def run_grid(make_config, grid: list[str]) -> dict:
         raise ValueError(f"--grid: two points would share a run directory ({names}); give values that differ "
                          "in letters or digits")
     runs = [(overrides, run_pipeline(cfg)) for overrides, cfg in points]
-    summary = grid_summary(runs)
+    summary = grid_summary(grid, runs)
+    keep_earlier_grid(run_dir(base), grid)
     write_summary(run_dir(base), "grid", summary, grid_markdown(summary))
     return summary
+
+
+def keep_earlier_grid(root: Path, grid: list[str]) -> None:
+    """A grid over other values in the same base run keeps the summary of the grid before it as
+    grid-<its time>.json and .md, rather than replacing it unseen; the same grid run again replaces its own."""
+    earlier = root / "grid.json"
+    if not earlier.is_file() or json.loads(earlier.read_text()).get("grid") == grid:
+        return
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(earlier.stat().st_mtime))
+    for suffix in (".json", ".md"):
+        if (root / f"grid{suffix}").is_file():
+            os.replace(root / f"grid{suffix}", root / f"grid-{stamp}{suffix}")
+    log.info("grid: the summary of the earlier grid in %s is kept as grid-%s.json and .md", root, stamp)
 
 
 def report_only(cfg: Config) -> dict:

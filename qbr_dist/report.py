@@ -27,6 +27,7 @@ def write_report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_di
         "models": {
             name: {key: m.get(key) for key in ("valid", "test", "test_cold", "train_wall_s", "epochs", "steps", "best",
                                                "mask_mixture") if key in m}
+            | {"stage_key": artifacts.key_digest(artifacts.read_manifest(model_dirs[name])["key"])}
             for name, m in models.items()
         },
         "tokenizer": tokenizer_summary(tokenizer_dirs),
@@ -106,30 +107,39 @@ def seeds_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def grid_summary(runs: list[tuple[list[str], dict]]) -> dict:
-    """Per model: every grid point's validation NDCG@10, and the test metrics of the best point."""
+def grid_summary(grid: list[str], runs: list[tuple[list[str], dict]]) -> dict:
+    """Per model: every grid point's validation NDCG@10, and the test metrics of the best point. A model whose
+    stage is the same at every point (the grid changes none of its settings) is marked `unchanged`: it chose
+    no point."""
     models = {}
     for name in dict.fromkeys(name for _, report in runs for name in report["models"]):
         scored = [(point, report["models"][name]) for point, report in runs if name in report["models"]]
         points = [{"point": point, "valid_NDCG@10": m["valid"]["NDCG@10"]} for point, m in scored]
         best_point, chosen = max(scored, key=lambda pair: pair[1]["valid"]["NDCG@10"])
-        models[name] = {"points": points, "best": best_point,
+        unchanged = len(scored) > 1 and len({m.get("stage_key") for _, m in scored}) == 1 and "stage_key" in chosen
+        models[name] = {"points": points[:1] if unchanged else points, "best": None if unchanged else best_point,
+                        "unchanged": unchanged,
                         **{e: chosen[e] for e in ("valid", "test", "test_cold") if e in chosen}}
-    return {"dataset": runs[0][1]["dataset"], "data": runs[0][1]["data"], "models": models}
+    return {"dataset": runs[0][1]["dataset"], "data": runs[0][1]["data"], "grid": grid, "models": models}
 
 
 def grid_markdown(summary: dict) -> str:
     """The grid searched, each point's validation score, and each model's chosen point on test."""
-    lines = ["Grid search: each model picks the point with its best validation NDCG@10; test metrics of that "
-             "point.", "", "| model | point | valid NDCG@10 |", "|---|---|---|"]
+    lines = [f"Grid search over {' '.join(summary['grid'])}: each model picks the point with its best validation "
+             "NDCG@10; test metrics of that point.", "", "| model | point | valid NDCG@10 |", "|---|---|---|"]
     for name, m in summary["models"].items():
-        lines += [f"| {name} | {' '.join(p['point']) or '(base)'}{' (chosen)' if p['point'] == m['best'] else ''} | "
-                  f"{p['valid_NDCG@10']:.4f} |" for p in m["points"]]
+        lines += [f"| {name} | {_point_label(p['point'], m)} | {p['valid_NDCG@10']:.4f} |" for p in m["points"]]
     lines += [""] + metrics_table("model (chosen point)", summary["models"], "test", "{:.4f}".format)
     if any("test_cold" in m for m in summary["models"].values()):
         lines += [""] + metrics_table("model (chosen point, cold targets)", summary["models"], "test_cold",
                                       "{:.4f}".format)
     return "\n".join(lines) + "\n"
+
+
+def _point_label(point: list[str], model: dict) -> str:
+    if model["unchanged"]:
+        return "every point (the grid changes none of its settings)"
+    return (" ".join(point) or "(base)") + (" (chosen)" if point == model["best"] else "")
 
 
 def tokenizer_summary(dirs: dict[str, Path]) -> dict:

@@ -127,7 +127,7 @@ def test_grid_points_and_each_model_choosing_its_point_on_validation_only():
         return REPORT | {"models": {"a": {"valid": metrics(valid_a), "test": metrics(test_a)},
                                     "b": {"valid": metrics(valid_b), "test": metrics(test_b)}}}
 
-    summary = grid_summary([(["x=1"], report(0.2, 0.1, 0.1, 0.9)), (["x=2"], report(0.1, 0.9, 0.3, 0.2))])
+    summary = grid_summary(["x=1,2"], [(["x=1"], report(0.2, 0.1, 0.1, 0.9)), (["x=2"], report(0.1, 0.9, 0.3, 0.2))])
     assert summary["models"]["a"]["best"] == ["x=1"] and summary["models"]["a"]["test"]["MRR"] == 0.1
     assert summary["models"]["b"]["best"] == ["x=2"] and summary["models"]["b"]["test"]["MRR"] == 0.2
     text = grid_markdown(summary)
@@ -135,13 +135,39 @@ def test_grid_points_and_each_model_choosing_its_point_on_validation_only():
 
     later = report(0.1, 0.9, 0.3, 0.2)
     later["models"]["c"] = later["models"]["b"] | {"test": later["models"]["a"]["test"]}  # only at the second point
-    summary = grid_summary([(["x=1"], report(0.2, 0.1, 0.1, 0.9)), (["x=2"], later)])
+    summary = grid_summary(["x=1,2"], [(["x=1"], report(0.2, 0.1, 0.1, 0.9)), (["x=2"], later)])
     assert summary["models"]["c"]["best"] == ["x=2"] and summary["models"]["c"]["test"]["MRR"] == 0.9
     assert "cold targets" not in grid_markdown(summary)
     later["models"]["c"]["test_cold"] = dict.fromkeys(later["models"]["c"]["test"], 0.05)  # a cold split's scores
-    text = grid_markdown(grid_summary([(["x=1"], report(0.2, 0.1, 0.1, 0.9)), (["x=2"], later)]))
+    text = grid_markdown(grid_summary(["x=1,2"], [(["x=1"], report(0.2, 0.1, 0.1, 0.9)), (["x=2"], later)]))
     assert "| model (chosen point, cold targets) |" in text and "| c | 0.0500 | 0.0500 |" in text
     assert "| a | ID-only: cannot score cold items" in text  # named, as in a single run's and the seeds' tables
+
+
+def test_a_model_the_grid_does_not_change_chooses_no_point_and_an_earlier_grid_summary_is_kept(tmp_path):
+    from qbr_dist.pipeline import keep_earlier_grid
+    from qbr_dist.report import grid_markdown, grid_summary, write_summary
+
+    def report(valid, stage_key):
+        metrics = dict.fromkeys(["HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR"], valid)
+        return REPORT | {"models": {"popularity": {"valid": metrics, "test": metrics, "stage_key": "p1"},
+                                    "bert4rec": {"valid": metrics, "test": metrics, "stage_key": stage_key}}}
+
+    summary = grid_summary(["train.lr=1,2"], [(["train.lr=1"], report(0.1, "b1")), (["train.lr=2"], report(0.2, "b2"))])
+    assert summary["models"]["popularity"]["unchanged"] and summary["models"]["popularity"]["best"] is None
+    assert summary["models"]["bert4rec"]["best"] == ["train.lr=2"] and not summary["models"]["bert4rec"]["unchanged"]
+    text = grid_markdown(summary)
+    assert "| popularity | every point (the grid changes none of its settings) | 0.1000 |" in text
+    assert text.count("| popularity |") == 2 and "| bert4rec | train.lr=2 (chosen) | 0.2000 |" in text
+    assert text.startswith("Grid search over train.lr=1,2:")
+
+    write_summary(tmp_path, "grid", summary, text)
+    keep_earlier_grid(tmp_path, ["train.lr=1,2"])  # the same grid again replaces its own summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.json", "grid.md"]
+    keep_earlier_grid(tmp_path, ["model.dropout=0.1,0.3"])
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert len(kept) == 2 and all(name.startswith("grid-") for name in kept)
+    assert (tmp_path / kept[1]).read_text() == text
 
 
 def test_readme_table_is_replaced_between_the_markers_with_date_and_machine(tmp_path):
