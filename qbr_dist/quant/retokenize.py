@@ -10,12 +10,14 @@ bad vector: `usable_rows`), writes the others to one staging parquet file per ca
 codes` and two bucket numbers, a fixed hash of the code tuple and one of the item id; none when
 no row was left) and returns a receipt naming it and the rows left out, which the driver lists
 in the quarantine; the driver counts items from the receipts as they stream in (so
-`qbr_retokenized_items_total` is exact and live however briefly the actors live) and stages only
+`qbr_retokenized_items_total` is exact and live however briefly the actors live; it counts the rows
+of a repeated item id too, which the driver later quarantines) and stages only
 receipted files (a call cut short by a killed actor leaves at most an unlisted file, and Ray Data
 runs it again). The driver then streams the staged rows, and the earlier codes files made with
 the same codebook (whose suffixes are kept: suffixes are only ever appended), into one file per
 bucket and works a bucket at a time. Items that share a code tuple share a bucket, so each
-bucket gets its suffixes alone; a repeated item id lands twice in one id bucket. The codes
+bucket gets its suffixes alone; a repeated item id lands twice in one id bucket, and all its rows go
+to the quarantine (which one is meant is unknown). The codes
 file's schema records the suffix table size, so the suffixed buckets go to temporary files
 first and are then appended to `codes.parquet`. Memory is one batch per actor and about
 `bucket_rows` rows on the driver, whatever the catalog size.
@@ -191,8 +193,9 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
                         f"(reasons: {dict(quarantine.counts)}; listed in {quarantine.path})")
     encoded_s = time.perf_counter() - started
     counts = assign_in_buckets(staged, _same_codebook(previous, version), Path(out_dir) / CODES, version, buckets,
-                               work=staging, source=_source(files))
-    counts |= {"content_queries": content_queries, "actors_busy": busy, "quarantined": quarantined}
+                               work=staging, source=_source(files), quarantine=quarantine)
+    counts |= {"content_queries": content_queries, "actors_busy": busy,
+               "quarantined": quarantine.total - quarantined_before}
     shutil.rmtree(staging)
     seconds = time.perf_counter() - started
     return counts | {"codebook_version": version, "encode_seconds": round(encoded_s, 2), "seconds": round(seconds, 2),
@@ -256,19 +259,30 @@ def _fusion_inputs(files: list[Path], fusion: FusionInputs, *, partitions: int):
 
 
 def assign_in_buckets(staged: list[Path], previous: list[Path], path: Path, version: str, buckets: int, *,
-                      work: Path, source: str) -> dict:
-    """Suffixes for the staged rows (`with_buckets` columns), a bucket at a time, into the codes file at `path`."""
+                      work: Path, source: str, quarantine: Quarantine) -> dict:
+    """Suffixes for the staged rows (`with_buckets` columns), a bucket at a time, into the codes file at `path`.
+    Every row of an item id the table repeats goes to `quarantine` instead: which of them is meant is unknown."""
     items, ids, earlier, suffixed = (BucketFiles(work / name, buckets) for name in ("items", "ids", "previous",
                                                                                    "suffixed"))
+    rows = 0
     with items, ids:
         for batch in _batches(staged, ["item_id", "codes", "bucket", "id_bucket"]):
             items.add(batch.select(["item_id", "codes"]), batch.column("bucket").to_numpy())
             ids.add(batch.select(["item_id"]), batch.column("id_bucket").to_numpy())
-    _refuse_duplicates(ids, source)
+            rows += batch.num_rows
+    repeated = _repeated_ids(ids)
+    repeated_rows = pc.sum(repeated.field("counts")).as_py() or 0
+    for item_id, times in zip(repeated.field("values").to_pylist(), repeated.field("counts").to_pylist()):
+        for _ in range(times):
+            quarantine.add(source=source, where=f"item {item_id!r} ({times} rows)", field="item_id",
+                           reason="item id repeated in the table (every item must appear once)")
+    if rows and repeated_rows == rows:
+        raise DataError(f"{source}: every item id appears more than once ({rows} rows); every item must appear "
+                        f"once (listed in {quarantine.path})")
     with earlier:
         for batch in _batches(previous, ["item_id", "codes"]):
             earlier.add(batch, code_buckets(column_matrix(batch.column("codes"), np.int64)[:, :-1], buckets))
-    counts = _suffix_buckets(items, earlier, suffixed)
+    counts = _suffix_buckets(items, earlier, suffixed, leave_out=repeated.field("values"))
     with codes_writer(path, version, counts["suffix_table_size"]) as write:
         for _, table in suffixed.tables():
             write(table.column("item_id"), column_matrix(table.column("codes"), np.int64),
@@ -276,13 +290,17 @@ def assign_in_buckets(staged: list[Path], previous: list[Path], path: Path, vers
     return counts
 
 
-def _suffix_buckets(items: BucketFiles, earlier: BucketFiles, suffixed: BucketFiles) -> dict:
-    """Each bucket of items with a `suffix` column into `suffixed`: item count, collision rate, suffix table size.
-    Rows are sorted by item id: the Ray Data job delivers them in no fixed order, and the codes file should
-    not depend on it, byte for byte."""
+def _suffix_buckets(items: BucketFiles, earlier: BucketFiles, suffixed: BucketFiles, *, leave_out: pa.Array) -> dict:
+    """Each bucket of items but those in `leave_out` with a `suffix` column into `suffixed`: item count, collision
+    rate, suffix table size. Rows are sorted by item id: the Ray Data job delivers them in no fixed order, and the
+    codes file should not depend on it, byte for byte."""
     total, shared, largest = 0, 0, -1
     with suffixed:
         for bucket, table in items.tables():
+            if len(leave_out):
+                table = table.filter(pc.invert(pc.is_in(table.column("item_id"), value_set=leave_out)))
+            if not table.num_rows:
+                continue
             table = table.sort_by("item_id")
             codes = column_matrix(table.column("codes"), np.int64)
             suffixes = assign_suffixes(table.column("item_id"), codes, _previous(earlier.read(bucket)))
@@ -312,14 +330,12 @@ def _batches(files: list[Path], columns: list[str]) -> Iterator[pa.Table]:
             yield pa.Table.from_batches([batch])
 
 
-def _refuse_duplicates(ids: BucketFiles, source: str) -> None:
-    """Both rows of a repeated item id are in one id bucket, so checking each bucket alone finds it."""
-    for _, table in ids.tables():
-        counts = pc.value_counts(table.column("item_id").combine_chunks())
-        repeated = counts.filter(pc.greater(counts.field("counts"), 1))
-        if len(repeated):
-            raise ValueError(f"{source}: item id {repeated.field('values')[0].as_py()!r} appears "
-                             f"{repeated.field('counts')[0].as_py()} times; every item must appear once")
+def _repeated_ids(ids: BucketFiles) -> pa.StructArray:
+    """The item ids that appear more than once, with their counts (`pc.value_counts` fields). Every row of an id
+    is in one id bucket, so each bucket is counted alone."""
+    found = [counts.filter(pc.greater(counts.field("counts"), 1))
+             for _, table in ids.tables() for counts in [pc.value_counts(table.column("item_id").combine_chunks())]]
+    return pa.concat_arrays(found) if found else pc.value_counts(pa.array([], pa.string()))
 
 
 def _same_codebook(paths: list[Path], version: str) -> list[Path]:

@@ -121,6 +121,7 @@ def staged_table(ids, codes, buckets):
 def test_the_bucketed_suffix_pass_gives_the_single_pass_assignment(tmp_path):
     import pyarrow.parquet as pq
 
+    from qbr_dist.data.quarantine import Quarantine
     from qbr_dist.quant.codes import SUFFIX_KEY, read_codes, write_codes
     from qbr_dist.quant.retokenize import assign_in_buckets
 
@@ -140,7 +141,7 @@ def test_the_bucketed_suffix_pass_gives_the_single_pass_assignment(tmp_path):
     assert len(set(staged.column("bucket").to_pylist())) == buckets
     pq.write_table(staged, tmp_path / "staged.parquet", row_group_size=500)
     counts = assign_in_buckets([tmp_path / "staged.parquet"], [tmp_path / "previous.parquet"], tmp_path / "codes.parquet",
-                               "v1", buckets, work=tmp_path / "work", source="features")
+                               "v1", buckets, work=tmp_path / "work", source="features", quarantine=Quarantine(None))
 
     table = read_codes(tmp_path / "codes.parquet", expected_version="v1")
     got = dict(zip(table.column("item_id").to_pylist(), map(tuple, table.column("codes").to_pylist())))
@@ -151,7 +152,7 @@ def test_the_bucketed_suffix_pass_gives_the_single_pass_assignment(tmp_path):
     shuffled = staged.take(pa.array(rng.permutation(n)))  # the Ray Data job's rows come in no fixed order
     pq.write_table(shuffled, tmp_path / "shuffled.parquet", row_group_size=500)
     assign_in_buckets([tmp_path / "shuffled.parquet"], [tmp_path / "previous.parquet"], tmp_path / "again.parquet",
-                      "v1", buckets, work=tmp_path / "work-again", source="features")
+                      "v1", buckets, work=tmp_path / "work-again", source="features", quarantine=Quarantine(None))
     assert (tmp_path / "again.parquet").read_bytes() == (tmp_path / "codes.parquet").read_bytes()
 
 
@@ -160,13 +161,14 @@ def test_suffixes_of_an_earlier_retokenization_are_kept_across_runs(tmp_path):
     Given the first's codes to keep, n5 keeps its suffix; from the quantize codes alone it would move."""
     import pyarrow.parquet as pq
 
+    from qbr_dist.data.quarantine import Quarantine
     from qbr_dist.quant.codes import read_codes, write_codes
     from qbr_dist.quant.retokenize import assign_in_buckets
 
     def run(ids, previous, name):
         pq.write_table(staged_table(np.array(ids), np.ones((len(ids), 2), np.int64), 4), tmp_path / f"{name}.staged")
         assign_in_buckets([tmp_path / f"{name}.staged"], previous, tmp_path / f"{name}.parquet", "v1", 4,
-                          work=tmp_path / f"{name}-work", source="features")
+                          work=tmp_path / f"{name}-work", source="features", quarantine=Quarantine(None))
         table = read_codes(tmp_path / f"{name}.parquet", expected_version="v1")
         return dict(zip(table.column("item_id").to_pylist(), (c[-1] for c in table.column("codes").to_pylist())))
 
@@ -181,9 +183,13 @@ def test_suffixes_of_an_earlier_retokenization_are_kept_across_runs(tmp_path):
     assert later == {"a": 0, "z": 3}
 
 
-def test_an_item_id_repeated_in_two_buckets_is_refused(tmp_path):
+def test_every_row_of_an_item_id_repeated_in_two_buckets_is_quarantined_and_the_others_get_their_codes(tmp_path):
+    import json
+
     import pyarrow.parquet as pq
 
+    from qbr_dist.data.quarantine import DataError, Quarantine
+    from qbr_dist.quant.codes import read_codes
     from qbr_dist.quant.retokenize import assign_in_buckets
 
     codes = np.arange(40).reshape(20, 2)
@@ -191,10 +197,21 @@ def test_an_item_id_repeated_in_two_buckets_is_refused(tmp_path):
     bucket = staged.column("bucket").to_pylist()
     assert bucket[7] != bucket[19]  # the two rows of "i7" have their codes in different buckets
     pq.write_table(staged, tmp_path / "staged.parquet")
-    with pytest.raises(ValueError, match="^features: item id 'i7' appears 2 times; every item must appear once$"):
-        assign_in_buckets([tmp_path / "staged.parquet"], [], tmp_path / "codes.parquet", "v1", 8,
-                          work=tmp_path / "work", source="features")
-    assert not (tmp_path / "codes.parquet").exists()
+    with Quarantine(tmp_path / "quarantine.jsonl") as quarantine:
+        counts = assign_in_buckets([tmp_path / "staged.parquet"], [], tmp_path / "codes.parquet", "v1", 8,
+                                   work=tmp_path / "work", source="features", quarantine=quarantine)
+    assert counts["items"] == 18
+    coded = read_codes(tmp_path / "codes.parquet", expected_version="v1").column("item_id").to_pylist()
+    assert sorted(coded) == sorted(f"i{k}" for k in range(19) if k != 7)
+    records = [json.loads(line) for line in (tmp_path / "quarantine.jsonl").read_text().splitlines()]
+    assert records == [{"source": "features", "where": "item 'i7' (2 rows)", "field": "item_id",
+                        "reason": "item id repeated in the table (every item must appear once)"}] * 2
+
+    pq.write_table(staged_table(np.array(["a", "a", "b", "b"]), codes[:4], 8), tmp_path / "twice.parquet")
+    with pytest.raises(DataError, match="^features: every item id appears more than once \\(4 rows\\)"):
+        assign_in_buckets([tmp_path / "twice.parquet"], [], tmp_path / "twice-codes.parquet", "v1", 8,
+                          work=tmp_path / "work2", source="features", quarantine=Quarantine(None))
+    assert not (tmp_path / "twice-codes.parquet").exists()
 
 
 def test_buckets_are_fixed_functions_of_the_codes_and_the_id_bytes():
