@@ -302,7 +302,8 @@ def _figure(path: Path, *, xlabel: str, ylabel: str):
 
 
 def provenance() -> str:
-    """When and on what the results were made: date, CPUs, memory, accelerator."""
+    """When and on what the results were made: date, CPUs (with the vector instructions torch's kernels use, since
+    floating-point sums, and with them trained models, differ between AVX2 and AVX-512 hosts), memory, accelerator."""
     import datetime
     import os
     import platform
@@ -312,7 +313,20 @@ def provenance() -> str:
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"Run on {datetime.date.today().isoformat()}: {platform.system()} {platform.machine()}, "
-            f"{os.cpu_count()} CPUs, {memory_gb:.0f} GiB memory, {accelerator}.")
+            f"{os.cpu_count()} CPUs ({cpu_model()}, torch kernels {torch.backends.cpu.get_cpu_capability()}), "
+            f"{memory_gb:.0f} GiB memory, {accelerator}.")
+
+
+def cpu_model() -> str:
+    """The CPU's model name as Linux reports it, or the platform's processor string elsewhere."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            names = [line.partition(":")[2].strip() for line in handle if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or "unknown CPU"
 
 
 README_RESULTS = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)

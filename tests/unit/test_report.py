@@ -175,6 +175,7 @@ def test_readme_table_is_replaced_between_the_markers_with_date_and_machine(tmp_
     import os
 
     import pytest
+    import torch
 
     from qbr_dist.report import README_END, README_START, update_readme
 
@@ -185,6 +186,7 @@ def test_readme_table_is_replaced_between_the_markers_with_date_and_machine(tmp_
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
     assert "| new | table |" in text and f"Run on {datetime.date.today().isoformat()}" in text
     assert f"{os.cpu_count()} CPUs" in text
+    assert f"torch kernels {torch.backends.cpu.get_cpu_capability()})" in text  # what FP sums differ by between hosts
     (tmp_path / "bare.md").write_text("no markers\n")
     with pytest.raises(ValueError, match="no <!-- qbr:results:start -->"):
         update_readme(tmp_path / "bare.md", "x")
