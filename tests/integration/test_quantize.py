@@ -136,13 +136,16 @@ def test_retokenize_reproduces_the_codes_and_only_appends_suffixes(tmp_path, enc
 
 
 def check_bad_rows_are_quarantined(cfg, root, features, dirs, codes) -> None:
-    """Bad rows in a plain-list feature table (a vector too long, a NaN, no vector, no item id) are each left out and
-    listed; every other item gets the codes it gets from the clean table."""
+    """Bad rows in a plain-list feature table (a vector too long, a NaN, no vector, no item id, an id given twice)
+    are each left out and listed, a whole batch of them too (a receipt without a file beside receipts with one);
+    every other item gets the codes it gets from the clean table."""
     table = pq.read_table(features)
     vectors = table.column("text_emb").to_pylist()
     vectors[3], vectors[7][0], vectors[11] = vectors[3] + [0.5], float("nan"), None
+    batch = cfg.quant.retokenize_batch_size
+    vectors[batch:2 * batch] = [None] * batch  # the second batch: not one codable row
     ids = table.column("item_id").to_pylist()
-    ids[13] = None
+    ids[13], ids[21] = None, ids[20]
     bad = features.with_name("bad-rows.parquet")
     pq.write_table(table.set_column(0, "item_id", pa.array(ids)).set_column(
         table.schema.get_field_index("text_emb"), "text_emb", pa.array(vectors, pa.list_(pa.float32()))), bad)
@@ -151,14 +154,16 @@ def check_bad_rows_are_quarantined(cfg, root, features, dirs, codes) -> None:
     assert sorted((r["where"], r["field"], r["reason"]) for r in listed) == sorted([
         (f"item {ids[3]!r}", "text_emb", f"a vector of {len(vectors[3])} values; expected {len(vectors[3]) - 1}"),
         (f"item {ids[7]!r}", "text_emb", "a NaN value"),
-        (f"item {ids[11]!r}", "text_emb", "no vector"),
-        ("a row without item id", "item_id", "no item id")])
+        ("a row without item id", "item_id", "no item id"),
+        *[(f"item {ids[row]!r}", "text_emb", "no vector") for row in [11, *range(batch, 2 * batch)]],
+        *[(f"item {ids[20]!r} (2 rows)", "item_id", "item id repeated in the table (every item must appear once)")] * 2])
     manifest = artifacts.read_manifest(stage)
-    assert "quarantine.jsonl" in manifest["outputs"] and manifest["rows"]["quarantined"] == 4
+    assert "quarantine.jsonl" in manifest["outputs"] and manifest["rows"]["quarantined"] == len(listed) == 7 + batch
     counted = {"stage": "retokenize-bad", "run": cfg.run.name}  # the stage's own labels, not the pipeline's
-    assert REGISTRY.get_sample_value("qbr_quarantined_records_total", counted) == 4
+    assert REGISTRY.get_sample_value("qbr_quarantined_records_total", counted) == len(listed)
     assert REGISTRY.get_sample_value("qbr_input_records_total", counted) == len(ids)
-    left_out = {ids[3], ids[7], ids[11], table.column("item_id")[13].as_py()}
+    left_out = {ids[3], ids[7], ids[11], ids[20], *ids[batch:2 * batch]} | {
+        table.column("item_id")[row].as_py() for row in (13, 21)}
     expected = [r for r in codes.to_pylist() if r["item_id"] not in left_out]
     assert sorted(read_codes(stage / CODES).to_pylist(), key=lambda r: r["item_id"]) == sorted(
         expected, key=lambda r: r["item_id"])
