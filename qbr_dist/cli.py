@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
                      help="hyperparameter grid (repeatable: every combination; values split at the commas outside "
                           "brackets and quotes, so [1,0],[0,1] is two values), one run per point in "
-                          "<run.name>-<point>; each model keeps its best point on validation (<run.name>/grid.md)")
+                          "<run.name>-<point>; each model keeps its best point on validation (<run.name>/grid.md; "
+                          "a grid over other values keeps the earlier one as grid-<time>.md)")
 
     data = commands.add_parser("data", help="dataset commands", description="Dataset commands.")
     data_commands = data.add_subparsers(dest="data_command", required=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Iterator
@@ -203,15 +203,23 @@ def run_grid(make_config, grid: list[str]) -> dict:
 
 def keep_earlier_grid(root: Path, grid: list[str]) -> None:
     """A grid over other values in the same base run keeps the summary of the grid before it as
-    grid-<its time>.json and .md, rather than replacing it unseen; the same grid run again replaces its own."""
+    grid-<its time>.json and .md, rather than replacing it unseen; the same grid (its options in any order)
+    run again replaces its own. A summary that does not name its grid, or cannot be read, is kept."""
     earlier = root / "grid.json"
-    if not earlier.is_file() or json.loads(earlier.read_text()).get("grid") == grid:
+    if not earlier.is_file() or sorted(_summary_grid(earlier)) == sorted(grid):
         return
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(earlier.stat().st_mtime))
     for suffix in (".json", ".md"):
         if (root / f"grid{suffix}").is_file():
             os.replace(root / f"grid{suffix}", root / f"grid-{stamp}{suffix}")
     log.info("grid: the summary of the earlier grid in %s is kept as grid-%s.json and .md", root, stamp)
+
+
+def _summary_grid(path: Path) -> list[str]:
+    try:
+        return json.loads(path.read_text()).get("grid") or []
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return []
 
 
 def report_only(cfg: Config) -> dict:

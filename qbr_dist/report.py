@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import platform
 import re
 from pathlib import Path
 
@@ -115,8 +116,9 @@ def grid_summary(grid: list[str], runs: list[tuple[list[str], dict]]) -> dict:
     for name in dict.fromkeys(name for _, report in runs for name in report["models"]):
         scored = [(point, report["models"][name]) for point, report in runs if name in report["models"]]
         points = [{"point": point, "valid_NDCG@10": m["valid"]["NDCG@10"]} for point, m in scored]
-        best_point, chosen = max(scored, key=lambda pair: pair[1]["valid"]["NDCG@10"])
-        unchanged = len(scored) > 1 and len({m.get("stage_key") for _, m in scored}) == 1 and "stage_key" in chosen
+        unchanged = len(scored) == len(runs) > 1 and len({m.get("stage_key") for _, m in scored}) == 1 \
+            and "stage_key" in scored[0][1]
+        best_point, chosen = scored[0] if unchanged else max(scored, key=lambda pair: pair[1]["valid"]["NDCG@10"])
         models[name] = {"points": points[:1] if unchanged else points, "best": None if unchanged else best_point,
                         "unchanged": unchanged,
                         **{e: chosen[e] for e in ("valid", "test", "test_cold") if e in chosen}}
@@ -306,7 +308,6 @@ def provenance() -> str:
     floating-point sums, and with them trained models, differ between AVX2 and AVX-512 hosts), memory, accelerator."""
     import datetime
     import os
-    import platform
 
     import torch
 
@@ -319,8 +320,6 @@ def provenance() -> str:
 
 def cpu_model() -> str:
     """The CPU's model name as Linux reports it, or the platform's processor string elsewhere."""
-    import platform
-
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             names = [line.partition(":")[2].strip() for line in handle if line.startswith("model name")]

@@ -44,7 +44,8 @@ encode_batch_seconds = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 retokenized_items = Counter(
-    "qbr_retokenized_items", "Items given codes by the retokenize job, counted by its driver", STAGE_LABELS
+    "qbr_retokenized_items", "Rows the retokenize job's actors coded, counted by its driver (the rows of an item id "
+    "the table repeats included, which the driver then quarantines)", STAGE_LABELS
 )
 
 kmeans_inertia = Gauge("qbr_kmeans_inertia", "Residual k-means inertia of the level's final codebook", LEVEL_LABELS)

@@ -270,19 +270,11 @@ def assign_in_buckets(staged: list[Path], previous: list[Path], path: Path, vers
             items.add(batch.select(["item_id", "codes"]), batch.column("bucket").to_numpy())
             ids.add(batch.select(["item_id"]), batch.column("id_bucket").to_numpy())
             rows += batch.num_rows
-    repeated = _repeated_ids(ids)
-    repeated_rows = pc.sum(repeated.field("counts")).as_py() or 0
-    for item_id, times in zip(repeated.field("values").to_pylist(), repeated.field("counts").to_pylist()):
-        for _ in range(times):
-            quarantine.add(source=source, where=f"item {item_id!r} ({times} rows)", field="item_id",
-                           reason="item id repeated in the table (every item must appear once)")
-    if rows and repeated_rows == rows:
-        raise DataError(f"{source}: every item id appears more than once ({rows} rows); every item must appear "
-                        f"once (listed in {quarantine.path})")
+    repeated = _quarantine_repeated(_repeated_ids(ids), rows, quarantine, source)
     with earlier:
         for batch in _batches(previous, ["item_id", "codes"]):
             earlier.add(batch, code_buckets(column_matrix(batch.column("codes"), np.int64)[:, :-1], buckets))
-    counts = _suffix_buckets(items, earlier, suffixed, leave_out=repeated.field("values"))
+    counts = _suffix_buckets(items, earlier, suffixed, leave_out=repeated)
     with codes_writer(path, version, counts["suffix_table_size"]) as write:
         for _, table in suffixed.tables():
             write(table.column("item_id"), column_matrix(table.column("codes"), np.int64),
@@ -333,9 +325,25 @@ def _batches(files: list[Path], columns: list[str]) -> Iterator[pa.Table]:
 def _repeated_ids(ids: BucketFiles) -> pa.StructArray:
     """The item ids that appear more than once, with their counts (`pc.value_counts` fields). Every row of an id
     is in one id bucket, so each bucket is counted alone."""
-    found = [counts.filter(pc.greater(counts.field("counts"), 1))
-             for _, table in ids.tables() for counts in [pc.value_counts(table.column("item_id").combine_chunks())]]
+    found = []
+    for _, table in ids.tables():
+        counts = pc.value_counts(table.column("item_id").combine_chunks())
+        found.append(counts.filter(pc.greater(counts.field("counts"), 1)))
     return pa.concat_arrays(found) if found else pc.value_counts(pa.array([], pa.string()))
+
+
+def _quarantine_repeated(repeated: pa.StructArray, rows: int, quarantine: Quarantine, source: str) -> pa.Array:
+    """Lists every row of the `repeated` ids (of `rows` coded rows) in `quarantine`; returns the ids to leave out.
+    Coded rows that all repeat an id are an error: nothing would be left."""
+    for item_id, times in zip(repeated.field("values").to_pylist(), repeated.field("counts").to_pylist()):
+        for _ in range(times):
+            quarantine.add(source=source, where=f"item {str(item_id)!r} ({times} rows)", field="item_id",
+                           reason="item id repeated in the table (every item must appear once)")
+    if rows and (pc.sum(repeated.field("counts")).as_py() or 0) == rows:
+        listed = f"; listed in {quarantine.path}" if quarantine.path else ""
+        raise DataError(f"{source}: every codable row ({rows}) repeats an item id; every item must appear "
+                        f"once{listed}")
+    return repeated.field("values")
 
 
 def _same_codebook(paths: list[Path], version: str) -> list[Path]:

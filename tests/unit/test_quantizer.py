@@ -208,7 +208,7 @@ def test_every_row_of_an_item_id_repeated_in_two_buckets_is_quarantined_and_the_
                         "reason": "item id repeated in the table (every item must appear once)"}] * 2
 
     pq.write_table(staged_table(np.array(["a", "a", "b", "b"]), codes[:4], 8), tmp_path / "twice.parquet")
-    with pytest.raises(DataError, match="^features: every item id appears more than once \\(4 rows\\)"):
+    with pytest.raises(DataError, match="^features: every codable row \\(4\\) repeats an item id; every item must appear once$"):
         assign_in_buckets([tmp_path / "twice.parquet"], [], tmp_path / "twice-codes.parquet", "v1", 8,
                           work=tmp_path / "work2", source="features", quarantine=Quarantine(None))
     assert not (tmp_path / "twice-codes.parquet").exists()

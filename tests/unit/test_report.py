@@ -148,21 +148,32 @@ def test_a_model_the_grid_does_not_change_chooses_no_point_and_an_earlier_grid_s
     from qbr_dist.pipeline import keep_earlier_grid
     from qbr_dist.report import grid_markdown, grid_summary, write_summary
 
-    def report(valid, stage_key):
-        metrics = dict.fromkeys(["HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR"], valid)
-        return REPORT | {"models": {"popularity": {"valid": metrics, "test": metrics, "stage_key": "p1"},
-                                    "bert4rec": {"valid": metrics, "test": metrics, "stage_key": stage_key}}}
+    def metrics(value):
+        return dict.fromkeys(["HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR"], value)
 
-    summary = grid_summary(["train.lr=1,2"], [(["train.lr=1"], report(0.1, "b1")), (["train.lr=2"], report(0.2, "b2"))])
+    def report(valid, stage_key):
+        return REPORT | {"models": {"popularity": {"valid": metrics(0.05), "test": metrics(0.04), "stage_key": "p1"},
+                                    "bert4rec": {"valid": metrics(valid), "test": metrics(valid), "stage_key": stage_key}}}
+
+    points = [(["train.lr=1"], report(0.1, "b1")), (["train.lr=2"], report(0.2, "b2"))]
+    summary = grid_summary(["train.lr=1,2"], points)
     assert summary["models"]["popularity"]["unchanged"] and summary["models"]["popularity"]["best"] is None
     assert summary["models"]["bert4rec"]["best"] == ["train.lr=2"] and not summary["models"]["bert4rec"]["unchanged"]
     text = grid_markdown(summary)
-    assert "| popularity | every point (the grid changes none of its settings) | 0.1000 |" in text
-    assert text.count("| popularity |") == 2 and "| bert4rec | train.lr=2 (chosen) | 0.2000 |" in text
-    assert text.startswith("Grid search over train.lr=1,2:")
+    assert "| popularity | every point (the grid changes none of its settings) | 0.0500 |" in text
+    assert text.count("| popularity |") == 2 and "| popularity | 0.0400 |" in text
+    assert "| bert4rec | train.lr=2 (chosen) | 0.2000 |" in text and text.startswith("Grid search over train.lr=1,2:")
+    third = report(0.3, "b3")
+    third["models"]["c"] = third["models"]["popularity"]  # the same stage, but only at one of the points
+    points[1][1]["models"]["c"] = third["models"]["popularity"]
+    partial = grid_summary(["train.lr=1,2,3"], [*points, (["train.lr=3"], third)])
+    assert not partial["models"]["c"]["unchanged"] and partial["models"]["popularity"]["unchanged"]
 
     write_summary(tmp_path, "grid", summary, text)
     keep_earlier_grid(tmp_path, ["train.lr=1,2"])  # the same grid again replaces its own summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.json", "grid.md"]
+    (tmp_path / "grid.json").write_text(json.dumps(summary | {"grid": ["b=1,2", "a=1,2"]}))
+    keep_earlier_grid(tmp_path, ["a=1,2", "b=1,2"])  # the same grid, its options in another order
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.json", "grid.md"]
     keep_earlier_grid(tmp_path, ["model.dropout=0.1,0.3"])
     kept = sorted(p.name for p in tmp_path.iterdir())
