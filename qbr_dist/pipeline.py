@@ -436,7 +436,9 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
     if cfg.shards.prebuilt_dir:
         return _prebuilt_shards(Path(cfg.shards.prebuilt_dir))
     folder = Path(cfg.shards.root) / (cfg.shards.name or cfg.run.name)
-    inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
+    # The catalog table itself, not the ingest manifest: runs under other roots, or with other split settings,
+    # share these shards while their catalog is the same, instead of rewriting them (and so every encode after).
+    inputs = {"catalog": artifacts.file_fingerprint(ingest_dir / ITEMS)[:16]}
     key = artifacts.stage_key("shards", cfg.section_hash(shards=cfg.shards.key()), inputs)
     shared = "" if cfg.shards.name else (" (the members of a --seeds or --grid run share their base run's shards: "
                                          "--set shards.name=<base run.name>)")

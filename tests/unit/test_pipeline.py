@@ -63,6 +63,21 @@ def test_another_run_reuses_finished_stages_with_the_same_key(tmp_path, interact
         ingest / artifacts.MANIFEST).read_text()
 
 
+def test_shards_are_shared_by_runs_of_one_catalog_under_other_roots_or_split_settings(tmp_path, interactions_file):
+    def run(root, *extra):
+        cfg = load_config(None, [f"run.root='{tmp_path / root}'", "run.name=t", "data.dataset=files",
+                                 f"data.interactions='{interactions_file}'", f"shards.root='{tmp_path / 'shards'}'",
+                                 *extra])
+        ingest = pipeline.ingest(cfg, pipeline.run_dir(cfg))
+        return ingest, pipeline.shards(cfg, ingest)
+
+    first_ingest, folder = run("a")
+    written = (folder / artifacts.MANIFEST).read_text()
+    other_ingest, shared = run("b", "data.cold_fraction=0.3")  # another ingest manifest, the same catalog table
+    assert artifacts.manifest_fingerprint(other_ingest) != artifacts.manifest_fingerprint(first_ingest)
+    assert shared == folder and (folder / artifacts.MANIFEST).read_text() == written  # not rewritten
+
+
 def test_popularity_stage_metrics(tmp_path, interactions_file):
     cfg = config(tmp_path, interactions_file)
     root = pipeline.run_dir(cfg)
