@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qbr_dist.data.fetch import DATASETS
 from qbr_dist.data.split import MIN_SPLIT_LENGTH
 
 
@@ -62,8 +63,12 @@ class RunConfig:
 @dataclass
 class DataConfig:
     dataset: str = "ml-100k"  # a fetchable dataset name, or "files" to read `interactions`/`catalog`
-    interactions: str = ""  # .inter, .parquet or Amazon reviews .json(l)(.gz), used when dataset = "files"
-    catalog: str = ""  # .item, .parquet or Amazon metadata .json(l)(.gz), optional with dataset = "files"
+    # .inter or .parquet with fields user_id, item_id, timestamp (seconds, or ISO 8601 text, or a date or
+    # timestamp type), or Amazon reviews .json(l)(.gz); used when dataset = "files"
+    interactions: str = ""
+    # .item or .parquet with item_id and the text_fields, or Amazon metadata .json(l)(.gz); optional with
+    # dataset = "files" (without it the items are the interactions' ones, with no text)
+    catalog: str = ""
     # catalog fields joined into each item's text for the text encoder
     text_fields: list[str] = field(default_factory=lambda: ["movie_title", "release_year", "class"])
     k_core: int = 0  # repeatedly drop users and items with fewer interactions than this; 0 or 1: keep all
@@ -80,9 +85,15 @@ class DataConfig:
                  f"0 or an integer >= {MIN_SPLIT_LENGTH} (a leave-one-out split needs that many)")
         _require(0 <= self.cold_fraction < 1, "data.cold_fraction", "a number in [0, 1)")
         _require(self.cold_seed >= 0, "data.cold_seed", "an integer >= 0")
+        _require(self.dataset == "files" or self.dataset in DATASETS, "data.dataset",
+                 f"'files' (your own data.interactions and data.catalog) or a dataset to fetch: "
+                 f"{', '.join(sorted(DATASETS))}")
         if self.dataset == "files":
             _require(bool(self.interactions), "data.interactions", "a file path when data.dataset = 'files'",
                      related=("data.dataset",))
+        for key in ("interactions", "catalog") if self.dataset != "files" else ():
+            _require(not getattr(self, key), f"data.{key}", f"no file while data.dataset = '{self.dataset}', which "
+                     f"is fetched; set data.dataset = 'files' to read your own", related=("data.dataset",))
 
     def key(self) -> dict:
         """The settings that change the split."""

@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 from qbr_dist import artifacts
 from qbr_dist.config import Config
 from qbr_dist.data.fetch import fetch, pinned_sha256
-from qbr_dist.data.quarantine import Quarantine
+from qbr_dist.data.quarantine import DataError, Quarantine
 from qbr_dist.data.readers import read_catalog, read_interactions
-from qbr_dist.data.split import (EVALUATIONS, MIN_SPLIT_LENGTH, build_sequences, choose_cold_items, item_index,
-                                 remove_cold)
+from qbr_dist.data.split import (EVALUATIONS, MIN_SPLIT_LENGTH, SplitSummary, build_sequences, choose_cold_items,
+                                 item_index, remove_cold)
 from qbr_dist.data.tables import column_matrix
 from qbr_dist.obs import metrics as obs_metrics
 from qbr_dist.obs import serve as obs_serve
@@ -395,10 +395,12 @@ def ingest(cfg: Config, root: Path) -> Path:
             seen = list(dict.fromkeys(interactions.column("item_id").to_pylist()))
             catalog = pa.table({"item_id": pa.array(seen, pa.string()), "text": pa.nulls(len(seen), pa.string())})
         read = quarantine.read  # rows of the input files, each accepted or quarantined
+        index = item_index(catalog)
         sequences, summary = build_sequences(
-            interactions, item_index(catalog), k_core=cfg.data.k_core, quarantine=quarantine,
+            interactions, index, k_core=cfg.data.k_core, quarantine=quarantine,
             source=str(inputs["interactions"]), max_history=cfg.data.max_history,
         )
+        check_item_ids_match(summary, interactions, index, inputs)
     _count_records(cfg, "ingest", read=read, quarantined=quarantine.total)
     rows = {**summary.as_dict(), "rows_read": read, "quarantined": dict(quarantine.counts)}
     outputs = [ITEMS, SEQUENCES] + ([QUARANTINE] if quarantine.total else [])
@@ -422,11 +424,31 @@ def ingest(cfg: Config, root: Path) -> Path:
         with artifacts.atomic_path(stage_dir / name) as tmp:
             pq.write_table(table, tmp)
     _finish(stage_dir, key, outputs=outputs, rows=rows)
+    notes = [f"{summary.users_too_short} users with fewer than {MIN_SPLIT_LENGTH} interactions left out"] * bool(
+        summary.users_too_short)
+    if cfg.data.cold_fraction:
+        notes.append(f"cold-item split: {rows['cold_items']} items out of every training and validation input, "
+                     f"{rows['users_dropped_by_cold_split']} users left with too short a history, "
+                     f"{rows['cold_test_users']} with a cold test target")
     log.info("ingest: %d users, %d items, %d interactions, %d quarantined%s", rows["users"], summary.items,
-             rows["interactions"], quarantine.total, f"; cold-item split: {rows['cold_items']} items out of every "
-             f"training and validation input, {rows['users_dropped_by_cold_split']} users left with too short a "
-             f"history, {rows['cold_test_users']} with a cold test target" if cfg.data.cold_fraction else "")
+             rows["interactions"], quarantine.total, "".join(f"; {note}" for note in notes))
     return stage_dir
+
+
+def check_item_ids_match(summary: SplitSummary, interactions: pa.Table, index: dict[str, int],
+                         inputs: dict[str, Path]) -> None:
+    """Most interactions naming no catalog item is a mismatch of the two files' id formats rather than bad rows:
+    said with an id from each side, as an error when none matches (each row stays in the quarantine)."""
+    share = summary.unknown_item_rows / max(summary.interactions_read, 1)
+    if share <= 0.5:
+        return
+    unknown = next(item for item in interactions.column("item_id").to_pylist() if item not in index)
+    message = (f"{inputs['interactions']}: {summary.unknown_item_rows:,} of {summary.interactions_read:,} interactions "
+               f"name an item id that {inputs['catalog']} lacks (e.g. {unknown!r}; the catalog's ids look like "
+               f"{next(iter(index))!r}): do the two files write item ids alike?")
+    if summary.unknown_item_rows == summary.interactions_read:
+        raise DataError(message)
+    log.warning("%s (listed in the ingest stage's %s)", message, QUARANTINE)
 
 
 def shards(cfg: Config, ingest_dir: Path) -> Path:

@@ -11,6 +11,7 @@ from qbr_dist import artifacts
 from qbr_dist.config import Config
 from qbr_dist.fusion import STATS as FUSION_STATS
 from qbr_dist.quant import STATS as QUANT_STATS
+from qbr_dist.data.split import MIN_SPLIT_LENGTH
 from qbr_dist.seqrec.metrics import METRIC_NAMES
 
 README_START, README_END = "<!-- qbr:results:start -->", "<!-- qbr:results:end -->"
@@ -174,7 +175,7 @@ def markdown(report: dict) -> str:
         cells = [f"{m['test'][k]:.4f}" for k in METRIC_NAMES]
         cells += [f"{m['valid']['NDCG@10']:.4f}", str(m.get("epochs", 0)), f"{m.get('train_wall_s', 0):.0f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += quarantine_markdown(report) + cold_markdown(report)
+    lines += quarantine_markdown(report) + short_users_markdown(report["data"]) + cold_markdown(report)
     mixtures = [f"{name} " + ", ".join(f"{k} {v:.0%}" for k, v in m["mask_mixture"].items())
                 for name, m in report["models"].items() if m.get("mask_mixture")]
     if mixtures:
@@ -190,6 +191,13 @@ def quarantine_markdown(report: dict) -> list[str]:
     left_out = [f"{stage} {entry['records']:,}" for stage, entry in report["quarantined"].items()]
     return ["", "Input records skipped and listed in their stage's quarantine.jsonl (report.json names the files): "
             + "; ".join(left_out) + "." if left_out else "No input record was quarantined."]
+
+
+def short_users_markdown(data: dict) -> list[str]:
+    """Users left out for too short a history: valid rows, so not in a quarantine, but not in any metric either."""
+    short = data.get("users_too_short", 0)
+    return ["", f"{short:,} users with fewer than {MIN_SPLIT_LENGTH} interactions are left out (a leave-one-out split "
+            f"needs {MIN_SPLIT_LENGTH})."] if short else []
 
 
 def cold_markdown(report: dict) -> list[str]:

@@ -13,6 +13,7 @@ lines decoded before the break, and the break itself as one row read and one qua
 """
 from __future__ import annotations
 
+import datetime
 import json
 import math
 from pathlib import Path
@@ -36,7 +37,7 @@ def read_interactions(path: str | Path, quarantine: Quarantine) -> pa.Table:
     _require_atomic(path, ".inter", "data.interactions")
     rows = {name: [] for name in INTERACTION_FIELDS}
     for line_no, record in _atomic_records(path, INTERACTION_FIELDS, quarantine):
-        timestamp = _as_float(record["timestamp"])
+        timestamp = _as_seconds(record["timestamp"])
         problem = _interaction_problem(record["user_id"], record["item_id"], timestamp)
         if problem:
             quarantine.add(source=str(path), where=f"line {line_no}", field=problem[0], reason=problem[1])
@@ -64,14 +65,14 @@ def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantin
                             f"(expected some of {', '.join(amazon.TEXT_FIELDS)})")
         return amazon.read_amazon_catalog(path, text_fields, quarantine)
     if path.suffix == ".parquet":
-        table = _read_parquet(path, ("item_id", *text_fields))
+        table = _read_parquet(path, ("item_id", *text_fields), tuple(text_fields))
         columns = {name: _catalog_column(path, table, name, extra=name not in ("item_id", *text_fields))
                    for name in table.schema.names}
         quarantine.read += table.num_rows
         records = ((i + 1, {k: v[i] for k, v in columns.items()}) for i in range(table.num_rows))
     else:
         _require_atomic(path, ".item", "data.catalog")
-        records = _atomic_records(path, ("item_id", *text_fields), quarantine)
+        records = _atomic_records(path, ("item_id", *text_fields), quarantine, tuple(text_fields))
     seen: set[str] = set()
     rows: list[dict] = []
     for where, record in records:
@@ -128,21 +129,35 @@ def _interactions_from_parquet(path: Path, quarantine: Quarantine) -> pa.Table:
 
 
 def _timestamps(path: Path, table: pa.Table) -> list:
-    """The `timestamp` column as seconds: a timestamp type in its own unit, numbers as they are, text parsed a
-    row at a time (None, so quarantined, where a row holds no number). A text column with no number at all is
-    the wrong field: a DataError."""
+    """The `timestamp` column as seconds: a timestamp or date type in its own unit, numbers as they are, text
+    parsed a row at a time as a number or an ISO 8601 date and time (UTC unless it says otherwise; None, so
+    quarantined, where a row holds neither). A text column with no time at all is the wrong field: a DataError."""
     column = table.column("timestamp")
+    if pa.types.is_date(column.type):
+        column = column.cast(pa.timestamp("ms"))
     if pa.types.is_timestamp(column.type):
         per_second = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[column.type.unit]
         return [None if value is None else value / per_second for value in column.cast(pa.int64()).to_pylist()]
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         return _column(path, table, "timestamp", pa.float64())
     values = column.to_pylist()
-    stamps = [None if value is None else _as_float(value) for value in values]
+    stamps = [None if value is None else _as_seconds(value) for value in values]
     if any(value is not None for value in values) and all(stamp is None for stamp in stamps):
-        raise DataError(f"{path}: field 'timestamp' holds no number (expected seconds since 1970, as numbers, "
-                        "text or a timestamp type)")
+        raise DataError(f"{path}: field 'timestamp' holds no time (expected seconds since 1970 as numbers or text, "
+                        "ISO 8601 text such as 2024-01-31T12:00:00Z, or a timestamp or date type)")
     return stamps
+
+
+def _as_seconds(value: str) -> float | None:
+    """Seconds since 1970 from a number or an ISO 8601 date and time in text (UTC unless it names a zone)."""
+    number = _as_float(value)
+    if number is not None:
+        return number
+    try:
+        moment = datetime.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)).timestamp()
 
 
 def _interaction_problem(user, item, timestamp) -> tuple[str, str] | None:
@@ -151,11 +166,12 @@ def _interaction_problem(user, item, timestamp) -> tuple[str, str] | None:
     if not item:
         return "item_id", "empty item id"
     if timestamp is None or not math.isfinite(timestamp):
-        return "timestamp", "timestamp is not a finite number"
+        return "timestamp", "timestamp is neither a finite number nor an ISO 8601 time"
     return None
 
 
-def _atomic_records(path: Path, required: tuple[str, ...], quarantine: Quarantine) -> Iterator[tuple[int, dict]]:
+def _atomic_records(path: Path, required: tuple[str, ...], quarantine: Quarantine,
+                    text_fields: tuple[str, ...] = ()) -> Iterator[tuple[int, dict]]:
     """Rows of a RecBole atomic file (tab-separated, header `name:type`), as string dicts by field name."""
     with open(path, "rb") as handle:
         try:
@@ -163,7 +179,7 @@ def _atomic_records(path: Path, required: tuple[str, ...], quarantine: Quarantin
         except UnicodeDecodeError:
             raise DataError(f"{path}: header is not UTF-8 text (expected fields {', '.join(required)})") from None
         names = [column.split(":", 1)[0] for column in header]
-        _require(path, names, required)
+        _require(path, names, required, text_fields)
         for line_no, raw in enumerate(handle, start=2):
             if not raw.rstrip(b"\r\n"):
                 continue  # a blank line is not a row
@@ -190,13 +206,13 @@ def _as_float(value: str) -> float | None:
         return None
 
 
-def _read_parquet(path: Path, required: tuple[str, ...]) -> pa.Table:
+def _read_parquet(path: Path, required: tuple[str, ...], text_fields: tuple[str, ...] = ()) -> pa.Table:
     """The whole table, with the required fields present; a damaged file is a DataError."""
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{path}: not a readable parquet file (expected fields {', '.join(required)}; {err})") from None
-    _require(path, table.schema.names, required)
+    _require(path, table.schema.names, required, text_fields)
     return table
 
 
@@ -208,12 +224,15 @@ def _column(path: Path, table: pa.Table, name: str, type_: pa.DataType) -> list:
         raise DataError(f"{path}: field '{name}' cannot be read as {type_} ({err})") from None
 
 
-def _require(path: Path, names, required) -> None:
+def _require(path: Path, names, required, text_fields: tuple[str, ...] = ()) -> None:
+    """`text_fields`: the required fields that data.text_fields named, which the message then points to."""
     missing = [field for field in required if field not in names]
     if missing:
+        setting = "; data.text_fields names it: set it to the catalog's text fields" if missing[0] in text_fields \
+            else ""
         raise DataError(
             f"{path}: missing field '{missing[0]}' (expected fields {', '.join(required)}; "
-            f"found {', '.join(map(repr, names))})"
+            f"found {', '.join(map(repr, names))}{setting})"
         )
 
 

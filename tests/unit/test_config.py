@@ -71,10 +71,20 @@ def test_errors_say_where_the_setting_came_from_and_what_it_was(tmp_path):
     ("run.seed=-1", "run.seed"), ("data.cold_seed=-3", "data.cold_seed"),
     ("fusion.batch_size=3", "fusion.batch_size"),  # 2 workers need 2 pairs each
     ("train.batch_size=1", "train.batch_size"),
+    ("data.dataset=file", "data.dataset"),  # neither 'files' nor a dataset to fetch
+    ("data.interactions='/shop/events.parquet'", "data.interactions"),  # would be ignored for ml-100k's files
+    ("data.catalog='/shop/items.parquet'", "data.catalog"),
 ])
 def test_settings_that_cannot_run_are_refused_up_front(override, key):
     with pytest.raises(ConfigError, match=rf"^--set {override}: config key '{key}'"):
         load_config(None, [override])
+
+
+def test_own_files_need_dataset_files_and_the_error_says_so():
+    with pytest.raises(ConfigError, match="expected no file while data.dataset = 'ml-100k', which is fetched; set "
+                                          "data.dataset = 'files' to read your own"):
+        load_config(None, ["data.interactions='/shop/events.parquet'"])
+    assert load_config(None, ["data.dataset=files", "data.interactions='/shop/events.parquet'"]).data.dataset == "files"
 
 
 def test_a_setting_checked_against_another_names_both_sources(tmp_path):

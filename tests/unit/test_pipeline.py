@@ -8,6 +8,7 @@ import pytest
 
 from qbr_dist import artifacts, pipeline
 from qbr_dist.config import load_config
+from tests.conftest import synthetic_interactions
 
 
 def config(tmp_path, interactions, *extra):
@@ -76,6 +77,27 @@ def test_shards_are_shared_by_runs_of_one_catalog_under_other_roots_or_split_set
     other_ingest, shared = run("b", "data.cold_fraction=0.3")  # another ingest manifest, the same catalog table
     assert artifacts.manifest_fingerprint(other_ingest) != artifacts.manifest_fingerprint(first_ingest)
     assert shared == folder and (folder / artifacts.MANIFEST).read_text() == written  # not rewritten
+
+
+def test_interactions_whose_item_ids_the_catalog_lacks_are_named_with_an_id_from_each_file(tmp_path, caplog):
+    from qbr_dist.data.quarantine import DataError
+
+    interactions = synthetic_interactions()
+    events = tmp_path / "events.parquet"
+    pq.write_table(interactions, events)
+    ids = sorted(set(interactions.column("item_id").to_pylist()))
+    padded = tmp_path / "padded.parquet"  # the same items, their ids written another way
+    pq.write_table(pa.table({"item_id": [f"00{i[1:]}" for i in ids], "title": ids}), padded)
+    cfg = config(tmp_path, events, f"data.catalog='{padded}'", "data.text_fields=['title']")
+    with pytest.raises(DataError, match=r"events.parquet: (\d|,)+ of (\d|,)+ interactions name an item id that "
+                                        r".*padded.parquet lacks \(e.g. 'i\d+'; the catalog's ids look like '00\d+'\)"):
+        pipeline.ingest(cfg, pipeline.run_dir(cfg))
+    most = tmp_path / "most.parquet"  # two thirds of the items written another way: a warning, the rest trains
+    pq.write_table(pa.table({"item_id": [f"00{i[1:]}" if k % 3 else i for k, i in enumerate(ids)], "title": ids}), most)
+    cfg = config(tmp_path, events, f"data.catalog='{most}'", "data.text_fields=['title']", "run.name=most")
+    with caplog.at_level("WARNING", logger="qbr"):
+        stage = pipeline.ingest(cfg, pipeline.run_dir(cfg))
+    assert "most.parquet lacks" in caplog.text and artifacts.read_manifest(stage)["rows"]["users"] > 0
 
 
 def test_popularity_stage_metrics(tmp_path, interactions_file):

@@ -49,7 +49,7 @@ def test_bad_inter_rows_are_quarantined_and_reading_continues(tmp_path):
         ("line 3", "*"), ("line 4", "timestamp"), ("line 5", "user_id"), ("line 6", "*"),
     ]
     assert "expected 4 tab-separated fields, got 3" in records[0]["reason"]
-    assert records[1]["reason"] == "timestamp is not a finite number"
+    assert records[1]["reason"] == "timestamp is neither a finite number nor an ISO 8601 time"
     assert records[2]["reason"] == "empty user id"
     assert records[3]["reason"] == "not UTF-8 text"
     assert len(records) == quarantine.total
@@ -96,7 +96,22 @@ def test_parquet_timestamps_of_a_timestamp_type_or_text_with_a_bad_row(tmp_path)
     pq.write_table(pa.table({"user_id": ["u1", "u1"], "item_id": ["a", "b"], "timestamp": ["12", "oops"]}), path)
     quarantine = Quarantine()
     assert read_interactions(path, quarantine).column("timestamp").to_pylist() == [12.0]
-    assert quarantine.counts == {"timestamp is not a finite number": 1}  # one bad row, not the whole file
+    assert quarantine.counts == {"timestamp is neither a finite number nor an ISO 8601 time": 1}  # one bad row
+
+
+def test_parquet_timestamps_of_a_date_type_or_iso_8601_text_as_shop_exports_write_them(tmp_path):
+    import datetime
+
+    path = tmp_path / "x.parquet"
+    days = pa.array([datetime.date(2024, 1, 2), datetime.date(2024, 1, 3)], pa.date32())
+    pq.write_table(pa.table({"user_id": ["u1", "u1"], "item_id": ["a", "b"], "timestamp": days}), path)
+    assert read_interactions(path, Quarantine()).column("timestamp").to_pylist() == [1704153600.0, 1704240000.0]
+    text = ["2024-01-02", "2024-01-02T03:04:05Z", "2024-01-02T05:04:05+02:00", "1704153600", "soon"]
+    pq.write_table(pa.table({"user_id": ["u1"] * 5, "item_id": list("abcde"), "timestamp": text}), path)
+    quarantine = Quarantine()
+    assert read_interactions(path, quarantine).column("timestamp").to_pylist() == [
+        1704153600.0, 1704164645.0, 1704164645.0, 1704153600.0]  # no zone: UTC
+    assert quarantine.total == 1
 
 
 def test_catalog_joins_text_fields_and_keeps_the_first_duplicate(tmp_path):

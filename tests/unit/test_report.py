@@ -270,3 +270,11 @@ def test_the_report_names_each_stage_that_quarantined_records_and_its_file(tmp_p
                                                "(report.json names the files): ingest 2; retokenize 1."]
     assert quarantine_markdown({"quarantined": {}}) == ["", "No input record was quarantined."]
     assert quarantine_markdown({}) == [] and "quarantine" not in markdown(REPORT)  # a report from before the key
+
+
+def test_users_left_out_for_too_short_a_history_are_counted_in_the_report():
+    from qbr_dist.report import markdown
+
+    short = REPORT | {"data": REPORT["data"] | {"users_too_short": 40}}
+    assert "\n40 users with fewer than 3 interactions are left out (a leave-one-out split needs 3).\n" in markdown(short)
+    assert "fewer than 3 interactions" not in markdown(REPORT | {"data": REPORT["data"] | {"users_too_short": 0}})
