@@ -113,14 +113,27 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def stage_key(stage: str, config_hash: str, inputs: dict[str, str]) -> dict:
-    """What must match for a finished stage to be reused."""
-    return {"stage": stage, "config_hash": config_hash, "inputs": inputs, "package": __version__}
+def settings_hash(settings: dict) -> str:
+    """Stable short hash of a stage's settings (`Config.section_settings`)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stage_key(stage: str, settings: dict, inputs: dict[str, str]) -> dict:
+    """What must match for a finished stage to be reused: `settings` (`Config.section_settings`) by their hash;
+    the key keeps them too, so that a stage run again can say which setting changed."""
+    return {"stage": stage, "config_hash": settings_hash(settings), "inputs": inputs, "package": __version__,
+            "settings": settings}
 
 
 def key_digest(key: dict) -> str:
     """Short stable hash of a stage key (names runs that must only resume the same work)."""
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(_compared(key), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _compared(key: dict) -> dict:
+    """A key as compared: its settings count through `config_hash` (manifests written before keys kept them
+    match still)."""
+    return {name: value for name, value in key.items() if name != "settings"}
 
 
 def read_manifest(stage_dir: str | Path) -> dict | None:
@@ -140,18 +153,40 @@ def why_not_current(stage_dir: str | Path, key: dict) -> str | None:
     if manifest is None:
         return "not finished"
     found = manifest.get("key", {})
-    reasons = ["other settings (or stage code)"] if found.get("config_hash") != key.get("config_hash") else []
+    reasons = [_settings_changed(found, key)] if found.get("config_hash") != key.get("config_hash") else []
     inputs, wanted = found.get("inputs") or {}, key.get("inputs") or {}
     reasons += [f"another '{name}' input" for name in sorted(set(inputs) | set(wanted))
                 if inputs.get(name) != wanted.get(name)]
     if found.get("package") != key.get("package") or found.get("stage") != key.get("stage"):
         reasons.append(f"another version ({found.get('stage')} of qbr-dist {found.get('package')})")
-    if found != key and not reasons:
+    if _compared(found) != _compared(key) and not reasons:
         reasons.append("another stage key")
     if reasons:
         return "computed with " + ", ".join(reasons)
     missing = [name for name in manifest.get("outputs", []) if not (Path(stage_dir) / name).exists()]
     return f"outputs missing: {', '.join(missing)}" if missing else None
+
+
+def _settings_changed(found: dict, key: dict, shown: int = 3) -> str:
+    """'other settings (train.lr 0.001 -> 0.003, ...)' where both keys hold their settings."""
+    before, after = _flat(found.get("settings")), _flat(key.get("settings"))
+    changed = [name for name in sorted(before.keys() | after.keys()) if before.get(name) != after.get(name)]
+    if not found.get("settings") or not key.get("settings") or not changed:
+        return "other settings (or stage code)"
+    listed = [f"{name} {before.get(name, '(none)')} -> {after.get(name, '(none)')}" for name in changed[:shown]]
+    more = f", and {len(changed) - shown} more" if len(changed) > shown else ""
+    return f"other settings ({', '.join(listed)}{more})"
+
+
+def _flat(settings: dict | None, prefix: str = "") -> dict:
+    """{'train.lr': 0.001, ...}: nested settings by dotted name."""
+    flat = {}
+    for name, value in (settings or {}).items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{name}.")
+        else:
+            flat[f"{prefix}{name}"] = json.dumps(value)
+    return flat
 
 
 def begin_stage(stage_dir: str | Path) -> None:

@@ -7,13 +7,12 @@ or a bad value raises ConfigError with a one-line message naming the key.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qbr_dist.artifacts import settings_hash
 from qbr_dist.data.fetch import DATASETS
 from qbr_dist.data.split import MIN_SPLIT_LENGTH
 
@@ -424,10 +423,13 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def section_settings(self, *sections: str, **extra) -> dict:
+        """The named sections (and any extra values) as plain data: what a stage's key holds of the config."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in sections} | extra
+
     def section_hash(self, *sections: str, **extra) -> str:
-        """Stable hash of the named sections (and any extra values), used by stage manifests."""
-        payload = {name: dataclasses.asdict(getattr(self, name)) for name in sections} | extra
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        """Stable hash of `section_settings`, the `config_hash` of a stage key."""
+        return settings_hash(self.section_settings(*sections, **extra))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), grid: list[str] = ()) -> Config:

@@ -279,12 +279,18 @@ def _stage(name: str, root: Path, key: dict) -> tuple[Path, bool]:
     stage_dir = root / name
     if _checked_for_report(stage_dir, key):
         return stage_dir, True
-    current = artifacts.stage_is_current(stage_dir, key) or _reuse(stage_dir, key)
-    log.info("stage %s: %s", name, "up to date, skipped" if current else "running")
+    reason = artifacts.why_not_current(stage_dir, key)
+    current = reason is None or _reuse(stage_dir, key)
+    log.info("stage %s: %s", name, "up to date, skipped" if current else f"running{_because(reason)}")
     if not current:
         artifacts.begin_stage(stage_dir)
     obs_metrics.stage_began(root.name, name, skipped=current)
     return stage_dir, current
+
+
+def _because(reason: str) -> str:
+    """' (computed with other settings (train.lr 0.001 -> 0.003))': why a stage that ran before runs again."""
+    return "" if reason == "not finished" else f" ({reason})"
 
 
 def _checked_for_report(stage_dir: Path, key: dict, hint: str = "") -> bool:
@@ -381,7 +387,7 @@ def _raw_fingerprint(cfg: Config, kind: str, path: Path) -> str:
 
 
 def ingest(cfg: Config, root: Path) -> Path:
-    key = artifacts.stage_key("ingest", cfg.section_hash(data=cfg.data.key()), raw_fingerprints(cfg))
+    key = artifacts.stage_key("ingest", cfg.section_settings(data=cfg.data.key()), raw_fingerprints(cfg))
     stage_dir, current = _stage("ingest", root, key)
     if current:
         return stage_dir
@@ -461,17 +467,17 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
     # The catalog table itself, not the ingest manifest: runs under other roots, or with other split settings,
     # share these shards while their catalog is the same, instead of rewriting them (and so every encode after).
     inputs = {"catalog": artifacts.file_fingerprint(ingest_dir / ITEMS)[:16]}
-    key = artifacts.stage_key("shards", cfg.section_hash(shards=cfg.shards.key()), inputs)
+    key = artifacts.stage_key("shards", cfg.section_settings(shards=cfg.shards.key()), inputs)
     shared = "" if cfg.shards.name else (" (the members of a --seeds or --grid run share their base run's shards: "
                                          "--set shards.name=<base run.name>)")
     if _checked_for_report(folder, key, hint=shared):
         return folder
-    current = artifacts.stage_is_current(folder, key)
-    obs_metrics.stage_began(cfg.run.name, "shards", skipped=current)
-    if current:
+    reason = artifacts.why_not_current(folder, key)
+    obs_metrics.stage_began(cfg.run.name, "shards", skipped=reason is None)
+    if reason is None:
         log.info("stage shards: up to date, skipped")
         return folder
-    log.info("stage shards: writing %s", folder)
+    log.info("stage shards: writing %s%s", folder, _because(reason))
     artifacts.begin_stage(folder)
     (folder / QUARANTINE).unlink(missing_ok=True)
     with Quarantine(folder / QUARANTINE) as quarantine:
@@ -521,7 +527,7 @@ def structure(cfg: Config, root: Path, ingest_dir: Path) -> Path:
     from qbr_dist.encode.structure import cooccurrence_embedding, cooccurrence_matrix, field_tokens, structure_table
 
     inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
-    key = artifacts.stage_key("structure", cfg.section_hash("structure", seed=cfg.run.seed), inputs)
+    key = artifacts.stage_key("structure", cfg.section_settings("structure", seed=cfg.run.seed), inputs)
     stage_dir, current = _stage("structure", root, key)
     if current:
         return stage_dir
@@ -556,7 +562,7 @@ def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:
     fingerprints = artifacts.Fingerprints()  # the key (before and after) and the job read each damaged shard once
 
     def encode_key() -> dict:
-        return artifacts.stage_key("encode", cfg.section_hash(encode=settings_key(cfg.encode)),
+        return artifacts.stage_key("encode", cfg.section_settings(encode=settings_key(cfg.encode)),
                                    {"shards": shard_hashes} | shard_state(shards_dir, root / "encode", fingerprints))
 
     stage_dir, current = _stage("encode", root, encode_key())
@@ -620,11 +626,11 @@ def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structur
     from qbr_dist.fusion.train_loop import adjacent_pairs, fusion_worker, paired_items
     from qbr_dist.train.runtime import TrainJob, fit
 
-    config_hash = cfg.section_hash("fusion", seed=cfg.run.seed, precision=cfg.runtime.precision,
-                                   grad_clip=cfg.runtime.grad_clip)
+    settings = cfg.section_settings("fusion", seed=cfg.run.seed, precision=cfg.runtime.precision,
+                                    grad_clip=cfg.runtime.grad_clip)
     inputs = {name: artifacts.manifest_fingerprint(folder)
               for name, folder in (("ingest", ingest_dir), ("encode", encode_dir), ("structure", structure_dir))}
-    key = artifacts.stage_key("fusion", config_hash, inputs)
+    key = artifacts.stage_key("fusion", settings, inputs)
     stage_dir, current = _stage("fusion", root, key)
     if current:
         return stage_dir
@@ -677,9 +683,9 @@ def quantize(cfg: Config, root: Path, vectors_dir: Path, *, exclude: Path | None
     from qbr_dist.train.runtime import TrainJob, fit
 
     _every_item_has(cfg.quant.input, vectors_dir)
-    config_hash = cfg.section_hash(quant=cfg.quant.key(), seed=cfg.run.seed, precision=cfg.runtime.precision,
-                                   grad_clip=cfg.runtime.grad_clip)
-    key = artifacts.stage_key("quantize", config_hash,
+    settings = cfg.section_settings(quant=cfg.quant.key(), seed=cfg.run.seed, precision=cfg.runtime.precision,
+                                    grad_clip=cfg.runtime.grad_clip)
+    key = artifacts.stage_key("quantize", settings,
                               {"vectors": artifacts.manifest_fingerprint(vectors_dir),
                                "exclude": artifacts.file_fingerprint(exclude) if exclude else None})
     stage_dir, current = _stage("quantize", root, key)
@@ -760,7 +766,7 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
         fusion = FusionInputs(model=dirs["fusion"] / MODEL, id_vectors=feature_files(dirs["fusion"]),
                               structure=dirs["structure"] / STRUCTURE)
         inputs |= {name: artifacts.manifest_fingerprint(dirs[name]) for name in ("fusion", "structure")}
-    key = artifacts.stage_key("retokenize", cfg.section_hash(quant=cfg.quant.key()), inputs)
+    key = artifacts.stage_key("retokenize", cfg.section_settings(quant=cfg.quant.key()), inputs)
     stage_dir, current = _stage(stage, root, key)
     if current:
         if quarantined := artifacts.read_manifest(stage_dir)["rows"].get("quarantined"):
@@ -899,7 +905,7 @@ def _driver_baseline(stage: str, cfg: Config, root: Path, ingest_dir: Path, inpu
     from qbr_dist.seqrec.examples import evaluation_examples
     from qbr_dist.seqrec.metrics import evaluate_examples
 
-    key = artifacts.stage_key(stage, cfg.section_hash(eval=cfg.eval.key()),
+    key = artifacts.stage_key(stage, cfg.section_settings(eval=cfg.eval.key()),
                               {"ingest": artifacts.manifest_fingerprint(ingest_dir), **inputs})
     stage_dir, current = _stage(stage, root, key)
     if current:
@@ -939,14 +945,14 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     if quantize_dir is None:  # the ID baseline: no semantic option applies
         model = dataclasses.replace(cfg.model, tokens="id", id_dropout=0.0, codebook_init=False, cold_codes_only=False)
     # Worker count, checkpoint cadence and the like do not change the result; precision and clipping do.
-    config_hash = cfg.section_hash("train", eval=cfg.eval.key(), model=model.key(), seed=cfg.run.seed,
-                                   loop=LOOP_VERSION, precision=cfg.runtime.precision, grad_clip=cfg.runtime.grad_clip)
+    settings = cfg.section_settings("train", eval=cfg.eval.key(), model=model.key(), seed=cfg.run.seed,
+                                    loop=LOOP_VERSION, precision=cfg.runtime.precision, grad_clip=cfg.runtime.grad_clip)
     inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
     codes_dir = codes_dir or quantize_dir
     if quantize_dir is not None:
         inputs |= {"quantize": artifacts.manifest_fingerprint(quantize_dir),
                    "codes": artifacts.manifest_fingerprint(codes_dir)}
-    key = artifacts.stage_key(stage, config_hash, inputs)
+    key = artifacts.stage_key(stage, settings, inputs)
     stage_dir, current = _stage(stage, root, key)
     if current:
         return stage_dir

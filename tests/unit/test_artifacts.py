@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from qbr_dist import __version__, artifacts
-from qbr_dist.artifacts import (atomic_path, code_version, stage_is_current, stage_key, why_not_current, write_json,
-                                write_manifest)
+from qbr_dist.artifacts import (atomic_path, code_version, key_digest, stage_is_current, stage_key, why_not_current,
+                                write_json, write_manifest)
 
 
 def test_atomic_path_renames_on_success(tmp_path):
@@ -56,11 +56,14 @@ def finished_stage(tmp_path, key):
 
 
 def test_stage_is_current_when_key_matches_and_outputs_exist(tmp_path):
-    key = stage_key("split", "cfg1", {"inter": "abc"})
+    settings = {"train": {"lr": 0.001, "epochs": 4, "masks": [1, 0]}, "seed": 0}
+    key = stage_key("split", settings, {"inter": "abc"})
     stage = finished_stage(tmp_path, key)
     assert stage_is_current(stage, key) and why_not_current(stage, key) is None
-    assert why_not_current(stage, stage_key("split", "cfg2", {"inter": "abc"})) == "computed with other settings (or stage code)"
-    assert why_not_current(stage, stage_key("split", "cfg1", {"inter": "xyz"})) == "computed with another 'inter' input"
+    changed = {"train": {"lr": 0.003, "epochs": 4, "masks": [0, 1]}, "seed": 0, "loop": 2}
+    assert why_not_current(stage, stage_key("split", changed, {"inter": "abc"})) == (
+        "computed with other settings (loop (none) -> 2, train.lr 0.001 -> 0.003, train.masks [1, 0] -> [0, 1])")
+    assert why_not_current(stage, stage_key("split", settings, {"inter": "xyz"})) == "computed with another 'inter' input"
     assert why_not_current(stage, dict(key, package="0.0.1")).startswith("computed with another version (split of")
     (stage / "part" / "b.txt").unlink()
     assert not stage_is_current(stage, key) and why_not_current(stage, key) == "outputs missing: part/b.txt"
@@ -68,8 +71,17 @@ def test_stage_is_current_when_key_matches_and_outputs_exist(tmp_path):
 
 def test_stage_without_manifest_is_not_current(tmp_path):
     (tmp_path / "stage").mkdir()
-    assert not stage_is_current(tmp_path / "stage", stage_key("split", "cfg", {}))
-    assert not stage_is_current(tmp_path / "missing", stage_key("split", "cfg", {}))
+    assert not stage_is_current(tmp_path / "stage", stage_key("split", {}, {}))
+    assert not stage_is_current(tmp_path / "missing", stage_key("split", {}, {}))
+
+
+def test_a_manifest_from_before_keys_kept_their_settings_is_still_current_and_keeps_its_digest(tmp_path):
+    key = stage_key("split", {"seed": 0}, {"inter": "abc"})
+    older = {name: value for name, value in key.items() if name != "settings"}
+    stage = finished_stage(tmp_path, older)
+    assert why_not_current(stage, key) is None and key_digest(key) == key_digest(older)
+    assert why_not_current(stage, stage_key("split", {"seed": 1}, {"inter": "abc"})) == (
+        "computed with other settings (or stage code)")  # which setting changed is unknown
 
 
 def test_code_version_names_the_package_and_the_checkouts_commit():

@@ -117,7 +117,7 @@ def test_report_refuses_a_run_another_process_holds(tmp_path, capsys):
     from qbr_dist import artifacts
 
     for stage in ("ingest", "popularity", "bert4rec"):
-        artifacts.write_manifest(tmp_path / "held" / stage, artifacts.stage_key(stage, "x", {}), outputs=[], rows={})
+        artifacts.write_manifest(tmp_path / "held" / stage, artifacts.stage_key(stage, {}, {}), outputs=[], rows={})
     with artifacts.exclusive(tmp_path / "held"):  # a `qbr run` of it, which writes the report files last
         assert main(["report", "--set", f"run.root='{tmp_path}'", "--set", "run.name=held"]) == 2
     assert "this run directory is in use" in capsys.readouterr().err

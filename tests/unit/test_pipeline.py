@@ -28,15 +28,18 @@ def test_ingest_writes_tables_and_manifest(tmp_path, interactions_file):
     assert all(len(items) >= 3 for items in sequences.column("items").to_pylist())
 
 
-def test_finished_stage_is_skipped_and_a_changed_config_reruns_it(tmp_path, interactions_file):
+def test_finished_stage_is_skipped_and_a_changed_config_reruns_it_saying_which_setting(tmp_path, interactions_file,
+                                                                                      caplog):
     cfg = config(tmp_path, interactions_file)
     root = pipeline.run_dir(cfg)
     stage = pipeline.ingest(cfg, root)
     first = (stage / artifacts.MANIFEST).read_text()
     pipeline.ingest(cfg, root)
     assert (stage / artifacts.MANIFEST).read_text() == first  # skipped: nothing rewritten
-    pipeline.ingest(config(tmp_path, interactions_file, "data.k_core=5"), root)
+    with caplog.at_level("INFO", logger="qbr"):
+        pipeline.ingest(config(tmp_path, interactions_file, "data.k_core=5"), root)
     assert (stage / artifacts.MANIFEST).read_text() != first
+    assert "stage ingest: running (computed with other settings (data.k_core 0 -> 5))" in caplog.text
 
 
 def test_a_cold_split_turned_off_leaves_no_cold_items_behind(tmp_path, interactions_file):
@@ -234,7 +237,7 @@ def test_the_cli_retokenizes_a_table_into_its_own_folder():
 
 def test_encoder_vectors_some_items_lack_are_refused_before_quantizing(tmp_path):
     encode = tmp_path / "encode"
-    artifacts.write_manifest(encode, artifacts.stage_key("encode", "x", {}), outputs=[],
+    artifacts.write_manifest(encode, artifacts.stage_key("encode", {}, {}), outputs=[],
                              rows={"items": 10, "with_text": 9, "with_image": 10})
     with pytest.raises(ValueError, match=r"quant.input = 'text_emb', but 1 of 10 items have no such vector"):
         pipeline.quantize(load_config(None, ["quant.input='text_emb'"]), tmp_path, encode)
@@ -244,7 +247,7 @@ def test_encoder_vectors_some_items_lack_are_refused_before_quantizing(tmp_path)
 @pytest.mark.parametrize("with_text", [0, 3])
 def test_content_knn_runs_only_when_some_item_has_text(tmp_path, monkeypatch, caplog, with_text):
     encode = tmp_path / "encode"
-    artifacts.write_manifest(encode, artifacts.stage_key("encode", "x", {}), outputs=[],
+    artifacts.write_manifest(encode, artifacts.stage_key("encode", {}, {}), outputs=[],
                              rows={"items": 3, "with_text": with_text, "with_image": 0})
     dirs = {"ingest": tmp_path / "ingest", "encode": encode, "quantize": tmp_path / "quantize"}
     monkeypatch.setattr(pipeline, "tokenize", lambda cfg, root: dirs)
