@@ -514,9 +514,11 @@ def check_structure_fields(cfg: Config, ingest_dir: Path) -> Path:
     misspelt field stops the run before hours of encoding)."""
     items_file = ingest_dir / ITEMS
     present = pq.read_schema(items_file).names
+    source = cfg.data.catalog or (f"the {cfg.data.dataset} catalog" if cfg.data.dataset != "files" else
+                                  "the catalog made from data.interactions (no data.catalog)")
     for name in cfg.structure.fields:
         if name not in present:
-            raise ValueError(f"{items_file}: structure.fields names '{name}', which the catalog does not have "
+            raise ValueError(f"{source}: structure.fields names '{name}', which the catalog does not have "
                              f"(fields: {', '.join(present)})")
     return items_file
 

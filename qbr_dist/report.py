@@ -22,7 +22,7 @@ def write_report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_di
     """`quarantines`: {stage: quarantine file} of the stages that left input records out."""
     models = {name: json.loads((folder / "metrics.json").read_text()) for name, folder in model_dirs.items()}
     report = {
-        "dataset": cfg.data.dataset,
+        "dataset": cfg.data.dataset if cfg.data.dataset != "files" else Path(cfg.data.interactions).name,
         "split": "leave-one-out",
         "data": artifacts.read_manifest(ingest_dir)["rows"],
         "quarantined": {stage: {"records": _lines(path), "file": str(path)} for stage, path in quarantines.items()},

@@ -72,7 +72,9 @@ class Recommender:
         from qbr_dist.seqrec.trained import load_trained
 
         if read_manifest(run / stage) is None:
-            raise FileNotFoundError(f"{run}: no finished {stage} stage; run `qbr run` with this config first")
+            others = [name for name in ("qbert4rec", "bert4rec") if name != stage and read_manifest(run / name)]
+            raise FileNotFoundError(f"{run}: no finished {stage} stage; " + (
+                f"--model {others[0]} names the one it has" if others else "run `qbr run` with this config first"))
         self.run, self.stage, ingest = run, stage, run / "ingest"
         self.catalog = pq.read_table(ingest / ITEMS, columns=["item_id", "text"])
         self.ids = self.catalog.column("item_id").combine_chunks()

@@ -157,14 +157,14 @@ def test_structure_stage_names_a_missing_field_and_the_tokenizer_stops_before_en
                                                                                        monkeypatch):
     cfg = config(tmp_path, interactions_file, "structure.fields=['brand']")
     root = pipeline.run_dir(cfg)
-    with pytest.raises(ValueError, match=r"items.parquet: structure.fields names 'brand'"):
+    with pytest.raises(ValueError, match=r"^the catalog made from data.interactions \(no data.catalog\): structure.fields names 'brand'"):
         pipeline.structure(cfg, root, pipeline.ingest(cfg, root))
 
     def unreachable(*args):
         raise AssertionError("shards written for a run whose structure.fields are wrong")
 
     monkeypatch.setattr(pipeline, "shards", unreachable)
-    with pytest.raises(ValueError, match=r"items.parquet: structure.fields names 'brand'"):
+    with pytest.raises(ValueError, match=r"^the catalog made from data.interactions \(no data.catalog\): structure.fields names 'brand'"):
         pipeline.tokenize(cfg, root)
 
 

@@ -19,5 +19,10 @@ def test_a_users_history_is_found_across_row_groups_and_an_unknown_user_is_a_one
 def test_a_run_without_the_trained_stage_is_a_one_line_error(tmp_path):
     from qbr_dist.inspect.recommend import Recommender
 
+    from qbr_dist import artifacts
+
     with pytest.raises(FileNotFoundError, match=r"nope: no finished bert4rec stage; run `qbr run`"):
         Recommender(tmp_path / "nope", "bert4rec")
+    artifacts.write_manifest(tmp_path / "ids" / "bert4rec", {}, outputs=[], rows={})  # a run without the tokenizer
+    with pytest.raises(FileNotFoundError, match=r"ids: no finished qbert4rec stage; --model bert4rec names the one"):
+        Recommender(tmp_path / "ids")
