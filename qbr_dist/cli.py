@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from qbr_dist.config import ConfigError, load_config
+from qbr_dist.seqrec import TRAINED_MODELS
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--user", help="a user id of the run's data")
     who.add_argument("--history", help="comma-separated item ids, oldest first")
     recommend.add_argument("--k", type=_count, default=10, help="items to recommend (default 10)")
-    recommend.add_argument("--model", default="qbert4rec", choices=("qbert4rec", "bert4rec"),
+    recommend.add_argument("--model", default=TRAINED_MODELS[0], choices=TRAINED_MODELS,
                            help="the training stage whose weights to use (default qbert4rec)")
 
     report = commands.add_parser("report",

@@ -12,7 +12,6 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qbr_dist.artifacts import settings_hash
 from qbr_dist.data.fetch import DATASETS
 from qbr_dist.data.split import MIN_SPLIT_LENGTH
 
@@ -62,8 +61,8 @@ class RunConfig:
 @dataclass
 class DataConfig:
     dataset: str = "ml-100k"  # a fetchable dataset name, or "files" to read `interactions`/`catalog`
-    # .inter or .parquet with fields user_id, item_id, timestamp (seconds, or ISO 8601 text, or a date or
-    # timestamp type), or Amazon reviews .json(l)(.gz); used when dataset = "files"
+    # .inter or .parquet with fields user_id, item_id, timestamp (seconds since 1970, as numbers or digits; ISO
+    # 8601 text; a date or timestamp type), or Amazon reviews .json(l)(.gz); used when dataset = "files"
     interactions: str = ""
     # .item or .parquet with item_id and the text_fields, or Amazon metadata .json(l)(.gz); optional with
     # dataset = "files" (without it the items are the interactions' ones, with no text)
@@ -90,9 +89,10 @@ class DataConfig:
         if self.dataset == "files":
             _require(bool(self.interactions), "data.interactions", "a file path when data.dataset = 'files'",
                      related=("data.dataset",))
-        for key in ("interactions", "catalog") if self.dataset != "files" else ():
-            _require(not getattr(self, key), f"data.{key}", f"no file while data.dataset = '{self.dataset}', which "
-                     f"is fetched; set data.dataset = 'files' to read your own", related=("data.dataset",))
+        else:
+            key = "interactions" if self.interactions else "catalog"
+            _require(not getattr(self, key), f"data.{key}", f"no file while data.dataset = '{self.dataset}', which is "
+                     "fetched; set data.dataset = 'files' to read your own", related=("data.dataset",))
 
     def key(self) -> dict:
         """The settings that change the split."""
@@ -426,10 +426,6 @@ class Config:
     def section_settings(self, *sections: str, **extra) -> dict:
         """The named sections (and any extra values) as plain data: what a stage's key holds of the config."""
         return {name: dataclasses.asdict(getattr(self, name)) for name in sections} | extra
-
-    def section_hash(self, *sections: str, **extra) -> str:
-        """Stable hash of `section_settings`, the `config_hash` of a stage key."""
-        return settings_hash(self.section_settings(*sections, **extra))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), grid: list[str] = ()) -> Config:

@@ -449,9 +449,10 @@ def check_item_ids_match(summary: SplitSummary, interactions: pa.Table, index: d
     if share <= 0.5:
         return
     unknown = next(item for item in interactions.column("item_id").to_pylist() if item not in index)
+    known = f"the catalog's ids look like {next(iter(index))!r}" if index else "the catalog has no readable item"
     message = (f"{inputs['interactions']}: {summary.unknown_item_rows:,} of {summary.interactions_read:,} interactions "
-               f"name an item id that {inputs['catalog']} lacks (e.g. {unknown!r}; the catalog's ids look like "
-               f"{next(iter(index))!r}): do the two files write item ids alike?")
+               f"name an item id that {inputs['catalog']} lacks (e.g. {unknown!r}; {known}): do the two files write "
+               "item ids alike?")
     if summary.unknown_item_rows == summary.interactions_read:
         raise DataError(message)
     log.warning("%s (listed in the ingest stage's %s)", message, QUARANTINE)
@@ -466,8 +467,11 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
     folder = Path(cfg.shards.root) / (cfg.shards.name or cfg.run.name)
     # The catalog table itself, not the ingest manifest: runs under other roots, or with other split settings,
     # share these shards while their catalog is the same, instead of rewriting them (and so every encode after).
-    inputs = {"catalog": artifacts.file_fingerprint(ingest_dir / ITEMS)[:16]}
-    key = artifacts.stage_key("shards", cfg.section_settings(shards=cfg.shards.key()), inputs)
+    settings = cfg.section_settings(shards=cfg.shards.key())
+    key = artifacts.stage_key("shards", settings, {"catalog": artifacts.file_fingerprint(ingest_dir / ITEMS)[:16]})
+    earlier = artifacts.stage_key("shards", settings, {"ingest": artifacts.manifest_fingerprint(ingest_dir)})
+    if artifacts.stage_is_current(folder, earlier):  # written before the key took the catalog's sha256
+        key = earlier
     shared = "" if cfg.shards.name else (" (the members of a --seeds or --grid run share their base run's shards: "
                                          "--set shards.name=<base run.name>)")
     if _checked_for_report(folder, key, hint=shared):

@@ -19,7 +19,6 @@ missing shard appears or a damaged one changes.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -183,7 +182,7 @@ def encode_shards(shard_dir: Path, out_dir: Path, cfg: EncodeConfig, *, quaranti
     image_size = input_size(resolve_model(cfg.image_model, cfg.image_model_config)) if cfg.image_model else 1
 
     index = json.loads((shard_dir / INDEX).read_text())
-    config_hash = hashlib.sha256(json.dumps(settings_key(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    config_hash = artifacts.settings_hash(settings_key(cfg))
     fingerprints = fingerprints or artifacts.Fingerprints()
     done = _keep_only_current(shard_dir, out_dir, index, config_hash, quarantine, fingerprints)
     totals = {"read": 0, "items": 0, "with_text": 0, "with_image": 0, "skipped_shards": len(done),

@@ -21,6 +21,7 @@ import torch
 from qbr_dist.inspect.codes import prefix_name, summarize_codes
 from qbr_dist.inspect.tables import markdown_table
 from qbr_dist.pipeline import COLD, ITEMS, SEQUENCES
+from qbr_dist.seqrec import TRAINED_MODELS
 from qbr_dist.seqrec.bert4rec import PAD
 
 
@@ -72,7 +73,7 @@ class Recommender:
         from qbr_dist.seqrec.trained import load_trained
 
         if read_manifest(run / stage) is None:
-            others = [name for name in ("qbert4rec", "bert4rec") if name != stage and read_manifest(run / name)]
+            others = [name for name in TRAINED_MODELS if name != stage and read_manifest(run / name)]
             raise FileNotFoundError(f"{run}: no finished {stage} stage; " + (
                 f"--model {others[0]} names the one it has" if others else "run `qbr run` with this config first"))
         self.run, self.stage, ingest = run, stage, run / "ingest"

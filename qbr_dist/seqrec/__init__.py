@@ -1,1 +1,3 @@
-"""Sequential recommenders over item tokens: BERT4Rec (ID tokens) and, later, Q-BERT (semantic codes)."""
+"""Sequential recommenders over item tokens: BERT4Rec (ID tokens) and Q-BERT4Rec (semantic codes)."""
+
+TRAINED_MODELS = ("qbert4rec", "bert4rec")  # the training stages whose weights recommend (the first by default)

@@ -81,6 +81,13 @@ def test_shards_are_shared_by_runs_of_one_catalog_under_other_roots_or_split_set
     assert artifacts.manifest_fingerprint(other_ingest) != artifacts.manifest_fingerprint(first_ingest)
     assert shared == folder and (folder / artifacts.MANIFEST).read_text() == written  # not rewritten
 
+    manifest = artifacts.read_manifest(folder)  # shards written before the key took the catalog's sha256
+    artifacts.write_manifest(folder, {name: value for name, value in manifest["key"].items() if name != "settings"} | {
+        "inputs": {"ingest": artifacts.manifest_fingerprint(first_ingest)}}, outputs=manifest["outputs"],
+        rows=manifest["rows"])
+    earlier = (folder / artifacts.MANIFEST).read_text()
+    assert run("a")[1] == folder and (folder / artifacts.MANIFEST).read_text() == earlier  # still current
+
 
 def test_interactions_whose_item_ids_the_catalog_lacks_are_named_with_an_id_from_each_file(tmp_path, caplog):
     from qbr_dist.data.quarantine import DataError
@@ -101,6 +108,11 @@ def test_interactions_whose_item_ids_the_catalog_lacks_are_named_with_an_id_from
     with caplog.at_level("WARNING", logger="qbr"):
         stage = pipeline.ingest(cfg, pipeline.run_dir(cfg))
     assert "most.parquet lacks" in caplog.text and artifacts.read_manifest(stage)["rows"]["users"] > 0
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"item_id": pa.array([], pa.string()), "title": pa.array([], pa.string())}), empty)
+    cfg = config(tmp_path, events, f"data.catalog='{empty}'", "data.text_fields=['title']", "run.name=empty")
+    with pytest.raises(DataError, match=r"empty.parquet lacks \(e.g. 'i\d+'; the catalog has no readable item\)"):
+        pipeline.ingest(cfg, pipeline.run_dir(cfg))
 
 
 def test_popularity_stage_metrics(tmp_path, interactions_file):
