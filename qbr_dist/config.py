@@ -14,6 +14,7 @@ from pathlib import Path
 
 from qbr_dist.data.fetch import DATASETS
 from qbr_dist.data.split import MIN_SPLIT_LENGTH
+from qbr_dist.data.tables import INTERACTION_FIELDS
 
 
 class ConfigError(ValueError):
@@ -69,6 +70,9 @@ class DataConfig:
     catalog: str = ""
     # catalog fields joined into each item's text for the text encoder
     text_fields: list[str] = field(default_factory=lambda: ["movie_title", "release_year", "class"])
+    user_id_field: str = ""  # the interactions' own name for user_id (e.g. customer_id); empty: user_id
+    item_id_field: str = ""  # both files' own name for item_id (e.g. sku; .inter/.item and parquet); empty: item_id
+    timestamp_field: str = ""  # the interactions' own name for timestamp (e.g. event_time); empty: timestamp
     k_core: int = 0  # repeatedly drop users and items with fewer interactions than this; 0 or 1: keep all
     max_history: int = 0  # keep each user's newest this many interactions (after k_core); 0: keep all
     # Cold-item split (an evaluation protocol): this share of the catalog, drawn uniformly with
@@ -83,6 +87,10 @@ class DataConfig:
                  f"0 or an integer >= {MIN_SPLIT_LENGTH} (a leave-one-out split needs that many)")
         _require(0 <= self.cold_fraction < 1, "data.cold_fraction", "a number in [0, 1)")
         _require(self.cold_seed >= 0, "data.cold_seed", "an integer >= 0")
+        own = [getattr(self, f"{field}_field") or field for field in INTERACTION_FIELDS]
+        _require(len(set(own)) == len(own), "data.item_id_field", "user_id_field, item_id_field and "
+                 f"timestamp_field to name three different fields (they name {', '.join(own)})",
+                 related=("data.user_id_field", "data.timestamp_field"))
         _require(self.dataset == "files" or self.dataset in DATASETS, "data.dataset",
                  f"'files' (your own data.interactions and data.catalog) or a dataset to fetch: "
                  f"{', '.join(sorted(DATASETS))}")
@@ -96,7 +104,12 @@ class DataConfig:
 
     def key(self) -> dict:
         """The settings that change the split."""
-        return _settings_key(self, later_options=("max_history",))
+        return _settings_key(self, later_options=("max_history", *(f"{field}_field" for field in INTERACTION_FIELDS)))
+
+    def field_names(self) -> dict[str, str]:
+        """{field the readers need: the files' own name for it}, for those the config renames."""
+        names = {field: getattr(self, f"{field}_field") for field in INTERACTION_FIELDS}
+        return {field: name for field, name in names.items() if name}
 
 
 @dataclass

@@ -394,9 +394,9 @@ def ingest(cfg: Config, root: Path) -> Path:
     inputs = raw_inputs(cfg)
     (stage_dir / QUARANTINE).unlink(missing_ok=True)
     with Quarantine(stage_dir / QUARANTINE) as quarantine:
-        interactions = read_interactions(inputs["interactions"], quarantine)
+        interactions = read_interactions(inputs["interactions"], quarantine, cfg.data.field_names())
         if "catalog" in inputs:
-            catalog = read_catalog(inputs["catalog"], cfg.data.text_fields, quarantine)
+            catalog = read_catalog(inputs["catalog"], cfg.data.text_fields, quarantine, cfg.data.field_names())
         else:
             seen = list(dict.fromkeys(interactions.column("item_id").to_pylist()))
             catalog = pa.table({"item_id": pa.array(seen, pa.string()), "text": pa.nulls(len(seen), pa.string())})

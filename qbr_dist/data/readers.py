@@ -27,16 +27,22 @@ from qbr_dist.data.quarantine import DataError, Quarantine
 from qbr_dist.data.tables import INTERACTION_FIELDS, INTERACTIONS_SCHEMA, item_text
 
 
-def read_interactions(path: str | Path, quarantine: Quarantine) -> pa.Table:
-    """Interactions from a RecBole `.inter`, parquet or Amazon reviews file, by extension."""
-    path = _existing(path)
+# The config key that gives a file's own name for each field the readers need (RecBole and parquet files).
+FIELD_SETTINGS = {field: f"data.{field}_field" for field in INTERACTION_FIELDS}
+
+
+def read_interactions(path: str | Path, quarantine: Quarantine, renames: dict[str, str] | None = None) -> pa.Table:
+    """Interactions from a RecBole `.inter`, parquet or Amazon reviews file, by extension. `renames`: the file's
+    own name for those of user_id, item_id and timestamp it calls otherwise (`DataConfig.field_names`)."""
+    path, renames = _existing(path), renames or {}
     if amazon.is_amazon_file(path):
+        _no_renames(path, renames)
         return amazon.read_amazon_interactions(path, quarantine)
     if path.suffix == ".parquet":
-        return _interactions_from_parquet(path, quarantine)
+        return _interactions_from_parquet(path, quarantine, renames)
     _require_atomic(path, ".inter", "data.interactions")
     rows = {name: [] for name in INTERACTION_FIELDS}
-    for line_no, record in _atomic_records(path, INTERACTION_FIELDS, quarantine):
+    for line_no, record in _atomic_records(path, INTERACTION_FIELDS, quarantine, renames):
         timestamp = _as_seconds(record["timestamp"])
         problem = _interaction_problem(record["user_id"], record["item_id"], timestamp)
         if problem:
@@ -55,24 +61,27 @@ def _require_atomic(path: Path, suffix: str, setting: str) -> None:
                         f"atomic {suffix} file, .parquet, or Amazon .json/.jsonl, optionally .gz)")
 
 
-def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantine) -> pa.Table:
-    """Catalog from a RecBole `.item`, parquet or Amazon metadata file; `text` joins the named fields."""
-    path = _existing(path)
+def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantine,
+                 renames: dict[str, str] | None = None) -> pa.Table:
+    """Catalog from a RecBole `.item`, parquet or Amazon metadata file; `text` joins the named fields. `renames`:
+    as for `read_interactions` (the catalog's item id)."""
+    path, renames = _existing(path), {key: name for key, name in (renames or {}).items() if key == "item_id"}
     if amazon.is_amazon_file(path):
+        _no_renames(path, renames)
         unknown = [name for name in text_fields if name not in amazon.TEXT_FIELDS]
         if unknown:
             raise DataError(f"{path}: data.text_fields names {unknown[0]!r}, not a field of Amazon metadata "
                             f"(expected some of {', '.join(amazon.TEXT_FIELDS)})")
         return amazon.read_amazon_catalog(path, text_fields, quarantine)
     if path.suffix == ".parquet":
-        table = _read_parquet(path, ("item_id", *text_fields), tuple(text_fields))
+        table = _read_parquet(path, ("item_id", *text_fields), renames, tuple(text_fields))
         columns = {name: _catalog_column(path, table, name, extra=name not in ("item_id", *text_fields))
                    for name in table.schema.names}
         quarantine.read += table.num_rows
         records = ((i + 1, {k: v[i] for k, v in columns.items()}) for i in range(table.num_rows))
     else:
         _require_atomic(path, ".item", "data.catalog")
-        records = _atomic_records(path, ("item_id", *text_fields), quarantine, tuple(text_fields))
+        records = _atomic_records(path, ("item_id", *text_fields), quarantine, renames, tuple(text_fields))
     seen: set[str] = set()
     rows: list[dict] = []
     for where, record in records:
@@ -106,8 +115,8 @@ def _binary_image(name: str, rows: list[dict]) -> pa.DataType | None:
     return pa.binary() if name == "image" and any(isinstance(r.get(name), bytes) for r in rows) else None
 
 
-def _interactions_from_parquet(path: Path, quarantine: Quarantine) -> pa.Table:
-    table = _read_parquet(path, INTERACTION_FIELDS)
+def _interactions_from_parquet(path: Path, quarantine: Quarantine, renames: dict[str, str]) -> pa.Table:
+    table = _read_parquet(path, INTERACTION_FIELDS, renames)
     users = _column(path, table, "user_id", pa.string())
     items = _column(path, table, "item_id", pa.string())
     stamps = _timestamps(path, table)
@@ -170,16 +179,16 @@ def _interaction_problem(user, item, timestamp) -> tuple[str, str] | None:
     return None
 
 
-def _atomic_records(path: Path, required: tuple[str, ...], quarantine: Quarantine,
+def _atomic_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, renames: dict[str, str],
                     text_fields: tuple[str, ...] = ()) -> Iterator[tuple[int, dict]]:
-    """Rows of a RecBole atomic file (tab-separated, header `name:type`), as string dicts by field name."""
+    """Rows of a RecBole atomic file (tab-separated, header `name:type`), as string dicts by field name (the
+    `renames`d fields under their own names)."""
     with open(path, "rb") as handle:
         try:
             header = handle.readline().decode("utf-8").rstrip("\r\n").split("\t")
         except UnicodeDecodeError:
             raise DataError(f"{path}: header is not UTF-8 text (expected fields {', '.join(required)})") from None
-        names = [column.split(":", 1)[0] for column in header]
-        _require(path, names, required, text_fields)
+        names = _own_names(path, [column.split(":", 1)[0] for column in header], required, renames, text_fields)
         for line_no, raw in enumerate(handle, start=2):
             if not raw.rstrip(b"\r\n"):
                 continue  # a blank line is not a row
@@ -206,14 +215,37 @@ def _as_float(value: str) -> float | None:
         return None
 
 
-def _read_parquet(path: Path, required: tuple[str, ...], text_fields: tuple[str, ...] = ()) -> pa.Table:
-    """The whole table, with the required fields present; a damaged file is a DataError."""
+def _read_parquet(path: Path, required: tuple[str, ...], renames: dict[str, str],
+                  text_fields: tuple[str, ...] = ()) -> pa.Table:
+    """The whole table, with the required fields present (the `renames`d ones under their own names); a damaged
+    file is a DataError."""
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{path}: not a readable parquet file (expected fields {', '.join(required)}; {err})") from None
-    _require(path, table.schema.names, required, text_fields)
-    return table
+    return table.rename_columns(_own_names(path, table.schema.names, required, renames, text_fields))
+
+
+def _own_names(path: Path, names: list[str], required: tuple[str, ...], renames: dict[str, str],
+               text_fields: tuple[str, ...]) -> list[str]:
+    """The file's field names, checked to hold the required fields as the file calls them, with the renamed ones
+    under their own names (user_id, ...). A file with a field of that own name besides the renamed one is
+    ambiguous: a DataError."""
+    named_by = {name: "data.text_fields" for name in text_fields} | {
+        name: FIELD_SETTINGS[field] for field, name in renames.items()}
+    _require(path, names, tuple(renames.get(field, field) for field in required), named_by)
+    clash = [field for field, name in renames.items() if field in names and name != field]
+    if clash:
+        raise DataError(f"{path}: field '{clash[0]}' besides '{renames[clash[0]]}', which {FIELD_SETTINGS[clash[0]]} "
+                        f"names as the {clash[0]}: drop or rename one of them")
+    own = {name: field for field, name in renames.items()}
+    return [own.get(name, name) for name in names]
+
+
+def _no_renames(path: Path, renames: dict[str, str]) -> None:
+    if renames:
+        raise DataError(f"{path}: {FIELD_SETTINGS[next(iter(renames))]} renames a field, but Amazon files have "
+                        "fixed fields; leave it empty")
 
 
 def _column(path: Path, table: pa.Table, name: str, type_: pa.DataType) -> list:
@@ -224,12 +256,11 @@ def _column(path: Path, table: pa.Table, name: str, type_: pa.DataType) -> list:
         raise DataError(f"{path}: field '{name}' cannot be read as {type_} ({err})") from None
 
 
-def _require(path: Path, names, required, text_fields: tuple[str, ...] = ()) -> None:
-    """`text_fields`: the required fields that data.text_fields named, which the message then points to."""
+def _require(path: Path, names, required, named_by: dict[str, str] | None = None) -> None:
+    """`named_by`: {required field: the config key that named it}, which the message then points to."""
     missing = [field for field in required if field not in names]
     if missing:
-        setting = "; data.text_fields names it: set it to the catalog's text fields" if missing[0] in text_fields \
-            else ""
+        setting = f"; {named_by[missing[0]]} names it" if missing[0] in (named_by or {}) else ""
         raise DataError(
             f"{path}: missing field '{missing[0]}' (expected fields {', '.join(required)}; "
             f"found {', '.join(map(repr, names))}{setting})"

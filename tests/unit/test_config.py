@@ -75,6 +75,7 @@ def test_errors_say_where_the_setting_came_from_and_what_it_was(tmp_path):
     ("data.dataset=file", "data.dataset"),  # neither 'files' nor a dataset to fetch
     ("data.interactions='/shop/events.parquet'", "data.interactions"),  # would be ignored for ml-100k's files
     ("data.catalog='/shop/items.parquet'", "data.catalog"),
+    ("data.item_id_field=user_id", "data.item_id_field"),  # two fields under one name
 ])
 def test_settings_that_cannot_run_are_refused_up_front(override, key):
     with pytest.raises(ConfigError, match=rf"^--set {override}: config key '{key}'"):

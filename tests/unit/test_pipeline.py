@@ -115,6 +115,14 @@ def test_interactions_whose_item_ids_the_catalog_lacks_are_named_with_an_id_from
         pipeline.ingest(cfg, pipeline.run_dir(cfg))
 
 
+def test_ingest_reads_a_shop_exports_own_field_names(tmp_path):
+    events = tmp_path / "events.parquet"
+    pq.write_table(synthetic_interactions().rename_columns(["customer_id", "sku", "event_time"]), events)
+    cfg = config(tmp_path, events, "data.user_id_field=customer_id", "data.item_id_field=sku",
+                 "data.timestamp_field=event_time")
+    assert artifacts.read_manifest(pipeline.ingest(cfg, pipeline.run_dir(cfg)))["rows"]["users"] == 48
+
+
 def test_popularity_stage_metrics(tmp_path, interactions_file):
     cfg = config(tmp_path, interactions_file)
     root = pipeline.run_dir(cfg)

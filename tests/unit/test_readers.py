@@ -184,3 +184,24 @@ def test_a_file_of_another_type_is_refused_by_its_name_not_misread(tmp_path):
         read_interactions(inter, Quarantine())
     with pytest.raises(DataError, match=r"x.csv: data.catalog of an unsupported type '.csv'"):
         read_catalog(inter, [], Quarantine())
+
+
+def test_fields_a_shop_export_names_otherwise_are_read_under_the_names_the_config_gives(tmp_path):
+    renames = {"user_id": "customer_id", "item_id": "sku", "timestamp": "event_time"}
+    events = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"customer_id": ["c1", "c1"], "sku": ["s1", "s2"], "event_time": [1.0, 2.0]}), events)
+    table = read_interactions(events, Quarantine(), renames)
+    assert table.column_names == ["user_id", "item_id", "timestamp"] and table.column("item_id").to_pylist() == ["s1", "s2"]
+    inter = write_lines(tmp_path / "x.inter", b"customer_id:token\tsku:token\tevent_time:float\n", [b"c1\ts1\t5"])
+    assert read_interactions(inter, Quarantine(), renames).column("user_id").to_pylist() == ["c1"]
+    catalog = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"sku": ["s1"], "name": ["Blue mug"]}), catalog)
+    assert read_catalog(catalog, ["name"], Quarantine(), renames).column("item_id").to_pylist() == ["s1"]
+    with pytest.raises(DataError, match=r"missing field 'sku' .*found 'item_id', 'name'; data.item_id_field names it\)"):
+        pq.write_table(pa.table({"item_id": ["s1"], "name": ["Blue mug"]}), catalog)
+        read_catalog(catalog, ["name"], Quarantine(), renames)
+    with pytest.raises(DataError, match=r"field 'item_id' besides 'sku', which data.item_id_field names as the item_id"):
+        pq.write_table(pa.table({"sku": ["s1"], "item_id": ["x"], "name": ["Blue mug"]}), catalog)
+        read_catalog(catalog, ["name"], Quarantine(), renames)
+    with pytest.raises(DataError, match=r"missing field 'title' .*; data.text_fields names it\)"):
+        read_catalog(catalog, ["title"], Quarantine())
