@@ -431,7 +431,8 @@ def ingest(cfg: Config, root: Path) -> Path:
             pq.write_table(table, tmp)
     _finish(stage_dir, key, outputs=outputs, rows=rows)
     notes = [f"{summary.users_too_short} users with fewer than {MIN_SPLIT_LENGTH} interactions left out"] * bool(
-        summary.users_too_short)
+        summary.users_too_short) + [f"{summary.repeated_rows} interactions repeat an earlier one's user, item and "
+                                    "timestamp (kept)"] * bool(summary.repeated_rows)
     if cfg.data.cold_fraction:
         notes.append(f"cold-item split: {rows['cold_items']} items out of every training and validation input, "
                      f"{rows['users_dropped_by_cold_split']} users left with too short a history, "

@@ -32,6 +32,7 @@ class SplitSummary:
     users_too_short: int
     items: int
     interactions: int
+    repeated_rows: int = 0  # rows after the k-core filter with an earlier row's user, item and timestamp (kept)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +64,7 @@ def build_sequences(
     stamps = interactions.column("timestamp").to_numpy()[known]
     keep = _k_core(user_codes, items, k_core)
     user_codes, items, stamps = user_codes[keep], items[keep], stamps[keep]
+    repeated = _repeated_rows(user_codes, items, stamps)
     order = np.lexsort((np.arange(len(items)), stamps, user_codes))  # stable: ties keep row order
     user_codes, items = user_codes[order], items[order]
     starts = np.flatnonzero(np.r_[True, user_codes[1:] != user_codes[:-1]]) if len(items) else np.zeros(0, np.int64)
@@ -85,8 +87,15 @@ def build_sequences(
         users_too_short=int((~long_enough).sum()),
         items=len(index),
         interactions=int(lengths[long_enough].sum()),
+        repeated_rows=int(repeated),
     )
     return table, summary
+
+
+def _repeated_rows(users: np.ndarray, items: np.ndarray, stamps: np.ndarray) -> int:
+    """Rows whose user, item and timestamp an earlier row has: an export's doubled lines, or a real repeat."""
+    rows = np.stack([users.astype(np.int64), items.astype(np.int64), stamps.astype(np.float64).view(np.int64)], axis=1)
+    return len(rows) - len(np.unique(rows, axis=0))
 
 
 def _k_core(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:

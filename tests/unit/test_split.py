@@ -47,6 +47,12 @@ def test_unknown_items_are_quarantined_and_counted(tmp_path):
                         "reason": "unknown item id 'zzz'"}]
 
 
+def test_rows_repeating_user_item_and_time_are_kept_and_counted():
+    rows = [("u", "a", 1), ("u", "a", 1), ("u", "b", 2), ("u", "a", 3), ("v", "a", 1), ("u", "b", 2)]
+    seqs, summary = sequences(rows)
+    assert seqs["u"] == [1, 1, 2, 2, 1] and summary.repeated_rows == 2  # the second (u, a, 1) and (u, b, 2)
+
+
 def test_short_users_are_excluded_and_counted():
     rows = [("u", "a", 1), ("u", "b", 2), ("u", "c", 3), ("short", "a", 1), ("short", "b", 2), ("one", "c", 1)]
     seqs, summary = sequences(rows)
