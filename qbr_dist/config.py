@@ -98,9 +98,9 @@ class DataConfig:
             _require(bool(self.interactions), "data.interactions", "a file path when data.dataset = 'files'",
                      related=("data.dataset",))
         else:
-            key = "interactions" if self.interactions else "catalog"
-            _require(not getattr(self, key), f"data.{key}", f"no file while data.dataset = '{self.dataset}', which is "
-                     "fetched; set data.dataset = 'files' to read your own", related=("data.dataset",))
+            for key in ("interactions", "catalog"):
+                _require(not getattr(self, key), f"data.{key}", f"no file while data.dataset = '{self.dataset}', "
+                         "which is fetched; set data.dataset = 'files' to read your own", related=("data.dataset",))
 
     def key(self) -> dict:
         """The settings that change the split."""
