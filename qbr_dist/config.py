@@ -62,16 +62,16 @@ class RunConfig:
 @dataclass
 class DataConfig:
     dataset: str = "ml-100k"  # a fetchable dataset name, or "files" to read `interactions`/`catalog`
-    # .inter or .parquet with fields user_id, item_id, timestamp (seconds since 1970, as numbers or digits; ISO
+    # .inter, .csv or .parquet with fields user_id, item_id, timestamp (seconds since 1970, as numbers or digits; ISO
     # 8601 text; a date or timestamp type), or Amazon reviews .json(l)(.gz); used when dataset = "files"
     interactions: str = ""
-    # .item or .parquet with item_id and the text_fields, or Amazon metadata .json(l)(.gz); optional with
+    # .item, .csv or .parquet with item_id and the text_fields, or Amazon metadata .json(l)(.gz); optional with
     # dataset = "files" (without it the items are the interactions' ones, with no text)
     catalog: str = ""
     # catalog fields joined into each item's text for the text encoder
     text_fields: list[str] = field(default_factory=lambda: ["movie_title", "release_year", "class"])
     user_id_field: str = ""  # the interactions' own name for user_id (e.g. customer_id); empty: user_id
-    item_id_field: str = ""  # both files' own name for item_id (e.g. sku; .inter/.item and parquet); empty: item_id
+    item_id_field: str = ""  # both files' own name for item_id (e.g. sku; not Amazon files); empty: item_id
     timestamp_field: str = ""  # the interactions' own name for timestamp (e.g. event_time); empty: timestamp
     k_core: int = 0  # repeatedly drop users and items with fewer interactions than this; 0 or 1: keep all
     max_history: int = 0  # keep each user's newest this many interactions (after k_core); 0: keep all

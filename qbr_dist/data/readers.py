@@ -13,6 +13,7 @@ lines decoded before the break, and the break itself as one row read and one qua
 """
 from __future__ import annotations
 
+import csv
 import datetime
 import json
 import math
@@ -32,7 +33,7 @@ FIELD_SETTINGS = {field: f"data.{field}_field" for field in INTERACTION_FIELDS}
 
 
 def read_interactions(path: str | Path, quarantine: Quarantine, renames: dict[str, str] | None = None) -> pa.Table:
-    """Interactions from a RecBole `.inter`, parquet or Amazon reviews file, by extension. `renames`: the file's
+    """Interactions from a RecBole `.inter`, CSV, parquet or Amazon reviews file, by extension. `renames`: the file's
     own name for those of user_id, item_id and timestamp it calls otherwise (`DataConfig.field_names`)."""
     path, renames = _existing(path), renames or {}
     if amazon.is_amazon_file(path):
@@ -40,13 +41,12 @@ def read_interactions(path: str | Path, quarantine: Quarantine, renames: dict[st
         return amazon.read_amazon_interactions(path, quarantine)
     if path.suffix == ".parquet":
         return _interactions_from_parquet(path, quarantine, renames)
-    _require_atomic(path, ".inter", "data.interactions")
     rows = {name: [] for name in INTERACTION_FIELDS}
-    for line_no, record in _atomic_records(path, INTERACTION_FIELDS, quarantine, renames):
+    for where, record in _text_records(path, ".inter", "data.interactions", INTERACTION_FIELDS, quarantine, renames):
         timestamp = _as_seconds(record["timestamp"])
         problem = _interaction_problem(record["user_id"], record["item_id"], timestamp)
         if problem:
-            quarantine.add(source=str(path), where=f"line {line_no}", field=problem[0], reason=problem[1])
+            quarantine.add(source=str(path), where=where, field=problem[0], reason=problem[1])
             continue
         rows["user_id"].append(record["user_id"])
         rows["item_id"].append(record["item_id"])
@@ -54,16 +54,21 @@ def read_interactions(path: str | Path, quarantine: Quarantine, renames: dict[st
     return pa.table(rows, schema=INTERACTIONS_SCHEMA)
 
 
-def _require_atomic(path: Path, suffix: str, setting: str) -> None:
-    """A file read as RecBole atomic must be named so: a .csv read as tab-separated fields gives a misleading error."""
-    if path.suffix != suffix:
+def _text_records(path: Path, atomic_suffix: str, setting: str, required: tuple[str, ...], quarantine: Quarantine,
+                  renames: dict[str, str], text_fields: tuple[str, ...] = ()) -> Iterator[tuple[str, dict]]:
+    """Rows of a CSV or RecBole atomic file, by extension: any other name is refused, since a file read with the
+    wrong delimiter gives a misleading error."""
+    if path.suffix == ".csv":
+        return _csv_records(path, required, quarantine, renames, text_fields)
+    if path.suffix != atomic_suffix:
         raise DataError(f"{path}: {setting} of an unsupported type '{path.suffix or path.name}' (expected a RecBole "
-                        f"atomic {suffix} file, .parquet, or Amazon .json/.jsonl, optionally .gz)")
+                        f"atomic {atomic_suffix} file, .csv, .parquet, or Amazon .json/.jsonl, optionally .gz)")
+    return _atomic_records(path, required, quarantine, renames, text_fields)
 
 
 def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantine,
                  renames: dict[str, str] | None = None) -> pa.Table:
-    """Catalog from a RecBole `.item`, parquet or Amazon metadata file; `text` joins the named fields. `renames`:
+    """Catalog from a RecBole `.item`, CSV, parquet or Amazon metadata file; `text` joins the named fields. `renames`:
     as for `read_interactions` (the catalog's item id)."""
     path, renames = _existing(path), {key: name for key, name in (renames or {}).items() if key == "item_id"}
     if amazon.is_amazon_file(path):
@@ -78,19 +83,19 @@ def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantin
         columns = {name: _catalog_column(path, table, name, extra=name not in ("item_id", *text_fields))
                    for name in table.schema.names}
         quarantine.read += table.num_rows
-        records = ((i + 1, {k: v[i] for k, v in columns.items()}) for i in range(table.num_rows))
+        records = ((f"row {i + 1}", {k: v[i] for k, v in columns.items()}) for i in range(table.num_rows))
     else:
-        _require_atomic(path, ".item", "data.catalog")
-        records = _atomic_records(path, ("item_id", *text_fields), quarantine, renames, tuple(text_fields))
+        records = _text_records(path, ".item", "data.catalog", ("item_id", *text_fields), quarantine, renames,
+                                tuple(text_fields))
     seen: set[str] = set()
     rows: list[dict] = []
     for where, record in records:
         item_id = record["item_id"]
         if not item_id:
-            quarantine.add(source=str(path), where=f"row {where}", field="item_id", reason="empty item id")
+            quarantine.add(source=str(path), where=where, field="item_id", reason="empty item id")
             continue
         if item_id in seen:
-            quarantine.add(source=str(path), where=f"row {where}", field="item_id", reason="duplicate item id")
+            quarantine.add(source=str(path), where=where, field="item_id", reason="duplicate item id")
             continue
         seen.add(item_id)
         record["text"] = item_text(record, text_fields)
@@ -180,7 +185,7 @@ def _interaction_problem(user, item, timestamp) -> tuple[str, str] | None:
 
 
 def _atomic_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, renames: dict[str, str],
-                    text_fields: tuple[str, ...] = ()) -> Iterator[tuple[int, dict]]:
+                    text_fields: tuple[str, ...] = ()) -> Iterator[tuple[str, dict]]:
     """Rows of a RecBole atomic file (tab-separated, header `name:type`), as string dicts by field name (the
     `renames`d fields under their own names)."""
     with open(path, "rb") as handle:
@@ -205,7 +210,55 @@ def _atomic_records(path: Path, required: tuple[str, ...], quarantine: Quarantin
                     reason=f"expected {len(names)} tab-separated fields, got {len(values)}",
                 )
                 continue
-            yield line_no, dict(zip(names, values))
+            yield f"line {line_no}", dict(zip(names, values))
+
+
+CSV_DELIMITERS = ",;\t|"
+
+
+def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, renames: dict[str, str],
+                 text_fields: tuple[str, ...] = ()) -> Iterator[tuple[str, dict]]:
+    """Rows of a CSV file with a header line, quoted as spreadsheets and pandas write them (a quoted field may hold
+    the delimiter or a line break), as string dicts by field name. The delimiter is the one of `CSV_DELIMITERS`
+    the header holds most (`;` in many European exports; a comma on a tie); a byte-order mark is ignored. A row
+    with bad bytes, the wrong number of fields or a field past csv's size limit is quarantined."""
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+        header = handle.readline()
+        if not _is_utf8(header):
+            raise DataError(f"{path}: header is not UTF-8 text (expected fields {', '.join(required)})")
+        delimiter = max(CSV_DELIMITERS, key=header.count)
+        found = [name.strip() for name in next(csv.reader([header], delimiter=delimiter), [])]
+        names = _own_names(path, found, required, renames, text_fields)
+        reader = csv.reader(handle, delimiter=delimiter)
+        while True:
+            first = reader.line_num + 2  # the reader counts the lines after the header
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                values, problem = None, f"not a CSV row ({err})"
+            if values == []:
+                continue  # a blank line is not a row
+            quarantine.read += 1
+            where = f"line {first}" if reader.line_num + 1 == first else f"lines {first}-{reader.line_num + 1}"
+            if values is not None:
+                problem = (None if _is_utf8(delimiter.join(values)) else "not UTF-8 text") or (
+                    None if len(values) == len(names) else
+                    f"expected {len(names)} {delimiter!r}-separated fields, got {len(values)}")
+            if problem:
+                quarantine.add(source=str(path), where=where, field="*", reason=problem)
+                continue
+            yield where, dict(zip(names, values))
+
+
+def _is_utf8(text: str) -> bool:
+    """False for text read with `errors="surrogateescape"` that held bytes which are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _as_float(value: str) -> float | None:

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
@@ -121,6 +122,25 @@ def test_ingest_reads_a_shop_exports_own_field_names(tmp_path):
     cfg = config(tmp_path, events, "data.user_id_field=customer_id", "data.item_id_field=sku",
                  "data.timestamp_field=event_time")
     assert artifacts.read_manifest(pipeline.ingest(cfg, pipeline.run_dir(cfg)))["rows"]["users"] == 48
+
+
+def test_ingest_of_csv_files_gives_the_sequences_of_the_same_data_in_parquet(tmp_path):
+    interactions = synthetic_interactions()
+    ids = sorted(set(interactions.column("item_id").to_pylist()))
+    catalog = pa.table({"item_id": ids, "title": [f"Item, {i}" for i in ids]})
+    stages = {}
+    for kind in ("parquet", "csv"):
+        events, items = tmp_path / f"events.{kind}", tmp_path / f"items.{kind}"
+        if kind == "parquet":
+            pq.write_table(interactions, events)
+            pq.write_table(catalog, items)
+        else:
+            pa_csv.write_csv(interactions, events)
+            pa_csv.write_csv(catalog, items)
+        cfg = config(tmp_path, events, f"data.catalog='{items}'", "data.text_fields=['title']", f"run.name={kind}")
+        stages[kind] = pipeline.ingest(cfg, pipeline.run_dir(cfg))
+    for table in (pipeline.SEQUENCES, pipeline.ITEMS):
+        assert pq.read_table(stages["csv"] / table).equals(pq.read_table(stages["parquet"] / table))
 
 
 def test_popularity_stage_metrics(tmp_path, interactions_file):

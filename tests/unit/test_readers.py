@@ -178,12 +178,68 @@ def test_quarantine_keeps_only_the_records_of_work_that_stays_done(tmp_path):
 
 
 def test_a_file_of_another_type_is_refused_by_its_name_not_misread(tmp_path):
-    inter = write_lines(tmp_path / "x.csv", b"user_id,item_id,timestamp", [b"u1,i1,100"])
-    with pytest.raises(DataError, match=r"x.csv: data.interactions of an unsupported type '.csv' \(expected a RecBole "
-                                        r"atomic .inter file"):
+    inter = write_lines(tmp_path / "x.tsv", b"user_id\titem_id\ttimestamp", [b"u1\ti1\t100"])
+    with pytest.raises(DataError, match=r"x.tsv: data.interactions of an unsupported type '.tsv' \(expected a RecBole "
+                                        r"atomic .inter file, .csv"):
         read_interactions(inter, Quarantine())
-    with pytest.raises(DataError, match=r"x.csv: data.catalog of an unsupported type '.csv'"):
+    with pytest.raises(DataError, match=r"x.tsv: data.catalog of an unsupported type '.tsv'"):
         read_catalog(inter, [], Quarantine())
+
+
+def test_a_csv_export_reads_with_quotes_a_byte_order_mark_and_its_own_delimiter(tmp_path):
+    events = write_lines(tmp_path / "events.csv", b"\xef\xbb\xbfcustomer_id , sku,event_time\n",
+                         [b"c1,s1,2024-01-02T03:04:05Z", b"", b"c1,s2,1704165000"])
+    table = read_interactions(events, Quarantine(), {"user_id": "customer_id", "item_id": "sku",
+                                                      "timestamp": "event_time"})
+    assert table.to_pydict() == {"user_id": ["c1", "c1"], "item_id": ["s1", "s2"],
+                                 "timestamp": [1704164645.0, 1704165000.0]}
+    catalog = write_lines(tmp_path / "items.csv", b"item_id;title;brand\n",
+                          [b'i1;"Shirt; blue, ""slim""";Acme', b'i2;"Two\nlines";B\xc3\xa9ta'])
+    table = read_catalog(catalog, ["title", "brand"], Quarantine())
+    assert table.column("item_id").to_pylist() == ["i1", "i2"]
+    assert table.column("brand").to_pylist() == ["Acme", "B\u00e9ta"]
+    assert table.column("title").to_pylist() == ['Shirt; blue, "slim"', "Two\nlines"]
+
+
+def test_bad_csv_rows_are_quarantined_by_line_and_reading_continues(tmp_path):
+    lines = [
+        b"u1,i1,100",            # line 2: good
+        b"u1,i2",                # line 3: too few fields
+        b"u2,\xff\xfe,101",       # line 4: not UTF-8
+        b'u2,"i3\nstill i3",102',  # lines 5-6: one row over two lines, good
+        b"u3,i1,soon",           # line 7: no time
+        b"u3,i4,103",            # line 8: good
+    ]
+    events = write_lines(tmp_path / "events.csv", b"user_id,item_id,timestamp\n", lines)
+    with Quarantine(tmp_path / "q.jsonl") as quarantine:
+        table = read_interactions(events, quarantine)
+    assert table.column("item_id").to_pylist() == ["i1", "i3\nstill i3", "i4"]
+    assert quarantine.read == table.num_rows + quarantine.total == 6
+    assert [(r["where"], r["field"], r["reason"]) for r in quarantined(tmp_path / "q.jsonl")] == [
+        ("line 3", "*", "expected 3 ','-separated fields, got 2"), ("line 4", "*", "not UTF-8 text"),
+        ("line 7", "timestamp", "timestamp is neither a finite number nor an ISO 8601 time")]
+
+
+def test_a_csv_row_past_the_field_size_limit_or_an_unclosed_quote_is_one_quarantined_row(tmp_path):
+    lines = [b"u1,i1,100", b"u1,i2," + b"9" * 200_000, b"u2,i1,101", b'u2,"i2,102', b"u3,i1,103"]
+    events = write_lines(tmp_path / "events.csv", b"user_id,item_id,timestamp\n", lines)
+    with Quarantine(tmp_path / "q.jsonl") as quarantine:
+        table = read_interactions(events, quarantine)
+    assert table.column("user_id").to_pylist() == ["u1", "u2"]
+    records = quarantined(tmp_path / "q.jsonl")
+    assert [r["where"] for r in records] == ["line 3", "lines 5-6"]
+    assert records[0]["reason"].startswith("not a CSV row (field larger than field limit")
+    assert records[1]["reason"] == "expected 3 ','-separated fields, got 2"
+
+
+def test_a_csv_header_missing_a_field_or_not_utf8_is_a_one_line_error(tmp_path):
+    events = write_lines(tmp_path / "events.csv", b"user_id,item,timestamp\n", [b"u1,i1,100"])
+    with pytest.raises(DataError, match=r"events.csv: missing field 'item_id' \(expected fields user_id, item_id, "
+                                        r"timestamp; found 'user_id', 'item', 'timestamp'\)"):
+        read_interactions(events, Quarantine())
+    write_lines(events, b"user_id,it\xffem_id,timestamp\n", [b"u1,i1,100"])
+    with pytest.raises(DataError, match=r"events.csv: header is not UTF-8 text"):
+        read_interactions(events, Quarantine())
 
 
 def test_fields_a_shop_export_names_otherwise_are_read_under_the_names_the_config_gives(tmp_path):
