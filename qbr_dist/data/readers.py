@@ -8,8 +8,10 @@ and recorded in the quarantine.
 
 Counts reconcile: each reader adds the rows it read to `quarantine.read`, and every row read is
 either returned or quarantined. A row is a non-blank line after the header of a text file (a
-line of bad bytes included) or a row of a parquet file. A truncated or corrupt gzip counts the
-lines decoded before the break, and the break itself as one row read and one quarantine entry.
+line of bad bytes included; a CSV row quoted over several lines is one) or a row of a parquet file
+(numbered from 1; a text value in it whose bytes are not UTF-8 quarantines the row). A truncated
+or corrupt gzip counts the lines decoded before the break, and the break itself as one row read and
+one quarantine entry.
 """
 from __future__ import annotations
 
@@ -90,7 +92,10 @@ def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantin
     seen: set[str] = set()
     rows: list[dict] = []
     for where, record in records:
-        item_id = record["item_id"]
+        item_id, bad_text = record["item_id"], next((name for name, value in record.items() if value is NOT_UTF8), None)
+        if bad_text:
+            quarantine.add(source=str(path), where=where, field=bad_text, reason="not UTF-8 text")
+            continue
         if not item_id:
             quarantine.add(source=str(path), where=where, field="item_id", reason="empty item id")
             continue
@@ -112,7 +117,7 @@ def _catalog_column(path: Path, table: pa.Table, name: str, *, extra: bool) -> l
         return table.column(name).to_pylist()
     if extra and pa.types.is_nested(type_):
         return [None if value is None else json.dumps(value, default=str) for value in table.column(name).to_pylist()]
-    return _column(path, table, name, pa.string())
+    return _text_column(path, table, name)
 
 
 def _binary_image(name: str, rows: list[dict]) -> pa.DataType | None:
@@ -122,15 +127,15 @@ def _binary_image(name: str, rows: list[dict]) -> pa.DataType | None:
 
 def _interactions_from_parquet(path: Path, quarantine: Quarantine, renames: dict[str, str]) -> pa.Table:
     table = _read_parquet(path, INTERACTION_FIELDS, renames)
-    users = _column(path, table, "user_id", pa.string())
-    items = _column(path, table, "item_id", pa.string())
+    users = _text_column(path, table, "user_id")
+    items = _text_column(path, table, "item_id")
     stamps = _timestamps(path, table)
     quarantine.read += table.num_rows
     keep = []
     for row, (user, item, stamp) in enumerate(zip(users, items, stamps)):
         problem = _interaction_problem(user, item, stamp)
         if problem:
-            quarantine.add(source=str(path), where=f"row {row}", field=problem[0], reason=problem[1])
+            quarantine.add(source=str(path), where=f"row {row + 1}", field=problem[0], reason=problem[1])
         else:
             keep.append(row)
     return pa.table(
@@ -175,6 +180,9 @@ def _as_seconds(value: str) -> float | None:
 
 
 def _interaction_problem(user, item, timestamp) -> tuple[str, str] | None:
+    for field, value in (("user_id", user), ("item_id", item)):
+        if value is NOT_UTF8:
+            return field, "not UTF-8 text"
     if not user:
         return "user_id", "empty user id"
     if not item:
@@ -307,6 +315,29 @@ def _column(path: Path, table: pa.Table, name: str, type_: pa.DataType) -> list:
         return table.column(name).cast(type_).to_pylist()
     except (pa.ArrowException, KeyError) as err:
         raise DataError(f"{path}: field '{name}' cannot be read as {type_} ({err})") from None
+
+
+NOT_UTF8 = object()  # a text value whose bytes are not UTF-8: its row is quarantined
+
+
+def _text_column(path: Path, table: pa.Table, name: str) -> list:
+    """The column as text (nulls stay None), with `NOT_UTF8` for a string or binary value that is not UTF-8 (parquet
+    writers need not check their strings); a column of another type that cannot be cast is a DataError."""
+    column = table.column(name)
+    if not any(check(column.type) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
+                                                 pa.types.is_large_binary)):
+        return _column(path, table, name, pa.string())
+    try:
+        return column.cast(pa.string()).to_pylist()
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        return [None if value is None else _decoded(value) for value in column.cast(pa.binary()).to_pylist()]
+
+
+def _decoded(value: bytes):
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return NOT_UTF8
 
 
 def _require(path: Path, names, required, named_by: dict[str, str] | None = None) -> None:

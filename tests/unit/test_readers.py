@@ -261,3 +261,18 @@ def test_fields_a_shop_export_names_otherwise_are_read_under_the_names_the_confi
         read_catalog(catalog, ["name"], Quarantine(), renames)
     with pytest.raises(DataError, match=r"missing field 'title' .*; data.text_fields names it\)"):
         read_catalog(catalog, ["title"], Quarantine())
+
+
+@pytest.mark.parametrize("column", ["binary", "string"])
+def test_parquet_text_that_is_not_utf8_quarantines_its_row_not_the_file(tmp_path, column):
+    """A `string` column with bad bytes is what a writer that does not check its strings leaves behind."""
+    values = pa.array([b"ok", b"\xff\xfe", b"fine"], pa.binary())
+    values = values.view(pa.string()) if column == "string" else values
+    catalog, events = tmp_path / "items.parquet", tmp_path / "events.parquet"
+    pq.write_table(pa.table({"item_id": ["a", "b", "c"], "title": values}), catalog)
+    pq.write_table(pa.table({"user_id": ["u", "u", "u"], "item_id": values, "timestamp": [1.0, 2.0, 3.0]}), events)
+    with Quarantine(tmp_path / "q.jsonl") as quarantine:
+        assert read_catalog(catalog, ["title"], quarantine).column("title").to_pylist() == ["ok", "fine"]
+        assert read_interactions(events, quarantine).column("item_id").to_pylist() == ["ok", "fine"]
+    assert [(r["source"], r["where"], r["field"], r["reason"]) for r in quarantined(tmp_path / "q.jsonl")] == [
+        (str(catalog), "row 2", "title", "not UTF-8 text"), (str(events), "row 2", "item_id", "not UTF-8 text")]
