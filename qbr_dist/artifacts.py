@@ -198,14 +198,16 @@ def begin_stage(stage_dir: str | Path) -> None:
         leftover.unlink()
 
 
-def write_manifest(stage_dir: str | Path, key: dict, *, outputs: list[str], rows: dict) -> dict:
+def write_manifest(stage_dir: str | Path, key: dict, *, outputs: list[str], rows: dict,
+                   content: dict[str, str] | None = None) -> dict:
+    """`content`: fingerprints of what the outputs hold, for later stages to key on in place of the manifest's."""
     manifest = {
         "key": key,
         "outputs": outputs,
         "rows": rows,
         "code_version": code_version(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    } | ({"content": content} if content else {})
     write_json(Path(stage_dir) / MANIFEST, manifest)
     return manifest
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import json
 import logging
 import os
@@ -429,7 +430,7 @@ def ingest(cfg: Config, root: Path) -> Path:
     for name, table in ((ITEMS, catalog), (SEQUENCES, sequences)):
         with artifacts.atomic_path(stage_dir / name) as tmp:
             pq.write_table(table, tmp)
-    _finish(stage_dir, key, outputs=outputs, rows=rows)
+    _finish(stage_dir, key, outputs=outputs, rows=rows, content={"sequences": _sequences_fingerprint(stage_dir)})
     notes = [f"{summary.users_too_short} users with fewer than {MIN_SPLIT_LENGTH} interactions left out"] * bool(
         summary.users_too_short) + [f"{summary.repeated_rows} interactions repeat an earlier one's user, item and "
                                     "timestamp (kept)"] * bool(summary.repeated_rows)
@@ -440,6 +441,26 @@ def ingest(cfg: Config, root: Path) -> Path:
     log.info("ingest: %d users, %d items, %d interactions, %d quarantined%s", rows["users"], summary.items,
              rows["interactions"], quarantine.total, "".join(f"; {note}" for note in notes))
     return stage_dir
+
+
+def _sequences_fingerprint(ingest_dir: Path) -> str:
+    """sha256 of what the stages after ingest read besides the catalog's text: the sequences, the cold split and
+    the item ids in catalog order (ingest writes the same bytes for the same tables)."""
+    digest = hashlib.sha256()
+    for name in (SEQUENCES, COLD):
+        if (ingest_dir / name).is_file():
+            digest.update(f"{name} {artifacts.file_fingerprint(ingest_dir / name)}\n".encode())
+    digest.update(json.dumps(load_item_ids(ingest_dir)).encode())
+    return digest.hexdigest()[:16]
+
+
+def sequences_input(ingest_dir: Path) -> dict[str, str]:
+    """The key input of a stage that reads the sequences, the cold split or the item ids of ingest, and not the
+    catalog's text: their content, so a change of the text alone (`data.text_fields`, a corrected title) does not
+    train the ID-only models again. An ingest stage written before it recorded its content gives its manifest's
+    fingerprint, as then, so the stages after it stay current."""
+    content = (artifacts.read_manifest(ingest_dir) or {}).get("content", {}).get("sequences")
+    return {"sequences": content} if content else {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
 
 
 def check_item_ids_match(summary: SplitSummary, interactions: pa.Table, index: dict[str, int],
@@ -635,8 +656,8 @@ def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structur
 
     settings = cfg.section_settings("fusion", seed=cfg.run.seed, precision=cfg.runtime.precision,
                                     grad_clip=cfg.runtime.grad_clip)
-    inputs = {name: artifacts.manifest_fingerprint(folder)
-              for name, folder in (("ingest", ingest_dir), ("encode", encode_dir), ("structure", structure_dir))}
+    inputs = sequences_input(ingest_dir) | {name: artifacts.manifest_fingerprint(folder)
+                                            for name, folder in (("encode", encode_dir), ("structure", structure_dir))}
     key = artifacts.stage_key("fusion", settings, inputs)
     stage_dir, current = _stage("fusion", root, key)
     if current:
@@ -913,7 +934,7 @@ def _driver_baseline(stage: str, cfg: Config, root: Path, ingest_dir: Path, inpu
     from qbr_dist.seqrec.metrics import evaluate_examples
 
     key = artifacts.stage_key(stage, cfg.section_settings(eval=cfg.eval.key()),
-                              {"ingest": artifacts.manifest_fingerprint(ingest_dir), **inputs})
+                              sequences_input(ingest_dir) | inputs)
     stage_dir, current = _stage(stage, root, key)
     if current:
         return stage_dir
@@ -954,7 +975,7 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     # Worker count, checkpoint cadence and the like do not change the result; precision and clipping do.
     settings = cfg.section_settings("train", eval=cfg.eval.key(), model=model.key(), seed=cfg.run.seed,
                                     loop=LOOP_VERSION, precision=cfg.runtime.precision, grad_clip=cfg.runtime.grad_clip)
-    inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
+    inputs = sequences_input(ingest_dir)
     codes_dir = codes_dir or quantize_dir
     if quantize_dir is not None:
         inputs |= {"quantize": artifacts.manifest_fingerprint(quantize_dir),

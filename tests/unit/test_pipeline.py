@@ -143,6 +143,41 @@ def test_ingest_of_csv_files_gives_the_sequences_of_the_same_data_in_parquet(tmp
         assert pq.read_table(stages["csv"] / table).equals(pq.read_table(stages["parquet"] / table))
 
 
+def test_a_change_of_the_catalog_text_alone_keeps_the_stages_that_read_only_the_sequences(tmp_path):
+    interactions = synthetic_interactions()
+    events, items = tmp_path / "events.parquet", tmp_path / "items.parquet"
+    pq.write_table(interactions, events)
+    ids = sorted(set(interactions.column("item_id").to_pylist()))
+    pq.write_table(pa.table({"item_id": ids, "title": [f"t{i}" for i in ids], "brand": ["b"] * len(ids)}), items)
+
+    def run(*settings):
+        cfg = config(tmp_path, events, f"data.catalog='{items}'", *settings)
+        root = pipeline.run_dir(cfg)
+        ingest = pipeline.ingest(cfg, root)
+        return ingest, pipeline.popularity(cfg, root, ingest)
+
+    def texts(ingest):
+        return pq.read_table(ingest / pipeline.ITEMS).column("text").to_pylist()
+
+    ingest, popularity = run("data.text_fields=['title']")
+    first, first_texts = artifacts.read_manifest(popularity), texts(ingest)
+    assert artifacts.read_manifest(ingest)["content"]["sequences"] == pipeline.sequences_input(ingest)["sequences"]
+    ingest, popularity = run("data.text_fields=['title', 'brand']")
+    assert texts(ingest) != first_texts  # ingest ran again
+    assert artifacts.read_manifest(popularity) == first  # the same sequences: not ranked again
+    ingest, popularity = run("data.text_fields=['title', 'brand']", "data.max_history=5")
+    assert artifacts.read_manifest(popularity)["key"]["inputs"] != first["key"]["inputs"]
+
+
+def test_stages_after_an_ingest_that_recorded_no_content_keep_its_manifest_fingerprint(tmp_path, interactions_file):
+    cfg = config(tmp_path, interactions_file)
+    ingest = pipeline.ingest(cfg, pipeline.run_dir(cfg))
+    manifest = artifacts.read_manifest(ingest)
+    artifacts.write_json(ingest / artifacts.MANIFEST, {k: v for k, v in manifest.items() if k != "content"})
+    assert pipeline.sequences_input(ingest) == {"ingest": artifacts.manifest_fingerprint(ingest)}
+    assert artifacts.stage_is_current(ingest, manifest["key"])
+
+
 def test_popularity_stage_metrics(tmp_path, interactions_file):
     cfg = config(tmp_path, interactions_file)
     root = pipeline.run_dir(cfg)
