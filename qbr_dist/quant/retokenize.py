@@ -13,11 +13,12 @@ in the quarantine; the driver counts items from the receipts as they stream in (
 `qbr_retokenized_items_total` is exact and live however briefly the actors live; it counts the rows
 of a repeated item id too, which the driver later quarantines) and stages only
 receipted files (a call cut short by a killed actor leaves at most an unlisted file, and Ray Data
-runs it again). The driver then streams the staged rows, and the earlier codes files made with
-the same codebook (whose suffixes are kept: suffixes are only ever appended), into one file per
-bucket and works a bucket at a time. Items that share a code tuple share a bucket, so each
-bucket gets its suffixes alone; a repeated item id lands twice in one id bucket, and all its rows go
-to the quarantine (which one is meant is unknown). The codes
+runs it again). The driver then streams the staged rows into one file per bucket of item ids,
+where the rows of a repeated item id meet: all of them go to the quarantine (which one is meant
+is unknown), bucket by bucket. The other rows, and the earlier codes files made with the same
+codebook (whose suffixes are kept: suffixes are only ever appended), go to one file per bucket of
+code tuples, worked a bucket at a time: items that share a code tuple share a bucket, so each
+bucket gets its suffixes alone. The codes
 file's schema records the suffix table size, so the suffixed buckets go to temporary files
 first and are then appended to `codes.parquet`. Memory is one batch per actor and about
 `bucket_rows` rows on the driver, whatever the catalog size.
@@ -261,20 +262,29 @@ def _fusion_inputs(files: list[Path], fusion: FusionInputs, *, partitions: int):
 def assign_in_buckets(staged: list[Path], previous: list[Path], path: Path, version: str, buckets: int, *,
                       work: Path, source: str, quarantine: Quarantine) -> dict:
     """Suffixes for the staged rows (`with_buckets` columns), a bucket at a time, into the codes file at `path`.
-    Every row of an item id the table repeats goes to `quarantine` instead: which of them is meant is unknown."""
-    items, ids, earlier, suffixed = (BucketFiles(work / name, buckets) for name in ("items", "ids", "previous",
+    Every row of an item id the table repeats goes to `quarantine` instead: which of them is meant is unknown.
+    The rows go to buckets of item ids first, where each id's rows meet, so repeated ids are found and left out
+    one bucket at a time, and then, by their codes, to the buckets suffixes are given in."""
+    ids, items, earlier, suffixed = (BucketFiles(work / name, buckets) for name in ("ids", "items", "previous",
                                                                                    "suffixed"))
-    rows = 0
-    with items, ids:
+    with ids:
         for batch in _batches(staged, ["item_id", "codes", "bucket", "id_bucket"]):
-            items.add(batch.select(["item_id", "codes"]), batch.column("bucket").to_numpy())
-            ids.add(batch.select(["item_id"]), batch.column("id_bucket").to_numpy())
-            rows += batch.num_rows
-    repeated = _quarantine_repeated(_repeated_ids(ids), rows, quarantine, source)
+            ids.add(batch.select(["item_id", "codes", "bucket"]), batch.column("id_bucket").to_numpy())
+    rows = repeated = 0
+    with items:
+        for _, table in ids.tables():
+            rows += table.num_rows
+            table, counts = _without_repeated_ids(table)
+            repeated += _quarantine_repeated(counts, quarantine, source)
+            items.add(table.select(["item_id", "codes"]), table.column("bucket").to_numpy())
+    if rows and repeated == rows:
+        listed = f"; listed in {quarantine.path}" if quarantine.path else ""
+        raise DataError(f"{source}: every codable row ({rows}) repeats an item id; every item must appear "
+                        f"once{listed}")
     with earlier:
         for batch in _batches(previous, ["item_id", "codes"]):
             earlier.add(batch, code_buckets(column_matrix(batch.column("codes"), np.int64)[:, :-1], buckets))
-    counts = _suffix_buckets(items, earlier, suffixed, leave_out=repeated)
+    counts = _suffix_buckets(items, earlier, suffixed)
     with codes_writer(path, version, counts["suffix_table_size"]) as write:
         for _, table in suffixed.tables():
             write(table.column("item_id"), column_matrix(table.column("codes"), np.int64),
@@ -282,17 +292,13 @@ def assign_in_buckets(staged: list[Path], previous: list[Path], path: Path, vers
     return counts
 
 
-def _suffix_buckets(items: BucketFiles, earlier: BucketFiles, suffixed: BucketFiles, *, leave_out: pa.Array) -> dict:
-    """Each bucket of items but those in `leave_out` with a `suffix` column into `suffixed`: item count, collision
-    rate, suffix table size. Rows are sorted by item id: the Ray Data job delivers them in no fixed order, and the
-    codes file should not depend on it, byte for byte."""
+def _suffix_buckets(items: BucketFiles, earlier: BucketFiles, suffixed: BucketFiles) -> dict:
+    """Each bucket of items with a `suffix` column into `suffixed`: item count, collision rate, suffix table size.
+    Rows are sorted by item id: the Ray Data job delivers them in no fixed order, and the codes file should not
+    depend on it, byte for byte."""
     total, shared, largest = 0, 0, -1
     with suffixed:
         for bucket, table in items.tables():
-            if len(leave_out):
-                table = table.filter(pc.invert(pc.is_in(table.column("item_id"), value_set=leave_out)))
-            if not table.num_rows:
-                continue
             table = table.sort_by("item_id")
             codes = column_matrix(table.column("codes"), np.int64)
             suffixes = assign_suffixes(table.column("item_id"), codes, _previous(earlier.read(bucket)))
@@ -322,28 +328,23 @@ def _batches(files: list[Path], columns: list[str]) -> Iterator[pa.Table]:
             yield pa.Table.from_batches([batch])
 
 
-def _repeated_ids(ids: BucketFiles) -> pa.StructArray:
-    """The item ids that appear more than once, with their counts (`pc.value_counts` fields). Every row of an id
-    is in one id bucket, so each bucket is counted alone."""
-    found = []
-    for _, table in ids.tables():
-        counts = pc.value_counts(table.column("item_id").combine_chunks())
-        found.append(counts.filter(pc.greater(counts.field("counts"), 1)))
-    return pa.concat_arrays(found) if found else pc.value_counts(pa.array([], pa.string()))
+def _without_repeated_ids(table: pa.Table) -> tuple[pa.Table, pa.StructArray]:
+    """The rows of a bucket of item ids whose id appears once, and the ids that appear more often with their
+    counts (`pc.value_counts` fields)."""
+    counts = pc.value_counts(table.column("item_id").combine_chunks())
+    counts = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(counts):
+        table = table.filter(pc.invert(pc.is_in(table.column("item_id"), value_set=counts.field("values"))))
+    return table, counts
 
 
-def _quarantine_repeated(repeated: pa.StructArray, rows: int, quarantine: Quarantine, source: str) -> pa.Array:
-    """Lists every row of the `repeated` ids (of `rows` coded rows) in `quarantine`; returns the ids to leave out.
-    Coded rows that all repeat an id are an error: nothing would be left."""
+def _quarantine_repeated(repeated: pa.StructArray, quarantine: Quarantine, source: str) -> int:
+    """Lists every row of the `repeated` ids in `quarantine`; returns how many rows that is."""
     for item_id, times in zip(repeated.field("values").to_pylist(), repeated.field("counts").to_pylist()):
         for _ in range(times):
             quarantine.add(source=source, where=f"item {str(item_id)!r} ({times} rows)", field="item_id",
                            reason="item id repeated in the table (every item must appear once)")
-    if rows and (pc.sum(repeated.field("counts")).as_py() or 0) == rows:
-        listed = f"; listed in {quarantine.path}" if quarantine.path else ""
-        raise DataError(f"{source}: every codable row ({rows}) repeats an item id; every item must appear "
-                        f"once{listed}")
-    return repeated.field("values")
+    return pc.sum(repeated.field("counts")).as_py() or 0
 
 
 def _same_codebook(paths: list[Path], version: str) -> list[Path]:
