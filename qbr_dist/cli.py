@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run every stage of the pipeline; finished stages are skipped",
-                              description="Run ingest -> (with run.tokenize: shards -> encode -> structure -> fusion "
+                              description="Run ingest -> (with run.tokenize: structure -> shards -> encode -> fusion "
                                           "-> quantize -> retokenize) -> popularity, content-knn -> bert4rec "
                                           "-> qbert4rec -> report in the run directory "
                                           "<run.root>/<run.name>. A stage whose manifest matches is skipped; an "

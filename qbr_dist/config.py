@@ -47,7 +47,7 @@ class RunConfig:
     root: str = "runs"  # run directory is <root>/<name>
     seed: int = 0  # seeds structure, fusion, quantization and training; `qbr run --seeds N` adds 1 per seed
     cache_dir: str = ".cache/data"  # where named datasets are fetched to and verified
-    # `qbr run` also runs shards -> encode -> structure -> fusion -> quantize (-> retokenize with a cold-item
+    # `qbr run` also runs structure -> shards -> encode -> fusion -> quantize (-> retokenize with a cold-item
     # split), content k-NN and Q-BERT4Rec; false: popularity and BERT4Rec only
     tokenize: bool = True
 

@@ -1,6 +1,6 @@
 """`qbr run`: the stages of a run, each skipped when its manifest matches.
 
-ingest -> shards -> encode -> structure -> fusion -> quantize (-> retokenize, giving the cold
+ingest -> structure -> shards -> encode -> fusion -> quantize (-> retokenize, giving the cold
 items of a cold-item split their codes) (the tokenizer, unless run.tokenize = false) ->
 popularity -> content-knn -> bert4rec -> qbert4rec -> report. Stages meet only at files in the
 run directory.
@@ -536,8 +536,7 @@ def _prebuilt_shards(folder: Path) -> Path:
 
 
 def check_structure_fields(cfg: Config, ingest_dir: Path) -> Path:
-    """The ingested catalog, checked to have every field structure.fields names (right after ingest too, so a
-    misspelt field stops the run before hours of encoding)."""
+    """The ingested catalog, checked to have every field structure.fields names."""
     items_file = ingest_dir / ITEMS
     present = pq.read_schema(items_file).names
     source = cfg.data.catalog or (f"the {cfg.data.dataset} catalog" if cfg.data.dataset != "files" else
@@ -628,13 +627,14 @@ def feature_files(stage_dir: Path) -> list[Path]:
 
 
 def tokenize(cfg: Config, root: Path) -> dict[str, Path]:
-    """ingest -> shards -> encode -> structure -> fusion (when quant.input = 'fused') -> quantize, fitted on
-    warm items only under a cold-item split, then retokenize to give the cold items their codes."""
+    """ingest -> structure -> shards -> encode -> fusion (when quant.input = 'fused') -> quantize, fitted on
+    warm items only under a cold-item split, then retokenize to give the cold items their codes. Structure comes
+    first of the content stages: it is quick, and a field it names that the catalog lacks stops the run before
+    hours of encoding."""
     dirs = {"ingest": ingest(cfg, root)}
-    check_structure_fields(cfg, dirs["ingest"])
+    dirs["structure"] = structure(cfg, root, dirs["ingest"])
     dirs["shards"] = shards(cfg, dirs["ingest"])
     dirs["encode"] = encode(cfg, root, dirs["shards"])
-    dirs["structure"] = structure(cfg, root, dirs["ingest"])
     vectors = dirs["encode"]
     if cfg.quant.input == "fused":
         vectors = dirs["fusion"] = fusion(cfg, root, dirs["ingest"], dirs["encode"], dirs["structure"])
