@@ -455,8 +455,8 @@ def _sequences_fingerprint(ingest_dir: Path) -> str:
 
 
 def sequences_input(ingest_dir: Path) -> dict[str, str]:
-    """The key input of a stage that reads the sequences, the cold split or the item ids of ingest, and not the
-    catalog's text: their content, so a change of the text alone (`data.text_fields`, a corrected title) does not
+    """The key input of a stage that reads the sequences, the cold split or the item ids of ingest, and nothing else
+    of it: their content, so a change of the text alone (`data.text_fields`, a corrected title) does not
     train the ID-only models again. An ingest stage written before it recorded its content gives its manifest's
     fingerprint, as then, so the stages after it stay current."""
     content = (artifacts.read_manifest(ingest_dir) or {}).get("content", {}).get("sequences")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +30,7 @@ from qbr_dist.data import amazon
 from qbr_dist.data.quarantine import DataError, Quarantine
 from qbr_dist.data.tables import INTERACTION_FIELDS, INTERACTIONS_SCHEMA, item_text
 
+log = logging.getLogger("qbr.data")
 
 # The config key that gives a file's own name for each field the readers need (RecBole and parquet files).
 FIELD_SETTINGS = {field: f"data.{field}_field" for field in INTERACTION_FIELDS}
@@ -64,7 +66,8 @@ def _text_records(path: Path, atomic_suffix: str, setting: str, required: tuple[
         return _csv_records(path, required, quarantine, renames, text_fields)
     if path.suffix != atomic_suffix:
         raise DataError(f"{path}: {setting} of an unsupported type '{path.suffix or path.name}' (expected a RecBole "
-                        f"atomic {atomic_suffix} file, .csv, .parquet, or Amazon .json/.jsonl, optionally .gz)")
+                        f"atomic {atomic_suffix} file, .csv, .parquet, or Amazon .json/.jsonl, those two optionally "
+                        ".gz)")
     return _atomic_records(path, required, quarantine, renames, text_fields)
 
 
@@ -81,9 +84,10 @@ def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantin
                             f"(expected some of {', '.join(amazon.TEXT_FIELDS)})")
         return amazon.read_amazon_catalog(path, text_fields, quarantine)
     if path.suffix == ".parquet":
-        table = _read_parquet(path, ("item_id", *text_fields), renames, tuple(text_fields))
-        columns = {name: _catalog_column(path, table, name, extra=name not in ("item_id", *text_fields))
-                   for name in table.schema.names}
+        used = ("item_id", *text_fields)
+        table = _read_parquet(path, used, renames, tuple(text_fields))
+        columns = {name: _catalog_column(path, table, name, extra=name not in used) for name in table.schema.names}
+        columns = {name: values for name, values in columns.items() if name in used or _all_text(path, name, values)}
         quarantine.read += table.num_rows
         records = ((f"row {i + 1}", {k: v[i] for k, v in columns.items()}) for i in range(table.num_rows))
     else:
@@ -118,6 +122,16 @@ def _catalog_column(path: Path, table: pa.Table, name: str, *, extra: bool) -> l
     if extra and pa.types.is_nested(type_):
         return [None if value is None else json.dumps(value, default=str) for value in table.column(name).to_pylist()]
     return _text_column(path, table, name)
+
+
+def _all_text(path: Path, name: str, values: list) -> bool:
+    """False, with a warning, for a catalog column that is not all UTF-8 text (thumbnails or embeddings as bytes):
+    one that is neither the item id nor a text field is then left out of the catalog, not the items with it."""
+    if not any(value is NOT_UTF8 for value in values):
+        return True
+    log.warning("%s: field %r is not UTF-8 text in %d rows; left out of the catalog (bytes are kept only in an "
+                "'image' column)", path, name, sum(value is NOT_UTF8 for value in values))
+    return False
 
 
 def _binary_image(name: str, rows: list[dict]) -> pa.DataType | None:
@@ -222,42 +236,57 @@ def _atomic_records(path: Path, required: tuple[str, ...], quarantine: Quarantin
 
 
 CSV_DELIMITERS = ",;\t|"
+CSV_FIELD_LIMIT = 1 << 28  # characters; csv's own 131,072 would end a long product description
 
 
 def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, renames: dict[str, str],
                  text_fields: tuple[str, ...] = ()) -> Iterator[tuple[str, dict]]:
     """Rows of a CSV file with a header line, quoted as spreadsheets and pandas write them (a quoted field may hold
-    the delimiter or a line break), as string dicts by field name. The delimiter is the one of `CSV_DELIMITERS`
-    the header holds most (`;` in many European exports; a comma on a tie); a byte-order mark is ignored. A row
-    with bad bytes, the wrong number of fields or a field past csv's size limit is quarantined."""
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        header = handle.readline()
-        if not _is_utf8(header):
-            raise DataError(f"{path}: header is not UTF-8 text (expected fields {', '.join(required)})")
-        delimiter = max(CSV_DELIMITERS, key=header.count)
-        found = [name.strip() for name in next(csv.reader([header], delimiter=delimiter), [])]
-        names = _own_names(path, found, required, renames, text_fields)
-        reader = csv.reader(handle, delimiter=delimiter)
-        while True:
-            first = reader.line_num + 2  # the reader counts the lines after the header
-            try:
-                values = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as err:
-                values, problem = None, f"not a CSV row ({err})"
-            if values == []:
-                continue  # a blank line is not a row
-            quarantine.read += 1
-            where = f"line {first}" if reader.line_num + 1 == first else f"lines {first}-{reader.line_num + 1}"
-            if values is not None:
-                problem = (None if _is_utf8(delimiter.join(values)) else "not UTF-8 text") or (
-                    None if len(values) == len(names) else
-                    f"expected {len(names)} {delimiter!r}-separated fields, got {len(values)}")
-            if problem:
-                quarantine.add(source=str(path), where=where, field="*", reason=problem)
-                continue
-            yield where, dict(zip(names, values))
+    the delimiter, doubled quotes or line breaks), as string dicts by field name. The delimiter is the one of
+    `CSV_DELIMITERS` the header holds most (`;` in many European exports; a comma on a tie); a byte-order mark and
+    spaces after a delimiter are ignored. A row with bad bytes, the wrong number of fields or quotes out of place
+    (`"Weird" Al`) is quarantined; so are the lines from a quote never closed to the end of the file."""
+    limit = csv.field_size_limit(CSV_FIELD_LIMIT)  # process-wide: put back when the file is done
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+            yield from _csv_rows(path, handle, required, quarantine, renames, text_fields)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_rows(path: Path, handle, required: tuple[str, ...], quarantine: Quarantine, renames: dict[str, str],
+              text_fields: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
+    header = handle.readline()
+    if not header.strip():
+        raise DataError(f"{path}: no header line (expected fields {', '.join(required)})")
+    if not _is_utf8(header):
+        raise DataError(f"{path}: header is not UTF-8 text (expected fields {', '.join(required)})")
+    delimiter = max(CSV_DELIMITERS, key=header.count)
+    found = [name.strip() for name in next(csv.reader([header], delimiter=delimiter), [])]
+    names = _own_names(path, found, required, renames, text_fields)
+    reader = csv.reader(handle, delimiter=delimiter, skipinitialspace=True, strict=True)
+    while True:
+        first = reader.line_num + 2  # the reader counts the lines after the header
+        try:
+            values, problem = next(reader), None
+        except StopIteration:
+            return
+        except csv.Error as err:
+            values = None
+            problem = ("a quote opened here is never closed: the file ends inside it" if "end of data" in str(err)
+                       else f"not a CSV row ({err})")
+        if values == []:
+            continue  # a blank line is not a row
+        quarantine.read += 1
+        where = f"line {first}" if reader.line_num + 1 == first else f"lines {first}-{reader.line_num + 1}"
+        if values is not None:
+            problem = (None if _is_utf8(delimiter.join(values)) else "not UTF-8 text") or (
+                None if len(values) == len(names) else
+                f"expected {len(names)} {delimiter!r}-separated fields, got {len(values)}")
+        if problem:
+            quarantine.add(source=str(path), where=where, field="*", reason=problem)
+            continue
+        yield where, dict(zip(names, values))
 
 
 def _is_utf8(text: str) -> bool:

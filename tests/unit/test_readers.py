@@ -1,3 +1,4 @@
+import csv
 import json
 
 import pyarrow as pa
@@ -220,16 +221,22 @@ def test_bad_csv_rows_are_quarantined_by_line_and_reading_continues(tmp_path):
         ("line 7", "timestamp", "timestamp is neither a finite number nor an ISO 8601 time")]
 
 
-def test_a_csv_row_past_the_field_size_limit_or_an_unclosed_quote_is_one_quarantined_row(tmp_path):
-    lines = [b"u1,i1,100", b"u1,i2," + b"9" * 200_000, b"u2,i1,101", b'u2,"i2,102', b"u3,i1,103"]
-    events = write_lines(tmp_path / "events.csv", b"user_id,item_id,timestamp\n", lines)
+def test_csv_quoting_long_fields_quotes_out_of_place_and_a_quote_never_closed(tmp_path):
+    long = b"long description " * 10_000  # past csv's own field size limit, over three lines
+    lines = [b"A,Title A,short", b'B,Title B,"' + long + b"\nsecond\nthird" + b'"', b'"Weird" Al,x,y', b"C, Title C,ok",
+             b'D,"12 inch ruler', b"E,Title E,ok"]
+    catalog = write_lines(tmp_path / "items.csv", b"item_id,title,description\n", lines)
+    limit = csv.field_size_limit()
     with Quarantine(tmp_path / "q.jsonl") as quarantine:
-        table = read_interactions(events, quarantine)
-    assert table.column("user_id").to_pylist() == ["u1", "u2"]
-    records = quarantined(tmp_path / "q.jsonl")
-    assert [r["where"] for r in records] == ["line 3", "lines 5-6"]
-    assert records[0]["reason"].startswith("not a CSV row (field larger than field limit")
-    assert records[1]["reason"] == "expected 3 ','-separated fields, got 2"
+        table = read_catalog(catalog, ["title"], quarantine)
+    assert csv.field_size_limit() == limit  # the process-wide setting is put back
+    assert table.column("item_id").to_pylist() == ["A", "B", "C"]
+    assert table.column("description").to_pylist()[1] == long.decode() + "\nsecond\nthird"
+    assert table.column("title").to_pylist()[2] == "Title C"  # spaces after a delimiter are not part of the field
+    assert quarantine.read == 5 == table.num_rows + quarantine.total
+    assert [(r["where"], r["reason"]) for r in quarantined(tmp_path / "q.jsonl")] == [
+        ("line 6", "not a CSV row (',' expected after '\"')"),
+        ("lines 8-9", "a quote opened here is never closed: the file ends inside it")]
 
 
 def test_a_csv_header_missing_a_field_or_not_utf8_is_a_one_line_error(tmp_path):
@@ -239,6 +246,9 @@ def test_a_csv_header_missing_a_field_or_not_utf8_is_a_one_line_error(tmp_path):
         read_interactions(events, Quarantine())
     write_lines(events, b"user_id,it\xffem_id,timestamp\n", [b"u1,i1,100"])
     with pytest.raises(DataError, match=r"events.csv: header is not UTF-8 text"):
+        read_interactions(events, Quarantine())
+    events.write_bytes(b"")
+    with pytest.raises(DataError, match=r"events.csv: no header line \(expected fields user_id, item_id, timestamp\)"):
         read_interactions(events, Quarantine())
 
 
@@ -276,3 +286,14 @@ def test_parquet_text_that_is_not_utf8_quarantines_its_row_not_the_file(tmp_path
         assert read_interactions(events, quarantine).column("item_id").to_pylist() == ["ok", "fine"]
     assert [(r["source"], r["where"], r["field"], r["reason"]) for r in quarantined(tmp_path / "q.jsonl")] == [
         (str(catalog), "row 2", "title", "not UTF-8 text"), (str(events), "row 2", "item_id", "not UTF-8 text")]
+
+
+def test_a_catalog_column_of_bytes_the_pipeline_does_not_read_is_left_out_not_its_items(tmp_path, caplog):
+    jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF"
+    catalog = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item_id": ["a", "b"], "title": ["x", "y"], "thumbnail": pa.array([jpeg, b"ok"]),
+                             "brand": ["p", "q"]}), catalog)
+    with caplog.at_level("WARNING", logger="qbr.data"):
+        table = read_catalog(catalog, ["title"], Quarantine())
+    assert table.column_names == ["item_id", "text", "title", "brand"] and table.num_rows == 2
+    assert "field 'thumbnail' is not UTF-8 text in 1 rows; left out of the catalog" in caplog.text
