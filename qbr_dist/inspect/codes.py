@@ -28,7 +28,7 @@ from qbr_dist.data.buckets import BucketFiles, id_buckets
 from qbr_dist.data.tables import column_matrix
 from qbr_dist.inspect.tables import markdown_table
 
-WORD = re.compile(r"[a-z][a-z0-9']{2,}")
+WORD = re.compile(r"[^\W\d_][\w']{2,}")  # a letter of any script, then letters, digits or apostrophes
 STOPWORDS = frozenset(
     "the and for with from that this are was were has have had not but its into than then them they their "
     "you your our out all any can will one two new".split()
@@ -36,7 +36,8 @@ STOPWORDS = frozenset(
 
 
 def words(text: str | None) -> set[str]:
-    """The distinct words of a text (lower case, 3+ characters, common English words left out)."""
+    """The distinct words of a text (lower case, 3+ characters, starting with a letter; common English words left
+    out)."""
     return {w for w in WORD.findall((text or "").lower()) if w not in STOPWORDS}
 
 

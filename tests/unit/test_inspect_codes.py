@@ -114,3 +114,9 @@ def test_the_run_codes_are_the_retokenized_ones_only_with_the_current_codebook(t
     (tmp_path / "ingest").mkdir()
     (tmp_path / "ingest" / "cold_items.npy").write_bytes(b"")
     assert run_codes(tmp_path) == tmp_path / "retokenize" / "codes.parquet"
+
+
+def test_words_keep_letters_of_every_script_whole():
+    from qbr_dist.inspect.codes import words
+
+    assert words("Bäckerei Müller: Œuvres, 2024's 東京タワー and the x1") == {"bäckerei", "müller", "œuvres", "東京タワー"}
