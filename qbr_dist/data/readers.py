@@ -236,7 +236,7 @@ def _atomic_records(path: Path, required: tuple[str, ...], quarantine: Quarantin
 
 
 CSV_DELIMITERS = ",;\t|"
-CSV_FIELD_LIMIT = 1 << 28  # characters; csv's own 131,072 would end a long product description
+CSV_RECORD_CHARS = 1 << 22  # a row longer than this is taken for a quote never closed
 
 
 def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, renames: dict[str, str],
@@ -245,13 +245,46 @@ def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, 
     the delimiter, doubled quotes or line breaks), as string dicts by field name. The delimiter is the one of
     `CSV_DELIMITERS` the header holds most (`;` in many European exports; a comma on a tie); a byte-order mark and
     spaces after a delimiter are ignored. A row with bad bytes, the wrong number of fields or quotes out of place
-    (`"Weird" Al`) is quarantined; so are the lines from a quote never closed to the end of the file."""
-    limit = csv.field_size_limit(CSV_FIELD_LIMIT)  # process-wide: put back when the file is done
+    (`"Weird" Al`) is quarantined. A row that fails over several lines (a quote never closed, which would make the
+    rest of the file one field) quarantines its first line only, and the lines after it are read again."""
+    limit = csv.field_size_limit(CSV_RECORD_CHARS)  # process-wide: put back when the file is done
     try:
         with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
             yield from _csv_rows(path, handle, required, quarantine, renames, text_fields)
     finally:
         csv.field_size_limit(limit)
+
+
+class _RowTooLong(Exception):
+    pass
+
+
+class _CsvLines:
+    """The lines of a CSV file for `csv.reader`, numbered, keeping those of the row being read so that the lines
+    after its first can be read again (at most `CSV_RECORD_CHARS` of them: memory stays bounded)."""
+
+    def __init__(self, handle):
+        self.handle, self.again, self.row, self.chars, self.number = handle, [], [], 0, 1  # line 1: the header
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self.again.pop() if self.again else next(self.handle)
+        self.row.append(line)
+        self.number, self.chars = self.number + 1, self.chars + len(line)
+        if self.chars > CSV_RECORD_CHARS:
+            raise _RowTooLong(f"a row over {CSV_RECORD_CHARS:,} characters")
+        return line
+
+    def next_row(self) -> int:
+        """Starts a row; returns the number of its first line."""
+        self.row, self.chars = [], 0
+        return self.number + 1
+
+    def read_again_after_first(self) -> None:
+        self.again.extend(reversed(self.row[1:]))
+        self.number -= len(self.row) - 1
 
 
 def _csv_rows(path: Path, handle, required: tuple[str, ...], quarantine: Quarantine, renames: dict[str, str],
@@ -264,21 +297,24 @@ def _csv_rows(path: Path, handle, required: tuple[str, ...], quarantine: Quarant
     delimiter = max(CSV_DELIMITERS, key=header.count)
     found = [name.strip() for name in next(csv.reader([header], delimiter=delimiter), [])]
     names = _own_names(path, found, required, renames, text_fields)
-    reader = csv.reader(handle, delimiter=delimiter, skipinitialspace=True, strict=True)
+    lines = _CsvLines(handle)
+    reader = csv.reader(lines, delimiter=delimiter, skipinitialspace=True, strict=True)
     while True:
-        first = reader.line_num + 2  # the reader counts the lines after the header
+        first = lines.next_row()
         try:
             values, problem = next(reader), None
         except StopIteration:
             return
-        except csv.Error as err:
-            values = None
-            problem = ("a quote opened here is never closed: the file ends inside it" if "end of data" in str(err)
-                       else f"not a CSV row ({err})")
+        except (csv.Error, _RowTooLong) as err:
+            values, problem = None, ("a quote opened here is never closed" if "end of data" in str(err)
+                                     else f"not a CSV row ({err})")
         if values == []:
             continue  # a blank line is not a row
         quarantine.read += 1
-        where = f"line {first}" if reader.line_num + 1 == first else f"lines {first}-{reader.line_num + 1}"
+        if values is None and lines.number > first:
+            lines.read_again_after_first()
+            problem += " (the lines after it are read again)"
+        where = f"line {first}" if lines.number == first else f"lines {first}-{lines.number}"
         if values is not None:
             problem = (None if _is_utf8(delimiter.join(values)) else "not UTF-8 text") or (
                 None if len(values) == len(names) else

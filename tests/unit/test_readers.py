@@ -230,13 +230,38 @@ def test_csv_quoting_long_fields_quotes_out_of_place_and_a_quote_never_closed(tm
     with Quarantine(tmp_path / "q.jsonl") as quarantine:
         table = read_catalog(catalog, ["title"], quarantine)
     assert csv.field_size_limit() == limit  # the process-wide setting is put back
-    assert table.column("item_id").to_pylist() == ["A", "B", "C"]
+    assert table.column("item_id").to_pylist() == ["A", "B", "C", "E"]
     assert table.column("description").to_pylist()[1] == long.decode() + "\nsecond\nthird"
     assert table.column("title").to_pylist()[2] == "Title C"  # spaces after a delimiter are not part of the field
-    assert quarantine.read == 5 == table.num_rows + quarantine.total
+    assert quarantine.read == 6 == table.num_rows + quarantine.total
     assert [(r["where"], r["reason"]) for r in quarantined(tmp_path / "q.jsonl")] == [
         ("line 6", "not a CSV row (',' expected after '\"')"),
-        ("lines 8-9", "a quote opened here is never closed: the file ends inside it")]
+        ("line 8", "a quote opened here is never closed (the lines after it are read again)")]
+
+
+def test_a_quote_never_closed_mid_file_costs_its_own_line_only(tmp_path):
+    lines = [f"u{i};i{i % 7};{100 + i}".encode() for i in range(2000)]
+    lines[800] = b'u800;"i3;900'  # the rest of the file would be one field
+    events = write_lines(tmp_path / "events.csv", b"user_id;item_id;timestamp\r\n", [b"%s\r" % line for line in lines])
+    with Quarantine(tmp_path / "q.jsonl") as quarantine:
+        table = read_interactions(events, quarantine)
+    assert table.num_rows == 1999 and quarantine.read == 2000
+    assert table.column("user_id").to_pylist()[800:802] == ["u801", "u802"]
+    assert [r["where"] for r in quarantined(tmp_path / "q.jsonl")] == ["line 802"]
+
+
+def test_a_row_past_the_size_limit_is_read_again_from_its_second_line(tmp_path, monkeypatch):
+    from qbr_dist.data import readers
+
+    monkeypatch.setattr(readers, "CSV_RECORD_CHARS", 200)
+    lines = [b"u1,i1,100", b'u1,"' + b"x" * 150, b"y" * 100 + b'",101', b"u2,i2,102"]
+    events = write_lines(tmp_path / "events.csv", b"user_id,item_id,timestamp\n", lines)
+    with Quarantine(tmp_path / "q.jsonl") as quarantine:
+        table = read_interactions(events, quarantine)
+    assert table.column("user_id").to_pylist() == ["u1", "u2"] and quarantine.read == 4 == 2 + quarantine.total
+    assert [(r["where"], r["reason"]) for r in quarantined(tmp_path / "q.jsonl")] == [
+        ("line 3", "not a CSV row (a row over 200 characters) (the lines after it are read again)"),
+        ("line 4", "expected 3 ','-separated fields, got 2")]
 
 
 def test_a_csv_header_missing_a_field_or_not_utf8_is_a_one_line_error(tmp_path):
