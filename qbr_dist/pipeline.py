@@ -395,9 +395,15 @@ def ingest(cfg: Config, root: Path) -> Path:
     inputs = raw_inputs(cfg)
     (stage_dir / QUARANTINE).unlink(missing_ok=True)
     with Quarantine(stage_dir / QUARANTINE) as quarantine:
+        # A file whose every row is quarantined is refused with its most common reason: a wrong field or format
+        # would otherwise fail a later step far from its cause ("no user has the 3 interactions ...").
+        since = quarantine.mark()
         interactions = read_interactions(inputs["interactions"], quarantine, cfg.data.field_names())
+        quarantine.require_some(str(inputs["interactions"]), interactions.num_rows, since)
         if "catalog" in inputs:
+            since = quarantine.mark()
             catalog = read_catalog(inputs["catalog"], cfg.data.text_fields, quarantine, cfg.data.field_names())
+            quarantine.require_some(str(inputs["catalog"]), catalog.num_rows, since)
         else:
             seen = list(dict.fromkeys(interactions.column("item_id").to_pylist()))
             catalog = pa.table({"item_id": pa.array(seen, pa.string()), "text": pa.nulls(len(seen), pa.string())})

@@ -75,7 +75,7 @@ def read_amazon_catalog(path: Path, text_fields: list[str], quarantine: Quaranti
             quarantine.add(source=str(path), where=where, field="item_id", reason=reason)
             continue
         if item_id in seen:
-            quarantine.add(source=str(path), where=where, field="item_id", reason="duplicate item id")
+            quarantine.add(source=str(path), where=where, field="item_id", reason="duplicate item id", value=item_id)
             continue
         flat = {name: _flatten(value) for name, value in item.items() if name != "images"}
         row = {

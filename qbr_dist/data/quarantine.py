@@ -11,6 +11,9 @@ from collections import Counter
 from pathlib import Path
 
 
+VALUE_CHARS = 80
+
+
 class DataError(ValueError):
     """A file that cannot be read as the expected table; the message names the file and field."""
 
@@ -24,18 +27,37 @@ class Quarantine:
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path else None
         self.counts: Counter[str] = Counter()
+        self.examples: dict[str, str] = {}  # reason -> field, where (and value) of its first record
         self.read = 0  # rows the readers consumed, each either accepted or quarantined
         self._handle = None
 
-    def add(self, *, source: str, where: str, field: str, reason: str) -> None:
+    def add(self, *, source: str, where: str, field: str, reason: str, value: str | None = None) -> None:
+        """`value`: the text found, where it helps to see it (its first `VALUE_CHARS` characters)."""
         self.counts[reason] += 1
+        value = None if value is None else value[:VALUE_CHARS]
+        self.examples.setdefault(reason, ("" if field == "*" else f"field '{field}', ") + where +
+                                 ("" if value is None else f" {value!r}"))
         if self.path is None:
             return
         if self._handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._handle = open(self.path, "a", encoding="utf-8")
         record = {"source": source, "where": where, "field": field, "reason": reason}
-        self._handle.write(json.dumps(record) + "\n")
+        self._handle.write(json.dumps(record | ({"value": value} if value is not None else {})) + "\n")
+
+    def mark(self) -> tuple[int, Counter]:
+        """Where the counts stand, for `require_some`."""
+        return self.read, Counter(self.counts)
+
+    def require_some(self, source: str, kept: int, since: tuple[int, Counter]) -> None:
+        """A DataError naming the most common reason when every row read since the `mark` was quarantined."""
+        read_before, counts_before = since
+        if kept or self.read == read_before:
+            return
+        reason, times = (self.counts - counts_before).most_common(1)[0]
+        listed = f"; each listed in {self.path}" if self.path else ""
+        raise DataError(f"{source}: none of its {self.read - read_before:,} rows could be read; most often "
+                        f"'{reason}' ({times:,} rows, e.g. {self.examples[reason]}){listed}")
 
     def keep_only(self, keep) -> None:
         """Rewrite the file with only the records `keep(record)` accepts: those of work that stays done

@@ -50,7 +50,9 @@ def read_interactions(path: str | Path, quarantine: Quarantine, renames: dict[st
         timestamp = _as_seconds(record["timestamp"])
         problem = _interaction_problem(record["user_id"], record["item_id"], timestamp)
         if problem:
-            quarantine.add(source=str(path), where=where, field=problem[0], reason=problem[1])
+            field, reason = problem
+            quarantine.add(source=str(path), where=where, field=renames.get(field, field), reason=reason,
+                           value=record[field] if field == "timestamp" else None)
             continue
         rows["user_id"].append(record["user_id"])
         rows["item_id"].append(record["item_id"])
@@ -95,16 +97,18 @@ def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantin
                                 tuple(text_fields))
     seen: set[str] = set()
     rows: list[dict] = []
+    id_field = renames.get("item_id", "item_id")
     for where, record in records:
         item_id, bad_text = record["item_id"], next((name for name, value in record.items() if value is NOT_UTF8), None)
         if bad_text:
             quarantine.add(source=str(path), where=where, field=bad_text, reason="not UTF-8 text")
             continue
         if not item_id:
-            quarantine.add(source=str(path), where=where, field="item_id", reason="empty item id")
+            quarantine.add(source=str(path), where=where, field=id_field, reason="empty item id")
             continue
         if item_id in seen:
-            quarantine.add(source=str(path), where=where, field="item_id", reason="duplicate item id")
+            quarantine.add(source=str(path), where=where, field=id_field, reason="duplicate item id",
+                           value=item_id)
             continue
         seen.add(item_id)
         record["text"] = item_text(record, text_fields)
@@ -149,7 +153,8 @@ def _interactions_from_parquet(path: Path, quarantine: Quarantine, renames: dict
     for row, (user, item, stamp) in enumerate(zip(users, items, stamps)):
         problem = _interaction_problem(user, item, stamp)
         if problem:
-            quarantine.add(source=str(path), where=f"row {row + 1}", field=problem[0], reason=problem[1])
+            quarantine.add(source=str(path), where=f"row {row + 1}", field=renames.get(problem[0], problem[0]),
+                           reason=problem[1])
         else:
             keep.append(row)
     return pa.table(

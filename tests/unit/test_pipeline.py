@@ -9,6 +9,7 @@ import pytest
 
 from qbr_dist import artifacts, pipeline
 from qbr_dist.config import load_config
+from qbr_dist.data.quarantine import DataError
 from tests.conftest import synthetic_interactions
 
 
@@ -91,8 +92,6 @@ def test_shards_are_shared_by_runs_of_one_catalog_under_other_roots_or_split_set
 
 
 def test_interactions_whose_item_ids_the_catalog_lacks_are_named_with_an_id_from_each_file(tmp_path, caplog):
-    from qbr_dist.data.quarantine import DataError
-
     interactions = synthetic_interactions()
     events = tmp_path / "events.parquet"
     pq.write_table(interactions, events)
@@ -122,6 +121,18 @@ def test_ingest_reads_a_shop_exports_own_field_names(tmp_path):
     cfg = config(tmp_path, events, "data.user_id_field=customer_id", "data.item_id_field=sku",
                  "data.timestamp_field=event_time")
     assert artifacts.read_manifest(pipeline.ingest(cfg, pipeline.run_dir(cfg)))["rows"]["users"] == 48
+
+
+def test_ingest_refuses_a_file_whose_every_row_is_bad_with_the_reason_and_an_example(tmp_path):
+    events = tmp_path / "events.csv"
+    events.write_text("customer_id;sku;event_time\n" + "".join(f"c{i % 3};s{i};0{i % 9 + 1}.01.2024 14:23\n"
+                                                                for i in range(30)))
+    cfg = config(tmp_path, events, "data.user_id_field=customer_id", "data.item_id_field=sku",
+                 "data.timestamp_field=event_time")
+    with pytest.raises(DataError, match=r"events.csv: none of its 30 rows could be read; most often 'timestamp is "
+                                        r"neither a finite number nor an ISO 8601 time' \(30 rows, e.g. field "
+                                        r"'event_time', line 2 '01.01.2024 14:23'\); each listed in .*quarantine"):
+        pipeline.ingest(cfg, pipeline.run_dir(cfg))
 
 
 def test_ingest_of_csv_files_gives_the_sequences_of_the_same_data_in_parquet(tmp_path):

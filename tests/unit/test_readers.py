@@ -322,3 +322,14 @@ def test_a_catalog_column_of_bytes_the_pipeline_does_not_read_is_left_out_not_it
         table = read_catalog(catalog, ["title"], Quarantine())
     assert table.column_names == ["item_id", "text", "title", "brand"] and table.num_rows == 2
     assert "field 'thumbnail' is not UTF-8 text in 1 rows; left out of the catalog" in caplog.text
+
+
+def test_quarantine_records_name_fields_as_the_file_does_and_show_the_value_where_it_helps(tmp_path):
+    events = write_lines(tmp_path / "events.csv", b"customer_id,sku,event_time\n", [b"c1,s1,soon", b",s2,5"])
+    catalog = write_lines(tmp_path / "items.csv", b"sku,title\n", [b"s1,a", b"s1,b"])
+    renames = {"user_id": "customer_id", "item_id": "sku", "timestamp": "event_time"}
+    with Quarantine(tmp_path / "q.jsonl") as quarantine:
+        read_interactions(events, quarantine, renames)
+        read_catalog(catalog, ["title"], quarantine, renames)
+    assert [(r["field"], r.get("value")) for r in quarantined(tmp_path / "q.jsonl")] == [
+        ("event_time", "soon"), ("customer_id", None), ("sku", "s1")]
