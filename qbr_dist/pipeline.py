@@ -1016,8 +1016,9 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     datasets = {name: dataset.materialize() for name, dataset in datasets.items()}
     steps_per_epoch = {phase: datasets[phase].count() // cfg.train.batch_size for phase in ("pretrain", "finetune")}
     if not all(steps_per_epoch.values()):
+        counts = {phase: datasets[phase].count() for phase in steps_per_epoch}
         raise ValueError(f"config key 'train.batch_size': {cfg.train.batch_size} exceeds the training windows "
-                         f"of a phase ({ {p: datasets[p].count() for p in steps_per_epoch} })")
+                         f"of a phase ({counts}); set it to at most {min(counts.values())}")
     sampled = _item_counts(sequences, items, stage_dir) if items > cfg.train.sampled_softmax_above else {}
     loop_config = {
         "model": model.__dict__, "train": cfg.train.__dict__, "eval": cfg.eval.__dict__, "stage": stage,
