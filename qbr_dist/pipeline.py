@@ -395,18 +395,7 @@ def ingest(cfg: Config, root: Path) -> Path:
     inputs = raw_inputs(cfg)
     (stage_dir / QUARANTINE).unlink(missing_ok=True)
     with Quarantine(stage_dir / QUARANTINE) as quarantine:
-        # A file whose every row is quarantined is refused with its most common reason: a wrong field or format
-        # would otherwise fail a later step far from its cause ("no user has the 3 interactions ...").
-        since = quarantine.mark()
-        interactions = read_interactions(inputs["interactions"], quarantine, cfg.data.field_names())
-        quarantine.require_some(str(inputs["interactions"]), interactions.num_rows, since)
-        if "catalog" in inputs:
-            since = quarantine.mark()
-            catalog = read_catalog(inputs["catalog"], cfg.data.text_fields, quarantine, cfg.data.field_names())
-            quarantine.require_some(str(inputs["catalog"]), catalog.num_rows, since)
-        else:
-            seen = list(dict.fromkeys(interactions.column("item_id").to_pylist()))
-            catalog = pa.table({"item_id": pa.array(seen, pa.string()), "text": pa.nulls(len(seen), pa.string())})
+        interactions, catalog, by_file = _read_inputs(cfg, inputs, quarantine)
         read = quarantine.read  # rows of the input files, each accepted or quarantined
         index = item_index(catalog)
         sequences, summary = build_sequences(
@@ -415,7 +404,7 @@ def ingest(cfg: Config, root: Path) -> Path:
         )
         check_item_ids_match(summary, interactions, index, inputs)
     _count_records(cfg, "ingest", read=read, quarantined=quarantine.total)
-    rows = {**summary.as_dict(), "rows_read": read, "quarantined": dict(quarantine.counts)}
+    rows = {**summary.as_dict(), "rows_read": read, "quarantined": dict(quarantine.counts), "files": by_file}
     outputs = [ITEMS, SEQUENCES] + ([QUARANTINE] if quarantine.total else [])
     if cfg.data.cold_fraction:
         cold = choose_cold_items(catalog.num_rows, cfg.data.cold_fraction, cfg.data.cold_seed)
@@ -437,16 +426,44 @@ def ingest(cfg: Config, root: Path) -> Path:
         with artifacts.atomic_path(stage_dir / name) as tmp:
             pq.write_table(table, tmp)
     _finish(stage_dir, key, outputs=outputs, rows=rows, content={"sequences": _sequences_fingerprint(stage_dir)})
-    notes = [f"{summary.users_too_short} users with fewer than {MIN_SPLIT_LENGTH} interactions left out"] * bool(
-        summary.users_too_short) + [f"{summary.repeated_rows} interactions repeat an earlier one's user, item and "
-                                    "timestamp (kept)"] * bool(summary.repeated_rows)
+    notes = [f"{summary.unknown_item_rows:,} interactions of an item the catalog lacks quarantined"] * bool(
+        summary.unknown_item_rows) + [
+        f"{summary.users_too_short:,} users with fewer than {MIN_SPLIT_LENGTH} interactions left out "
+        f"({summary.short_user_rows:,} interactions)"] * bool(summary.users_too_short) + [
+        f"{summary.repeated_rows:,} interactions repeat an earlier one's user, item and timestamp (kept)"] * bool(
+        summary.repeated_rows)
     if cfg.data.cold_fraction:
         notes.append(f"cold-item split: {rows['cold_items']} items out of every training and validation input, "
                      f"{rows['users_dropped_by_cold_split']} users left with too short a history, "
                      f"{rows['cold_test_users']} with a cold test target")
-    log.info("ingest: %d users, %d items, %d interactions, %d quarantined%s", rows["users"], summary.items,
-             rows["interactions"], quarantine.total, "".join(f"; {note}" for note in notes))
+    files = "; ".join(f"{counts['file']}: {counts['read']:,} rows read, {counts['quarantined']:,} quarantined"
+                      for counts in by_file.values())
+    log.info("ingest: %s; %d users, %d items, %d interactions%s", files, rows["users"], summary.items,
+             rows["interactions"], "".join(f"; {note}" for note in notes))
     return stage_dir
+
+
+def _read_inputs(cfg: Config, inputs: dict[str, Path], quarantine: Quarantine) -> tuple[pa.Table, pa.Table, dict]:
+    """The interactions and the catalog (made from the interactions' item ids when there is none), and the rows
+    read and quarantined of each file. A file whose every row is quarantined is refused with its most common
+    reason: a wrong field or format would otherwise fail a later step far from its cause ("no user has the 3
+    interactions ...")."""
+    by_file = {}
+
+    def read(kind: str, reader, *args) -> pa.Table:
+        since = quarantine.mark()
+        table = reader(inputs[kind], *args, quarantine, cfg.data.field_names())
+        quarantine.require_some(str(inputs[kind]), table.num_rows, since)
+        by_file[kind] = {"file": inputs[kind].name, "read": quarantine.read - since[0],
+                         "quarantined": quarantine.total - sum(since[1].values())}
+        return table
+
+    interactions = read("interactions", read_interactions)
+    if "catalog" in inputs:
+        return interactions, read("catalog", read_catalog, cfg.data.text_fields), by_file
+    seen = list(dict.fromkeys(interactions.column("item_id").to_pylist()))
+    catalog = pa.table({"item_id": pa.array(seen, pa.string()), "text": pa.nulls(len(seen), pa.string())})
+    return interactions, catalog, by_file
 
 
 def _sequences_fingerprint(ingest_dir: Path) -> str:

@@ -195,9 +195,10 @@ def quarantine_markdown(report: dict) -> list[str]:
 
 def short_users_markdown(data: dict) -> list[str]:
     """Users left out for too short a history: valid rows, so not in a quarantine, but not in any metric either."""
-    short = data.get("users_too_short", 0)
-    return ["", f"{short:,} users with fewer than {MIN_SPLIT_LENGTH} interactions are left out (a leave-one-out split "
-            f"needs {MIN_SPLIT_LENGTH})."] if short else []
+    short, rows = data.get("users_too_short", 0), data.get("short_user_rows")
+    counted = f" ({rows:,} interactions)" if rows is not None else ""
+    return ["", f"{short:,} users with fewer than {MIN_SPLIT_LENGTH} interactions{counted} are left out (a "
+            f"leave-one-out split needs {MIN_SPLIT_LENGTH})."] if short else []
 
 
 def cold_markdown(report: dict) -> list[str]:

@@ -33,6 +33,7 @@ class SplitSummary:
     items: int
     interactions: int
     repeated_rows: int = 0  # rows after the k-core filter with an earlier row's user, item and timestamp (kept)
+    short_user_rows: int = 0  # the interactions of the users_too_short
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -41,6 +42,9 @@ class SplitSummary:
 def item_index(catalog: pa.Table) -> dict[str, int]:
     """Item id -> token index, 1..N in catalog order (0 is padding)."""
     return {item_id: i + 1 for i, item_id in enumerate(catalog.column("item_id").to_pylist())}
+
+
+UNKNOWN_ITEM = "item id not in the catalog (or its catalog row was quarantined)"  # one reason, counted as one
 
 
 def build_sequences(
@@ -56,7 +60,7 @@ def build_sequences(
         user_ids, stamps = interactions.column("user_id").to_pylist(), interactions.column("timestamp").to_pylist()
         for row in unknown:
             quarantine.add(source=source, where=f"user {user_ids[row]!r} at timestamp {stamps[row]!r}",
-                           field="item_id", reason=f"unknown item id {item_ids[row]!r}")
+                           field="item_id", reason=UNKNOWN_ITEM, value=item_ids[row])
     known = items > 0
     users, user_codes = np.unique(np.asarray(interactions.column("user_id").to_pylist(), dtype=object)[known],
                                   return_inverse=True)
@@ -85,6 +89,7 @@ def build_sequences(
         history_cut_rows=int(cut.sum()),
         users=table.num_rows,
         users_too_short=int((~long_enough).sum()),
+        short_user_rows=int(lengths[~long_enough].sum()),
         items=len(index),
         interactions=int(lengths[long_enough].sum()),
         repeated_rows=int(repeated),

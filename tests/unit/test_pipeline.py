@@ -356,5 +356,7 @@ def test_ingest_says_which_filter_left_no_user_and_logs_what_the_cold_split_took
     cfg = config(tmp_path, interactions_file, "data.cold_fraction=0.1")
     with caplog.at_level("INFO", logger=pipeline.log.name):
         rows = artifacts.read_manifest(pipeline.ingest(cfg, pipeline.run_dir(cfg)))["rows"]
-    assert (f"ingest: {rows['users']} users" in caplog.text and f"cold-item split: {rows['cold_items']} items out"
-            in caplog.text and rows["cold_items"] > 0)
+    read = rows["files"]["interactions"]
+    assert read == {"file": interactions_file.name, "read": rows["rows_read"], "quarantined": 0}
+    assert (f"ingest: {interactions_file.name}: {read['read']:,} rows read, 0 quarantined; {rows['users']} users"
+            in caplog.text and f"cold-item split: {rows['cold_items']} items out" in caplog.text and rows["cold_items"] > 0)

@@ -277,4 +277,6 @@ def test_users_left_out_for_too_short_a_history_are_counted_in_the_report():
 
     short = REPORT | {"data": REPORT["data"] | {"users_too_short": 40}}
     assert "\n40 users with fewer than 3 interactions are left out (a leave-one-out split needs 3).\n" in markdown(short)
+    counted = REPORT | {"data": REPORT["data"] | {"users_too_short": 40, "short_user_rows": 75}}
+    assert "\n40 users with fewer than 3 interactions (75 interactions) are left out" in markdown(counted)
     assert "fewer than 3 interactions" not in markdown(REPORT | {"data": REPORT["data"] | {"users_too_short": 0}})

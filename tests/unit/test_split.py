@@ -44,7 +44,8 @@ def test_unknown_items_are_quarantined_and_counted(tmp_path):
     assert summary.unknown_item_rows == 1
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert records == [{"source": "test", "where": "user 'u' at timestamp 1600000002.0", "field": "item_id",
-                        "reason": "unknown item id 'zzz'"}]
+                        "reason": "item id not in the catalog (or its catalog row was quarantined)", "value": "zzz"}]
+    assert dict(quarantine.counts) == {"item id not in the catalog (or its catalog row was quarantined)": 1}
 
 
 def test_rows_repeating_user_item_and_time_are_kept_and_counted():
@@ -57,7 +58,7 @@ def test_short_users_are_excluded_and_counted():
     rows = [("u", "a", 1), ("u", "b", 2), ("u", "c", 3), ("short", "a", 1), ("short", "b", 2), ("one", "c", 1)]
     seqs, summary = sequences(rows)
     assert seqs == {"u": [1, 2, 3]}
-    assert summary.users_too_short == 2
+    assert summary.users_too_short == 2 and summary.short_user_rows == 3
     assert summary.users == 1 and summary.interactions == 3
 
 
