@@ -1034,8 +1034,11 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     steps_per_epoch = {phase: datasets[phase].count() // cfg.train.batch_size for phase in ("pretrain", "finetune")}
     if not all(steps_per_epoch.values()):
         counts = {phase: datasets[phase].count() for phase in steps_per_epoch}
+        fits = min(counts.values())
+        hint = (f"set it to at most {fits}" if fits >= max(1, cfg.runtime.num_workers) else
+                "too few for any batch of the configured workers: a phase needs users with longer histories")
         raise ValueError(f"config key 'train.batch_size': {cfg.train.batch_size} exceeds the training windows "
-                         f"of a phase ({counts}); set it to at most {min(counts.values())}")
+                         f"of a phase ({counts}); {hint}")
     sampled = _item_counts(sequences, items, stage_dir) if items > cfg.train.sampled_softmax_above else {}
     loop_config = {
         "model": model.__dict__, "train": cfg.train.__dict__, "eval": cfg.eval.__dict__, "stage": stage,

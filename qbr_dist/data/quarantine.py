@@ -27,7 +27,7 @@ class Quarantine:
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path else None
         self.counts: Counter[str] = Counter()
-        self.examples: dict[str, str] = {}  # reason -> field, where (and value) of its first record
+        self.examples: dict[str, str] = {}  # reason -> field, where (and value) of its first record since `mark`
         self.read = 0  # rows the readers consumed, each either accepted or quarantined
         self._handle = None
 
@@ -46,7 +46,8 @@ class Quarantine:
         self._handle.write(json.dumps(record | ({"value": value} if value is not None else {})) + "\n")
 
     def mark(self) -> tuple[int, Counter]:
-        """Where the counts stand, for `require_some`."""
+        """Where the counts stand, for `require_some`; the examples start again (each names a line of one file)."""
+        self.examples = {}
         return self.read, Counter(self.counts)
 
     def require_some(self, source: str, kept: int, since: tuple[int, Counter]) -> None:

@@ -101,7 +101,8 @@ def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantin
     for where, record in records:
         item_id, bad_text = record["item_id"], next((name for name, value in record.items() if value is NOT_UTF8), None)
         if bad_text:
-            quarantine.add(source=str(path), where=where, field=bad_text, reason="not UTF-8 text")
+            quarantine.add(source=str(path), where=where, field=id_field if bad_text == "item_id" else bad_text,
+                           reason="not UTF-8 text")
             continue
         if not item_id:
             quarantine.add(source=str(path), where=where, field=id_field, reason="empty item id")
@@ -241,7 +242,6 @@ def _atomic_records(path: Path, required: tuple[str, ...], quarantine: Quarantin
 
 
 CSV_DELIMITERS = ",;\t|"
-CSV_RECORD_CHARS = 1 << 22  # a row longer than this is taken for a quote never closed
 
 
 def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, renames: dict[str, str],
@@ -249,27 +249,53 @@ def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, 
     """Rows of a CSV file with a header line, quoted as spreadsheets and pandas write them (a quoted field may hold
     the delimiter, doubled quotes or line breaks), as string dicts by field name. The delimiter is the one of
     `CSV_DELIMITERS` the header holds most (`;` in many European exports; a comma on a tie); a byte-order mark and
-    spaces after a delimiter are ignored. A row with bad bytes, the wrong number of fields or quotes out of place
-    (`"Weird" Al`) is quarantined. A row that fails over several lines (a quote never closed, which would make the
-    rest of the file one field) quarantines its first line only, and the lines after it are read again."""
-    limit = csv.field_size_limit(CSV_RECORD_CHARS)  # process-wide: put back when the file is done
-    try:
-        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-            yield from _csv_rows(path, handle, required, quarantine, renames, text_fields)
-    finally:
-        csv.field_size_limit(limit)
-
-
-class _RowTooLong(Exception):
-    pass
+    spaces after a delimiter are ignored. A row with bad bytes, the wrong number of fields, quotes out of place
+    (`"Weird" Al`) or a field past csv's limit (131,072 characters) is quarantined. A row that fails over several
+    lines (a quote never closed, which would make the rest of the file one field; csv's limit bounds it) quarantines
+    its first line only, and the lines after it are read again."""
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+        header = handle.readline()
+        if not header.strip():
+            raise DataError(f"{path}: no header line (expected fields {', '.join(required)})")
+        if not _is_utf8(header):
+            raise DataError(f"{path}: header is not UTF-8 text (expected fields {', '.join(required)})")
+        delimiter = max(CSV_DELIMITERS, key=header.count)
+        found = [name.strip() for name in next(csv.reader([header], delimiter=delimiter), [])]
+        names = _own_names(path, found, required, renames, text_fields)
+        lines = _CsvLines(handle)
+        reader = csv.reader(lines, delimiter=delimiter, skipinitialspace=True, strict=True)
+        while True:
+            first = lines.next_row()
+            try:
+                values, problem = next(reader), None
+            except StopIteration:
+                return
+            except csv.Error as err:
+                values, problem = None, ("a quote opened here is never closed" if "end of data" in str(err)
+                                         else f"not a CSV row ({err})")
+            if values == []:
+                continue  # a blank line is not a row
+            quarantine.read += 1
+            if values is not None:
+                problem = (None if _is_utf8(delimiter.join(values)) else "not UTF-8 text") or (
+                    None if len(values) == len(names) else
+                    f"expected {len(names)} {delimiter!r}-separated fields, got {len(values)}")
+            if problem and lines.number > first:
+                lines.read_again_after_first()
+                problem += " (the lines after it are read again)"
+            where = f"line {first}" if lines.number == first else f"lines {first}-{lines.number}"
+            if problem:
+                quarantine.add(source=str(path), where=where, field="*", reason=problem)
+                continue
+            yield where, dict(zip(names, values))
 
 
 class _CsvLines:
     """The lines of a CSV file for `csv.reader`, numbered, keeping those of the row being read so that the lines
-    after its first can be read again (at most `CSV_RECORD_CHARS` of them: memory stays bounded)."""
+    after its first can be read again."""
 
     def __init__(self, handle):
-        self.handle, self.again, self.row, self.chars, self.number = handle, [], [], 0, 1  # line 1: the header
+        self.handle, self.again, self.row, self.number = handle, [], [], 1  # line 1: the header
 
     def __iter__(self):
         return self
@@ -277,57 +303,17 @@ class _CsvLines:
     def __next__(self) -> str:
         line = self.again.pop() if self.again else next(self.handle)
         self.row.append(line)
-        self.number, self.chars = self.number + 1, self.chars + len(line)
-        if self.chars > CSV_RECORD_CHARS:
-            raise _RowTooLong(f"a row over {CSV_RECORD_CHARS:,} characters")
+        self.number += 1
         return line
 
     def next_row(self) -> int:
         """Starts a row; returns the number of its first line."""
-        self.row, self.chars = [], 0
+        self.row = []
         return self.number + 1
 
     def read_again_after_first(self) -> None:
         self.again.extend(reversed(self.row[1:]))
         self.number -= len(self.row) - 1
-
-
-def _csv_rows(path: Path, handle, required: tuple[str, ...], quarantine: Quarantine, renames: dict[str, str],
-              text_fields: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
-    header = handle.readline()
-    if not header.strip():
-        raise DataError(f"{path}: no header line (expected fields {', '.join(required)})")
-    if not _is_utf8(header):
-        raise DataError(f"{path}: header is not UTF-8 text (expected fields {', '.join(required)})")
-    delimiter = max(CSV_DELIMITERS, key=header.count)
-    found = [name.strip() for name in next(csv.reader([header], delimiter=delimiter), [])]
-    names = _own_names(path, found, required, renames, text_fields)
-    lines = _CsvLines(handle)
-    reader = csv.reader(lines, delimiter=delimiter, skipinitialspace=True, strict=True)
-    while True:
-        first = lines.next_row()
-        try:
-            values, problem = next(reader), None
-        except StopIteration:
-            return
-        except (csv.Error, _RowTooLong) as err:
-            values, problem = None, ("a quote opened here is never closed" if "end of data" in str(err)
-                                     else f"not a CSV row ({err})")
-        if values == []:
-            continue  # a blank line is not a row
-        quarantine.read += 1
-        if values is None and lines.number > first:
-            lines.read_again_after_first()
-            problem += " (the lines after it are read again)"
-        where = f"line {first}" if lines.number == first else f"lines {first}-{lines.number}"
-        if values is not None:
-            problem = (None if _is_utf8(delimiter.join(values)) else "not UTF-8 text") or (
-                None if len(values) == len(names) else
-                f"expected {len(names)} {delimiter!r}-separated fields, got {len(values)}")
-        if problem:
-            quarantine.add(source=str(path), where=where, field="*", reason=problem)
-            continue
-        yield where, dict(zip(names, values))
 
 
 def _is_utf8(text: str) -> bool:

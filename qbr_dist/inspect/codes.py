@@ -13,9 +13,10 @@ stays small at any size). `items_under` streams the codes file in one pass.
 """
 from __future__ import annotations
 
+import itertools
 import math
-import re
 import tempfile
+import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -28,7 +29,6 @@ from qbr_dist.data.buckets import BucketFiles, id_buckets
 from qbr_dist.data.tables import column_matrix
 from qbr_dist.inspect.tables import markdown_table
 
-WORD = re.compile(r"[^\W\d_][\w']{2,}")  # a letter of any script, then letters, digits or apostrophes
 STOPWORDS = frozenset(
     "the and for with from that this are was were has have had not but its into than then them they their "
     "you your our out all any can will one two new".split()
@@ -36,9 +36,16 @@ STOPWORDS = frozenset(
 
 
 def words(text: str | None) -> set[str]:
-    """The distinct words of a text (lower case, 3+ characters, starting with a letter; common English words left
-    out)."""
-    return {w for w in WORD.findall((text or "").lower()) if w not in STOPWORDS}
+    """The distinct words of a text: runs of letters, combining marks, digits and apostrophes (any script, composed
+    as NFC, so a decomposed 'ä' stays one word), of 3+ characters, starting with a letter, in lower case; common
+    English words left out."""
+    text = unicodedata.normalize("NFC", text or "").lower()
+    runs = ("".join(chars) for in_word, chars in itertools.groupby(text, _in_word) if in_word)
+    return {w for w in runs if len(w) >= 3 and unicodedata.category(w[0])[0] == "L" and w not in STOPWORDS}
+
+
+def _in_word(char: str) -> bool:
+    return char == "'" or unicodedata.category(char)[0] in "LMN"
 
 
 def prefix_name(codes) -> str:

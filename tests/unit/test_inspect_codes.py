@@ -120,3 +120,4 @@ def test_words_keep_letters_of_every_script_whole():
     from qbr_dist.inspect.codes import words
 
     assert words("Bäckerei Müller: Œuvres, 2024's 東京タワー and the x1") == {"bäckerei", "müller", "œuvres", "東京タワー"}
+    assert words("Ba\u0308ckerei cafe\u0301 हिन्दी किताब foo_bar") == {"bäckerei", "café", "हिन्दी", "किताब", "foo", "bar"}

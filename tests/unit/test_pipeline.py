@@ -135,6 +135,16 @@ def test_ingest_refuses_a_file_whose_every_row_is_bad_with_the_reason_and_an_exa
         pipeline.ingest(cfg, pipeline.run_dir(cfg))
 
 
+def test_an_unreadable_catalog_is_named_with_an_example_of_its_own(tmp_path):
+    events, items = tmp_path / "events.csv", tmp_path / "items.csv"
+    events.write_text("user_id,item_id,timestamp\nu1,i1,1\nu1,i2,1\nu1,,2\n" + "".join(f"u{i},i{i},3\n" for i in range(9)))
+    items.write_text("item_id,title\n\n,a\n,b\n")
+    cfg = config(tmp_path, events, f"data.catalog='{items}'", "data.text_fields=['title']")
+    with pytest.raises(DataError, match=r"items.csv: none of its 2 rows could be read; most often 'empty item id' "
+                                        r"\(2 rows, e.g. field 'item_id', line 3\)"):
+        pipeline.ingest(cfg, pipeline.run_dir(cfg))
+
+
 def test_ingest_of_csv_files_gives_the_sequences_of_the_same_data_in_parquet(tmp_path):
     interactions = synthetic_interactions()
     ids = sorted(set(interactions.column("item_id").to_pylist()))

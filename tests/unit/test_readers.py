@@ -1,4 +1,3 @@
-import csv
 import json
 
 import pyarrow as pa
@@ -222,14 +221,12 @@ def test_bad_csv_rows_are_quarantined_by_line_and_reading_continues(tmp_path):
 
 
 def test_csv_quoting_long_fields_quotes_out_of_place_and_a_quote_never_closed(tmp_path):
-    long = b"long description " * 10_000  # past csv's own field size limit, over three lines
+    long = b"long description " * 5_000  # a long field, over three lines
     lines = [b"A,Title A,short", b'B,Title B,"' + long + b"\nsecond\nthird" + b'"', b'"Weird" Al,x,y', b"C, Title C,ok",
              b'D,"12 inch ruler', b"E,Title E,ok"]
     catalog = write_lines(tmp_path / "items.csv", b"item_id,title,description\n", lines)
-    limit = csv.field_size_limit()
     with Quarantine(tmp_path / "q.jsonl") as quarantine:
         table = read_catalog(catalog, ["title"], quarantine)
-    assert csv.field_size_limit() == limit  # the process-wide setting is put back
     assert table.column("item_id").to_pylist() == ["A", "B", "C", "E"]
     assert table.column("description").to_pylist()[1] == long.decode() + "\nsecond\nthird"
     assert table.column("title").to_pylist()[2] == "Title C"  # spaces after a delimiter are not part of the field
@@ -250,18 +247,19 @@ def test_a_quote_never_closed_mid_file_costs_its_own_line_only(tmp_path):
     assert [r["where"] for r in quarantined(tmp_path / "q.jsonl")] == ["line 802"]
 
 
-def test_a_row_past_the_size_limit_is_read_again_from_its_second_line(tmp_path, monkeypatch):
-    from qbr_dist.data import readers
-
-    monkeypatch.setattr(readers, "CSV_RECORD_CHARS", 200)
-    lines = [b"u1,i1,100", b'u1,"' + b"x" * 150, b"y" * 100 + b'",101', b"u2,i2,102"]
+def test_a_row_too_long_or_failing_over_several_lines_costs_its_first_line_only(tmp_path):
+    lines = [b"u1,i1,100", b'u1,"' + b"x" * 140_000, b"y" * 100 + b'",101', b"u2,i2,102", b'u3,"i3,103', b"u4,i4,104",
+             b'u5,i5"', b"u6,i6,106"]
     events = write_lines(tmp_path / "events.csv", b"user_id,item_id,timestamp\n", lines)
     with Quarantine(tmp_path / "q.jsonl") as quarantine:
         table = read_interactions(events, quarantine)
-    assert table.column("user_id").to_pylist() == ["u1", "u2"] and quarantine.read == 4 == 2 + quarantine.total
+    assert table.column("user_id").to_pylist() == ["u1", "u2", "u4", "u6"]
+    assert quarantine.read == 8 == table.num_rows + quarantine.total
     assert [(r["where"], r["reason"]) for r in quarantined(tmp_path / "q.jsonl")] == [
-        ("line 3", "not a CSV row (a row over 200 characters) (the lines after it are read again)"),
-        ("line 4", "expected 3 ','-separated fields, got 2")]
+        ("line 3", "not a CSV row (field larger than field limit (131072))"),
+        ("line 4", "expected 3 ','-separated fields, got 2"),  # the rest of the long field
+        ("line 6", "expected 3 ','-separated fields, got 2 (the lines after it are read again)"),  # closed on line 8
+        ("line 8", "expected 3 ','-separated fields, got 2")]
 
 
 def test_a_csv_header_missing_a_field_or_not_utf8_is_a_one_line_error(tmp_path):
