@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: setup test-tools ops submit demo test test-unit test-integration test-reliability bench-encode bench-encode-quick bench-kmeans \
 	bench-kmeans-quick bench-retokenize bench-retokenize-quick bench-ablations bench-ablations-quick bench-load bench-load-quick \
 	bench-quality bench-quality-quick bench-scaling bench-scaling-quick bench-throughput bench-throughput-quick bench-slices \
-	bench-slices-quick bench-offsets bench-offsets-quick bench-cold bench-cold-quick bench-paired bench-paired-quick bench-engine-start bench-parquet-reads bench-gpu-smoke gpu-wheels clean
+	bench-slices-quick bench-offsets bench-offsets-quick bench-cold bench-cold-quick bench-paired bench-paired-quick bench-engine-start bench-parquet-reads bench-readers bench-readers-quick bench-gpu-smoke gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -153,6 +153,12 @@ bench-engine-start: $(STAMP)
 
 bench-parquet-reads: $(STAMP)
 	$(PY) bench/parquet_reads.py
+
+bench-readers: $(BENCH_STAMP)
+	$(PY) bench/readers.py
+
+bench-readers-quick: $(BENCH_STAMP)
+	$(PY) bench/readers.py --quick
 
 bench-gpu-smoke: $(STAMP)
 	PYTHON=$(PY) bash bench/gpu/run.sh --smoke
