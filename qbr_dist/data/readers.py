@@ -146,16 +146,18 @@ def _binary_image(name: str, rows: list[dict]) -> pa.DataType | None:
 
 def _interactions_from_parquet(path: Path, quarantine: Quarantine, renames: dict[str, str]) -> pa.Table:
     table = _read_parquet(path, INTERACTION_FIELDS, renames)
-    users = _text_column(path, table, "user_id")
-    items = _text_column(path, table, "item_id")
-    stamps = _timestamps(path, table)
+    own = {field: renames.get(field, field) for field in INTERACTION_FIELDS}  # for messages
+    users = _text_column(path, table, "user_id", shown=own["user_id"])
+    items = _text_column(path, table, "item_id", shown=own["item_id"])
+    stamps = _timestamps(path, table, shown=own["timestamp"])
     quarantine.read += table.num_rows
     keep = []
     for row, (user, item, stamp) in enumerate(zip(users, items, stamps)):
         problem = _interaction_problem(user, item, stamp)
         if problem:
+            found = table.column("timestamp")[row].as_py() if problem[0] == "timestamp" else None
             quarantine.add(source=str(path), where=f"row {row + 1}", field=renames.get(problem[0], problem[0]),
-                           reason=problem[1])
+                           reason=problem[1], value=None if found is None else str(found))
         else:
             keep.append(row)
     return pa.table(
@@ -167,7 +169,7 @@ def _interactions_from_parquet(path: Path, quarantine: Quarantine, renames: dict
     )
 
 
-def _timestamps(path: Path, table: pa.Table) -> list:
+def _timestamps(path: Path, table: pa.Table, shown: str) -> list:
     """The `timestamp` column as seconds: a timestamp or date type in its own unit, numbers as they are, text
     parsed a row at a time as a number or an ISO 8601 date and time (UTC unless it says otherwise; None, so
     quarantined, where a row holds neither). A text column with no time at all is the wrong field: a DataError."""
@@ -178,11 +180,11 @@ def _timestamps(path: Path, table: pa.Table) -> list:
         per_second = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[column.type.unit]
         return [None if value is None else value / per_second for value in column.cast(pa.int64()).to_pylist()]
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        return _column(path, table, "timestamp", pa.float64())
+        return _column(path, table, "timestamp", pa.float64(), shown=shown)
     values = column.to_pylist()
     stamps = [None if value is None else _as_seconds(value) for value in values]
     if any(value is not None for value in values) and all(stamp is None for stamp in stamps):
-        raise DataError(f"{path}: field 'timestamp' holds no time (expected seconds since 1970 as numbers or text, "
+        raise DataError(f"{path}: field '{shown}' holds no time (expected seconds since 1970 as numbers or text, "
                         "ISO 8601 text such as 2024-01-31T12:00:00Z, or a timestamp or date type)")
     return stamps
 
@@ -365,24 +367,24 @@ def _no_renames(path: Path, renames: dict[str, str]) -> None:
                         "fixed fields; leave it empty")
 
 
-def _column(path: Path, table: pa.Table, name: str, type_: pa.DataType) -> list:
+def _column(path: Path, table: pa.Table, name: str, type_: pa.DataType, shown: str | None = None) -> list:
     """The column as Python values of `type_` (nulls stay None); a column that cannot be cast is a DataError."""
     try:
         return table.column(name).cast(type_).to_pylist()
     except (pa.ArrowException, KeyError) as err:
-        raise DataError(f"{path}: field '{name}' cannot be read as {type_} ({err})") from None
+        raise DataError(f"{path}: field '{shown or name}' cannot be read as {type_} ({err})") from None
 
 
 NOT_UTF8 = object()  # a text value whose bytes are not UTF-8: its row is quarantined
 
 
-def _text_column(path: Path, table: pa.Table, name: str) -> list:
+def _text_column(path: Path, table: pa.Table, name: str, shown: str | None = None) -> list:
     """The column as text (nulls stay None), with `NOT_UTF8` for a string or binary value that is not UTF-8 (parquet
     writers need not check their strings); a column of another type that cannot be cast is a DataError."""
     column = table.column(name)
     if not any(check(column.type) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
                                                  pa.types.is_large_binary)):
-        return _column(path, table, name, pa.string())
+        return _column(path, table, name, pa.string(), shown=shown)
     try:
         return column.cast(pa.string()).to_pylist()
     except (pa.ArrowInvalid, UnicodeDecodeError):

@@ -331,3 +331,13 @@ def test_quarantine_records_name_fields_as_the_file_does_and_show_the_value_wher
         read_catalog(catalog, ["title"], quarantine, renames)
     assert [(r["field"], r.get("value")) for r in quarantined(tmp_path / "q.jsonl")] == [
         ("event_time", "soon"), ("customer_id", None), ("sku", "s1")]
+    events = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"customer_id": ["c1", "c2", "c3"], "sku": ["s1", "s2", "s3"],
+                             "event_time": ["31/01/2024", None, "2024-01-31"]}), events)
+    with Quarantine(tmp_path / "p.jsonl") as quarantine:
+        read_interactions(events, quarantine, renames)
+    assert [(r["where"], r["field"], r.get("value")) for r in quarantined(tmp_path / "p.jsonl")] == [
+        ("row 1", "event_time", "31/01/2024"), ("row 2", "event_time", None)]
+    pq.write_table(pa.table({"customer_id": ["c1"], "sku": ["s1"], "event_time": ["soon"]}), events)
+    with pytest.raises(DataError, match=r"events.parquet: field 'event_time' holds no time"):
+        read_interactions(events, Quarantine(), renames)
