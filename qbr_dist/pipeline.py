@@ -576,12 +576,14 @@ def structure(cfg: Config, root: Path, ingest_dir: Path) -> Path:
     from qbr_dist.data.split import train_part
     from qbr_dist.encode.structure import cooccurrence_embedding, cooccurrence_matrix, field_tokens, structure_table
 
-    inputs = {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
+    items_file = check_structure_fields(cfg, ingest_dir)
+    inputs = sequences_input(ingest_dir)
+    if "sequences" in inputs:  # and the catalog fields it reads, by content, not the text they may join
+        inputs["fields"] = _columns_fingerprint(items_file, cfg.structure.fields)
     key = artifacts.stage_key("structure", cfg.section_settings("structure", seed=cfg.run.seed), inputs)
     stage_dir, current = _stage("structure", root, key)
     if current:
         return stage_dir
-    items_file = check_structure_fields(cfg, ingest_dir)
     catalog = pq.read_table(items_file, columns=["item_id", *cfg.structure.fields])
     tokens, vocab = field_tokens({name: catalog.column(name).to_pylist() for name in cfg.structure.fields},
                                  separator=cfg.structure.separator or None, min_count=cfg.structure.min_count)
@@ -597,6 +599,15 @@ def structure(cfg: Config, root: Path, ingest_dir: Path) -> Path:
     _finish(stage_dir, key, outputs=[STRUCTURE, STRUCTURE_VOCAB], rows=rows)
     log.info("structure: %d items, %d tokens, %d with tokens, %d with co-occurrence", *rows.values())
     return stage_dir
+
+
+def _columns_fingerprint(path: Path, columns: list[str]) -> str:
+    """sha256 of some columns of a parquet table, as Arrow's stream format writes them."""
+    table = pq.read_table(path, columns=columns)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue()).hexdigest()[:16]
 
 
 def encode(cfg: Config, root: Path, shards_dir: Path) -> Path:

@@ -172,22 +172,28 @@ def test_a_change_of_the_catalog_text_alone_keeps_the_stages_that_read_only_the_
     pq.write_table(pa.table({"item_id": ids, "title": [f"t{i}" for i in ids], "brand": ["b"] * len(ids)}), items)
 
     def run(*settings):
-        cfg = config(tmp_path, events, f"data.catalog='{items}'", *settings)
+        cfg = config(tmp_path, events, f"data.catalog='{items}'", "structure.fields=['brand']", *settings)
         root = pipeline.run_dir(cfg)
         ingest = pipeline.ingest(cfg, root)
-        return ingest, pipeline.popularity(cfg, root, ingest)
+        return ingest, pipeline.popularity(cfg, root, ingest), pipeline.structure(cfg, root, ingest)
 
     def texts(ingest):
         return pq.read_table(ingest / pipeline.ITEMS).column("text").to_pylist()
 
-    ingest, popularity = run("data.text_fields=['title']")
+    ingest, popularity, structure = run("data.text_fields=['title']")
     first, first_texts = artifacts.read_manifest(popularity), texts(ingest)
+    first_structure = artifacts.read_manifest(structure)
     assert artifacts.read_manifest(ingest)["content"]["sequences"] == pipeline.sequences_input(ingest)["sequences"]
-    ingest, popularity = run("data.text_fields=['title', 'brand']")
+    ingest, popularity, structure = run("data.text_fields=['title', 'brand']")
     assert texts(ingest) != first_texts  # ingest ran again
     assert artifacts.read_manifest(popularity) == first  # the same sequences: not ranked again
-    ingest, popularity = run("data.text_fields=['title', 'brand']", "data.max_history=5")
+    assert artifacts.read_manifest(structure) == first_structure  # the same sequences and brand field
+    ingest, popularity, structure = run("data.text_fields=['title', 'brand']", "data.max_history=5")
     assert artifacts.read_manifest(popularity)["key"]["inputs"] != first["key"]["inputs"]
+    pq.write_table(pq.read_table(items).set_column(2, "brand", pa.array(["c"] * len(ids))), items)
+    ingest, popularity, structure = run("data.text_fields=['title']")
+    assert artifacts.read_manifest(popularity) == first  # a brand changed: structure only runs again
+    assert artifacts.read_manifest(structure)["key"]["inputs"]["fields"] != first_structure["key"]["inputs"]["fields"]
 
 
 def test_stages_after_an_ingest_that_recorded_no_content_keep_its_manifest_fingerprint(tmp_path, interactions_file):
