@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "take the content-predicted query) or its quant.input column, then the fitted quantizer, "
                     "on Ray Data actors, and write <run>/retokenize-<table name>-<digest>/codes.parquet (the folder is "
                     "printed; the pipeline's own retokenize/ is left alone). Suffixes of items already in the "
-                    "quantize stage's codes (and in --keep-suffixes) are kept; new items are appended.",
+                    "quantize stage's codes (and in --keep-suffixes) are kept; new items are appended. The run's "
+                    "tokenizer stages must be finished and current for this config (as `qbr report` checks "
+                    "them): the codes are those of the codebook its models were trained with, never a new one.",
     )
     _config_args(retokenize)
     retokenize.add_argument("--features", type=Path,
@@ -235,9 +237,9 @@ def _stage_command(args, cfg, pipeline) -> Path:
     if args.command in ("shards", "encode"):
         done = pipeline.shards(cfg, pipeline.ingest(cfg, root))
         return pipeline.encode(cfg, root, done) if args.command == "encode" else done
-    dirs = pipeline.tokenize(cfg, root)
     if args.command == "quantize":
-        return dirs["quantize"]
+        return pipeline.tokenize(cfg, root)["quantize"]
+    dirs = pipeline.finished_tokenizer(cfg)
     features = args.features or dirs["encode"]
     return pipeline.retokenize(cfg, root, features, dirs, keep_suffixes=args.keep_suffixes,
                                stage=pipeline.cli_retokenize_stage(features))

@@ -242,6 +242,20 @@ def report_only(cfg: Config) -> dict:
         _REPORT_ONLY.reset(token)
 
 
+def finished_tokenizer(cfg: Config) -> dict[str, Path]:
+    """The tokenizer stages of a run, each checked to be current as `qbr report` checks them (StageNotCurrent names
+    the first that is not): `qbr retokenize` codes items with the codebook the run's models were trained with,
+    never with one it would fit again."""
+    root = run_dir(cfg)
+    if not (root / "quantize").is_dir():
+        raise FileNotFoundError(f"{root}: no fitted codebook; run `qbr quantize` or `qbr run` with this config first")
+    token = _REPORT_ONLY.set(True)
+    try:
+        return tokenize(cfg, root)
+    finally:
+        _REPORT_ONLY.reset(token)
+
+
 def codes_stage(root: Path) -> str:
     """The stage whose codes.parquet holds the run's codes: `retokenize` (every item's) under a cold-item
     split, when it used the quantize stage's current codebook, else `quantize` (a retokenize/ left by an

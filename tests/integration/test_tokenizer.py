@@ -6,6 +6,7 @@ exported fusion model; retokenization of a grown catalog; then Q-BERT4Rec traine
 semantic IDs and evaluated on warm and cold test targets, next to content-knn."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pyarrow as pa
@@ -50,6 +51,12 @@ def test_tokenizer_end_to_end(tmp_path, tokenized_run, ray_cluster):
     assert (dirs["quantize"] / CODEBOOKS).is_file()
 
     check_fused_retokenize(cfg, dirs, tmp_path, cold_items=stats["cold_items"])
+    # `qbr retokenize` codes with the run's own codebook: it takes a current tokenizer, and refuses one its config
+    # would fit again instead of fitting it
+    assert pipeline.finished_tokenizer(cfg) == dirs
+    changed = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, iterations=cfg.quant.iterations + 1))
+    with pytest.raises(pipeline.StageNotCurrent, match=r"quantize: computed with other settings \(quant.iterations"):
+        pipeline.finished_tokenizer(changed)
 
     def manifests(stages: dict) -> dict:  # prebuilt shards (as here) have an index but no manifest
         return {name: artifacts.read_manifest(folder) for name, folder in stages.items()}

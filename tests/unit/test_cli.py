@@ -74,6 +74,12 @@ def test_stage_commands_refuse_a_run_another_process_holds(command, tmp_path, ca
     assert "this run directory is in use" in err and not (tmp_path / "held" / "ingest").exists()
 
 
+def test_retokenize_refuses_a_run_without_a_fitted_codebook_before_any_stage_runs(tmp_path, capsys):
+    assert main(["retokenize", "--set", f"run.root='{tmp_path}'", "--set", "obs.enabled=false"]) == 2
+    assert "no fitted codebook; run `qbr quantize` or `qbr run` with this config first" in capsys.readouterr().err
+    assert not (tmp_path / "ml100k" / "ingest").exists()
+
+
 def test_retokenize_refuses_missing_features_before_any_stage_runs(tmp_path, capsys):
     assert main(["retokenize", "--features", str(tmp_path / "nope.parquet"), "--set", f"run.root='{tmp_path}'"]) == 2
     assert "nope.parquet: --features names no file or folder" in capsys.readouterr().err
