@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "take the content-predicted query) or its quant.input column, then the fitted quantizer, "
                     "on Ray Data actors, and write <run>/retokenize-<table name>-<digest>/codes.parquet (the folder is "
                     "printed; the pipeline's own retokenize/ is left alone). Suffixes of items already in the "
-                    "quantize stage's codes (and in --keep-suffixes) are kept; new items are appended. The run's "
+                    "run's codes (the quantize stage's and, under a cold-item split, the cold items' of "
+                    "retokenize/) and in --keep-suffixes are kept; new items are appended. The run's "
                     "tokenizer stages must be finished and current for this config (as `qbr report` checks "
                     "them): the codes are those of the codebook its models were trained with, never a new one.",
     )

@@ -819,10 +819,11 @@ def _record_tokenizer(cfg: Config, quantize_dir: Path) -> None:
 def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *,
                keep_suffixes: list[Path] = (), stage: str = "retokenize") -> Path:
     """Codes for every row of a feature table (a parquet file or a folder of them) with the run's
-    codebook, suffixes kept from the quantize stage's codes and from `keep_suffixes` (earlier
-    retokenizations' codes, same codebook; the first file's where they differ); in <run>/<stage>/
-    (the pipeline's own, for a cold-item split, is `retokenize`; `qbr retokenize` names its own).
-    With quant.input = 'fused' the rows are item features (the encode format), fused first."""
+    codebook, suffixes kept from `keep_suffixes` (earlier retokenizations' codes, same codebook; the
+    first file's where they differ), the run's own retokenize stage's codes (its cold items', for any
+    other stage) and the quantize stage's; in <run>/<stage>/ (the pipeline's own, for a cold-item split,
+    is `retokenize`; `qbr retokenize` names its own). With quant.input = 'fused' the rows are item
+    features (the encode format), fused first."""
     from qbr_dist.fusion.export import MODEL
     from qbr_dist.quant import CODEBOOKS, CODES
     from qbr_dist.quant.codebook import load_codebooks
@@ -838,6 +839,9 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
     if keep_suffixes:
         check_keep_files(keep_suffixes, version)
         inputs["keep_suffixes"] = [artifacts.file_fingerprint(path) for path in keep_suffixes]
+    run_codes = [dirs["retokenize"] / CODES] if stage != "retokenize" and "retokenize" in dirs else []
+    if run_codes:  # a new item must not take the semantic ID of one of the run's cold items
+        inputs["run_codes"] = artifacts.manifest_fingerprint(dirs["retokenize"])
     if cfg.quant.input == "fused":
         fusion = FusionInputs(model=dirs["fusion"] / MODEL, id_vectors=feature_files(dirs["fusion"]),
                               structure=dirs["structure"] / STRUCTURE)
@@ -852,7 +856,7 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
     (stage_dir / QUARANTINE).unlink(missing_ok=True)
     with Quarantine(stage_dir / QUARANTINE) as quarantine:
         summary = retokenize_job(files, cfg.quant.input, quantize_dir / CODEBOOKS, stage_dir,
-                                 previous=[*keep_suffixes, quantize_dir / CODES], quarantine=quarantine,
+                                 previous=[*keep_suffixes, *run_codes, quantize_dir / CODES], quarantine=quarantine,
                                  fusion=fusion, batch_size=cfg.quant.retokenize_batch_size,
                                  actors=cfg.quant.retokenize_actors,
                                  cpus_per_actor=cfg.quant.retokenize_cpus_per_actor,

@@ -130,13 +130,19 @@ def usable_rows(batch: pa.Table, widths: dict[str, int], *, vector_required: boo
 def check_feature_files(files: list[Path], vectors: dict[str, int], *, any_of: bool = False) -> None:
     """Refuse, before any actor starts, a feature file that is not parquet, or lacks `item_id` or the vector columns
     the run's tokenizer was fit on (`vectors`: {column: width}; with `any_of`, as fusion takes them, at least one),
-    or holds something else in one: one line naming the file. Without any, every new item would get the same
-    codes, from no content. Single bad vectors are the stream's to quarantine (`usable_rows`)."""
+    or holds something else in one, or item ids that are not text (they are joined with the run's text ids): one
+    line naming the file. Without any, every new item would get the same codes, from no content. Single bad
+    vectors are the stream's to quarantine (`usable_rows`). A table of no rows at all is refused too."""
+    rows = 0
     for path in files:
         try:
-            schema = pq.read_schema(path)
+            schema, rows = pq.read_schema(path), rows + pq.read_metadata(path).num_rows
         except (pa.ArrowInvalid, OSError) as error:
             raise ValueError(f"{path}: not a parquet feature table ({error})") from None
+        id_type = schema.field("item_id").type if "item_id" in schema.names else pa.string()
+        if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)):
+            raise ValueError(f"{path}: column 'item_id' is {id_type}; expected item ids as text (string), as the "
+                             "run's catalog has them")
         missing = [column for column in vectors if column not in schema.names]
         wanted = ["item_id"] if "item_id" not in schema.names else \
             missing if missing and (len(missing) == len(vectors) or not any_of) else []
@@ -152,6 +158,8 @@ def check_feature_files(files: list[Path], vectors: dict[str, int], *, any_of: b
                     kind.value_type) else kind
                 raise ValueError(f"{path}: column '{column}' is {shown}; expected vectors of {width} floats each "
                                  "(the width the run's tokenizer was fit on)")
+    if files and not rows:
+        raise ValueError(f"{_source(files)}: a feature table of no rows (expected item_id and vectors, a row per item)")
 
 
 SAMPLED_VECTORS = 1024  # plain-list rows read on the driver to tell a table of another width from a few bad rows

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -57,6 +59,7 @@ def test_tokenizer_end_to_end(tmp_path, tokenized_run, ray_cluster):
     changed = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, iterations=cfg.quant.iterations + 1))
     with pytest.raises(pipeline.StageNotCurrent, match=r"quantize: computed with other settings \(quant.iterations"):
         pipeline.finished_tokenizer(changed)
+    check_a_new_item_never_takes_a_cold_items_semantic_id(cfg, dirs, tmp_path)
 
     def manifests(stages: dict) -> dict:  # prebuilt shards (as here) have an index but no manifest
         return {name: artifacts.read_manifest(folder) for name, folder in stages.items()}
@@ -72,6 +75,29 @@ def test_tokenizer_end_to_end(tmp_path, tokenized_run, ray_cluster):
     assert 0 <= metrics["test_cold"]["HR@10"] <= 1  # cold test targets, scored from their codes
     knn = json.loads((pipeline.run_dir(cfg) / "content-knn" / pipeline.METRICS).read_text())
     assert set(knn) >= {"valid", "test", "test_cold"} and 0 <= knn["test_cold"]["HR@10"] <= 1
+
+
+def check_a_new_item_never_takes_a_cold_items_semantic_id(cfg, dirs: dict, tmp_path) -> None:
+    """A new item with a cold item's features (its encoder vectors and structure row) gets that item's codes: the
+    run's own retokenize codes keep the cold item's suffix, so the new one takes the next."""
+    cold_id = next(i for i, cold in zip(pipeline.load_item_ids(dirs["ingest"]),
+                                        np.load(dirs["ingest"] / pipeline.COLD)) if cold)
+
+    def row_of(files):
+        table = pa.concat_tables(pq.read_table(f) for f in files)
+        return table.filter(pc.equal(table.column("item_id"), cold_id))
+
+    features = row_of(pipeline.feature_files(dirs["encode"]))
+    structure = row_of([dirs["structure"] / pipeline.STRUCTURE])
+    for name in ("struct_tokens", "cooc_emb", "has_cooc"):
+        features = features.append_column(name, structure.column(name))
+    features = features.set_column(0, "item_id", pa.array(["new-cold"]))
+    pq.write_table(features, tmp_path / "new-cold.parquet")
+    stage = pipeline.retokenize(cfg, pipeline.run_dir(cfg), tmp_path / "new-cold.parquet", dirs,
+                                stage="retokenize-new-cold")
+    new = read_codes(stage / CODES).to_pylist()[0]["codes"]
+    cold = {r["item_id"]: r["codes"] for r in read_codes(dirs["retokenize"] / CODES).to_pylist()}[cold_id]
+    assert new[:-1] == cold[:-1] and new[-1] > cold[-1]
 
 
 def check_fused_retokenize(cfg, dirs: dict, tmp_path, *, cold_items: int) -> None:

@@ -257,6 +257,15 @@ def test_a_feature_table_without_the_vectors_the_tokenizer_was_fit_on_is_refused
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
     with pytest.raises(ValueError, match=r"broken.parquet: not a parquet feature table"):
         check_feature_files([tmp_path / "broken.parquet"], {})
+    numbers = tmp_path / "numbers.parquet"
+    pq.write_table(pa.table({"item_id": [1, 2], "text_emb": vectors}), numbers)
+    with pytest.raises(ValueError, match=r"numbers.parquet: column 'item_id' is int64; expected item ids as text"):
+        check_feature_files([good, numbers], {"text_emb": 4})
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"item_id": pa.array([], pa.string()), "text_emb": pa.array([], vectors.type)}), empty)
+    with pytest.raises(ValueError, match=r"empty.parquet: a feature table of no rows"):
+        check_feature_files([empty], {"text_emb": 4})
+    check_feature_files([good, empty], {"text_emb": 4})  # an empty file among others is fine
 
 
 def test_a_codes_file_knows_its_levels_without_the_suffix(tmp_path):
