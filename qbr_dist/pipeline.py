@@ -827,6 +827,7 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
     from qbr_dist.fusion.export import MODEL
     from qbr_dist.quant import CODEBOOKS, CODES
     from qbr_dist.quant.codebook import load_codebooks
+    from qbr_dist.quant.codes import code_levels
     from qbr_dist.quant.retokenize import FusionInputs, check_feature_files
     from qbr_dist.quant.retokenize import retokenize as retokenize_job
 
@@ -837,7 +838,7 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
     fusion = None
     inputs = {"codebook": version, "features": {f.name: artifacts.file_fingerprint(f) for f in files}}
     if keep_suffixes:
-        check_keep_files(keep_suffixes, version)
+        check_keep_files(keep_suffixes, version, levels=code_levels(quantize_dir / CODES))
         inputs["keep_suffixes"] = [artifacts.file_fingerprint(path) for path in keep_suffixes]
     run_codes = [dirs["retokenize"] / CODES] if stage != "retokenize" and "retokenize" in dirs else []
     if run_codes:  # a new item must not take the semantic ID of one of the run's cold items
@@ -900,10 +901,10 @@ def cli_retokenize_stage(features: Path) -> str:
     return f"retokenize-{resolved.stem}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
 
 
-def check_keep_files(paths: list[Path], version: str | None = None) -> None:
+def check_keep_files(paths: list[Path], version: str | None = None, levels: int | None = None) -> None:
     """Refuse codes files to keep suffixes from that are missing, not parquet, or (given the run's codebook
-    `version`) made with another codebook: one line naming the file."""
-    from qbr_dist.quant.codes import codes_version
+    `version` and its code `levels`) made with another codebook or of another length: one line naming the file."""
+    from qbr_dist.quant.codes import code_levels, codes_version
 
     for path in paths:
         if not Path(path).is_file():
@@ -914,6 +915,9 @@ def check_keep_files(paths: list[Path], version: str | None = None) -> None:
             raise ValueError(f"{path}: not a parquet codes file ({error})") from None
         if version is not None and found != version:
             raise ValueError(f"{path}: codes of codebook {found or '(none)'}, but the run's codebook is {version}; "
+                             "suffixes can only be kept from codes of the same codebook")
+        if levels is not None and code_levels(path) not in (0, levels):
+            raise ValueError(f"{path}: codes of {code_levels(path)} levels, but the run's codebook has {levels}; "
                              "suffixes can only be kept from codes of the same codebook")
 
 

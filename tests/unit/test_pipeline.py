@@ -295,7 +295,9 @@ def test_suffixes_are_kept_only_from_codes_of_the_same_codebook(tmp_path):
 
     codes = tmp_path / "codes.parquet"
     write_codes(codes, np.array(["a"]), np.ones((1, 2), np.int64), np.array([0]), "v1")
-    pipeline.check_keep_files([codes], "v1")
+    pipeline.check_keep_files([codes], "v1", levels=2)
+    with pytest.raises(ValueError, match="codes.parquet: codes of 2 levels, but the run's codebook has 3"):
+        pipeline.check_keep_files([codes], "v1", levels=3)
     with pytest.raises(ValueError, match="codes.parquet: codes of codebook v1, but the run's codebook is v2"):
         pipeline.check_keep_files([codes], "v2")
     with pytest.raises(FileNotFoundError, match="gone.parquet: no codes file to keep suffixes from"):
