@@ -24,7 +24,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from qbr_dist.data.quarantine import Quarantine
-from qbr_dist.data.tables import INTERACTIONS_SCHEMA, item_text
+from qbr_dist.data.tables import INTERACTIONS_SCHEMA, is_utf8, item_text
 
 # Source field names, in order of preference, for each field of ours.
 REVIEW_FIELDS = {
@@ -85,7 +85,7 @@ def read_amazon_catalog(path: Path, text_fields: list[str], quarantine: Quaranti
             "brand": flat["brand"] or None,
             "image_url": _image_url(item["images"]),
         }
-        bad = next((name for name, value in row.items() if value is not None and not _utf8(value)), None)
+        bad = next((name for name, value in row.items() if value is not None and not is_utf8(value)), None)
         if bad:
             quarantine.add(source=str(path), where=where, field=bad, reason="not valid Unicode (lone surrogate)")
             continue
@@ -150,16 +150,7 @@ def _id(value) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return None
     text = str(value)
-    return text if text and _utf8(text) else None
-
-
-def _utf8(text: str) -> bool:
-    """False for a string holding a lone surrogate (a JSON `\\ud800` escape), which Arrow cannot store."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return text if text and is_utf8(text) else None
 
 
 def _seconds(value) -> float | None:

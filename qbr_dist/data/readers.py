@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from qbr_dist.data import amazon
 from qbr_dist.data.quarantine import DataError, Quarantine
-from qbr_dist.data.tables import INTERACTION_FIELDS, INTERACTIONS_SCHEMA, item_text
+from qbr_dist.data.tables import INTERACTION_FIELDS, INTERACTIONS_SCHEMA, is_utf8, item_text
 
 log = logging.getLogger("qbr.data")
 
@@ -259,7 +259,7 @@ def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, 
         header = handle.readline()
         if not header.strip():
             raise DataError(f"{path}: no header line (expected fields {', '.join(required)})")
-        if not _is_utf8(header):
+        if not is_utf8(header):
             raise DataError(f"{path}: header is not UTF-8 text (expected fields {', '.join(required)})")
         delimiter = max(CSV_DELIMITERS, key=header.count)
         found = [name.strip() for name in next(csv.reader([header], delimiter=delimiter), [])]
@@ -279,7 +279,7 @@ def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, 
                 continue  # a blank line is not a row
             quarantine.read += 1
             if values is not None:
-                problem = (None if _is_utf8(delimiter.join(values)) else "not UTF-8 text") or (
+                problem = (None if is_utf8(delimiter.join(values)) else "not UTF-8 text") or (
                     None if len(values) == len(names) else
                     f"expected {len(names)} {delimiter!r}-separated fields, got {len(values)}")
             if problem and lines.number > first:
@@ -316,15 +316,6 @@ class _CsvLines:
     def read_again_after_first(self) -> None:
         self.again.extend(reversed(self.row[1:]))
         self.number -= len(self.row) - 1
-
-
-def _is_utf8(text: str) -> bool:
-    """False for text read with `errors="surrogateescape"` that held bytes which are not UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _as_float(value: str) -> float | None:

@@ -15,6 +15,16 @@ def item_text(record: dict, text_fields: list[str]) -> str | None:
     return ". ".join(record[f] for f in text_fields if record.get(f)) if text_fields else None
 
 
+def is_utf8(text: str) -> bool:
+    """False for text holding a lone surrogate, which Arrow cannot store: bytes that were not UTF-8, read with
+    `errors="surrogateescape"`, or a JSON `\\ud800` escape."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def column_matrix(column: pa.Array | pa.ChunkedArray, dtype=np.float32) -> np.ndarray:
     """A list column with the same length in every row (vectors, code tuples) as an (n, width) array.
     Null rows must be filled or refused first: they have no values to flatten."""
