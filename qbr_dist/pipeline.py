@@ -590,15 +590,14 @@ def structure(cfg: Config, root: Path, ingest_dir: Path) -> Path:
     from qbr_dist.data.split import train_part
     from qbr_dist.encode.structure import cooccurrence_embedding, cooccurrence_matrix, field_tokens, structure_table
 
-    items_file = check_structure_fields(cfg, ingest_dir)
+    catalog = pq.read_table(check_structure_fields(cfg, ingest_dir), columns=["item_id", *cfg.structure.fields])
     inputs = sequences_input(ingest_dir)
     if "sequences" in inputs:  # and the catalog fields it reads, by content, not the text they may join
-        inputs["fields"] = _columns_fingerprint(items_file, cfg.structure.fields)
+        inputs["fields"] = _table_fingerprint(catalog.select(cfg.structure.fields))
     key = artifacts.stage_key("structure", cfg.section_settings("structure", seed=cfg.run.seed), inputs)
     stage_dir, current = _stage("structure", root, key)
     if current:
         return stage_dir
-    catalog = pq.read_table(items_file, columns=["item_id", *cfg.structure.fields])
     tokens, vocab = field_tokens({name: catalog.column(name).to_pylist() for name in cfg.structure.fields},
                                  separator=cfg.structure.separator or None, min_count=cfg.structure.min_count)
     tokens = tokens or [[] for _ in range(catalog.num_rows)]  # no fields named: co-occurrence only
@@ -615,9 +614,8 @@ def structure(cfg: Config, root: Path, ingest_dir: Path) -> Path:
     return stage_dir
 
 
-def _columns_fingerprint(path: Path, columns: list[str]) -> str:
-    """sha256 of some columns of a parquet table, as Arrow's stream format writes them."""
-    table = pq.read_table(path, columns=columns)
+def _table_fingerprint(table: pa.Table) -> str:
+    """sha256 of a table as Arrow's stream format writes it."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
@@ -916,8 +914,8 @@ def check_keep_files(paths: list[Path], version: str | None = None, levels: int 
         if version is not None and found != version:
             raise ValueError(f"{path}: codes of codebook {found or '(none)'}, but the run's codebook is {version}; "
                              "suffixes can only be kept from codes of the same codebook")
-        if levels is not None and code_levels(path) not in (0, levels):
-            raise ValueError(f"{path}: codes of {code_levels(path)} levels, but the run's codebook has {levels}; "
+        if levels is not None and (found := code_levels(path)) not in (0, levels):
+            raise ValueError(f"{path}: codes of {found} levels, but the run's codebook has {levels}; "
                              "suffixes can only be kept from codes of the same codebook")
 
 

@@ -156,7 +156,7 @@ def _interactions_from_parquet(path: Path, quarantine: Quarantine, renames: dict
         problem = _interaction_problem(user, item, stamp)
         if problem:
             found = table.column("timestamp")[row].as_py() if problem[0] == "timestamp" else None
-            quarantine.add(source=str(path), where=f"row {row + 1}", field=renames.get(problem[0], problem[0]),
+            quarantine.add(source=str(path), where=f"row {row + 1}", field=own[problem[0]],
                            reason=problem[1], value=None if found is None else str(found))
         else:
             keep.append(row)

@@ -136,7 +136,8 @@ def check_feature_files(files: list[Path], vectors: dict[str, int], *, any_of: b
     rows = 0
     for path in files:
         try:
-            schema, rows = pq.read_schema(path), rows + pq.read_metadata(path).num_rows
+            metadata = pq.read_metadata(path)
+            schema, rows = metadata.schema.to_arrow_schema(), rows + metadata.num_rows
         except (pa.ArrowInvalid, OSError) as error:
             raise ValueError(f"{path}: not a parquet feature table ({error})") from None
         id_type = schema.field("item_id").type if "item_id" in schema.names else pa.string()
