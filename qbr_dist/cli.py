@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         "recommend", help="top-k next items from a trained model, explained by shared semantic codes",
         description="Score every item after a user's history (--user) or a given one (--history i1,i2,...) with "
                     "the exported weights of a training stage, and explain each recommendation by the code "
-                    "prefixes it shares with the history and their words; cold items are marked.")
+                    "prefixes it shares with the history and their words; cold and new items are marked. The "
+                    "stage and those it reads must be current for this config (as `qbr report` checks them).")
     _config_args(recommend)
     who = recommend.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="a user id of the run's data")
@@ -154,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--k", type=_count, default=10, help="items to recommend (default 10)")
     recommend.add_argument("--model", default=TRAINED_MODELS[0], choices=TRAINED_MODELS,
                            help="the training stage whose weights to use (default qbert4rec)")
+    recommend.add_argument("--new-items", type=Path, metavar="CODES",
+                           help="a `qbr retokenize` codes.parquet of the run's codebook: its items the catalog "
+                                "lacks join it, in the history and among the recommendations, scored from their "
+                                "codes with no retraining")
 
     report = commands.add_parser("report",
                                  help="rewrite report.json, report.md, the plots and report.html of a finished run",
@@ -250,7 +255,8 @@ def _inspect(args, cfg) -> int:
     from qbr_dist.inspect.run import inspect_codes, recommend_for
 
     if args.command == "recommend":
-        print(recommend_for(cfg, stage=args.model, user=args.user, history=args.history, k=args.k))
+        print(recommend_for(cfg, stage=args.model, user=args.user, history=args.history, k=args.k,
+                            new_items=args.new_items))
     else:
         print(inspect_codes(cfg, levels=args.levels, top=args.top, prefix=args.prefix, limit=args.limit))
     return 0

@@ -108,8 +108,7 @@ def _run_stages(cfg: Config) -> dict:
         log.info("content-knn: no item has text features, so there is no content k-NN row")
     model_dirs["bert4rec"] = bert4rec(cfg, root, ingest_dir)
     if tokenizer and cfg.model.tokens != "id":
-        model_dirs["qbert4rec"] = bert4rec(cfg, root, ingest_dir, quantize_dir=tokenizer["quantize"],
-                                           codes_dir=tokenizer.get("retokenize", tokenizer["quantize"]))
+        model_dirs["qbert4rec"] = qbert4rec(cfg, root, tokenizer)
     return _report(cfg, root, model_dirs, ingest_dir, tokenizer_dirs(tokenizer),
                    quarantines=quarantine_files({"ingest": ingest_dir} | tokenizer))
 
@@ -238,6 +237,20 @@ def report_only(cfg: Config) -> dict:
             if missing:
                 raise FileNotFoundError(f"{root}: stage(s) {', '.join(missing)} not finished; run `qbr run` first")
             return _run_stages(cfg)
+    finally:
+        _REPORT_ONLY.reset(token)
+
+
+def finished_model(cfg: Config, stage: str) -> Path:
+    """A trained model stage (`bert4rec` or `qbert4rec`) of a run, with every stage it reads, checked to be
+    current as `qbr report` checks them (StageNotCurrent names the first that is not): `qbr recommend` never
+    answers with weights this config did not train."""
+    root = run_dir(cfg)
+    token = _REPORT_ONLY.set(True)
+    try:
+        if stage == "bert4rec":
+            return bert4rec(cfg, root, ingest(cfg, root))
+        return qbert4rec(cfg, root, tokenize(cfg, root))
     finally:
         _REPORT_ONLY.reset(token)
 
@@ -1005,6 +1018,12 @@ def _driver_baseline(stage: str, cfg: Config, root: Path, ingest_dir: Path, inpu
     artifacts.write_json(stage_dir / METRICS, metrics)
     _finish(stage_dir, key, outputs=[METRICS], rows={"users": len(sequences)})
     return stage_dir
+
+
+def qbert4rec(cfg: Config, root: Path, tokenizer: dict[str, Path]) -> Path:
+    """Q-BERT4Rec over the tokenizer's codes: every item's (the retokenize stage's) under a cold-item split."""
+    return bert4rec(cfg, root, tokenizer["ingest"], quantize_dir=tokenizer["quantize"],
+                    codes_dir=tokenizer.get("retokenize", tokenizer["quantize"]))
 
 
 def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | None = None,

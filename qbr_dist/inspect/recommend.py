@@ -6,7 +6,11 @@ item also has (`3`, then `3-41`, ...), with the number of history items sharing 
 that characterise it (the code inspector's TF-IDF). Items kept out of training by a cold-item
 split are marked cold: their scores come from their codes (with hybrid tokens, plus the mean ID
 vector of the trained items sharing their longest code prefix). An ID-only model never trained their
-vectors, so it recommends none of them.
+vectors, so it recommends none of them and leaves them out of a history it reads.
+
+Items added to the catalog after training join it from a `qbr retokenize` codes file (`new_items`, same
+codebook): they may stand in the history and be recommended, scored from their codes as the cold items
+are, with no retraining. They are marked new; their text is not in the run's catalog.
 """
 from __future__ import annotations
 
@@ -44,14 +48,12 @@ def item_indexes(item_ids: pa.Array, wanted: list[str], source: Path) -> list[in
 
 
 def score_next(model, history: list[int]) -> torch.Tensor:
-    """Scores of every item (index 1..N at 0..N-1) as the item after `history`, history items at -inf."""
+    """Scores of every item (index 1..N at 0..N-1) as the item after `history`."""
     recent = history[-(model.bert.config.max_position_embeddings - 1):] + [model.mask_token]
     seq = torch.full((1, model.bert.config.max_position_embeddings), PAD, dtype=torch.long)
     seq[0, -len(recent):] = torch.tensor(recent)
     with torch.no_grad():
-        scores = model.score_items(model.encode(seq)[:, -1])[0]
-    scores[torch.tensor(history) - 1] = float("-inf")
-    return scores
+        return model.score_items(model.encode(seq)[:, -1])[0]
 
 
 def shared_prefixes(item_codes: np.ndarray, history_codes: np.ndarray) -> list[dict]:
@@ -68,20 +70,41 @@ def shared_prefixes(item_codes: np.ndarray, history_codes: np.ndarray) -> list[d
 class Recommender:
     """One run's trained model, catalog, codes and cold mask, loaded once for any number of histories."""
 
-    def __init__(self, run: Path, stage: str = "qbert4rec"):
-        from qbr_dist.artifacts import read_manifest
+    def __init__(self, run: Path, stage: str = "qbert4rec", new_items: Path | None = None):
         from qbr_dist.seqrec.trained import load_trained
 
-        if read_manifest(run / stage) is None:
-            others = [name for name in TRAINED_MODELS if name != stage and read_manifest(run / name)]
-            raise FileNotFoundError(f"{run}: no finished {stage} stage; " + (
-                f"--model {others[0]} names the one it has" if others else "run `qbr run` with this config first"))
+        require_trained(run, stage)
         self.run, self.stage, ingest = run, stage, run / "ingest"
         self.catalog = pq.read_table(ingest / ITEMS, columns=["item_id", "text"])
         self.ids = self.catalog.column("item_id").combine_chunks()
         self.model, spec = load_trained(run / stage, ingest / COLD)
         self.codes = self.model.tokens.codes.numpy() if spec["codes_file"] else None
         self.cold = np.load(ingest / COLD) if (ingest / COLD).is_file() else np.zeros(len(self.ids) + 1, bool)
+        self.new = np.zeros(len(self.cold), bool)
+        if new_items is not None:
+            self._add(new_items, spec)
+
+    def _add(self, path: Path, spec: dict) -> None:
+        """The items of a `qbr retokenize` codes file that the catalog lacks join it, scored from their codes."""
+        from qbr_dist.quant.codes import read_codes
+        from qbr_dist.seqrec.trained import with_new_items
+
+        if self.codes is None:
+            raise ValueError(f"--new-items {path}: {self.stage} is an ID-only model, it cannot score items it never "
+                             "trained; use --model qbert4rec")
+        table = read_codes(path, expected_version=spec["codebook_version"])
+        table = table.filter(pc.invert(pc.is_in(table.column("item_id"), value_set=self.ids)))
+        if not table.num_rows:
+            raise ValueError(f"--new-items {path}: every item in it is already in the run's catalog")
+        codes = table.column("codes").combine_chunks()
+        width = len(codes[0])
+        if pc.any(pc.not_equal(pc.list_value_length(codes), width)).as_py():
+            raise ValueError(f"{path}: field 'codes' holds code lists of different lengths; expected {width} each")
+        self.model = with_new_items(self.model, spec, np.asarray(codes.flatten()).reshape(-1, width))
+        self.codes = self.model.tokens.codes.numpy()
+        self.ids = pa.concat_arrays([self.ids, table.column("item_id").combine_chunks()])
+        self.cold = np.concatenate([self.cold, np.zeros(table.num_rows, bool)])
+        self.new = np.concatenate([self.new, np.ones(table.num_rows, bool)])
 
     def history(self, user: str | None, history: list[str] | None) -> list[int]:
         past = user_history(self.run / "ingest", user) if user is not None else \
@@ -93,22 +116,42 @@ class Recommender:
     def top(self, *, user: str | None = None, history: list[str] | None = None, k: int = 10) -> dict:
         """Top-k items after the history, each with the code prefixes it shares with it (no words yet)."""
         past = self.history(user, history)
-        scores = score_next(self.model, past)
-        unscored = 0
+        read, unscored, skipped = past, 0, []
         if self.codes is None:  # an ID-only model: the vectors of cold items were never trained
+            read = [item for item in past if not self.cold[item]]
+            skipped = [self.ids[item - 1].as_py() for item in past if self.cold[item]]
+            if not read:
+                raise ValueError(f"recommend: every history item is cold ({', '.join(skipped[:3])}), and {self.stage} "
+                                 "is an ID-only model that never trained them; use --model qbert4rec")
             unscored = int(self.cold[1:].sum())
+        scores = score_next(self.model, read)
+        scores[torch.tensor(past) - 1] = float("-inf")
+        if self.codes is None:
             scores[torch.from_numpy(self.cold[1:].astype(bool))] = float("-inf")
         top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices.add(1).tolist()
         items = []
         for item in top:
             entry = {"item_id": self.ids[item - 1].as_py(), "score": round(float(scores[item - 1]), 4),
-                     "cold": bool(self.cold[item]), "text": self.catalog.column("text")[item - 1].as_py()}
+                     "cold": bool(self.cold[item]), "new": bool(self.new[item]), "text": self._text(item)}
             if self.codes is not None:
                 entry |= {"codes": self.codes[item].tolist(), "shared": shared_prefixes(self.codes[item],
                                                                                         self.codes[past])}
             items.append(entry)
         return {"stage": self.stage, "user": user, "history": [self.ids[i - 1].as_py() for i in past], "items": items,
-                "cold_left_out": unscored}
+                "cold_left_out": unscored, "history_left_out": skipped, "new_items": int(self.new.sum())}
+
+    def _text(self, item: int) -> str | None:
+        return self.catalog.column("text")[item - 1].as_py() if item <= self.catalog.num_rows else None
+
+
+def require_trained(run: Path, stage: str) -> None:
+    """A one-line error for a run without the finished training stage, naming the model it has instead."""
+    from qbr_dist.artifacts import read_manifest
+
+    if read_manifest(run / stage) is None:
+        others = [name for name in TRAINED_MODELS if name != stage and read_manifest(run / name)]
+        raise FileNotFoundError(f"{run}: no finished {stage} stage; " + (
+            f"--model {others[0]} names the one it has" if others else "run `qbr run` with this config first"))
 
 
 def cited_prefixes(found: list[dict]) -> frozenset[str]:
@@ -124,11 +167,11 @@ def describe_codes(found: list[dict], summary: dict) -> None:
 
 
 def recommend(run: Path, *, stage: str = "qbert4rec", user: str | None = None, history: list[str] | None = None,
-              k: int = 10, words: int = 5) -> dict:
+              k: int = 10, words: int = 5, new_items: Path | None = None) -> dict:
     """Top-k items after a user's history or a given one, explained (see the module docstring)."""
     from qbr_dist.inspect.run import run_codes
 
-    found = Recommender(run, stage).top(user=user, history=history, k=k)
+    found = Recommender(run, stage, new_items).top(user=user, history=history, k=k)
     if cited := cited_prefixes([found]):
         describe_codes([found], summarize_codes(run_codes(run), run / "ingest" / ITEMS, levels=0, also=cited,
                                                 top=words, examples=0, work=run))
@@ -137,9 +180,18 @@ def recommend(run: Path, *, stage: str = "qbert4rec", user: str | None = None, h
 
 def recommend_title(found: dict) -> str:
     who = f"user {found['user']}'s" if found["user"] is not None else "the given"
-    left_out = found["cold_left_out"]
-    return (f"Top {len(found['items'])} from {found['stage']} after {who} history of {len(found['history'])} items"
-            + (f" ({left_out} cold items left out: an ID-only model cannot score them)" if left_out else ""))
+    notes = [f"{count(found['new_items'], 'new item')} from --new-items in the catalog"] if found["new_items"] else []
+    if found["cold_left_out"]:
+        notes.append(f"{count(found['cold_left_out'], 'cold item')} left out: an ID-only model cannot score them")
+    if skipped := found["history_left_out"]:
+        notes.append(f"{count(len(skipped), 'cold history item')} not read, as it has no trained vector: "
+                     + ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else ""))
+    return (f"Top {len(found['items'])} from {found['stage']} after {who} history of "
+            f"{count(len(found['history']), 'item')}" + (f" ({'; '.join(notes)})" if notes else ""))
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def recommend_table(found: dict) -> tuple[list[str], list[list[str]]]:
@@ -148,7 +200,8 @@ def recommend_table(found: dict) -> tuple[list[str], list[list[str]]]:
     for rank, item in enumerate(found["items"], start=1):
         shared = "; ".join(f"{c['prefix']} ({c['history_items']}; {' '.join(c.get('words', []))})"
                            for c in item.get("shared", [])) or "none"
-        rows.append([str(rank), item["item_id"] + (" (cold)" if item["cold"] else ""), str(item["score"]), shared,
+        mark = " (cold)" if item["cold"] else " (new)" if item.get("new") else ""
+        rows.append([str(rank), item["item_id"] + mark, str(item["score"]), shared,
                      (item["text"] or "")[:60]])
     return header, rows
 

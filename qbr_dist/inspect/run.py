@@ -8,7 +8,7 @@ from qbr_dist import artifacts
 from qbr_dist.config import Config
 from qbr_dist.inspect.codes import codes_markdown, items_under, parse_prefix, prefix_title, summarize_codes
 from qbr_dist.inspect.tables import markdown_table
-from qbr_dist.pipeline import ITEMS, codes_stage, run_dir
+from qbr_dist.pipeline import ITEMS, codes_stage, finished_model, run_dir
 from qbr_dist.quant import CODES
 from qbr_dist.quant.codes import code_levels
 
@@ -45,12 +45,17 @@ def inspect_codes(cfg: Config, *, levels: int, top: int, prefix: str | None, lim
     return table
 
 
-def recommend_for(cfg: Config, *, stage: str, user: str | None, history: str | None, k: int) -> str:
-    """Markdown of `recommend` on the run; the JSON goes to <run>/inspect/recommend-<who>.json."""
-    from qbr_dist.inspect.recommend import recommend, recommend_markdown
+def recommend_for(cfg: Config, *, stage: str, user: str | None, history: str | None, k: int,
+                  new_items: Path | None = None) -> str:
+    """Markdown of `recommend` on the run, from a stage this config trained; the JSON goes to
+    <run>/inspect/recommend-<who>.json."""
+    from qbr_dist.inspect.recommend import recommend, recommend_markdown, require_trained
 
     run = run_dir(cfg)
-    found = recommend(run, stage=stage, user=user, history=history.split(",") if history else None, k=k)
+    require_trained(run, stage)
+    finished_model(cfg, stage)
+    found = recommend(run, stage=stage, user=user, history=history.split(",") if history else None, k=k,
+                      new_items=new_items)
     who = f"user-{user}" if user is not None else "history"
     artifacts.write_json(run / "inspect" / f"recommend-{who}.json", found)
     log.info("recommend: %s", run / "inspect" / f"recommend-{who}.json")

@@ -1,8 +1,12 @@
 """`qbr inspect codes` and `qbr recommend` on the shared tiny run over the synthetic catalog:
 first-level codes group the planted categories far better than the same codes shuffled across
-items, explanations cite only code prefixes that the item and its history really share, and the
-ID-only model recommends no cold item (it never trained their vectors)."""
+items, explanations cite only code prefixes that the item and its history really share, the
+ID-only model recommends no cold item and reads none (it never trained their vectors), items added
+after training join from a codes file of the run's codebook, and a config that did not train the
+model is refused."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,7 +17,8 @@ from qbr_dist.cli import main
 from qbr_dist.inspect.codes import summarize_codes
 from qbr_dist.inspect.recommend import recommend
 from qbr_dist.inspect.run import CATALOG, run_codes
-from qbr_dist.quant.codes import read_codes, write_codes
+from qbr_dist.quant.codebook import CodebookMismatch
+from qbr_dist.quant.codes import codes_version, read_codes, write_codes
 from qbr_dist.seqrec.trained import CODES_FILE
 
 pytestmark = pytest.mark.integration
@@ -55,11 +60,20 @@ def test_the_command_writes_the_summary_and_lists_a_prefix(tokenized_run, capsys
     listed = capsys.readouterr().out
     assert f"items under code prefix {first} (showing 3)" in listed
     user = pq.read_table(run / "ingest" / "sequences.parquet").column("user_id")[0].as_py()
-    assert main(["recommend", *args, "--user", user, "--k", "3"]) == 0
+    same = [arg for option in as_overrides(cfg) for arg in ("--set", option)]  # the config that trained the run
+    assert main(["recommend", *same, "--user", user, "--k", "3"]) == 0
     assert f"Top 3 from qbert4rec after user {user}'s history" in capsys.readouterr().out
     assert (run / "inspect" / f"recommend-user-{user}.json").is_file()
-    assert main(["recommend", *args, "--history", "no-such-item"]) == 2
+    assert main(["recommend", *same, "--history", "no-such-item"]) == 2
     assert "no item 'no-such-item' in the run's catalog" in capsys.readouterr().err
+    assert main(["recommend", *same, "--set", "model.hidden=32", "--user", user]) == 2
+    assert "qbert4rec: computed with other settings (model.hidden 16 -> 32); run `qbr run`" in capsys.readouterr().err
+
+
+def as_overrides(cfg) -> list[str]:
+    """`cfg` as `--set` options (a value TOML reads as JSON writes it)."""
+    return [f"{section}.{key}={json.dumps(value)}" for section, values in cfg.to_dict().items()
+            for key, value in values.items() if value is not None]
 
 
 def test_recommendations_cite_only_codes_the_item_and_the_history_really_have(tokenized_run):
@@ -83,3 +97,41 @@ def test_recommendations_cite_only_codes_the_item_and_the_history_really_have(to
     id_only = recommend(run, stage="bert4rec", user=user, k=len(index))  # every item it can score
     assert id_only["cold_left_out"] == int(cold.sum()) > 0 and found["cold_left_out"] == 0
     assert id_only["items"] and not any(item["cold"] for item in id_only["items"])
+
+
+def test_items_added_after_training_join_from_a_codes_file_of_the_run_s_codebook(tokenized_run, tmp_path):
+    run = pipeline.run_dir(tokenized_run.cfg)
+    codes_file = run_codes(run)
+    everything = {r["item_id"]: r["codes"] for r in read_codes(codes_file).to_pylist()}
+    ids = pq.read_table(run / CATALOG).column("item_id").to_pylist()
+    cold = np.load(run / "ingest" / "cold_items.npy")
+    cold_id, warm_id = next(i for i, c in zip(ids, cold[1:]) if c), next(i for i, c in zip(ids, cold[1:]) if not c)
+    fresh = everything[cold_id][:-1] + [max(c[-1] for c in everything.values()) + 1]  # past the trained suffixes
+    write_codes(tmp_path / "new.parquet", ["fresh", cold_id], np.array([fresh[:-1], everything[cold_id][:-1]]),
+                np.array([fresh[-1], everything[cold_id][-1]]), codes_version(codes_file))
+
+    found = recommend(run, history=[warm_id, "fresh"], k=len(ids) + 1, new_items=tmp_path / "new.parquet")
+    assert found["new_items"] == 1 and found["history"] == [warm_id, "fresh"]  # the catalog's own row is not new
+    shared = recommend(run, history=[warm_id, cold_id], k=len(ids), new_items=tmp_path / "new.parquet")
+    new = {item["item_id"]: item for item in shared["items"]}["fresh"]
+    assert new["new"] and not new["cold"] and new["codes"] == fresh and new["text"] is None
+    assert new["shared"][0]["history_items"] >= 1  # it shares the cold item's prefixes
+    write_codes(tmp_path / "other.parquet", ["fresh"], np.array([fresh[:-1]]), np.array([0]), "another-codebook")
+    with pytest.raises(CodebookMismatch, match="other.parquet: codes made with codebook version another-codebook"):
+        recommend(run, history=[warm_id], new_items=tmp_path / "other.parquet")
+    with pytest.raises(ValueError, match="bert4rec is an ID-only model, it cannot score items it never trained"):
+        recommend(run, stage="bert4rec", history=[warm_id], new_items=tmp_path / "new.parquet")
+
+
+def test_the_id_only_model_does_not_read_cold_history_items(tokenized_run):
+    run = pipeline.run_dir(tokenized_run.cfg)
+    ids = pq.read_table(run / CATALOG).column("item_id").to_pylist()
+    cold = np.load(run / "ingest" / "cold_items.npy")
+    cold_id, warm_id = next(i for i, c in zip(ids, cold[1:]) if c), next(i for i, c in zip(ids, cold[1:]) if not c)
+    mixed = recommend(run, stage="bert4rec", history=[warm_id, cold_id], k=5)
+    alone = recommend(run, stage="bert4rec", history=[warm_id], k=5)
+    assert mixed["history_left_out"] == [cold_id] and alone["history_left_out"] == []
+    assert [item["score"] for item in mixed["items"]] == [item["score"] for item in alone["items"]]
+    assert recommend(run, history=[warm_id, cold_id], k=5)["history_left_out"] == []  # codes place it
+    with pytest.raises(ValueError, match=rf"every history item is cold \({cold_id}\)"):
+        recommend(run, stage="bert4rec", history=[cold_id])

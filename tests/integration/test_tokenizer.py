@@ -18,6 +18,7 @@ import pytest
 from qbr_dist import artifacts, pipeline
 from qbr_dist.fusion import STATS as FUSION_STATS
 from qbr_dist.fusion.model import MODALITIES
+from qbr_dist.inspect.recommend import recommend
 from qbr_dist.quant import CODEBOOKS, CODES, STATS as QUANT_STATS
 from qbr_dist.quant.codes import read_codes
 
@@ -79,7 +80,8 @@ def test_tokenizer_end_to_end(tmp_path, tokenized_run, ray_cluster):
 
 def check_a_new_item_never_takes_a_cold_items_semantic_id(cfg, dirs: dict, tmp_path) -> None:
     """A new item with a cold item's features (its encoder vectors and structure row) gets that item's codes: the
-    run's own retokenize codes keep the cold item's suffix, so the new one takes the next."""
+    run's own retokenize codes keep the cold item's suffix, so the new one takes the next; `qbr recommend` then
+    takes it into a history, with the trained model as it is."""
     cold_id = next(i for i, cold in zip(pipeline.load_item_ids(dirs["ingest"]),
                                         np.load(dirs["ingest"] / pipeline.COLD)) if cold)
 
@@ -98,6 +100,8 @@ def check_a_new_item_never_takes_a_cold_items_semantic_id(cfg, dirs: dict, tmp_p
     new = read_codes(stage / CODES).to_pylist()[0]["codes"]
     cold = {r["item_id"]: r["codes"] for r in read_codes(dirs["retokenize"] / CODES).to_pylist()}[cold_id]
     assert new[:-1] == cold[:-1] and new[-1] > cold[-1]
+    found = recommend(pipeline.run_dir(cfg), history=["new-cold"], k=3, new_items=stage / CODES)  # no retraining
+    assert found["new_items"] == 1 and found["history"] == ["new-cold"] and len(found["items"]) == 3
 
 
 def check_fused_retokenize(cfg, dirs: dict, tmp_path, *, cold_items: int) -> None:
