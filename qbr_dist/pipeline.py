@@ -872,7 +872,8 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
                                  fusion=fusion, batch_size=cfg.quant.retokenize_batch_size,
                                  actors=cfg.quant.retokenize_actors,
                                  cpus_per_actor=cfg.quant.retokenize_cpus_per_actor,
-                                 chunk_size=cfg.quant.chunk_size, metrics=obs_serve.endpoint(cfg), stage=stage)
+                                 chunk_size=cfg.quant.chunk_size, metrics=obs_serve.endpoint(cfg), stage=stage,
+                                 code_contentless=stage == "retokenize")
     _count_records(cfg, stage, read=quarantine.read, quarantined=quarantine.total)
     _finish(stage_dir, key, outputs=[CODES] + ([QUARANTINE] if quarantine.total else []), rows=summary)
     log.info("retokenize: %d items (%d with a content-predicted query) with codebook %s, actors busy %d, %.1f "
@@ -880,6 +881,9 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
              summary["content_queries"], version, summary["actors_busy"], summary["items_per_s"],
              summary["collision_rate"], summary["suffix_table_size"], quarantine.total,
              f" (listed in {stage_dir / QUARANTINE})" if quarantine.total else "")
+    if summary["contentless"]:
+        log.warning("retokenize: %d catalog items have no content at all (no trained ID vector, no vector of any "
+                    "modality, no structure token); they share the codes of that emptiness", summary["contentless"])
     return stage_dir
 
 

@@ -157,7 +157,7 @@ def tokenizer_summary(dirs: dict[str, Path]) -> dict:
     if "retokenize" in dirs:
         rows = artifacts.read_manifest(dirs["retokenize"])["rows"]
         summary["retokenize"] = {key: rows[key] for key in ("items", "content_queries", "collision_rate",
-                                                           "suffix_table_size")}
+                                                           "suffix_table_size")} | {"contentless": rows.get("contentless", 0)}
     return summary
 
 
@@ -245,6 +245,9 @@ def tokenizer_markdown(tokenizer: dict) -> list[str]:
         lines += ["", f"Every item's codes, the cold items' coded afterwards from their content: {r['items']:,} items "
                       f"({r['content_queries']:,} with a content-predicted query); collision rate before the suffix "
                       f"{r['collision_rate']:.4f}, suffix table {r['suffix_table_size']}."]
+        if r.get("contentless"):
+            lines[-1] += (f" {r['contentless']:,} of them had no content at all (no text, image or structure): they "
+                          "share the codes of that emptiness, so the model cannot tell them apart by their codes.")
     if "fusion" in tokenizer:
         f = tokenizer["fusion"]
         names = list(f["modality_weights"][0])

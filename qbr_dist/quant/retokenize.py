@@ -70,7 +70,7 @@ class Retokenizer:
     batch's features when given the fusion model; writes each batch to `folder` and returns its receipt."""
 
     def __init__(self, tokenizer: list, column: str, chunk_size: int, buckets: int, fusion_model: str | None,
-                 folder: str):
+                 folder: str, code_contentless: bool = False):
         import ray
         import torch
 
@@ -80,31 +80,43 @@ class Retokenizer:
         self.fusion = load_model(Path(fusion_model)) if fusion_model else None
         self.widths = input_widths(self.fusion[0]) if self.fusion else {column: self.tokenizer.input_width}
         self.actor = uuid.uuid4().hex  # names this actor in its receipts: the summary counts the actors that worked
+        self.code_contentless = code_contentless
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
         keep, quarantined = usable_rows(batch, self.widths, vector_required=self.fusion is None)
-        batch, name, content_queries = batch.filter(pa.array(keep)), None, 0
+        batch, name, content_queries, contentless = batch.filter(pa.array(keep)), None, 0, 0
         if batch.num_rows:
-            vectors, trained_id = self._vectors(batch)
+            vectors, trained_id, content = self._vectors(batch)
+            contentless = int((~content).sum())
+            if contentless and not self.code_contentless:
+                quarantined += [{"item_id": str(item), "field": FUSION_CONTENT, "reason": NO_CONTENT}
+                                for item in batch.column("item_id").filter(pa.array(~content)).to_pylist()]
+                batch, vectors, trained_id = batch.filter(pa.array(content)), vectors[content], trained_id[content]
+                contentless = 0
+        if batch.num_rows:
             codes = self.tokenizer.codes(torch.from_numpy(vectors), chunk_size=self.chunk_size).numpy()
             table = pa.table({"item_id": batch.column("item_id"), "codes": matrix_column(codes.astype(np.int32))})
             name, content_queries = f"{uuid.uuid4().hex}.parquet", int((~trained_id).sum())
             pq.write_table(with_buckets(table, self.buckets), self.folder / name)
         return pa.table({"file": pa.array([name], pa.string()), "rows": [batch.num_rows],
-                         "content_queries": [content_queries], "actor": [self.actor],
+                         "content_queries": [content_queries], "contentless": [contentless], "actor": [self.actor],
                          "quarantined": pa.array([quarantined], QUARANTINED)})
 
-    def _vectors(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """(vectors to quantize, whether each item's query was its trained ID vector)."""
+    def _vectors(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(vectors to quantize, whether each item's query was its trained ID vector, whether it had any content)."""
         if self.fusion is not None:
             model, max_tokens = self.fusion
             return fuse_batch(model, batch, max_tokens)
         values = fixed_width(batch.column(self.column).combine_chunks(), self.column, self.widths[self.column])
-        return column_matrix(values), np.ones(batch.num_rows, bool)
+        return column_matrix(values), np.ones(batch.num_rows, bool), np.ones(batch.num_rows, bool)
 
 
+# A fused row with none of what fusion reads gets the codes of a constant vector, the same for every such row: a new
+# item is quarantined instead; a catalog item (a cold one) is coded all the same, as the model needs every item's codes.
+FUSION_CONTENT = ", ".join([*VECTOR_COLUMNS.values(), TOKENS_COLUMN, ID_VECTOR])
+NO_CONTENT = "no content: no trained ID vector, no vector of any modality and no structure token"
 QUARANTINED = pa.list_(pa.struct([("item_id", pa.string()), ("field", pa.string()), ("reason", pa.string())]))
 
 
@@ -179,11 +191,13 @@ def _width_seen(path: Path, column: str, kind: pa.DataType, width: int) -> bool:
 def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Path, *, previous: list[Path],
                quarantine: Quarantine, fusion: FusionInputs | None = None, batch_size: int = 4096, actors: int = 1,
                cpus_per_actor: float = 0.5, chunk_size: int = 65536, bucket_rows: int = 250_000,
-               metrics: Endpoint | None = None, stage: str = "retokenize") -> dict:
+               metrics: Endpoint | None = None, stage: str = "retokenize", code_contentless: bool = False) -> dict:
     """Write `out_dir/codes.parquet` for every usable row of `files` (their `column`, or their features
     through `fusion`), keeping the suffixes of the `previous` codes files made with the same codebook (the
     first file's where they differ), and list every other row in `quarantine`; returns counts and throughput.
-    Items are counted for `metrics.run` and `stage` as they are coded."""
+    A fused row with no content at all is one of those, unless `code_contentless` (the run's own catalog, whose
+    every item needs codes: counted as `contentless`). Items are counted for `metrics.run` and `stage` as they
+    are coded."""
     tokenizer = Tokenizer.parts(codebooks_file)
     version = tokenizer["version"]
     started = time.perf_counter()
@@ -193,10 +207,10 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
         raise ValueError(f"{files[0]}: no column '{column}' (quant.input) to retokenize")
     buckets = max(1, -(-row_count(files) // bucket_rows))
     quarantined_before = quarantine.total
-    staged, content_queries, busy = _encode(files, column, tokenizer, staging / "encoded", fusion=fusion,
-                                            buckets=buckets, batch_size=batch_size, actors=actors,
-                                            cpus_per_actor=cpus_per_actor, chunk_size=chunk_size,
-                                            run=metrics.run if metrics else "", stage=stage, quarantine=quarantine)
+    staged, counted = _encode(files, column, tokenizer, staging / "encoded", fusion=fusion, buckets=buckets,
+                              batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
+                              chunk_size=chunk_size, run=metrics.run if metrics else "", stage=stage,
+                              quarantine=quarantine, code_contentless=code_contentless)
     quarantined = quarantine.total - quarantined_before
     if not staged and quarantined:
         raise DataError(f"{_source(files)}: all {quarantined} rows were quarantined, none could be coded "
@@ -204,8 +218,7 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
     encoded_s = time.perf_counter() - started
     counts = assign_in_buckets(staged, _same_codebook(previous, version), Path(out_dir) / CODES, version, buckets,
                                work=staging, source=_source(files), quarantine=quarantine)
-    counts |= {"content_queries": content_queries, "actors_busy": busy,
-               "quarantined": quarantine.total - quarantined_before}
+    counts |= counted | {"quarantined": quarantine.total - quarantined_before}
     shutil.rmtree(staging)
     seconds = time.perf_counter() - started
     return counts | {"codebook_version": version, "encode_seconds": round(encoded_s, 2), "seconds": round(seconds, 2),
@@ -214,11 +227,11 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
 
 def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fusion: FusionInputs | None,
             buckets: int, batch_size: int, actors: int, cpus_per_actor: float, chunk_size: int,
-            run: str, stage: str, quarantine: Quarantine) -> tuple[list[Path], int, int]:
+            run: str, stage: str, quarantine: Quarantine, code_contentless: bool) -> tuple[list[Path], dict]:
     """The Ray Data job: staging parquet of item ids, codes and bucket numbers in `folder`; returns the
-    files its receipts name, sorted, how many items took the content-predicted query and how many actors
-    coded a batch, having counted the items for `run` and `stage` and listed the rows the actors left out in
-    `quarantine`."""
+    files its receipts name, sorted, and counts: items that took the content-predicted query, items coded
+    without content, actors that coded a batch; having counted the items for `run` and `stage` and listed
+    the rows the actors left out in `quarantine`."""
     import ray
     import ray.data
 
@@ -228,15 +241,17 @@ def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fu
     receipts = batch_blocks(dataset, batch_size).map_batches(
         Retokenizer, fn_constructor_kwargs={
             "tokenizer": [reference], "column": column, "chunk_size": chunk_size, "buckets": buckets,
-            "fusion_model": str(Path(fusion.model).resolve()) if fusion else None, "folder": str(folder.resolve())},
+            "fusion_model": str(Path(fusion.model).resolve()) if fusion else None, "folder": str(folder.resolve()),
+            "code_contentless": code_contentless},
         batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus_per_actor)
     coded = retokenized_items.labels(stage=stage, run=run)
-    staged, content_queries, busy, source = [], 0, set(), _source(files)
+    staged, content_queries, contentless, busy, source = [], 0, 0, set(), _source(files)
     for receipt in receipts.iter_batches(batch_size=None, batch_format="pyarrow"):
         rows = pc.sum(receipt.column("rows")).as_py() or 0
         coded.inc(rows)
         content_queries += pc.sum(receipt.column("content_queries")).as_py() or 0
+        contentless += pc.sum(receipt.column("contentless")).as_py() or 0
         staged += [folder / name for name in receipt.column("file").drop_null().to_pylist()]
         busy.update(receipt.column("actor").to_pylist())
         records = [record for batch in receipt.column("quarantined").to_pylist() for record in batch]
@@ -244,7 +259,7 @@ def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fu
         for record in records:
             where = f"item {record['item_id']!r}" if record["item_id"] is not None else "a row without item id"
             quarantine.add(source=source, where=where, field=record["field"], reason=record["reason"])
-    return sorted(staged), content_queries, len(busy)
+    return sorted(staged), {"content_queries": content_queries, "contentless": contentless, "actors_busy": len(busy)}
 
 
 def _read(files: list[Path], columns: list[str]):

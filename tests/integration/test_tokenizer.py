@@ -81,7 +81,7 @@ def test_tokenizer_end_to_end(tmp_path, tokenized_run, ray_cluster):
 def check_a_new_item_never_takes_a_cold_items_semantic_id(cfg, dirs: dict, tmp_path) -> None:
     """A new item with a cold item's features (its encoder vectors and structure row) gets that item's codes: the
     run's own retokenize codes keep the cold item's suffix, so the new one takes the next; `qbr recommend` then
-    takes it into a history, with the trained model as it is."""
+    takes it into a history, with the trained model as it is. A new item with no content at all is quarantined."""
     cold_id = next(i for i, cold in zip(pipeline.load_item_ids(dirs["ingest"]),
                                         np.load(dirs["ingest"] / pipeline.COLD)) if cold)
 
@@ -94,9 +94,14 @@ def check_a_new_item_never_takes_a_cold_items_semantic_id(cfg, dirs: dict, tmp_p
     for name in ("struct_tokens", "cooc_emb", "has_cooc"):
         features = features.append_column(name, structure.column(name))
     features = features.set_column(0, "item_id", pa.array(["new-cold"]))
-    pq.write_table(features, tmp_path / "new-cold.parquet")
+    empty = pa.table({field.name: pa.nulls(1, field.type) for field in features.schema}).set_column(
+        0, "item_id", pa.array(["no-content"]))  # no vector, no structure token, no trained ID vector
+    pq.write_table(pa.concat_tables([features, empty]), tmp_path / "new-cold.parquet")
     stage = pipeline.retokenize(cfg, pipeline.run_dir(cfg), tmp_path / "new-cold.parquet", dirs,
                                 stage="retokenize-new-cold")
+    assert read_codes(stage / CODES).column("item_id").to_pylist() == ["new-cold"]
+    (record,) = [json.loads(line) for line in (stage / pipeline.QUARANTINE).read_text().splitlines()]
+    assert record["where"] == "item 'no-content'" and record["reason"].startswith("no content:")
     new = read_codes(stage / CODES).to_pylist()[0]["codes"]
     cold = {r["item_id"]: r["codes"] for r in read_codes(dirs["retokenize"] / CODES).to_pylist()}[cold_id]
     assert new[:-1] == cold[:-1] and new[-1] > cold[-1]

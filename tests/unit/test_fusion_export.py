@@ -73,8 +73,8 @@ def test_fused_batch_matches_the_training_model(tmp_path, model):
     save_model(tmp_path / "m.safetensors", model, arguments=ARGUMENTS, max_tokens=3)
     loaded, max_tokens = load_model(tmp_path / "m.safetensors")
     batch = table(model)
-    fused, has_id = fuse_batch(loaded, batch, max_tokens)
-    assert has_id.tolist() == [True, True, False]
+    fused, has_id, content = fuse_batch(loaded, batch, max_tokens)
+    assert has_id.tolist() == [True, True, False] and content.all()
     expected = model(torch.tensor([1, 2, 3]), batch_inputs(batch, model, 3),
                      use_id=torch.tensor([True, True, False]))["fused"].detach().numpy()
     np.testing.assert_allclose(fused, expected, rtol=1e-6, atol=1e-6)  # item c: query from the content head
@@ -90,3 +90,16 @@ def test_weights_that_do_not_fit_the_model_are_refused(tmp_path, model):
     save_file(tensors | {"surplus": torch.zeros(1)}, str(tmp_path / "m.safetensors"), metadata=metadata)
     with pytest.raises(ValueError, match="fusion weights do not fit"):
         load_model(tmp_path / "m.safetensors")
+
+
+def test_a_row_with_nothing_fusion_reads_is_marked_without_content(tmp_path, model):
+    save_model(tmp_path / "m.safetensors", model, arguments=ARGUMENTS, max_tokens=3)
+    loaded, max_tokens = load_model(tmp_path / "m.safetensors")
+    batch = table(model)
+    nothing = pa.table({field.name: pa.nulls(1, field.type) for field in batch.schema}).set_column(
+        0, "item_id", pa.array(["d"]))
+    tokens_only = nothing.set_column(0, "item_id", pa.array(["e"])).set_column(
+        4, "struct_tokens", pa.array([[2]], pa.list_(pa.int32())))
+    _, has_id, content = fuse_batch(loaded, pa.concat_tables([batch, nothing, tokens_only]), max_tokens)
+    assert has_id.tolist() == [True, True, False, False, False]
+    assert content.tolist() == [True, True, True, False, True]

@@ -39,10 +39,13 @@ def test_under_a_cold_split_the_report_also_shows_every_items_codes(tmp_path):
         "items": 15, "content_queries": 3, "collision_rate": 0.3333, "suffix_table_size": 3, "seconds": 2.0})
     summary = tokenizer_summary({"quantize": tmp_path / "quantize", "retokenize": tmp_path / "retokenize"})
     assert summary["retokenize"] == {"items": 15, "content_queries": 3, "collision_rate": 0.3333,
-                                     "suffix_table_size": 3}
+                                     "suffix_table_size": 3, "contentless": 0}  # a stage written before it counted
     text = markdown(REPORT | {"tokenizer": summary})
     assert "Every item's codes, the cold items' coded afterwards from their content: 15 items (3 with a " \
-           "content-predicted query); collision rate before the suffix 0.3333, suffix table 3." in text
+           "content-predicted query); collision rate before the suffix 0.3333, suffix table 3.\n" in text
+    summary["retokenize"]["contentless"] = 2
+    assert "suffix table 3. 2 of them had no content at all (no text, image or structure)" in \
+        markdown(REPORT | {"tokenizer": summary})
 
 
 def test_rqvae_codebooks_say_how_they_were_trained():
