@@ -304,15 +304,20 @@ def tokenizer_dirs(dirs: dict[str, Path]) -> dict[str, Path]:
 
 
 def _stage(name: str, root: Path, key: dict) -> tuple[Path, bool]:
-    stage_dir = root / name
-    if _checked_for_report(stage_dir, key):
+    return _open_stage(name, root / name, key, run=root.name, reuse=True)
+
+
+def _open_stage(name: str, stage_dir: Path, key: dict, *, run: str, reuse: bool, hint: str = "") -> tuple[Path, bool]:
+    """(stage_dir, whether it holds the stage's finished output for `key`): its own, or with `reuse` another run's
+    under the same root, linked in; a stage that must run is begun. Under `report_only`: True, or StageNotCurrent."""
+    if _checked_for_report(stage_dir, key, hint):
         return stage_dir, True
     reason = artifacts.why_not_current(stage_dir, key)
-    current = reason is None or _reuse(stage_dir, key)
+    current = reason is None or (reuse and _reuse(stage_dir, key))
     log.info("stage %s: %s", name, "up to date, skipped" if current else f"running{_because(reason)}")
     if not current:
         artifacts.begin_stage(stage_dir)
-    obs_metrics.stage_began(root.name, name, skipped=current)
+    obs_metrics.stage_began(run, name, skipped=current)
     return stage_dir, current
 
 
@@ -546,15 +551,10 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
         key = earlier
     shared = "" if cfg.shards.name else (" (the members of a --seeds or --grid run share their base run's shards: "
                                          "--set shards.name=<base run.name>)")
-    if _checked_for_report(folder, key, hint=shared):
+    # under shards.root, not in a run: runs share the folder itself, so there is no other run's copy to link
+    folder, current = _open_stage("shards", folder, key, run=cfg.run.name, reuse=False, hint=shared)
+    if current:
         return folder
-    reason = artifacts.why_not_current(folder, key)
-    obs_metrics.stage_began(cfg.run.name, "shards", skipped=reason is None)
-    if reason is None:
-        log.info("stage shards: up to date, skipped")
-        return folder
-    log.info("stage shards: writing %s%s", folder, _because(reason))
-    artifacts.begin_stage(folder)
     (folder / QUARANTINE).unlink(missing_ok=True)
     with Quarantine(folder / QUARANTINE) as quarantine:
         if cfg.shards.fetch_images:
@@ -570,8 +570,8 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
     artifacts.write_manifest(folder, key, outputs=outputs,
                              rows={k: index[k] for k in ("items", "with_image", "quarantined")})
     obs_metrics.stage_ended(cfg.run.name, "shards")
-    log.info("shards: %d items (%d with an image) in %d shards, %d quarantined",
-             index["items"], index["with_image"], len(index["shards"]), index["quarantined"])
+    log.info("shards: %d items (%d with an image) in %d shards in %s, %d quarantined",
+             index["items"], index["with_image"], len(index["shards"]), folder, index["quarantined"])
     return folder
 
 
