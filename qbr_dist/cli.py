@@ -32,10 +32,16 @@ def _count(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error in one line, naming the command and where its usage is, instead of the usage and then the error;
+    every subcommand's parser is of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="qbr", description="Q-BERT4Rec on Ray + DeepSpeed: data, training, evaluation, reports."
-    )
+    parser = _Parser(prog="qbr", description="Q-BERT4Rec on Ray + DeepSpeed: data, training, evaluation, reports.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run every stage of the pipeline; finished stages are skipped",

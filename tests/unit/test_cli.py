@@ -94,7 +94,9 @@ def test_counting_options_below_one_are_refused_before_anything_runs(words, caps
     with pytest.raises(SystemExit) as done:
         main(words)
     assert done.value.code == 2
-    assert "expected a whole number of at least 1, got" in capsys.readouterr().err
+    (line,) = capsys.readouterr().err.splitlines()  # one line, not the usage and then the error
+    assert line.startswith(f"qbr {words[0]}") and "expected a whole number of at least 1, got" in line
+    assert line.endswith("--help)")
 
 
 def test_ctrl_c_ends_the_command_with_one_line_and_exit_130(monkeypatch, capsys):
