@@ -363,11 +363,12 @@ def _without_repeated_ids(table: pa.Table) -> tuple[pa.Table, pa.StructArray]:
 
 
 def _quarantine_repeated(repeated: pa.StructArray, quarantine: Quarantine, source: str) -> int:
-    """Lists every row of the `repeated` ids in `quarantine`; returns how many rows that is."""
+    """Lists every row of the `repeated` ids in `quarantine`, each as one occurrence of its id (the table's row
+    order is gone by now); returns how many rows that is."""
     for item_id, times in zip(repeated.field("values").to_pylist(), repeated.field("counts").to_pylist()):
-        for _ in range(times):
-            quarantine.add(source=source, where=f"item {str(item_id)!r} ({times} rows)", field="item_id",
-                           reason="item id repeated in the table (every item must appear once)")
+        for occurrence in range(1, times + 1):
+            quarantine.add(source=source, where=f"item {str(item_id)!r} (occurrence {occurrence} of {times})",
+                           field="item_id", reason="item id repeated in the table (every item must appear once)")
     return pc.sum(repeated.field("counts")).as_py() or 0
 
 

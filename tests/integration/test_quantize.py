@@ -156,7 +156,8 @@ def check_bad_rows_are_quarantined(cfg, root, features, dirs, codes) -> None:
         (f"item {ids[7]!r}", "text_emb", "a NaN value"),
         ("a row without item id", "item_id", "no item id"),
         *[(f"item {ids[row]!r}", "text_emb", "no vector") for row in [11, *range(batch, 2 * batch)]],
-        *[(f"item {ids[20]!r} (2 rows)", "item_id", "item id repeated in the table (every item must appear once)")] * 2])
+        *[(f"item {ids[20]!r} (occurrence {k} of 2)", "item_id",
+           "item id repeated in the table (every item must appear once)") for k in (1, 2)]])
     manifest = artifacts.read_manifest(stage)
     assert "quarantine.jsonl" in manifest["outputs"] and manifest["rows"]["quarantined"] == len(listed) == 6 + batch
     counted = {"stage": "retokenize-bad", "run": cfg.run.name}  # the stage's own labels, not the pipeline's

@@ -204,8 +204,8 @@ def test_every_row_of_an_item_id_repeated_in_two_buckets_is_quarantined_and_the_
     coded = read_codes(tmp_path / "codes.parquet", expected_version="v1").column("item_id").to_pylist()
     assert sorted(coded) == sorted(f"i{k}" for k in range(19) if k != 7)
     records = [json.loads(line) for line in (tmp_path / "quarantine.jsonl").read_text().splitlines()]
-    assert records == [{"source": "features", "where": "item 'i7' (2 rows)", "field": "item_id",
-                        "reason": "item id repeated in the table (every item must appear once)"}] * 2
+    assert records == [{"source": "features", "where": f"item 'i7' (occurrence {k} of 2)", "field": "item_id",
+                        "reason": "item id repeated in the table (every item must appear once)"} for k in (1, 2)]
 
     pq.write_table(staged_table(np.array(["a", "a", "b", "b"]), codes[:4], 8), tmp_path / "twice.parquet")
     with pytest.raises(DataError, match="^features: every codable row \\(4\\) repeats an item id; every item must appear once$"):
