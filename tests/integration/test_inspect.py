@@ -68,6 +68,10 @@ def test_the_command_writes_the_summary_and_lists_a_prefix(tokenized_run, capsys
     assert "no item 'no-such-item' in the run's catalog" in capsys.readouterr().err
     assert main(["recommend", *same, "--set", "model.hidden=32", "--user", user]) == 2
     assert "qbert4rec: computed with other settings (model.hidden 16 -> 32); run `qbr run`" in capsys.readouterr().err
+    assert main(["recommend", *same, "--model", "bert4rec", "--user", user, "--k", "2"]) == 0
+    assert f"Top 2 from bert4rec after user {user}'s history" in capsys.readouterr().out
+    assert main(["recommend", *same, "--set", "train.lr=0.5", "--model", "bert4rec", "--user", user]) == 2
+    assert "bert4rec: computed with other settings (train.lr 0.001 -> 0.5)" in capsys.readouterr().err
 
 
 def as_overrides(cfg) -> list[str]:
