@@ -28,7 +28,7 @@ from qbr_dist.data.fetch import fetch, pinned_sha256
 from qbr_dist.data.quarantine import DataError, Quarantine
 from qbr_dist.data.readers import read_catalog, read_interactions
 from qbr_dist.data.split import (EVALUATIONS, MIN_SPLIT_LENGTH, SplitSummary, build_sequences, choose_cold_items,
-                                 item_index, remove_cold)
+                                 remove_cold)
 from qbr_dist.data.tables import column_matrix
 from qbr_dist.obs import metrics as obs_metrics
 from qbr_dist.obs import serve as obs_serve
@@ -429,12 +429,12 @@ def ingest(cfg: Config, root: Path) -> Path:
     with Quarantine(stage_dir / QUARANTINE) as quarantine:
         interactions, catalog, by_file = _read_inputs(cfg, inputs, quarantine)
         read = quarantine.read  # rows of the input files, each accepted or quarantined
-        index = item_index(catalog)
+        catalog_ids = catalog.column("item_id")
         sequences, summary = build_sequences(
-            interactions, index, k_core=cfg.data.k_core, quarantine=quarantine,
+            interactions, catalog_ids, k_core=cfg.data.k_core, quarantine=quarantine,
             source=str(inputs["interactions"]), max_history=cfg.data.max_history,
         )
-        check_item_ids_match(summary, interactions, index, inputs)
+        check_item_ids_match(summary, interactions, catalog_ids, inputs)
     _count_records(cfg, "ingest", read=read, quarantined=quarantine.total)
     rows = {**summary.as_dict(), "rows_read": read, "quarantined": dict(quarantine.counts), "files": by_file}
     outputs = [ITEMS, SEQUENCES] + ([QUARANTINE] if quarantine.total else [])
@@ -493,8 +493,8 @@ def _read_inputs(cfg: Config, inputs: dict[str, Path], quarantine: Quarantine) -
     interactions = read("interactions", read_interactions)
     if "catalog" in inputs:
         return interactions, read("catalog", read_catalog, cfg.data.text_fields), by_file
-    seen = list(dict.fromkeys(interactions.column("item_id").to_pylist()))
-    catalog = pa.table({"item_id": pa.array(seen, pa.string()), "text": pa.nulls(len(seen), pa.string())})
+    seen = pc.unique(interactions.column("item_id"))  # in the order of first appearance
+    catalog = pa.table({"item_id": seen, "text": pa.nulls(len(seen), pa.string())})
     return interactions, catalog, by_file
 
 
@@ -518,15 +518,17 @@ def sequences_input(ingest_dir: Path) -> dict[str, str]:
     return {"sequences": content} if content else {"ingest": artifacts.manifest_fingerprint(ingest_dir)}
 
 
-def check_item_ids_match(summary: SplitSummary, interactions: pa.Table, index: dict[str, int],
+def check_item_ids_match(summary: SplitSummary, interactions: pa.Table, catalog_ids: pa.ChunkedArray,
                          inputs: dict[str, Path]) -> None:
     """Most interactions naming no catalog item is a mismatch of the two files' id formats rather than bad rows:
     said with an id from each side, as an error when none matches (each row stays in the quarantine)."""
     share = summary.unknown_item_rows / max(summary.interactions_read, 1)
     if share <= 0.5:
         return
-    unknown = next(item for item in interactions.column("item_id").to_pylist() if item not in index)
-    known = f"the catalog's ids look like {next(iter(index))!r}" if index else "the catalog has no readable item"
+    item_ids = interactions.column("item_id")
+    unknown = item_ids.filter(pc.invert(pc.is_in(item_ids, value_set=catalog_ids)))[0].as_py()
+    known = f"the catalog's ids look like {catalog_ids[0].as_py()!r}" if len(catalog_ids) else \
+        "the catalog has no readable item"
     message = (f"{inputs['interactions']}: {summary.unknown_item_rows:,} of {summary.interactions_read:,} interactions "
                f"name an item id that {inputs['catalog']} lacks (e.g. {unknown!r}; {known}): do the two files write "
                "item ids alike?")

@@ -23,7 +23,9 @@ import math
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from qbr_dist.data import amazon
@@ -145,48 +147,64 @@ def _binary_image(name: str, rows: list[dict]) -> pa.DataType | None:
 
 
 def _interactions_from_parquet(path: Path, quarantine: Quarantine, renames: dict[str, str]) -> pa.Table:
+    """Checked column by column in Arrow and numpy; only the rows with a problem are looked at one by one."""
     table = _read_parquet(path, INTERACTION_FIELDS, renames)
     own = {field: renames.get(field, field) for field in INTERACTION_FIELDS}  # for messages
-    users = _text_column(path, table, "user_id", shown=own["user_id"])
-    items = _text_column(path, table, "item_id", shown=own["item_id"])
+    users, users_utf8 = _text_array(path, table, "user_id", shown=own["user_id"])
+    items, items_utf8 = _text_array(path, table, "item_id", shown=own["item_id"])
     stamps = _timestamps(path, table, shown=own["timestamp"])
     quarantine.read += table.num_rows
-    keep = []
-    for row, (user, item, stamp) in enumerate(zip(users, items, stamps)):
-        problem = _interaction_problem(user, item, stamp)
-        if problem:
-            found = table.column("timestamp")[row].as_py() if problem[0] == "timestamp" else None
-            quarantine.add(source=str(path), where=f"row {row + 1}", field=own[problem[0]],
-                           reason=problem[1], value=None if found is None else str(found))
-        else:
-            keep.append(row)
-    return pa.table(
-        {
-            "user_id": pa.array([users[i] for i in keep], pa.string()),
-            "item_id": pa.array([items[i] for i in keep], pa.string()),
-            "timestamp": pa.array([stamps[i] for i in keep], pa.float64()),
-        }
-    )
+    problems = [  # in the order a row's first problem is named
+        ("user_id", "not UTF-8 text", ~users_utf8), ("item_id", "not UTF-8 text", ~items_utf8),
+        ("user_id", "empty user id", _empty(users)), ("item_id", "empty item id", _empty(items)),
+        ("timestamp", BAD_TIMESTAMP, ~np.isfinite(stamps))]
+    first = np.full(table.num_rows, -1)  # per row, its first problem
+    for number, (_, _, rows) in reversed(list(enumerate(problems))):
+        first[rows] = number
+    for row in np.flatnonzero(first >= 0):
+        field, reason, _ = problems[first[row]]
+        found = table.column("timestamp")[int(row)].as_py() if field == "timestamp" else None
+        quarantine.add(source=str(path), where=f"row {row + 1}", field=own[field], reason=reason,
+                       value=None if found is None else str(found))
+    keep = pa.array(first < 0)
+    return pa.table({"user_id": users.filter(keep), "item_id": items.filter(keep),
+                     "timestamp": pa.array(stamps).filter(keep)}, schema=INTERACTIONS_SCHEMA)
 
 
-def _timestamps(path: Path, table: pa.Table, shown: str) -> list:
-    """The `timestamp` column as seconds: a timestamp or date type in its own unit, numbers as they are, text
-    parsed a row at a time as a number or an ISO 8601 date and time (UTC unless it says otherwise; None, so
-    quarantined, where a row holds neither). A text column with no time at all is the wrong field: a DataError."""
+def _empty(texts: pa.Array) -> np.ndarray:
+    """Null or empty text (a value that was not UTF-8 is null here too, named by its own problem first)."""
+    return pc.fill_null(pc.equal(pc.binary_length(texts), 0), True).to_numpy(zero_copy_only=False)
+
+
+def _timestamps(path: Path, table: pa.Table, shown: str) -> np.ndarray:
+    """The `timestamp` column as seconds (NaN where a row has none): a timestamp or date type in its own unit,
+    numbers as they are, text as numbers, or else a row at a time as a number or an ISO 8601 date and time (UTC
+    unless it says otherwise). A text column with no time at all is the wrong field: a DataError."""
     column = table.column("timestamp")
     if pa.types.is_date(column.type):
         column = column.cast(pa.timestamp("ms"))
     if pa.types.is_timestamp(column.type):
-        per_second = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[column.type.unit]
-        return [None if value is None else value / per_second for value in column.cast(pa.int64()).to_pylist()]
+        per_second = {"s": 1, "ms": 1000, "us": 10**6, "ns": 10**9}[column.type.unit]
+        ticks = column.cast(pa.int64())
+        whole = pc.fill_null(ticks, 0).to_numpy()  # integer arithmetic first: nanoseconds overflow a float's 53 bits
+        seconds = (whole // per_second).astype(np.float64) + (whole % per_second) / per_second
+        seconds[ticks.is_null().to_numpy()] = np.nan
+        return seconds
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        return _column(path, table, "timestamp", pa.float64(), shown=shown)
-    values = column.to_pylist()
+        return _floats(_cast(path, column, pa.float64(), shown=shown))
+    try:
+        return _floats(column.cast(pa.float64()))
+    except pa.ArrowInvalid:  # not all numbers: ISO 8601 times, or text that is no time, a row at a time
+        values = column.to_pylist()
     stamps = [None if value is None else _as_seconds(value) for value in values]
     if any(value is not None for value in values) and all(stamp is None for stamp in stamps):
         raise DataError(f"{path}: field '{shown}' holds no time (expected seconds since 1970 as numbers or text, "
                         "ISO 8601 text such as 2024-01-31T12:00:00Z, or a timestamp or date type)")
-    return stamps
+    return np.array([np.nan if stamp is None else stamp for stamp in stamps], dtype=np.float64)
+
+
+def _floats(column: pa.ChunkedArray) -> np.ndarray:
+    return column.cast(pa.float64()).to_numpy().astype(np.float64, copy=True) if len(column) else np.zeros(0)
 
 
 def _as_seconds(value: str) -> float | None:
@@ -201,6 +219,9 @@ def _as_seconds(value: str) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)).timestamp()
 
 
+BAD_TIMESTAMP = "timestamp is neither a finite number nor an ISO 8601 time"
+
+
 def _interaction_problem(user, item, timestamp) -> tuple[str, str] | None:
     for field, value in (("user_id", user), ("item_id", item)):
         if value is NOT_UTF8:
@@ -210,7 +231,7 @@ def _interaction_problem(user, item, timestamp) -> tuple[str, str] | None:
     if not item:
         return "item_id", "empty item id"
     if timestamp is None or not math.isfinite(timestamp):
-        return "timestamp", "timestamp is neither a finite number nor an ISO 8601 time"
+        return "timestamp", BAD_TIMESTAMP
     return None
 
 
@@ -358,28 +379,39 @@ def _no_renames(path: Path, renames: dict[str, str]) -> None:
                         "fixed fields; leave it empty")
 
 
-def _column(path: Path, table: pa.Table, name: str, type_: pa.DataType, shown: str | None = None) -> list:
-    """The column as Python values of `type_` (nulls stay None); a column that cannot be cast is a DataError."""
+def _cast(path: Path, column: pa.ChunkedArray, type_: pa.DataType, shown: str) -> pa.ChunkedArray:
+    """The column cast to `type_` (nulls stay null); a column that cannot be cast is a DataError."""
     try:
-        return table.column(name).cast(type_).to_pylist()
-    except (pa.ArrowException, KeyError) as err:
-        raise DataError(f"{path}: field '{shown or name}' cannot be read as {type_} ({err})") from None
+        return column.cast(type_)
+    except pa.ArrowException as err:
+        raise DataError(f"{path}: field '{shown}' cannot be read as {type_} ({err})") from None
 
 
 NOT_UTF8 = object()  # a text value whose bytes are not UTF-8: its row is quarantined
 
 
-def _text_column(path: Path, table: pa.Table, name: str, shown: str | None = None) -> list:
-    """The column as text (nulls stay None), with `NOT_UTF8` for a string or binary value that is not UTF-8 (parquet
-    writers need not check their strings); a column of another type that cannot be cast is a DataError."""
+def _text_array(path: Path, table: pa.Table, name: str, shown: str | None = None) -> tuple[pa.Array, np.ndarray]:
+    """The column as text (nulls stay null) and which values are UTF-8 (parquet writers need not check their
+    strings; a value that is not is null in the text); a column of another type that cannot be cast is a
+    DataError."""
     column = table.column(name)
     if not any(check(column.type) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
                                                  pa.types.is_large_binary)):
-        return _column(path, table, name, pa.string(), shown=shown)
+        return _cast(path, column, pa.string(), shown or name).combine_chunks(), np.ones(len(column), bool)
     try:
-        return column.cast(pa.string()).to_pylist()
-    except (pa.ArrowInvalid, UnicodeDecodeError):
-        return [None if value is None else _decoded(value) for value in column.cast(pa.binary()).to_pylist()]
+        texts = column.cast(pa.string()).combine_chunks()
+        texts.validate(full=True)  # a string column is not checked by the cast, only by this
+        return texts, np.ones(len(column), bool)
+    except (pa.ArrowInvalid, UnicodeDecodeError):  # the rows at fault are found one by one
+        values = [None if value is None else _decoded(value) for value in column.cast(pa.binary()).to_pylist()]
+        utf8 = np.array([value is not NOT_UTF8 for value in values], dtype=bool)
+        return pa.array([value if ok else None for value, ok in zip(values, utf8)], pa.string()), utf8
+
+
+def _text_column(path: Path, table: pa.Table, name: str) -> list:
+    """The column as Python text (nulls stay None), with `NOT_UTF8` for a value that is not UTF-8."""
+    texts, utf8 = _text_array(path, table, name)
+    return [value if ok else NOT_UTF8 for value, ok in zip(texts.to_pylist(), utf8)]
 
 
 def _decoded(value: bytes):

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from qbr_dist.data.quarantine import Quarantine
 
@@ -39,31 +40,32 @@ class SplitSummary:
         return asdict(self)
 
 
-def item_index(catalog: pa.Table) -> dict[str, int]:
-    """Item id -> token index, 1..N in catalog order (0 is padding)."""
-    return {item_id: i + 1 for i, item_id in enumerate(catalog.column("item_id").to_pylist())}
-
-
 UNKNOWN_ITEM = "item id not in the catalog (or its catalog row was quarantined)"  # one reason, counted as one
 
 
+def item_indexes(item_ids: pa.Array | pa.ChunkedArray, catalog_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Token index of each item id: 1..N in catalog order (0 is padding), 0 for an id the catalog lacks."""
+    rows = pc.index_in(item_ids, value_set=catalog_ids)
+    return pc.fill_null(rows, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+
+
 def build_sequences(
-    interactions: pa.Table, index: dict[str, int], *, k_core: int, quarantine: Quarantine, source: str,
-    max_history: int = 0,
+    interactions: pa.Table, catalog_ids: pa.Array | pa.ChunkedArray, *, k_core: int, quarantine: Quarantine,
+    source: str, max_history: int = 0,
 ) -> tuple[pa.Table, SplitSummary]:
-    """Table (user_id: string, items: list<int32>, cold_target: bool) of time-ordered item indices, one row per
-    user; each the user's newest `max_history` items when that is > 0 (after the k-core filter)."""
-    item_ids = interactions.column("item_id").to_pylist()
-    items = np.fromiter((index.get(i, 0) for i in item_ids), dtype=np.int64, count=len(item_ids))
+    """Table (user_id: string, items: list<int32>, cold_target: bool) of time-ordered item indices (`item_indexes`
+    of the catalog's item ids), one row per user in user id order; each the user's newest `max_history` items when
+    that is > 0 (after the k-core filter). Ids are matched and ordered by Arrow, not row by row in Python."""
+    items = item_indexes(interactions.column("item_id"), catalog_ids)
     unknown = np.flatnonzero(items == 0)
     if len(unknown):  # named by user and time: the readers' accepted rows are not the file's lines
-        user_ids, stamps = interactions.column("user_id").to_pylist(), interactions.column("timestamp").to_pylist()
-        for row in unknown:
-            quarantine.add(source=source, where=f"user {user_ids[row]!r} at timestamp {stamps[row]!r}",
-                           field="item_id", reason=UNKNOWN_ITEM, value=item_ids[row])
+        picked = interactions.take(pa.array(unknown))
+        for user, item, stamp in zip(*(picked.column(name).to_pylist() for name in ("user_id", "item_id",
+                                                                                     "timestamp"))):
+            quarantine.add(source=source, where=f"user {user!r} at timestamp {stamp!r}", field="item_id",
+                           reason=UNKNOWN_ITEM, value=item)
     known = items > 0
-    users, user_codes = np.unique(np.asarray(interactions.column("user_id").to_pylist(), dtype=object)[known],
-                                  return_inverse=True)
+    users, user_codes = _sorted_codes(interactions.column("user_id").filter(pa.array(known)))
     items = items[known]
     stamps = interactions.column("timestamp").to_numpy()[known]
     keep = _k_core(user_codes, items, k_core)
@@ -74,27 +76,37 @@ def build_sequences(
     starts = np.flatnonzero(np.r_[True, user_codes[1:] != user_codes[:-1]]) if len(items) else np.zeros(0, np.int64)
     lengths = np.diff(np.r_[starts, len(items)])
     cut = np.clip(lengths - max_history, 0, None) if max_history > 0 else np.zeros_like(lengths)
-    starts, lengths = starts + cut, lengths - cut
+    owner = np.repeat(np.arange(len(starts)), lengths)  # each sorted row's user, numbered in order
+    lengths = lengths - cut
     long_enough = lengths >= MIN_SPLIT_LENGTH
-    sequences = [items[s:s + n].astype(np.int32) for s, n, ok in zip(starts, lengths, long_enough) if ok]
+    kept = long_enough[owner] & (np.arange(len(items)) - starts[owner] >= cut[owner])  # a user's newest rows
+    offsets = np.r_[0, np.cumsum(lengths[long_enough])].astype(np.int32)
     table = pa.table({
-        "user_id": pa.array(users[user_codes[starts[long_enough]]].tolist(), pa.string()),
-        "items": pa.array(sequences, pa.list_(pa.int32())),
-        "cold_target": pa.array(np.zeros(len(sequences), dtype=bool)),
+        "user_id": users.take(pa.array(user_codes[starts[long_enough]])),
+        "items": pa.ListArray.from_arrays(pa.array(offsets), pa.array(items[kept].astype(np.int32))),
+        "cold_target": pa.array(np.zeros(int(long_enough.sum()), dtype=bool)),
     })
     summary = SplitSummary(
-        interactions_read=len(item_ids),
+        interactions_read=interactions.num_rows,
         unknown_item_rows=int((~known).sum()),
         kcore_removed_rows=int((~keep).sum()),
         history_cut_rows=int(cut.sum()),
         users=table.num_rows,
         users_too_short=int((~long_enough).sum()),
         short_user_rows=int(lengths[~long_enough].sum()),
-        items=len(index),
+        items=len(catalog_ids),
         interactions=int(lengths[long_enough].sum()),
         repeated_rows=int(repeated),
     )
     return table, summary
+
+
+def _sorted_codes(values: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """(the distinct values in sorted order, each value's position among them): np.unique's answer for text,
+    without a Python object per row (UTF-8 byte order is code point order, so the order is Python's too)."""
+    distinct = pc.unique(values)
+    distinct = distinct.take(pc.sort_indices(distinct))
+    return distinct, pc.index_in(values, value_set=distinct).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _repeated_rows(users: np.ndarray, items: np.ndarray, stamps: np.ndarray) -> int:
@@ -146,16 +158,22 @@ def choose_cold_items(num_items: int, fraction: float, seed: int) -> np.ndarray:
 def remove_cold(sequences: pa.Table, cold: np.ndarray) -> tuple[pa.Table, int]:
     """Sequences without cold items before their test target, plus the `cold_target` column;
     users left with fewer than MIN_SPLIT_LENGTH items are dropped (returned count)."""
-    kept_users, kept_items, cold_target = [], [], []
-    for user, items in zip(sequences.column("user_id").to_pylist(), sequences.column("items").to_numpy()):
-        items = np.asarray(items)
-        history = items[:-1][~cold[items[:-1]]]
-        if len(history) + 1 >= MIN_SPLIT_LENGTH:
-            kept_users.append(user)
-            kept_items.append(np.append(history, items[-1]).astype(np.int32))
-            cold_target.append(bool(cold[items[-1]]))
-    table = pa.table({"user_id": pa.array(kept_users, pa.string()), "items": pa.array(kept_items, pa.list_(pa.int32())),
-                      "cold_target": pa.array(cold_target, pa.bool_())})
+    lists = sequences.column("items").combine_chunks()
+    items = lists.flatten().to_numpy(zero_copy_only=False)
+    owner = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    offsets = lists.offsets.to_numpy()
+    ends = offsets[1:] - offsets[0] - 1  # each user's last row (the test target), in the flattened rows
+    last = np.zeros(len(items), bool)
+    last[ends] = True
+    row_kept = ~cold[items] | last
+    counts = np.bincount(owner[row_kept], minlength=len(lists))
+    users_kept = counts >= MIN_SPLIT_LENGTH
+    row_kept &= users_kept[owner]
+    table = pa.table({
+        "user_id": sequences.column("user_id").filter(pa.array(users_kept)),
+        "items": pa.ListArray.from_arrays(pa.array(np.r_[0, np.cumsum(counts[users_kept])].astype(np.int32)),
+                                          pa.array(items[row_kept].astype(np.int32))),
+        "cold_target": pa.array(cold[items[ends[users_kept]]])})
     return table, sequences.num_rows - table.num_rows
 
 

@@ -586,7 +586,7 @@ def test_out_of_order_timestamps_are_accepted_and_sorted_per_user(rows):
     quarantine = Quarantine()
     table = in_tmp("x.inter", data, lambda path: read_interactions(path, quarantine))
     assert table.num_rows == len(rows) and quarantine.total == 0
-    sequences, _ = build_sequences(table, {f"i{i}": i for i in range(1, 6)}, k_core=1, quarantine=quarantine,
+    sequences, _ = build_sequences(table, pa.array([f"i{i}" for i in range(1, 6)]), k_core=1, quarantine=quarantine,
                                    source="x.inter")
     got = dict(zip(sequences.column("user_id").to_pylist(), sequences.column("items").to_pylist()))
     expected = {}

@@ -72,12 +72,16 @@ def test_missing_file_is_an_error_naming_it(tmp_path):
 
 def test_parquet_interactions(tmp_path):
     path = tmp_path / "x.parquet"
-    pq.write_table(pa.table({"user_id": ["u1", None, "u2"], "item_id": [1, 2, 3], "timestamp": [10, 11, 12]}), path)
-    quarantine = Quarantine()
-    table = read_interactions(path, quarantine)
+    pq.write_table(pa.table({"user_id": ["u1", None, "u2", "u3", ""], "item_id": [1, 2, 3, None, None],
+                             "timestamp": [10, 11, 12, float("inf"), None]}), path)
+    qpath = tmp_path / "q.jsonl"
+    with Quarantine(qpath) as quarantine:
+        table = read_interactions(path, quarantine)
     assert table.schema == INTERACTIONS_SCHEMA
     assert table.to_pydict() == {"user_id": ["u1", "u2"], "item_id": ["1", "3"], "timestamp": [10.0, 12.0]}
-    assert quarantine.counts == {"empty user id": 1}
+    assert [(r["where"], r["field"], r["reason"]) for r in quarantined(qpath)] == [  # each row's first problem, in order
+        ("row 2", "user_id", "empty user id"), ("row 4", "item_id", "empty item id"),
+        ("row 5", "user_id", "empty user id")]
 
 
 def test_parquet_non_numeric_timestamp_is_an_error(tmp_path):
@@ -93,6 +97,13 @@ def test_parquet_timestamps_of_a_timestamp_type_or_text_with_a_bad_row(tmp_path)
     stamps = pa.array([1_600_000_000_000, 1_600_000_001_500], pa.timestamp("ms"))
     pq.write_table(pa.table({"user_id": ["u1", "u1"], "item_id": ["a", "b"], "timestamp": stamps}), path)
     assert read_interactions(path, Quarantine()).column("timestamp").to_pylist() == [1_600_000_000.0, 1_600_000_001.5]
+    ticks = [1_700_000_000_123_456_789, None, 1_700_000_000_123_456_790]  # past a float's 53 bits, and a null
+    pq.write_table(pa.table({"user_id": ["u1"] * 3, "item_id": list("abc"),
+                             "timestamp": pa.array(ticks, pa.timestamp("ns"))}), path)
+    quarantine = Quarantine()
+    assert read_interactions(path, quarantine).column("timestamp").to_pylist() == [
+        tick / 10**9 for tick in ticks if tick is not None]  # as Python divides the integers
+    assert quarantine.counts == {"timestamp is neither a finite number nor an ISO 8601 time": 1}
     pq.write_table(pa.table({"user_id": ["u1", "u1"], "item_id": ["a", "b"], "timestamp": ["12", "oops"]}), path)
     quarantine = Quarantine()
     assert read_interactions(path, quarantine).column("timestamp").to_pylist() == [12.0]

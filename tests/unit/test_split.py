@@ -1,14 +1,14 @@
 import json
 
 import numpy as np
+import pytest
 import pyarrow as pa
 
 from qbr_dist.data.quarantine import Quarantine
 from qbr_dist.data import split  # not `import test_part`: pytest would collect it as a test
-from qbr_dist.data.split import build_sequences, item_index
+from qbr_dist.data.split import build_sequences, item_indexes
 
-CATALOG = pa.table({"item_id": ["a", "b", "c", "d", "e"]})  # indices 1..5
-INDEX = item_index(CATALOG)
+INDEX = pa.array(["a", "b", "c", "d", "e"])  # the catalog's item ids: indices 1..5
 
 
 def interactions(rows):
@@ -24,8 +24,14 @@ def sequences(rows, k_core=0, index=INDEX, quarantine=None, max_history=0):
     return dict(zip(table.column("user_id").to_pylist(), table.column("items").to_pylist())), summary
 
 
-def test_item_index_follows_catalog_order_from_one():
-    assert INDEX == {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}
+def test_item_indexes_follow_catalog_order_from_one_and_an_unknown_id_is_zero():
+    assert item_indexes(pa.chunked_array([["e", "zz"], ["a", "c"]]), INDEX).tolist() == [5, 0, 1, 3]
+
+
+def test_users_come_in_the_order_python_sorts_their_ids():
+    ids = ["b", "a", "ä", "Z", "aa", "😀", "ü", "1"]
+    seqs, _ = sequences([(user, "a", t) for user in ids for t in range(3)])
+    assert list(seqs) == sorted(ids)
 
 
 def test_sequences_sorted_by_time_ties_keep_row_order():
@@ -130,3 +136,37 @@ def test_cold_items_leave_every_input_but_stay_test_targets():
     assert table.column("user_id").to_pylist() == ["a", "b"]
     assert table.column("items").to_pylist() == [[warm[0], warm[1], warm[2], c2], [warm[3], warm[4], warm[5]]]
     assert table.column("cold_target").to_pylist() == [True, False]
+
+
+
+def reference_split(rows, max_history, cold, skip_first_user=False):
+    """The split as its docstrings state it, a user at a time in plain Python: the reference the Arrow version must
+    equal (`skip_first_user`: without the first user that has a sequence before the cold split)."""
+    by_user = {}
+    for row, (user, item, stamp) in enumerate(rows):
+        by_user.setdefault(user, []).append((stamp, row, ord(item) - ord("a") + 1))
+    histories = {user: [item for _, _, item in sorted(by_user[user])][-max_history or None:] for user in sorted(by_user)}
+    histories = {user: items for user, items in histories.items() if len(items) >= 3}
+    out = {}
+    for user, items in list(histories.items())[int(skip_first_user):]:
+        items = [item for item in items[:-1] if not cold[item]] + items[-1:]
+        if len(items) >= 3:
+            out[user] = (items, bool(cold[items[-1]]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_sequences_and_the_cold_split_equal_a_plain_python_reference(seed):
+    from qbr_dist.data.split import remove_cold
+
+    rng = np.random.default_rng(seed)
+    rows = [(f"u{rng.integers(12)}", "abcde"[rng.integers(5)], int(rng.integers(6))) for _ in range(rng.integers(1, 90))]
+    max_history = int(rng.choice([0, 3, 5]))
+    cold = np.r_[False, rng.random(5) < 0.3]
+    table, _ = build_sequences(interactions(rows), INDEX, k_core=0, quarantine=Quarantine(), source="test",
+                               max_history=max_history)
+    sliced = seed % 2 == 1 and table.num_rows > 0  # a table whose list column is a slice (offsets not from 0)
+    table, _ = remove_cold(table.slice(1) if sliced else table, cold)
+    got = {user: (items, target) for user, items, target in zip(*(table.column(c).to_pylist() for c in
+                                                                   ("user_id", "items", "cold_target")))}
+    assert got == reference_split(rows, max_history, cold, skip_first_user=sliced)
