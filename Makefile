@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: setup test-tools ops submit demo test test-unit test-integration test-reliability bench-encode bench-encode-quick bench-kmeans \
 	bench-kmeans-quick bench-retokenize bench-retokenize-quick bench-ablations bench-ablations-quick bench-load bench-load-quick \
 	bench-quality bench-quality-quick bench-scaling bench-scaling-quick bench-throughput bench-throughput-quick bench-slices \
-	bench-slices-quick bench-offsets bench-offsets-quick bench-cold bench-cold-quick bench-paired bench-paired-quick bench-engine-start bench-parquet-reads bench-readers bench-readers-quick bench-gpu-smoke gpu-wheels clean
+	bench-slices-quick bench-offsets bench-offsets-quick bench-cold bench-cold-quick bench-paired bench-paired-quick bench-engine-start bench-parquet-reads bench-readers bench-readers-quick bench-ingest bench-ingest-quick bench-gpu-smoke gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -159,6 +159,12 @@ bench-readers: $(BENCH_STAMP)
 
 bench-readers-quick: $(BENCH_STAMP)
 	$(PY) bench/readers.py --quick
+
+bench-ingest: $(BENCH_STAMP)
+	$(PY) bench/ingest.py
+
+bench-ingest-quick: $(BENCH_STAMP)
+	$(PY) bench/ingest.py --quick
 
 bench-gpu-smoke: $(STAMP)
 	PYTHON=$(PY) bash bench/gpu/run.sh --smoke
