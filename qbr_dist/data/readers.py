@@ -275,7 +275,8 @@ def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, 
     spaces after a delimiter are ignored. A row with bad bytes, the wrong number of fields, quotes out of place
     (`"Weird" Al`) or a field past csv's limit (131,072 characters) is quarantined. A row that fails over several
     lines (a quote never closed, which would make the rest of the file one field; csv's limit bounds it) quarantines
-    its first line only, and the lines after it are read again."""
+    its first line only, and the lines after it are read again; so does a row whose quote, closed lines later, put
+    a line break into an id or a time (only text fields hold one)."""
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         header = handle.readline()
         if not header.strip():
@@ -285,6 +286,7 @@ def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, 
         delimiter = max(CSV_DELIMITERS, key=header.count)
         found = [name.strip() for name in next(csv.reader([header], delimiter=delimiter), [])]
         names = _own_names(path, found, required, renames, text_fields)
+        single_line = [at for at, name in enumerate(names) if name in required and name not in text_fields]
         lines = _CsvLines(handle)
         reader = csv.reader(lines, delimiter=delimiter, skipinitialspace=True, strict=True)
         while True:
@@ -302,7 +304,9 @@ def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, 
             if values is not None:
                 problem = (None if is_utf8(delimiter.join(values)) else "not UTF-8 text") or (
                     None if len(values) == len(names) else
-                    f"expected {len(names)} {delimiter!r}-separated fields, got {len(values)}")
+                    f"expected {len(names)} {delimiter!r}-separated fields, got {len(values)}") or next(
+                    (f"a line break inside field '{found[at]}', which holds an id or a time" for at in single_line
+                     if "\n" in values[at] or "\r" in values[at]), None)
             if problem and lines.number > first:
                 lines.read_again_after_first()
                 problem += " (the lines after it are read again)"

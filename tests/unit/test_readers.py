@@ -217,17 +217,20 @@ def test_bad_csv_rows_are_quarantined_by_line_and_reading_continues(tmp_path):
         b"u1,i1,100",            # line 2: good
         b"u1,i2",                # line 3: too few fields
         b"u2,\xff\xfe,101",       # line 4: not UTF-8
-        b'u2,"i3\nstill i3",102',  # lines 5-6: one row over two lines, good
+        b'u2,"i3\r\ni3",102',   # lines 5-6: one CSV row over two lines, but an id holds no line break
         b"u3,i1,soon",           # line 7: no time
         b"u3,i4,103",            # line 8: good
     ]
     events = write_lines(tmp_path / "events.csv", b"user_id,item_id,timestamp\n", lines)
     with Quarantine(tmp_path / "q.jsonl") as quarantine:
         table = read_interactions(events, quarantine)
-    assert table.column("item_id").to_pylist() == ["i1", "i3\nstill i3", "i4"]
-    assert quarantine.read == table.num_rows + quarantine.total == 6
+    assert table.column("item_id").to_pylist() == ["i1", "i4"]
+    assert quarantine.read == table.num_rows + quarantine.total == 7  # line 6 is read again, as a row of its own
     assert [(r["where"], r["field"], r["reason"]) for r in quarantined(tmp_path / "q.jsonl")] == [
         ("line 3", "*", "expected 3 ','-separated fields, got 2"), ("line 4", "*", "not UTF-8 text"),
+        ("line 5", "*", "a line break inside field 'item_id', which holds an id or a time (the lines after it are "
+                        "read again)"),
+        ("line 6", "*", "expected 3 ','-separated fields, got 2"),
         ("line 7", "timestamp", "timestamp is neither a finite number nor an ISO 8601 time")]
 
 
@@ -271,6 +274,27 @@ def test_a_row_too_long_or_failing_over_several_lines_costs_its_first_line_only(
         ("line 4", "expected 3 ','-separated fields, got 2"),  # the rest of the long field
         ("line 6", "expected 3 ','-separated fields, got 2 (the lines after it are read again)"),  # closed on line 8
         ("line 8", "expected 3 ','-separated fields, got 2")]
+
+
+def test_a_quote_that_swallows_lines_into_an_id_costs_its_first_line_only(tmp_path):
+    lines = [b"u1,i1,100", b'u2,"i2', b"u3,i3,102", b'u4,i4",103', b'u5,"Line one', b'line two",104']
+    events = write_lines(tmp_path / "events.csv", b"user_id,sku,timestamp\n", lines)
+    with Quarantine(tmp_path / "q.jsonl") as quarantine:
+        table = read_interactions(events, quarantine, {"item_id": "sku"})
+    # u2's open quote closes on u4's line, 2 lines later: u3 and u4 are read again (csv takes u4's closing quote
+    # into its unquoted field as a character)
+    assert table.to_pydict() == {"user_id": ["u1", "u3", "u4"], "item_id": ["i1", "i3", 'i4"'],
+                                 "timestamp": [100.0, 102.0, 103.0]}
+    assert [(r["where"], r["reason"]) for r in quarantined(tmp_path / "q.jsonl")] == [
+        ("line 3", "a line break inside field 'sku', which holds an id or a time (the lines after it are read again)"),
+        ("line 6", "a line break inside field 'sku', which holds an id or a time (the lines after it are read again)"),
+        ("line 7", "expected 3 ','-separated fields, got 2")]
+
+
+def test_a_catalog_text_field_may_hold_a_line_break(tmp_path):
+    catalog = write_lines(tmp_path / "items.csv", b"item_id,title\n", [b'i1,"Line one', b'line two"', b"i2,Plain"])
+    table = read_catalog(catalog, ["title"], Quarantine())
+    assert table.column("title").to_pylist() == ["Line one\nline two", "Plain"]
 
 
 def test_a_csv_header_missing_a_field_or_not_utf8_is_a_one_line_error(tmp_path):
