@@ -250,6 +250,9 @@ def finished_model(cfg: Config, stage: str) -> Path:
     try:
         if stage == "bert4rec":
             return bert4rec(cfg, root, ingest(cfg, root))
+        if not cfg.run.tokenize or cfg.model.tokens == "id":
+            raise StageNotCurrent(f"{root / stage}: this config trains no {stage} (run.tokenize = "
+                                  f"{str(cfg.run.tokenize).lower()}, model.tokens = '{cfg.model.tokens}')")
         return qbert4rec(cfg, root, tokenize(cfg, root))
     finally:
         _REPORT_ONLY.reset(token)

@@ -186,8 +186,10 @@ def _timestamps(path: Path, table: pa.Table, shown: str) -> np.ndarray:
     if pa.types.is_timestamp(column.type):
         per_second = {"s": 1, "ms": 1000, "us": 10**6, "ns": 10**9}[column.type.unit]
         ticks = column.cast(pa.int64())
-        whole = pc.fill_null(ticks, 0).to_numpy()  # integer arithmetic first: nanoseconds overflow a float's 53 bits
-        seconds = (whole // per_second).astype(np.float64) + (whole % per_second) / per_second
+        whole = pc.fill_null(ticks, 0).to_numpy()
+        seconds = whole / per_second  # exact where the ticks fit a float's 53 bits; beyond, whole seconds first
+        beyond = np.abs(whole) > 2**53
+        seconds[beyond] = (whole[beyond] // per_second).astype(np.float64) + (whole[beyond] % per_second) / per_second
         seconds[ticks.is_null().to_numpy()] = np.nan
         return seconds
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
@@ -399,6 +401,8 @@ def _text_array(path: Path, table: pa.Table, name: str, shown: str | None = None
     strings; a value that is not is null in the text); a column of another type that cannot be cast is a
     DataError."""
     column = table.column(name)
+    if pa.types.is_dictionary(column.type):  # decoded first, so its text is checked as any other's
+        column = column.cast(column.type.value_type)
     if not any(check(column.type) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
                                                  pa.types.is_large_binary)):
         return _cast(path, column, pa.string(), shown or name).combine_chunks(), np.ones(len(column), bool)

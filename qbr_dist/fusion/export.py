@@ -70,9 +70,6 @@ def fuse_batch(model: CrossModalFusion, batch: pa.Table, max_tokens: int) -> tup
     vector, a vector of some modality or a structure token; without any, its fused vector is the same constant
     for every such item)."""
     id_vectors, has_id = vector_rows(batch, ID_VECTOR, input_widths(model)[ID_VECTOR])
-    inputs = batch_inputs(batch, model, max_tokens)
-    out = model.fuse(torch.from_numpy(id_vectors), inputs, use_id=torch.from_numpy(has_id))
-    content = has_id | (inputs["tokens"] > 0).any(1).numpy()
-    for name in VECTOR_COLUMNS:
-        content |= inputs[f"{name}_present"].numpy()
-    return out["fused"].float().numpy(), has_id, content
+    out = model.fuse(torch.from_numpy(id_vectors), batch_inputs(batch, model, max_tokens),
+                     use_id=torch.from_numpy(has_id))
+    return out["fused"].float().numpy(), has_id, has_id | out["present"].any(1).numpy()

@@ -96,11 +96,8 @@ class Recommender:
         table = table.filter(pc.invert(pc.is_in(table.column("item_id"), value_set=self.ids)))
         if not table.num_rows:
             raise ValueError(f"--new-items {path}: every item in it is already in the run's catalog")
-        codes = table.column("codes").combine_chunks()
-        width = len(codes[0])
-        if pc.any(pc.not_equal(pc.list_value_length(codes), width)).as_py():
-            raise ValueError(f"{path}: field 'codes' holds code lists of different lengths; expected {width} each")
-        self.model = with_new_items(self.model, spec, np.asarray(codes.flatten()).reshape(-1, width))
+        codes = new_item_codes(path, table, self.codes.shape[1], spec["code_sizes"][:-1])
+        self.model = with_new_items(self.model, spec, codes)
         self.codes = self.model.tokens.codes.numpy()
         self.ids = pa.concat_arrays([self.ids, table.column("item_id").combine_chunks()])
         self.cold = np.concatenate([self.cold, np.zeros(table.num_rows, bool)])
@@ -142,6 +139,29 @@ class Recommender:
 
     def _text(self, item: int) -> str | None:
         return self.catalog.column("text")[item - 1].as_py() if item <= self.catalog.num_rows else None
+
+
+def new_item_codes(path: Path, table: pa.Table, width: int, level_sizes: list[int]) -> np.ndarray:
+    """The (items, width) codes of a codes table's rows, refused in one line naming `path` where a row has no item id
+    or no codes, an id repeats, or codes of another count or past a level's codebook (a file joined by hand can; one
+    `qbr retokenize` wrote cannot)."""
+    ids, codes = table.column("item_id"), table.column("codes").combine_chunks()
+    counts = pc.value_counts(ids)
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if ids.null_count or pc.any(pc.equal(ids, "")).as_py():
+        problem = "field 'item_id' is empty in some row"
+    elif len(repeated):
+        problem = f"field 'item_id' repeats '{repeated[0]}'; every item must appear once"
+    elif codes.null_count:
+        problem = "field 'codes' is empty in some row"
+    elif pc.any(pc.not_equal(pc.list_value_length(codes), width)).as_py():
+        problem = f"field 'codes' holds lists of another length than {width} (the model's levels and suffix)"
+    else:
+        matrix = np.asarray(codes.flatten()).reshape(-1, width)
+        if not ((matrix < 0).any() or (matrix[:, :-1] >= np.asarray(level_sizes)).any()):
+            return matrix
+        problem = f"field 'codes' holds a code outside its level's codebook (sizes {level_sizes})"
+    raise ValueError(f"--new-items {path}: {problem}")
 
 
 def require_trained(run: Path, stage: str) -> None:

@@ -52,3 +52,24 @@ def test_an_id_only_model_and_codes_of_another_depth_are_refused(tmp_path):
     model, spec = trained(tmp_path, "hybrid")
     with pytest.raises(ValueError, match="new items have 3 code levels, the model 2"):
         with_new_items(model, spec, np.array([[1, 2, 2, 0]]))
+
+
+def test_a_codes_file_joined_by_hand_is_refused_in_one_line_naming_it():
+    import pyarrow as pa
+
+    from qbr_dist.inspect.recommend import new_item_codes
+
+    def refused(ids, codes):
+        table = pa.table({"item_id": pa.array(ids, pa.string()), "codes": pa.array(codes, pa.list_(pa.int32()))})
+        with pytest.raises(ValueError) as err:
+            new_item_codes("new.parquet", table, 3, [4, 4])
+        return str(err.value)
+
+    assert new_item_codes("new.parquet", pa.table({"item_id": ["n1", "n2"], "codes": [[1, 2, 9], [3, 3, 0]]}), 3,
+                          [4, 4]).tolist() == [[1, 2, 9], [3, 3, 0]]  # a suffix has no codebook: any value
+    assert refused(["n1", None], [[1, 2, 0], [1, 2, 1]]) == "--new-items new.parquet: field 'item_id' is empty in some row"
+    assert refused(["n1", "n1"], [[1, 2, 0], [1, 2, 1]]).endswith("field 'item_id' repeats 'n1'; every item must appear once")
+    assert refused(["n1", "n2"], [[1, 2, 0], None]).endswith("field 'codes' is empty in some row")
+    assert refused(["n1", "n2"], [[1, 2, 0], [1, 2]]).endswith("another length than 3 (the model's levels and suffix)")
+    assert refused(["n1", "n2"], [[1, 2, 0], [1, 4, 0]]).endswith("a code outside its level's codebook (sizes [4, 4])")
+    assert refused(["n1"], [[-1, 2, 0]]).endswith("a code outside its level's codebook (sizes [4, 4])")

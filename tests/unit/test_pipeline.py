@@ -378,3 +378,10 @@ def test_ingest_says_which_filter_left_no_user_and_logs_what_the_cold_split_took
     assert read == {"file": interactions_file.name, "read": rows["rows_read"], "quarantined": 0}
     assert (f"ingest: {interactions_file.name}: {read['read']:,} rows read, 0 quarantined; {rows['users']} users"
             in caplog.text and f"cold-item split: {rows['cold_items']} items out" in caplog.text and rows["cold_items"] > 0)
+
+
+def test_recommend_refuses_a_model_stage_its_config_does_not_train(tmp_path):
+    for setting in ("run.tokenize=false", "model.tokens=id"):
+        cfg = load_config(None, [f"run.root='{tmp_path}'", setting])
+        with pytest.raises(pipeline.StageNotCurrent, match=r"qbert4rec: this config trains no qbert4rec \(run.tokenize"):
+            pipeline.finished_model(cfg, "qbert4rec")

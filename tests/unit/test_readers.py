@@ -97,8 +97,9 @@ def test_parquet_timestamps_of_a_timestamp_type_or_text_with_a_bad_row(tmp_path)
     stamps = pa.array([1_600_000_000_000, 1_600_000_001_500], pa.timestamp("ms"))
     pq.write_table(pa.table({"user_id": ["u1", "u1"], "item_id": ["a", "b"], "timestamp": stamps}), path)
     assert read_interactions(path, Quarantine()).column("timestamp").to_pylist() == [1_600_000_000.0, 1_600_000_001.5]
-    ticks = [1_700_000_000_123_456_789, None, 1_700_000_000_123_456_790]  # past a float's 53 bits, and a null
-    pq.write_table(pa.table({"user_id": ["u1"] * 3, "item_id": list("abc"),
+    ticks = [1_700_000_000_123_456_789, None, 1_700_000_000_123_456_790, -1500]  # past a float's 53 bits, a null,
+    # and a time before 1970
+    pq.write_table(pa.table({"user_id": ["u1"] * 4, "item_id": list("abcd"),
                              "timestamp": pa.array(ticks, pa.timestamp("ns"))}), path)
     quarantine = Quarantine()
     assert read_interactions(path, quarantine).column("timestamp").to_pylist() == [
@@ -331,11 +332,13 @@ def test_fields_a_shop_export_names_otherwise_are_read_under_the_names_the_confi
         read_catalog(catalog, ["title"], Quarantine())
 
 
-@pytest.mark.parametrize("column", ["binary", "string"])
+@pytest.mark.parametrize("column", ["binary", "string", "dictionary"])
 def test_parquet_text_that_is_not_utf8_quarantines_its_row_not_the_file(tmp_path, column):
-    """A `string` column with bad bytes is what a writer that does not check its strings leaves behind."""
+    """A `string` column with bad bytes is what a writer that does not check its strings leaves behind; a dictionary
+    column is checked as the text it decodes to."""
     values = pa.array([b"ok", b"\xff\xfe", b"fine"], pa.binary())
-    values = values.view(pa.string()) if column == "string" else values
+    values = values if column == "binary" else values.view(pa.string())
+    values = values.dictionary_encode() if column == "dictionary" else values
     catalog, events = tmp_path / "items.parquet", tmp_path / "events.parquet"
     pq.write_table(pa.table({"item_id": ["a", "b", "c"], "title": values}), catalog)
     pq.write_table(pa.table({"user_id": ["u", "u", "u"], "item_id": values, "timestamp": [1.0, 2.0, 3.0]}), events)
