@@ -192,7 +192,9 @@ def test_a_change_of_the_catalog_text_alone_keeps_the_stages_that_read_only_the_
     assert artifacts.read_manifest(popularity)["key"]["inputs"] != first["key"]["inputs"]
     pq.write_table(pq.read_table(items).set_column(2, "brand", pa.array(["c"] * len(ids))), items)
     ingest, popularity, structure = run("data.text_fields=['title']")
-    assert artifacts.read_manifest(popularity) == first  # a brand changed: structure only runs again
+    # a brand changed: popularity's key is its first one again (it runs, as the max_history run stands in its
+    # folder; its finished_at may differ), and structure's is a new one
+    assert artifacts.read_manifest(popularity)["key"] == first["key"]
     assert artifacts.read_manifest(structure)["key"]["inputs"]["fields"] != first_structure["key"]["inputs"]["fields"]
 
 
