@@ -7,7 +7,8 @@ type stops at once with a one-line error naming the file and the field; a malfor
 and recorded in the quarantine.
 
 Counts reconcile: each reader adds the rows it read to `quarantine.read`, and every row read is
-either returned or quarantined. A row is a non-blank line after the header of a text file (a
+either returned or quarantined. Interactions are checked column by column once a file is read, so a text
+file's quarantine lists the lines that could not be split into fields first, then those whose fields fail. A row is a non-blank line after the header of a text file (a
 line of bad bytes included; a CSV row quoted over several lines is one) or a row of a parquet file
 (numbered from 1; a text value in it whose bytes are not UTF-8 quarantines the row). A truncated
 or corrupt gzip counts the lines decoded before the break, and the break itself as one row read and
@@ -19,7 +20,6 @@ import csv
 import datetime
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Iterator
 
@@ -46,20 +46,16 @@ def read_interactions(path: str | Path, quarantine: Quarantine, renames: dict[st
         _no_renames(path, renames)
         return amazon.read_amazon_interactions(path, quarantine)
     if path.suffix == ".parquet":
-        return _interactions_from_parquet(path, quarantine, renames)
-    rows = {name: [] for name in INTERACTION_FIELDS}
+        table = _read_parquet(path, INTERACTION_FIELDS, renames)
+        quarantine.read += table.num_rows
+        return _checked_interactions(path, table, quarantine, renames)
+    rows, lines = {name: [] for name in INTERACTION_FIELDS}, []
     for where, record in _text_records(path, ".inter", "data.interactions", INTERACTION_FIELDS, quarantine, renames):
-        timestamp = _as_seconds(record["timestamp"])
-        problem = _interaction_problem(record["user_id"], record["item_id"], timestamp)
-        if problem:
-            field, reason = problem
-            quarantine.add(source=str(path), where=where, field=renames.get(field, field), reason=reason,
-                           value=record[field] if field == "timestamp" else None)
-            continue
-        rows["user_id"].append(record["user_id"])
-        rows["item_id"].append(record["item_id"])
-        rows["timestamp"].append(timestamp)
-    return pa.table(rows, schema=INTERACTIONS_SCHEMA)
+        lines.append(where)
+        for name, values in rows.items():
+            values.append(record[name])
+    table = pa.table({name: pa.array(values, pa.string()) for name, values in rows.items()})
+    return _checked_interactions(path, table, quarantine, renames, lines)
 
 
 def _text_records(path: Path, atomic_suffix: str, setting: str, required: tuple[str, ...], quarantine: Quarantine,
@@ -146,14 +142,15 @@ def _binary_image(name: str, rows: list[dict]) -> pa.DataType | None:
     return pa.binary() if name == "image" and any(isinstance(r.get(name), bytes) for r in rows) else None
 
 
-def _interactions_from_parquet(path: Path, quarantine: Quarantine, renames: dict[str, str]) -> pa.Table:
-    """Checked column by column in Arrow and numpy; only the rows with a problem are looked at one by one."""
-    table = _read_parquet(path, INTERACTION_FIELDS, renames)
+def _checked_interactions(path: Path, table: pa.Table, quarantine: Quarantine, renames: dict[str, str],
+                          lines: list[str] | None = None) -> pa.Table:
+    """The interactions of `table` (a file's user_id, item_id and timestamp columns, of any type) whose ids are
+    present and UTF-8 and whose time is a finite number or an ISO 8601 time, checked column by column; every other
+    row quarantined with its first problem, where `lines` (a text file's) or its row number (parquet) places it."""
     own = {field: renames.get(field, field) for field in INTERACTION_FIELDS}  # for messages
     users, users_utf8 = _text_array(path, table, "user_id", shown=own["user_id"])
     items, items_utf8 = _text_array(path, table, "item_id", shown=own["item_id"])
-    stamps = _timestamps(path, table, shown=own["timestamp"])
-    quarantine.read += table.num_rows
+    stamps = _timestamps(path, table, shown=own["timestamp"], typed=lines is None)
     problems = [  # in the order a row's first problem is named
         ("user_id", "not UTF-8 text", ~users_utf8), ("item_id", "not UTF-8 text", ~items_utf8),
         ("user_id", "empty user id", _empty(users)), ("item_id", "empty item id", _empty(items)),
@@ -164,8 +161,8 @@ def _interactions_from_parquet(path: Path, quarantine: Quarantine, renames: dict
     for row in np.flatnonzero(first >= 0):
         field, reason, _ = problems[first[row]]
         found = table.column("timestamp")[int(row)].as_py() if field == "timestamp" else None
-        quarantine.add(source=str(path), where=f"row {row + 1}", field=own[field], reason=reason,
-                       value=None if found is None else str(found))
+        quarantine.add(source=str(path), where=lines[row] if lines is not None else f"row {row + 1}",
+                       field=own[field], reason=reason, value=None if found is None else str(found))
     keep = pa.array(first < 0)
     return pa.table({"user_id": users.filter(keep), "item_id": items.filter(keep),
                      "timestamp": pa.array(stamps).filter(keep)}, schema=INTERACTIONS_SCHEMA)
@@ -176,10 +173,12 @@ def _empty(texts: pa.Array) -> np.ndarray:
     return pc.fill_null(pc.equal(pc.binary_length(texts), 0), True).to_numpy(zero_copy_only=False)
 
 
-def _timestamps(path: Path, table: pa.Table, shown: str) -> np.ndarray:
+def _timestamps(path: Path, table: pa.Table, shown: str, typed: bool) -> np.ndarray:
     """The `timestamp` column as seconds (NaN where a row has none): a timestamp or date type in its own unit,
     numbers as they are, text as numbers, or else a row at a time as a number or an ISO 8601 date and time (UTC
-    unless it says otherwise). A text column with no time at all is the wrong field: a DataError."""
+    unless it says otherwise). In a `typed` file (parquet), a column that cannot be read as numbers, or text with
+    no time at all, is the wrong field: a DataError (a text file's rows are quarantined, and ingest then refuses
+    a file none of whose rows could be read, with an example)."""
     column = table.column("timestamp")
     if pa.types.is_date(column.type):
         column = column.cast(pa.timestamp("ms"))
@@ -199,7 +198,7 @@ def _timestamps(path: Path, table: pa.Table, shown: str) -> np.ndarray:
     except pa.ArrowInvalid:  # not all numbers: ISO 8601 times, or text that is no time, a row at a time
         values = column.to_pylist()
     stamps = [None if value is None else _as_seconds(value) for value in values]
-    if any(value is not None for value in values) and all(stamp is None for stamp in stamps):
+    if typed and any(value is not None for value in values) and all(stamp is None for stamp in stamps):
         raise DataError(f"{path}: field '{shown}' holds no time (expected seconds since 1970 as numbers or text, "
                         "ISO 8601 text such as 2024-01-31T12:00:00Z, or a timestamp or date type)")
     return np.array([np.nan if stamp is None else stamp for stamp in stamps], dtype=np.float64)
@@ -222,19 +221,6 @@ def _as_seconds(value: str) -> float | None:
 
 
 BAD_TIMESTAMP = "timestamp is neither a finite number nor an ISO 8601 time"
-
-
-def _interaction_problem(user, item, timestamp) -> tuple[str, str] | None:
-    for field, value in (("user_id", user), ("item_id", item)):
-        if value is NOT_UTF8:
-            return field, "not UTF-8 text"
-    if not user:
-        return "user_id", "empty user id"
-    if not item:
-        return "item_id", "empty item id"
-    if timestamp is None or not math.isfinite(timestamp):
-        return "timestamp", BAD_TIMESTAMP
-    return None
 
 
 def _atomic_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, renames: dict[str, str],
