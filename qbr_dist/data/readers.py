@@ -7,12 +7,12 @@ type stops at once with a one-line error naming the file and the field; a malfor
 and recorded in the quarantine.
 
 Counts reconcile: each reader adds the rows it read to `quarantine.read`, and every row read is
-either returned or quarantined. Interactions are checked column by column once a file is read, so a text
-file's quarantine lists the lines that could not be split into fields first, then those whose fields fail. A row is a non-blank line after the header of a text file (a
+either returned or quarantined. A row is a non-blank line after the header of a text file (a
 line of bad bytes included; a CSV row quoted over several lines is one) or a row of a parquet file
 (numbered from 1; a text value in it whose bytes are not UTF-8 quarantines the row). A truncated
 or corrupt gzip counts the lines decoded before the break, and the break itself as one row read and
-one quarantine entry.
+one quarantine entry. Interactions are checked column by column once a file is read, so a text file's
+quarantine lists the lines that could not be split into fields first, then those whose fields fail.
 """
 from __future__ import annotations
 
