@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from qbr_dist.data.split import item_indexes
 from qbr_dist.inspect.codes import prefix_name, summarize_codes
 from qbr_dist.inspect.tables import markdown_table
 from qbr_dist.pipeline import COLD, ITEMS, SEQUENCES
@@ -38,13 +39,13 @@ def user_history(ingest: Path, user: str) -> list[int]:
     return found.column("items")[0].as_py()
 
 
-def item_indexes(item_ids: pa.Array, wanted: list[str], source: Path) -> list[int]:
-    """Item index (row + 1 in the ingest catalog) of each id; a one-line error names an unknown one."""
-    rows = pc.index_in(pa.array(wanted, pa.string()), value_set=item_ids)
-    for item, row in zip(wanted, rows.to_pylist()):
-        if row is None:
+def history_indexes(item_ids: pa.Array, wanted: list[str], source: Path) -> list[int]:
+    """Item index of each id of a given history; a one-line error names one the catalog lacks."""
+    found = item_indexes(pa.array(wanted, pa.string()), item_ids)
+    for item, index in zip(wanted, found):
+        if index == 0:
             raise ValueError(f"{source}: no item '{item}' in the run's catalog")
-    return [row + 1 for row in rows.to_pylist()]
+    return found.tolist()
 
 
 def score_next(model, history: list[int]) -> torch.Tensor:
@@ -105,7 +106,7 @@ class Recommender:
 
     def history(self, user: str | None, history: list[str] | None) -> list[int]:
         past = user_history(self.run / "ingest", user) if user is not None else \
-            item_indexes(self.ids, history or [], self.run / "ingest" / ITEMS)
+            history_indexes(self.ids, history or [], self.run / "ingest" / ITEMS)
         if not past:
             raise ValueError("recommend: give a user (--user) or a non-empty history (--history i1,i2,...)")
         return past
