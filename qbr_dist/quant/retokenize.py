@@ -79,13 +79,14 @@ class Retokenizer:
         self.column, self.chunk_size, self.buckets, self.folder = column, chunk_size, buckets, Path(folder)
         self.fusion = load_model(Path(fusion_model)) if fusion_model else None
         self.widths = input_widths(self.fusion[0]) if self.fusion else {column: self.tokenizer.input_width}
+        self.vocab = self.fusion[0].token_bag.num_embeddings if self.fusion else None
         self.actor = uuid.uuid4().hex  # names this actor in its receipts: the summary counts the actors that worked
         self.code_contentless = code_contentless
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
-        keep, quarantined = usable_rows(batch, self.widths, vector_required=self.fusion is None)
+        keep, quarantined = usable_rows(batch, self.widths, vector_required=self.fusion is None, vocab=self.vocab)
         batch, name, content_queries, contentless = batch.filter(pa.array(keep)), None, 0, 0
         if batch.num_rows:
             vectors, trained_id, content = self._vectors(batch)
@@ -120,12 +121,18 @@ NO_CONTENT = "no content: no trained ID vector, no vector of any modality and no
 QUARANTINED = pa.list_(pa.struct([("item_id", pa.string()), ("field", pa.string()), ("reason", pa.string())]))
 
 
-def usable_rows(batch: pa.Table, widths: dict[str, int], *, vector_required: bool) -> tuple[np.ndarray, list[dict]]:
+def usable_rows(batch: pa.Table, widths: dict[str, int], *, vector_required: bool,
+                vocab: int | None = None) -> tuple[np.ndarray, list[dict]]:
     """Which rows of a feature batch can be coded, and a quarantine record for each that cannot: a row without an
     item id, or with a vector of `widths` ({column: width}) of another length or holding a null, NaN or infinite
-    value; with `vector_required`, also a row without the vector (else a missing modality, which fusion takes)."""
+    value; with `vector_required`, also a row without the vector (else a missing modality, which fusion takes);
+    with the fusion model's `vocab` (structure tokens 0 .. vocab - 1), a row holding another structure token."""
     ids = batch.column("item_id").to_pylist()
     problems = {row: ("item_id", "no item id") for row, item_id in enumerate(ids) if item_id in (None, "")}
+    if vocab is not None and TOKENS_COLUMN in batch.column_names:
+        outside = f"a structure token outside the run's vocabulary (0 to {vocab - 1}, structure/structure_vocab.json)"
+        for row in _rows_with_tokens_outside(batch.column(TOKENS_COLUMN), vocab):
+            problems.setdefault(row, (TOKENS_COLUMN, outside))
     for column in (c for c in widths if c in batch.column_names):
         values = batch.column(column).combine_chunks()
         found = bad_vectors(values, widths[column])
@@ -137,6 +144,15 @@ def usable_rows(batch: pa.Table, widths: dict[str, int], *, vector_required: boo
     keep[list(problems)] = False
     return keep, [{"item_id": None if ids[row] is None else str(ids[row]), "field": field, "reason": reason}
                   for row, (field, reason) in sorted(problems.items())]
+
+
+def _rows_with_tokens_outside(tokens: pa.ChunkedArray, vocab: int) -> list[int]:
+    """Rows of a list column of structure tokens holding a null token or one outside 0 .. vocab - 1."""
+    tokens = tokens.combine_chunks()
+    flat = pc.list_flatten(tokens)
+    outside = pc.fill_null(pc.or_(pc.less(flat, 0), pc.greater_equal(flat, vocab)), True)
+    return np.unique(pc.list_parent_indices(tokens).to_numpy(zero_copy_only=False)[
+        outside.to_numpy(zero_copy_only=False)]).tolist()
 
 
 def check_feature_files(files: list[Path], vectors: dict[str, int], *, any_of: bool = False) -> None:

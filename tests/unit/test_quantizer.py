@@ -336,6 +336,19 @@ def test_usable_rows_leaves_out_and_lists_rows_without_an_id_or_with_a_bad_vecto
         ["no vector", "no item id", "no vector", "no item id", "no vector"]
 
 
+def test_usable_rows_leaves_out_rows_with_a_structure_token_outside_the_fusion_vocabulary():
+    from qbr_dist.quant.retokenize import usable_rows
+
+    batch = pa.table({"item_id": ["a", "b", "c", "d", "e"], "text_emb": pa.array([[1.0, 1.0]] * 5),
+                      "struct_tokens": pa.array([[1, 9], [10], [-2, 1], None, [3, None]], pa.list_(pa.int32()))})
+    keep, records = usable_rows(batch, {"text_emb": 2}, vector_required=False, vocab=10)
+    assert keep.tolist() == [True, False, False, True, False]  # no tokens at all is a missing modality
+    assert [(r["item_id"], r["field"]) for r in records] == [("b", "struct_tokens"), ("c", "struct_tokens"),
+                                                             ("e", "struct_tokens")]
+    assert records[0]["reason"] == "a structure token outside the run's vocabulary (0 to 9, " \
+                                   "structure/structure_vocab.json)"
+
+
 def test_plain_list_vectors_of_uneven_lengths_are_an_error_not_silently_reshaped():
     from qbr_dist.fusion.features import fixed_width
 
