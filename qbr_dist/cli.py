@@ -161,10 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--k", type=_count, default=10, help="items to recommend (default 10)")
     recommend.add_argument("--model", default=TRAINED_MODELS[0], choices=TRAINED_MODELS,
                            help="the training stage whose weights to use (default qbert4rec)")
-    recommend.add_argument("--new-items", type=Path, metavar="CODES",
-                           help="a `qbr retokenize` codes.parquet of the run's codebook: its items the catalog "
-                                "lacks join it, in the history and among the recommendations, scored from their "
-                                "codes with no retraining")
+    recommend.add_argument("--new-items", type=Path, metavar="CODES", action="append", default=[],
+                           help="a `qbr retokenize` codes.parquet (or the folder it printed) of the run's codebook: "
+                                "its items the catalog lacks join it, in the history and among the recommendations, "
+                                "scored from their codes with no retraining (repeatable)")
 
     report = commands.add_parser("report",
                                  help="rewrite report.json, report.md, the plots and report.html of a finished run",

@@ -862,6 +862,7 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
     if cfg.quant.input == "fused":
         fusion = FusionInputs(model=dirs["fusion"] / MODEL, id_vectors=feature_files(dirs["fusion"]),
                               structure=dirs["structure"] / STRUCTURE)
+        _warn_without_structure_tokens(cfg, files, dirs["structure"], own_catalog=stage == "retokenize")
         inputs |= {name: artifacts.manifest_fingerprint(dirs[name]) for name in ("fusion", "structure")}
     key = artifacts.stage_key("retokenize", cfg.section_settings(quant=cfg.quant.key()), inputs)
     stage_dir, current = _stage(stage, root, key)
@@ -890,6 +891,20 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
         log.warning("retokenize: %d catalog items have no content at all (no trained ID vector, no vector of any "
                     "modality, no structure token); they share the codes of that emptiness", summary["contentless"])
     return stage_dir
+
+
+def _warn_without_structure_tokens(cfg: Config, files: list[Path], structure_dir: Path, *, own_catalog: bool) -> None:
+    """A feature table of new items without `struct_tokens` is fused without the structure the run's fusion was fit
+    with (only the run's own items find theirs in its structure stage), so their codes lean on the other features:
+    said once, with where the token ids come from."""
+    from qbr_dist.fusion.features import TOKENS_COLUMN
+
+    if own_catalog or not cfg.structure.fields or TOKENS_COLUMN in pq.read_schema(files[0]).names:
+        return
+    log.warning("retokenize: %s has no %s column, so items the run's catalog lacks are fused without structure "
+                "tokens (the run's fusion was fit with structure.fields %s); for codes comparable to the catalog's, "
+                "give each new item its token ids from %s", files[0].parent if len(files) > 1 else files[0],
+                TOKENS_COLUMN, cfg.structure.fields, structure_dir / STRUCTURE_VOCAB)
 
 
 def feature_table_files(features: Path) -> list[Path]:

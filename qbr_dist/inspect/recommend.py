@@ -26,6 +26,7 @@ from qbr_dist.data.split import item_indexes
 from qbr_dist.inspect.codes import prefix_name, summarize_codes
 from qbr_dist.inspect.tables import markdown_table
 from qbr_dist.pipeline import COLD, ITEMS, SEQUENCES
+from qbr_dist.quant import CODES
 from qbr_dist.seqrec import TRAINED_MODELS
 from qbr_dist.seqrec.bert4rec import PAD
 
@@ -39,12 +40,14 @@ def user_history(ingest: Path, user: str) -> list[int]:
     return found.column("items")[0].as_py()
 
 
-def history_indexes(item_ids: pa.Array, wanted: list[str], source: Path) -> list[int]:
-    """Item index of each id of a given history; a one-line error names one the catalog lacks."""
+def history_indexes(item_ids: pa.Array, wanted: list[str], catalog: str) -> list[int]:
+    """Item index of each id of a given history (spaces around an id ignored); a one-line error names one that
+    `catalog` (what `item_ids` hold, in words) lacks."""
+    wanted = [item.strip() for item in wanted]
     found = item_indexes(pa.array(wanted, pa.string()), item_ids)
     for item, index in zip(wanted, found):
         if index == 0:
-            raise ValueError(f"{source}: no item '{item}' in the run's catalog")
+            raise ValueError(f"no item '{item}' in {catalog}")
     return found.tolist()
 
 
@@ -71,7 +74,7 @@ def shared_prefixes(item_codes: np.ndarray, history_codes: np.ndarray) -> list[d
 class Recommender:
     """One run's trained model, catalog, codes and cold mask, loaded once for any number of histories."""
 
-    def __init__(self, run: Path, stage: str = "qbert4rec", new_items: Path | None = None):
+    def __init__(self, run: Path, stage: str = "qbert4rec", new_items: list[Path] = ()):
         from qbr_dist.seqrec.trained import load_trained
 
         require_trained(run, stage)
@@ -82,31 +85,38 @@ class Recommender:
         self.codes = self.model.tokens.codes.numpy() if spec["codes_file"] else None
         self.cold = np.load(ingest / COLD) if (ingest / COLD).is_file() else np.zeros(len(self.ids) + 1, bool)
         self.new = np.zeros(len(self.cold), bool)
-        if new_items is not None:
-            self._add(new_items, spec)
+        self.catalog_words = f"the run's catalog ({ingest / ITEMS})"
+        for path in new_items:
+            self._add(Path(path), spec)
 
     def _add(self, path: Path, spec: dict) -> None:
-        """The items of a `qbr retokenize` codes file that the catalog lacks join it, scored from their codes."""
+        """The items of a `qbr retokenize` codes file that the catalog (and earlier --new-items) lacks join it, scored
+        from their codes."""
         from qbr_dist.quant.codes import read_codes
         from qbr_dist.seqrec.trained import with_new_items
 
         if self.codes is None:
             raise ValueError(f"--new-items {path}: {self.stage} is an ID-only model, it cannot score items it never "
                              "trained; use --model qbert4rec")
+        path = path / CODES if path.is_dir() else path  # the folder `qbr retokenize` prints will do
         table = read_codes(path, expected_version=spec["codebook_version"])
+        if not table.num_rows:
+            raise ValueError(f"--new-items {path}: the codes file holds no items")
         table = table.filter(pc.invert(pc.is_in(table.column("item_id"), value_set=self.ids)))
         if not table.num_rows:
-            raise ValueError(f"--new-items {path}: every item in it is already in the run's catalog")
+            raise ValueError(f"--new-items {path}: every item in it is already in the run's catalog or an earlier "
+                             "--new-items file")
         codes = new_item_codes(path, table, self.codes.shape[1], spec["code_sizes"][:-1])
         self.model = with_new_items(self.model, spec, codes)
         self.codes = self.model.tokens.codes.numpy()
         self.ids = pa.concat_arrays([self.ids, table.column("item_id").combine_chunks()])
         self.cold = np.concatenate([self.cold, np.zeros(table.num_rows, bool)])
         self.new = np.concatenate([self.new, np.ones(table.num_rows, bool)])
+        self.catalog_words = f"the run's catalog ({self.run / 'ingest' / ITEMS}) or the --new-items files"
 
     def history(self, user: str | None, history: list[str] | None) -> list[int]:
         past = user_history(self.run / "ingest", user) if user is not None else \
-            history_indexes(self.ids, history or [], self.run / "ingest" / ITEMS)
+            history_indexes(self.ids, history or [], self.catalog_words)
         if not past:
             raise ValueError("recommend: give a user (--user) or a non-empty history (--history i1,i2,...)")
         return past
@@ -188,7 +198,7 @@ def describe_codes(found: list[dict], summary: dict) -> None:
 
 
 def recommend(run: Path, *, stage: str = "qbert4rec", user: str | None = None, history: list[str] | None = None,
-              k: int = 10, words: int = 5, new_items: Path | None = None) -> dict:
+              k: int = 10, words: int = 5, new_items: list[Path] = ()) -> dict:
     """Top-k items after a user's history or a given one, explained (see the module docstring)."""
     from qbr_dist.inspect.run import run_codes
 

@@ -46,7 +46,7 @@ def inspect_codes(cfg: Config, *, levels: int, top: int, prefix: str | None, lim
 
 
 def recommend_for(cfg: Config, *, stage: str, user: str | None, history: str | None, k: int,
-                  new_items: Path | None = None) -> str:
+                  new_items: list[Path] = ()) -> str:
     """Markdown of `recommend` on the run, from a stage this config trained; the JSON goes to
     <run>/inspect/recommend-<who>.json."""
     from qbr_dist.inspect.recommend import recommend, recommend_markdown, require_trained

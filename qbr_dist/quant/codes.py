@@ -69,12 +69,26 @@ def code_levels(path: Path) -> int:
 
 
 def read_codes(path: Path, *, expected_version: str | None = None) -> pa.Table:
-    """The codes table; refuses one whose codebook version differs from `expected_version`."""
+    """The codes table; refuses in one line a file that is not a codes file, or whose codebook version differs from
+    `expected_version`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: codes file not found")
-    version = codes_version(path)
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{path}: not a parquet codes file ({err})") from None
+    fields = {field.name: field.type for field in schema}
+    if not (pa.types.is_string(fields.get("item_id", pa.null())) and pa.types.is_list(fields.get("codes", pa.null()))
+            and pa.types.is_integer(fields["codes"].value_type)):
+        found = ", ".join(f"{name}: {kind}" for name, kind in fields.items())
+        raise ValueError(f"{path}: not a codes file (expected fields item_id: string and codes: list<int32>; "
+                         f"found {found})")
+    version = (schema.metadata or {}).get(VERSION_KEY, b"").decode()
+    if expected_version is not None and not version:
+        raise CodebookMismatch(f"{path}: no codebook version in its metadata, so not codes that qbr quantize or "
+                               "retokenize wrote")
     if expected_version is not None and version != expected_version:
-        raise CodebookMismatch(f"{path}: codes made with codebook version {version or '(none)'}, but version "
+        raise CodebookMismatch(f"{path}: codes made with codebook version {version}, but version "
                                f"{expected_version} is in use; retokenize with that codebook first")
     return pq.read_table(path)

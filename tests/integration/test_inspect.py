@@ -114,17 +114,28 @@ def test_items_added_after_training_join_from_a_codes_file_of_the_run_s_codebook
     write_codes(tmp_path / "new.parquet", ["fresh", cold_id], np.array([fresh[:-1], everything[cold_id][:-1]]),
                 np.array([fresh[-1], everything[cold_id][-1]]), codes_version(codes_file))
 
-    found = recommend(run, history=[warm_id, "fresh"], k=len(ids) + 1, new_items=tmp_path / "new.parquet")
+    found = recommend(run, history=[warm_id, "fresh"], k=len(ids) + 1, new_items=[tmp_path / "new.parquet"])
     assert found["new_items"] == 1 and found["history"] == [warm_id, "fresh"]  # the catalog's own row is not new
-    shared = recommend(run, history=[warm_id, cold_id], k=len(ids), new_items=tmp_path / "new.parquet")
+    shared = recommend(run, history=[warm_id, cold_id], k=len(ids), new_items=[tmp_path / "new.parquet"])
     new = {item["item_id"]: item for item in shared["items"]}["fresh"]
     assert new["new"] and not new["cold"] and new["codes"] == fresh and new["text"] is None
     assert new["shared"][0]["history_items"] >= 1  # it shares the cold item's prefixes
+
+    (tmp_path / "later").mkdir()  # a second batch, given as the folder `qbr retokenize` prints
+    write_codes(tmp_path / "later" / "codes.parquet", ["fresh", "fresher"], np.array([fresh[:-1]] * 2),
+                np.array([fresh[-1], fresh[-1] + 1]), codes_version(codes_file))
+    both = recommend(run, history=["fresh", " fresher"], new_items=[tmp_path / "new.parquet", tmp_path / "later"])
+    assert both["new_items"] == 2 and both["history"] == ["fresh", "fresher"]  # the first file's "fresh" is kept
+    with pytest.raises(ValueError, match=r"no item 'nope' in the run's catalog \(.*\) or the --new-items files"):
+        recommend(run, history=["nope"], new_items=[tmp_path / "new.parquet"])
     write_codes(tmp_path / "other.parquet", ["fresh"], np.array([fresh[:-1]]), np.array([0]), "another-codebook")
     with pytest.raises(CodebookMismatch, match="other.parquet: codes made with codebook version another-codebook"):
-        recommend(run, history=[warm_id], new_items=tmp_path / "other.parquet")
+        recommend(run, history=[warm_id], new_items=[tmp_path / "other.parquet"])
+    with pytest.raises(ValueError, match=r"items.parquet: not a codes file \(expected fields item_id: string and "
+                                         r"codes: list<int32>; found item_id: string, text: string"):
+        recommend(run, history=[warm_id], new_items=[run / CATALOG])
     with pytest.raises(ValueError, match="bert4rec is an ID-only model, it cannot score items it never trained"):
-        recommend(run, stage="bert4rec", history=[warm_id], new_items=tmp_path / "new.parquet")
+        recommend(run, stage="bert4rec", history=[warm_id], new_items=[tmp_path / "new.parquet"])
 
 
 def test_the_id_only_model_does_not_read_cold_history_items(tokenized_run):

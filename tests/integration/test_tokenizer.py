@@ -105,7 +105,7 @@ def check_a_new_item_never_takes_a_cold_items_semantic_id(cfg, dirs: dict, tmp_p
     new = read_codes(stage / CODES).to_pylist()[0]["codes"]
     cold = {r["item_id"]: r["codes"] for r in read_codes(dirs["retokenize"] / CODES).to_pylist()}[cold_id]
     assert new[:-1] == cold[:-1] and new[-1] > cold[-1]
-    found = recommend(pipeline.run_dir(cfg), history=["new-cold"], k=3, new_items=stage / CODES)  # no retraining
+    found = recommend(pipeline.run_dir(cfg), history=["new-cold"], k=3, new_items=[stage])  # its folder; no retraining
     assert found["new_items"] == 1 and found["history"] == ["new-cold"] and len(found["items"]) == 3
 
 

@@ -387,3 +387,15 @@ def test_recommend_refuses_a_model_stage_its_config_does_not_train(tmp_path):
         cfg = load_config(None, [f"run.root='{tmp_path}'", setting])
         with pytest.raises(pipeline.StageNotCurrent, match=r"qbert4rec: this config trains no qbert4rec \(run.tokenize"):
             pipeline.finished_model(cfg, "qbert4rec")
+
+
+def test_new_items_without_structure_tokens_are_said_to_be_fused_without_them(tmp_path, caplog):
+    pq.write_table(pa.table({"item_id": ["n1"], "text_emb": [[0.5, 0.5]]}), tmp_path / "new.parquet")
+    pq.write_table(pa.table({"item_id": ["n1"], "struct_tokens": [[1]]}), tmp_path / "tokens.parquet")
+    cfg = load_config(None, ["structure.fields=['class']"])
+    with caplog.at_level("WARNING", logger="qbr"):
+        pipeline._warn_without_structure_tokens(cfg, [tmp_path / "tokens.parquet"], tmp_path, own_catalog=False)
+        pipeline._warn_without_structure_tokens(cfg, [tmp_path / "new.parquet"], tmp_path, own_catalog=True)
+        assert not caplog.records
+        pipeline._warn_without_structure_tokens(cfg, [tmp_path / "new.parquet"], tmp_path, own_catalog=False)
+    assert "new.parquet has no struct_tokens column" in caplog.text and "structure_vocab.json" in caplog.text
