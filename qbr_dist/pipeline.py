@@ -939,15 +939,12 @@ def cli_retokenize_stage(features: Path) -> str:
 def check_keep_files(paths: list[Path], version: str | None = None, levels: int | None = None) -> None:
     """Refuse codes files to keep suffixes from that are missing, not parquet, or (given the run's codebook
     `version` and its code `levels`) made with another codebook or of another length: one line naming the file."""
-    from qbr_dist.quant.codes import code_levels, codes_version
+    from qbr_dist.quant.codes import code_levels, parquet_schema, schema_version
 
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no codes file to keep suffixes from")
-        try:
-            found = codes_version(path)
-        except pa.ArrowInvalid as error:
-            raise ValueError(f"{path}: not a parquet codes file ({error})") from None
+        found = schema_version(parquet_schema(path))
         if version is not None and found != version:
             raise ValueError(f"{path}: codes of codebook {found or '(none)'}, but the run's codebook is {version}; "
                              "suffixes can only be kept from codes of the same codebook")

@@ -52,8 +52,12 @@ def write_codes(path: Path, item_ids, codes: np.ndarray, suffixes: np.ndarray, v
 
 
 def codes_version(path: Path) -> str:
-    metadata = pq.read_schema(path).metadata or {}
-    return metadata.get(VERSION_KEY, b"").decode()
+    return schema_version(pq.read_schema(path))
+
+
+def schema_version(schema: pa.Schema) -> str:
+    """The codebook version a codes file's schema records ("" for none)."""
+    return (schema.metadata or {}).get(VERSION_KEY, b"").decode()
 
 
 def suffix_table_size(path: Path) -> int:
@@ -68,23 +72,28 @@ def code_levels(path: Path) -> int:
     return len(first[0].as_py()) - 1 if len(first) else 0
 
 
+def parquet_schema(path: Path) -> pa.Schema:
+    """The schema of what should be a codes file; refuses in one line a file that is not parquet."""
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{path}: not a parquet codes file ({err})") from None
+
+
 def read_codes(path: Path, *, expected_version: str | None = None) -> pa.Table:
     """The codes table; refuses in one line a file that is not a codes file, or whose codebook version differs from
     `expected_version`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: codes file not found")
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowException, OSError) as err:
-        raise ValueError(f"{path}: not a parquet codes file ({err})") from None
+    schema = parquet_schema(path)
     fields = {field.name: field.type for field in schema}
     if not (pa.types.is_string(fields.get("item_id", pa.null())) and pa.types.is_list(fields.get("codes", pa.null()))
             and pa.types.is_integer(fields["codes"].value_type)):
         found = ", ".join(f"{name}: {kind}" for name, kind in fields.items())
         raise ValueError(f"{path}: not a codes file (expected fields item_id: string and codes: list<int32>; "
                          f"found {found})")
-    version = (schema.metadata or {}).get(VERSION_KEY, b"").decode()
+    version = schema_version(schema)
     if expected_version is not None and not version:
         raise CodebookMismatch(f"{path}: no codebook version in its metadata, so not codes that qbr quantize or "
                                "retokenize wrote")
