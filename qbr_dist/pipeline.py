@@ -887,6 +887,11 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
              summary["content_queries"], version, summary["actors_busy"], summary["items_per_s"],
              summary["collision_rate"], summary["suffix_table_size"], quarantine.total,
              f" (listed in {stage_dir / QUARANTINE})" if quarantine.total else "")
+    if summary["recoded"]:
+        log.warning("retokenize: %d items already coded with this codebook got other codes, as their features changed "
+                    "(%s%s); models trained with the earlier codes know them by those, and `qbr recommend --new-items` "
+                    "keeps a catalog item's", summary["recoded"], ", ".join(summary["recoded_shown"]),
+                    ", ..." if summary["recoded"] > len(summary["recoded_shown"]) else "")
     if summary["contentless"]:
         log.warning("retokenize: %d catalog items have no content at all (no trained ID vector, no vector of any "
                     "modality, no structure token); they share the codes of that emptiness", summary["contentless"])

@@ -2,6 +2,7 @@
 vector and code columns become arrays."""
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 INTERACTION_FIELDS = ("user_id", "item_id", "timestamp")
 INTERACTIONS_SCHEMA = pa.schema(
@@ -41,3 +42,9 @@ def matrix_column(matrix: np.ndarray, *, valid: np.ndarray | None = None) -> pa.
     matrix = np.ascontiguousarray(matrix)
     mask = None if valid is None else pa.array(~np.asarray(valid, dtype=bool))
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1], mask=mask)
+
+
+def repeated_values(column: pa.Array | pa.ChunkedArray) -> pa.StructArray:
+    """The values that appear more than once in `column`, with how often (`pc.value_counts` fields)."""
+    counts = pc.value_counts(column)
+    return counts.filter(pc.greater(counts.field("counts"), 1))

@@ -10,7 +10,9 @@ vectors, so it recommends none of them and leaves them out of a history it reads
 
 Items added to the catalog after training join it from a `qbr retokenize` codes file (`new_items`, same
 codebook): they may stand in the history and be recommended, scored from their codes as the cold items
-are, with no retraining. They are marked new; their text is not in the run's catalog.
+are, with no retraining. They are marked new; their text is not in the run's catalog. An item of such a file that
+the catalog (or an earlier file) already has keeps its first codes, those the model was trained with for a
+catalog item; the output counts them.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from qbr_dist.data.split import item_indexes
+from qbr_dist.data.tables import repeated_values
 from qbr_dist.inspect.codes import prefix_name, summarize_codes
 from qbr_dist.inspect.tables import markdown_table
 from qbr_dist.pipeline import COLD, ITEMS, SEQUENCES
@@ -85,6 +88,7 @@ class Recommender:
         self.codes = self.model.tokens.codes.numpy() if spec["codes_file"] else None
         self.cold = np.load(ingest / COLD) if (ingest / COLD).is_file() else np.zeros(len(self.ids) + 1, bool)
         self.new = np.zeros(len(self.cold), bool)
+        self.known = 0  # rows of --new-items files whose item the catalog already has: scored as trained
         self.catalog_words = f"the run's catalog ({ingest / ITEMS})"
         for path in new_items:
             self._add(Path(path), spec)
@@ -102,7 +106,8 @@ class Recommender:
         table = read_codes(path, expected_version=spec["codebook_version"])
         if not table.num_rows:
             raise ValueError(f"--new-items {path}: the codes file holds no items")
-        table = table.filter(pc.invert(pc.is_in(table.column("item_id"), value_set=self.ids)))
+        rows, table = table.num_rows, table.filter(pc.invert(pc.is_in(table.column("item_id"), value_set=self.ids)))
+        self.known += rows - table.num_rows
         if not table.num_rows:
             raise ValueError(f"--new-items {path}: every item in it is already in the run's catalog or an earlier "
                              "--new-items file")
@@ -146,7 +151,8 @@ class Recommender:
                                                                                         self.codes[past])}
             items.append(entry)
         return {"stage": self.stage, "user": user, "history": [self.ids[i - 1].as_py() for i in past], "items": items,
-                "cold_left_out": unscored, "history_left_out": skipped, "new_items": int(self.new.sum())}
+                "cold_left_out": unscored, "history_left_out": skipped, "new_items": int(self.new.sum()),
+                "new_items_known": self.known}
 
     def _text(self, item: int) -> str | None:
         return self.catalog.column("text")[item - 1].as_py() if item <= self.catalog.num_rows else None
@@ -157,8 +163,7 @@ def new_item_codes(path: Path, table: pa.Table, width: int, level_sizes: list[in
     or no codes, an id repeats, or codes of another count or past a level's codebook (a file joined by hand can; one
     `qbr retokenize` wrote cannot)."""
     ids, codes = table.column("item_id"), table.column("codes").combine_chunks()
-    counts = pc.value_counts(ids)
-    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    repeated = repeated_values(ids).field("values")
     if ids.null_count or pc.any(pc.equal(ids, "")).as_py():
         problem = "field 'item_id' is empty in some row"
     elif len(repeated):
@@ -212,6 +217,9 @@ def recommend(run: Path, *, stage: str = "qbert4rec", user: str | None = None, h
 def recommend_title(found: dict) -> str:
     who = f"user {found['user']}'s" if found["user"] is not None else "the given"
     notes = [f"{count(found['new_items'], 'new item')} from --new-items in the catalog"] if found["new_items"] else []
+    if found.get("new_items_known"):
+        notes.append(f"{count(found['new_items_known'], 'item')} of --new-items already known (the run's catalog or an "
+                     "earlier file): their first codes kept")
     if found["cold_left_out"]:
         notes.append(f"{count(found['cold_left_out'], 'cold item')} left out: an ID-only model cannot score them")
     if skipped := found["history_left_out"]:

@@ -1,7 +1,9 @@
 """`qbr inspect` on a run directory: finds the run's codes and catalog, writes <run>/inspect/."""
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from pathlib import Path
 
 from qbr_dist import artifacts
@@ -48,7 +50,7 @@ def inspect_codes(cfg: Config, *, levels: int, top: int, prefix: str | None, lim
 def recommend_for(cfg: Config, *, stage: str, user: str | None, history: str | None, k: int,
                   new_items: list[Path] = ()) -> str:
     """Markdown of `recommend` on the run, from a stage this config trained; the JSON goes to
-    <run>/inspect/recommend-<who>.json."""
+    <run>/inspect/ (`recommend_file`)."""
     from qbr_dist.inspect.recommend import recommend, recommend_markdown, require_trained
 
     run = run_dir(cfg)
@@ -56,7 +58,16 @@ def recommend_for(cfg: Config, *, stage: str, user: str | None, history: str | N
     finished_model(cfg, stage)
     found = recommend(run, stage=stage, user=user, history=history.split(",") if history else None, k=k,
                       new_items=new_items)
-    who = f"user-{user}" if user is not None else "history"
-    artifacts.write_json(run / "inspect" / f"recommend-{who}.json", found)
-    log.info("recommend: %s", run / "inspect" / f"recommend-{who}.json")
+    path = run / "inspect" / recommend_file(found)
+    artifacts.write_json(path, found)
+    log.info("recommend: %s", path)
     return recommend_markdown(found)
+
+
+def recommend_file(found: dict) -> str:
+    """A file per model and user, or per model and given history, so that no answer overwrites another's; a user
+    id that is not a plain file name, and a history, go by a digest."""
+    who, named = ("user", found["user"]) if found["user"] is not None else ("history", "\n".join(found["history"]))
+    if who == "history" or not re.fullmatch(r"[\w.-]{1,64}", named):
+        named = hashlib.sha256(named.encode()).hexdigest()[:12]
+    return f"recommend-{found['stage']}-{who}-{named}.json"

@@ -41,18 +41,19 @@ import pyarrow.parquet as pq
 from qbr_dist.data.actor_pools import batch_blocks
 from qbr_dist.data.buckets import BucketFiles, id_buckets, mix64
 from qbr_dist.data.quarantine import DataError, Quarantine
-from qbr_dist.data.tables import column_matrix, matrix_column
+from qbr_dist.data.tables import column_matrix, matrix_column, repeated_values
 from qbr_dist.fusion.export import ID_VECTOR, VECTOR_COLUMNS, fuse_batch, input_widths, load_model
 from qbr_dist.fusion.features import TOKENS_COLUMN, bad_vectors, fixed_width
 from qbr_dist.obs.metrics import retokenized_items
 from qbr_dist.obs.serve import Endpoint
 from qbr_dist.quant import CODES
 from qbr_dist.quant.codes import codes_version, codes_writer
-from qbr_dist.quant.semantic_ids import Previous, assign_suffixes, shared_items
+from qbr_dist.quant.semantic_ids import Previous, assign_suffixes, recoded_items, shared_items
 from qbr_dist.quant.tokenizer import Tokenizer
 from qbr_dist.quant.worker import row_count
 
 STREAM_ROWS = 65_536  # rows per batch when the driver streams a parquet file into buckets
+RECODED_SHOWN = 5  # ids of items given other codes than an earlier assignment, named in the summary
 
 
 @dataclass
@@ -304,27 +305,35 @@ def assign_in_buckets(staged: list[Path], previous: list[Path], path: Path, vers
     """Suffixes for the staged rows (`with_buckets` columns), a bucket at a time, into the codes file at `path`.
     Every row of an item id the table repeats goes to `quarantine` instead: which of them is meant is unknown.
     The rows go to buckets of item ids first, where each id's rows meet, so repeated ids are found and left out
-    one bucket at a time, and then, by their codes, to the buckets suffixes are given in."""
-    ids, items, earlier, suffixed = (BucketFiles(work / name, buckets) for name in ("ids", "items", "previous",
-                                                                                   "suffixed"))
+    one bucket at a time, as are the items an earlier assignment coded otherwise (`recoded`, a few named), and
+    then, by their codes, to the buckets suffixes are given in."""
+    ids, items, earlier, earlier_ids, suffixed = (BucketFiles(work / name, buckets) for name in (
+        "ids", "items", "previous", "previous_ids", "suffixed"))
+    with earlier, earlier_ids:
+        for batch in _batches(previous, ["item_id", "codes"]):
+            earlier.add(batch, code_buckets(column_matrix(batch.column("codes"), np.int64)[:, :-1], buckets))
+            earlier_ids.add(batch, id_buckets(batch.column("item_id"), buckets))
     with ids:
         for batch in _batches(staged, ["item_id", "codes", "bucket", "id_bucket"]):
             ids.add(batch.select(["item_id", "codes", "bucket"]), batch.column("id_bucket").to_numpy())
-    rows = repeated = 0
+    rows = repeated = recoded = 0
+    recoded_shown = []
     with items:
-        for _, table in ids.tables():
+        for bucket, table in ids.tables():
             rows += table.num_rows
             table, counts = _without_repeated_ids(table)
             repeated += _quarantine_repeated(counts, quarantine, source)
+            changed = recoded_items(table.column("item_id"), column_matrix(table.column("codes"), np.int64),
+                                    _previous(earlier_ids.read(bucket)))
+            recoded += int(changed.sum())
+            recoded_shown += table.column("item_id").filter(pa.array(changed))[:RECODED_SHOWN - len(recoded_shown)
+                                                                               ].to_pylist()
             items.add(table.select(["item_id", "codes"]), table.column("bucket").to_numpy())
     if rows and repeated == rows:
         listed = f"; listed in {quarantine.path}" if quarantine.path else ""
         raise DataError(f"{source}: every codable row ({rows}) repeats an item id; every item must appear "
                         f"once{listed}")
-    with earlier:
-        for batch in _batches(previous, ["item_id", "codes"]):
-            earlier.add(batch, code_buckets(column_matrix(batch.column("codes"), np.int64)[:, :-1], buckets))
-    counts = _suffix_buckets(items, earlier, suffixed)
+    counts = _suffix_buckets(items, earlier, suffixed) | {"recoded": recoded, "recoded_shown": sorted(recoded_shown)}
     with codes_writer(path, version, counts["suffix_table_size"]) as write:
         for _, table in suffixed.tables():
             write(table.column("item_id"), column_matrix(table.column("codes"), np.int64),
@@ -371,8 +380,7 @@ def _batches(files: list[Path], columns: list[str]) -> Iterator[pa.Table]:
 def _without_repeated_ids(table: pa.Table) -> tuple[pa.Table, pa.StructArray]:
     """The rows of a bucket of item ids whose id appears once, and the ids that appear more often with their
     counts (`pc.value_counts` fields)."""
-    counts = pc.value_counts(table.column("item_id").combine_chunks())
-    counts = counts.filter(pc.greater(counts.field("counts"), 1))
+    counts = repeated_values(table.column("item_id").combine_chunks())
     if len(counts):
         table = table.filter(pc.invert(pc.is_in(table.column("item_id"), value_set=counts.field("values"))))
     return table, counts

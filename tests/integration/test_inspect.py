@@ -63,7 +63,7 @@ def test_the_command_writes_the_summary_and_lists_a_prefix(tokenized_run, capsys
     same = [arg for option in as_overrides(cfg) for arg in ("--set", option)]  # the config that trained the run
     assert main(["recommend", *same, "--user", user, "--k", "3"]) == 0
     assert f"Top 3 from qbert4rec after user {user}'s history" in capsys.readouterr().out
-    assert (run / "inspect" / f"recommend-user-{user}.json").is_file()
+    assert (run / "inspect" / f"recommend-qbert4rec-user-{user}.json").is_file()
     assert main(["recommend", *same, "--history", "no-such-item"]) == 2
     assert "no item 'no-such-item' in the run's catalog" in capsys.readouterr().err
     assert main(["recommend", *same, "--set", "model.hidden=32", "--user", user]) == 2
@@ -116,6 +116,7 @@ def test_items_added_after_training_join_from_a_codes_file_of_the_run_s_codebook
 
     found = recommend(run, history=[warm_id, "fresh"], k=len(ids) + 1, new_items=[tmp_path / "new.parquet"])
     assert found["new_items"] == 1 and found["history"] == [warm_id, "fresh"]  # the catalog's own row is not new
+    assert found["new_items_known"] == 1
     shared = recommend(run, history=[warm_id, cold_id], k=len(ids), new_items=[tmp_path / "new.parquet"])
     new = {item["item_id"]: item for item in shared["items"]}["fresh"]
     assert new["new"] and not new["cold"] and new["codes"] == fresh and new["text"] is None
@@ -126,6 +127,7 @@ def test_items_added_after_training_join_from_a_codes_file_of_the_run_s_codebook
                 np.array([fresh[-1], fresh[-1] + 1]), codes_version(codes_file))
     both = recommend(run, history=["fresh", " fresher"], new_items=[tmp_path / "new.parquet", tmp_path / "later"])
     assert both["new_items"] == 2 and both["history"] == ["fresh", "fresher"]  # the first file's "fresh" is kept
+    assert both["new_items_known"] == 2  # the catalog's item in the first file, "fresh" in the second
     with pytest.raises(ValueError, match=r"no item 'nope' in the run's catalog \(.*\) or the --new-items files"):
         recommend(run, history=["nope"], new_items=[tmp_path / "new.parquet"])
     write_codes(tmp_path / "other.parquet", ["fresh"], np.array([fresh[:-1]]), np.array([0]), "another-codebook")

@@ -124,6 +124,7 @@ def check_fused_retokenize(cfg, dirs: dict, tmp_path, *, cold_items: int) -> Non
     stage = pipeline.retokenize(cfg, tmp_path / "elsewhere", grown, dirs)
     summary = artifacts.read_manifest(stage)["rows"]
     assert summary["items"] == ITEMS + 10 and summary["content_queries"] == cold_items + 10
+    assert summary["recoded"] == 0  # the run's items, coded again, keep their codes
     before = {r["item_id"]: r["codes"] for r in read_codes(dirs["retokenize"] / CODES).to_pylist()}
     after = {r["item_id"]: r["codes"] for r in read_codes(stage / CODES).to_pylist()}
     assert {i: after[i] for i in before} == before

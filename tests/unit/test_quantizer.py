@@ -146,7 +146,11 @@ def test_the_bucketed_suffix_pass_gives_the_single_pass_assignment(tmp_path):
     table = read_codes(tmp_path / "codes.parquet", expected_version="v1")
     got = dict(zip(table.column("item_id").to_pylist(), map(tuple, table.column("codes").to_pylist())))
     assert got == {i: (*c, s) for i, c, s in zip(ids.tolist(), codes.tolist(), expected.tolist())}
-    assert counts == {"items": n, "collision_rate": collision_rate(codes), "suffix_table_size": expected.max() + 1}
+    recoded = set(old_ids[:2000][(old_codes[:2000] != codes[old]).any(axis=1)].tolist())  # the moved ones
+    shown = counts.pop("recoded_shown")
+    assert counts == {"items": n, "collision_rate": collision_rate(codes), "suffix_table_size": expected.max() + 1,
+                      "recoded": len(recoded)}
+    assert len(recoded) > 300 and len(shown) == 5 and set(shown) <= recoded
     assert table.schema.metadata[SUFFIX_KEY] == str(expected.max() + 1).encode()
 
     shuffled = staged.take(pa.array(rng.permutation(n)))  # the Ray Data job's rows come in no fixed order
@@ -154,6 +158,15 @@ def test_the_bucketed_suffix_pass_gives_the_single_pass_assignment(tmp_path):
     assign_in_buckets([tmp_path / "shuffled.parquet"], [tmp_path / "previous.parquet"], tmp_path / "again.parquet",
                       "v1", buckets, work=tmp_path / "work-again", source="features", quarantine=Quarantine(None))
     assert (tmp_path / "again.parquet").read_bytes() == (tmp_path / "codes.parquet").read_bytes()
+
+
+def test_an_item_is_recoded_when_no_earlier_row_of_it_has_its_codes():
+    from qbr_dist.quant.semantic_ids import recoded_items
+
+    previous = Previous(np.array(["a", "b", "b", "c"]), np.array([[1, 2], [3, 4], [5, 6], [7, 8]]), np.zeros(4))
+    ids, codes = np.array(["a", "b", "c", "new"]), np.array([[1, 2], [5, 6], [8, 7], [1, 2]])
+    assert recoded_items(ids, codes, previous).tolist() == [False, False, True, False]
+    assert recoded_items(ids, codes, None).tolist() == [False] * 4
 
 
 def test_suffixes_of_an_earlier_retokenization_are_kept_across_runs(tmp_path):

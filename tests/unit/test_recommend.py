@@ -26,3 +26,28 @@ def test_a_run_without_the_trained_stage_is_a_one_line_error(tmp_path):
     artifacts.write_manifest(tmp_path / "ids" / "bert4rec", {}, outputs=[], rows={})  # a run without the tokenizer
     with pytest.raises(FileNotFoundError, match=r"ids: no finished qbert4rec stage; --model bert4rec names the one"):
         Recommender(tmp_path / "ids")
+
+
+def found(**fields) -> dict:
+    return {"stage": "qbert4rec", "user": None, "history": ["a", "b"], "items": [], "cold_left_out": 0,
+            "history_left_out": [], "new_items": 0, "new_items_known": 0} | fields
+
+
+def test_each_model_user_and_history_has_its_own_answer_file():
+    from qbr_dist.inspect.run import recommend_file
+
+    assert recommend_file(found(user="196")) == "recommend-qbert4rec-user-196.json"
+    assert recommend_file(found(user="196", stage="bert4rec")) == "recommend-bert4rec-user-196.json"
+    given, other = recommend_file(found()), recommend_file(found(history=["a", "c"]))
+    assert given.startswith("recommend-qbert4rec-history-") and given != other
+    assert given == recommend_file(found())  # the same question, the same file
+    odd = recommend_file(found(user="../a/b"))  # never a path out of inspect/
+    assert "/" not in odd and odd.startswith("recommend-qbert4rec-user-")
+
+
+def test_the_title_says_how_many_given_items_the_catalog_already_had():
+    from qbr_dist.inspect.recommend import recommend_title
+
+    title = recommend_title(found(new_items=2, new_items_known=1))
+    assert "2 new items from --new-items in the catalog; 1 item of --new-items already known" in title
+    assert "already known" not in recommend_title(found(new_items=2))
