@@ -53,6 +53,7 @@ from qbr_dist.quant.tokenizer import Tokenizer
 from qbr_dist.quant.worker import row_count
 
 STREAM_ROWS = 65_536  # rows per batch when the driver streams a parquet file into buckets
+STAGED_FLAGS = {"content_query": "content_queries", "contentless": "contentless"}  # staged column: its count
 RECODED_SHOWN = 5  # ids of items given other codes than an earlier assignment, named in the summary
 
 
@@ -88,22 +89,21 @@ class Retokenizer:
         import torch
 
         keep, quarantined = usable_rows(batch, self.widths, vector_required=self.fusion is None, vocab=self.vocab)
-        batch, name, content_queries, contentless = batch.filter(pa.array(keep)), None, 0, 0
+        batch, name = batch.filter(pa.array(keep)), None
         if batch.num_rows:
             vectors, trained_id, content = self._vectors(batch)
-            contentless = int((~content).sum())
-            if contentless and not self.code_contentless:
+            if not (self.code_contentless or content.all()):
                 quarantined += [{"item_id": str(item), "field": FUSION_CONTENT, "reason": NO_CONTENT}
                                 for item in batch.column("item_id").filter(pa.array(~content)).to_pylist()]
-                batch, vectors, trained_id = batch.filter(pa.array(content)), vectors[content], trained_id[content]
-                contentless = 0
+                batch, vectors, trained_id, content = (batch.filter(pa.array(content)), vectors[content],
+                                                       trained_id[content], content[content])
         if batch.num_rows:
             codes = self.tokenizer.codes(torch.from_numpy(vectors), chunk_size=self.chunk_size).numpy()
-            table = pa.table({"item_id": batch.column("item_id"), "codes": matrix_column(codes.astype(np.int32))})
-            name, content_queries = f"{uuid.uuid4().hex}.parquet", int((~trained_id).sum())
+            table = pa.table({"item_id": batch.column("item_id"), "codes": matrix_column(codes.astype(np.int32)),
+                              "content_query": ~trained_id, "contentless": ~content})
+            name = f"{uuid.uuid4().hex}.parquet"
             pq.write_table(with_buckets(table, self.buckets), self.folder / name)
-        return pa.table({"file": pa.array([name], pa.string()), "rows": [batch.num_rows],
-                         "content_queries": [content_queries], "contentless": [contentless], "actor": [self.actor],
+        return pa.table({"file": pa.array([name], pa.string()), "rows": [batch.num_rows], "actor": [self.actor],
                          "quarantined": pa.array([quarantined], QUARANTINED)})
 
     def _vectors(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -245,10 +245,10 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
 def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fusion: FusionInputs | None,
             buckets: int, batch_size: int, actors: int, cpus_per_actor: float, chunk_size: int,
             run: str, stage: str, quarantine: Quarantine, code_contentless: bool) -> tuple[list[Path], dict]:
-    """The Ray Data job: staging parquet of item ids, codes and bucket numbers in `folder`; returns the
-    files its receipts name, sorted, and counts: items that took the content-predicted query, items coded
-    without content, actors that coded a batch; having counted the items for `run` and `stage` and listed
-    the rows the actors left out in `quarantine`."""
+    """The Ray Data job: staging parquet of item ids, codes, whether each took the content-predicted query or was
+    coded without content, and bucket numbers in `folder`; returns the files its receipts name, sorted, and the
+    count of actors that coded a batch; having counted the items for `run` and `stage` and listed the rows the
+    actors left out in `quarantine`."""
     import ray
     import ray.data
 
@@ -263,12 +263,10 @@ def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fu
         batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus_per_actor)
     coded = retokenized_items.labels(stage=stage, run=run)
-    staged, content_queries, contentless, busy, source = [], 0, 0, set(), _source(files)
+    staged, busy, source = [], set(), _source(files)
     for receipt in receipts.iter_batches(batch_size=None, batch_format="pyarrow"):
         rows = pc.sum(receipt.column("rows")).as_py() or 0
         coded.inc(rows)
-        content_queries += pc.sum(receipt.column("content_queries")).as_py() or 0
-        contentless += pc.sum(receipt.column("contentless")).as_py() or 0
         staged += [folder / name for name in receipt.column("file").drop_null().to_pylist()]
         busy.update(receipt.column("actor").to_pylist())
         records = [record for batch in receipt.column("quarantined").to_pylist() for record in batch]
@@ -276,7 +274,7 @@ def _encode(files: list[Path], column: str, tokenizer: dict, folder: Path, *, fu
         for record in records:
             where = f"item {record['item_id']!r}" if record["item_id"] is not None else "a row without item id"
             quarantine.add(source=source, where=where, field=record["field"], reason=record["reason"])
-    return sorted(staged), {"content_queries": content_queries, "contentless": contentless, "actors_busy": len(busy)}
+    return sorted(staged), {"actors_busy": len(busy)}
 
 
 def _read(files: list[Path], columns: list[str]):
@@ -302,8 +300,9 @@ def _fusion_inputs(files: list[Path], fusion: FusionInputs, *, partitions: int):
 
 def assign_in_buckets(staged: list[Path], previous: list[Path], path: Path, version: str, buckets: int, *,
                       work: Path, source: str, quarantine: Quarantine) -> dict:
-    """Suffixes for the staged rows (`with_buckets` columns), a bucket at a time, into the codes file at `path`.
-    Every row of an item id the table repeats goes to `quarantine` instead: which of them is meant is unknown.
+    """Suffixes for the staged rows (`with_buckets` columns and `STAGED_FLAGS`), a bucket at a time, into the codes
+    file at `path`. Every row of an item id the table repeats goes to `quarantine` instead: which of them is meant
+    is unknown; the flags are counted over the other rows.
     The rows go to buckets of item ids first, where each id's rows meet, so repeated ids are found and left out
     one bucket at a time, as are the items an earlier assignment coded otherwise (`recoded`, a few named), and
     then, by their codes, to the buckets suffixes are given in."""
@@ -314,15 +313,17 @@ def assign_in_buckets(staged: list[Path], previous: list[Path], path: Path, vers
             earlier.add(batch, code_buckets(column_matrix(batch.column("codes"), np.int64)[:, :-1], buckets))
             earlier_ids.add(batch, id_buckets(batch.column("item_id"), buckets))
     with ids:
-        for batch in _batches(staged, ["item_id", "codes", "bucket", "id_bucket"]):
-            ids.add(batch.select(["item_id", "codes", "bucket"]), batch.column("id_bucket").to_numpy())
+        for batch in _batches(staged, ["item_id", "codes", "bucket", "id_bucket", *STAGED_FLAGS]):
+            ids.add(batch.drop_columns(["id_bucket"]), batch.column("id_bucket").to_numpy())
     rows = repeated = recoded = 0
-    recoded_shown = []
+    recoded_shown, flagged = [], dict.fromkeys(STAGED_FLAGS.values(), 0)
     with items:
         for bucket, table in ids.tables():
             rows += table.num_rows
             table, counts = _without_repeated_ids(table)
             repeated += _quarantine_repeated(counts, quarantine, source)
+            for flag, counted in STAGED_FLAGS.items():
+                flagged[counted] += int(table.column(flag).to_numpy().sum())
             changed = recoded_items(table.column("item_id"), column_matrix(table.column("codes"), np.int64),
                                     _previous(earlier_ids.read(bucket)))
             recoded += int(changed.sum())
@@ -333,7 +334,8 @@ def assign_in_buckets(staged: list[Path], previous: list[Path], path: Path, vers
         listed = f"; listed in {quarantine.path}" if quarantine.path else ""
         raise DataError(f"{source}: every codable row ({rows}) repeats an item id; every item must appear "
                         f"once{listed}")
-    counts = _suffix_buckets(items, earlier, suffixed) | {"recoded": recoded, "recoded_shown": sorted(recoded_shown)}
+    counts = _suffix_buckets(items, earlier, suffixed) | flagged | {"recoded": recoded,
+                                                                    "recoded_shown": sorted(recoded_shown)}
     with codes_writer(path, version, counts["suffix_table_size"]) as write:
         for _, table in suffixed.tables():
             write(table.column("item_id"), column_matrix(table.column("codes"), np.int64),

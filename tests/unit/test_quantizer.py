@@ -108,14 +108,17 @@ def test_wide_code_ranges_group_correctly_and_arrow_ids_are_accepted():
     assert suffixes.tolist() == [1, 0, 0]
 
 
-def staged_table(ids, codes, buckets):
+def staged_table(ids, codes, buckets, *, content_query=None, contentless=None):
+    """Staged rows as a Retokenizer actor writes them; the flags False unless given."""
     import pyarrow as pa
 
     from qbr_dist.quant.retokenize import with_buckets
 
     flat = pa.array(np.asarray(codes, dtype=np.int32).ravel())
-    return with_buckets(pa.table({"item_id": ids, "codes": pa.FixedSizeListArray.from_arrays(flat, codes.shape[1])}),
-                        buckets)
+    unflagged = np.zeros(len(ids), bool)
+    return with_buckets(pa.table({"item_id": ids, "codes": pa.FixedSizeListArray.from_arrays(flat, codes.shape[1]),
+                                  "content_query": unflagged if content_query is None else content_query,
+                                  "contentless": unflagged if contentless is None else contentless}), buckets)
 
 
 def test_the_bucketed_suffix_pass_gives_the_single_pass_assignment(tmp_path):
@@ -149,7 +152,7 @@ def test_the_bucketed_suffix_pass_gives_the_single_pass_assignment(tmp_path):
     recoded = set(old_ids[:2000][(old_codes[:2000] != codes[old]).any(axis=1)].tolist())  # the moved ones
     shown = counts.pop("recoded_shown")
     assert counts == {"items": n, "collision_rate": collision_rate(codes), "suffix_table_size": expected.max() + 1,
-                      "recoded": len(recoded)}
+                      "recoded": len(recoded), "content_queries": 0, "contentless": 0}
     assert len(recoded) > 300 and len(shown) == 5 and set(shown) <= recoded
     assert table.schema.metadata[SUFFIX_KEY] == str(expected.max() + 1).encode()
 
@@ -206,14 +209,16 @@ def test_every_row_of_an_item_id_repeated_in_two_buckets_is_quarantined_and_the_
     from qbr_dist.quant.retokenize import assign_in_buckets
 
     codes = np.arange(40).reshape(20, 2)
-    staged = staged_table(np.array([f"i{k}" for k in range(19)] + ["i7"]), codes, 8)
+    flags = np.isin(np.arange(20), [3, 7, 19])  # i3's row and both of i7's
+    staged = staged_table(np.array([f"i{k}" for k in range(19)] + ["i7"]), codes, 8, content_query=flags,
+                          contentless=flags)
     bucket = staged.column("bucket").to_pylist()
     assert bucket[7] != bucket[19]  # the two rows of "i7" have their codes in different buckets
     pq.write_table(staged, tmp_path / "staged.parquet")
     with Quarantine(tmp_path / "quarantine.jsonl") as quarantine:
         counts = assign_in_buckets([tmp_path / "staged.parquet"], [], tmp_path / "codes.parquet", "v1", 8,
                                    work=tmp_path / "work", source="features", quarantine=quarantine)
-    assert counts["items"] == 18
+    assert counts["items"] == 18 and counts["content_queries"] == counts["contentless"] == 1  # i3's; i7 is left out
     coded = read_codes(tmp_path / "codes.parquet", expected_version="v1").column("item_id").to_pylist()
     assert sorted(coded) == sorted(f"i{k}" for k in range(19) if k != 7)
     records = [json.loads(line) for line in (tmp_path / "quarantine.jsonl").read_text().splitlines()]
