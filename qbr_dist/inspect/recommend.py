@@ -88,7 +88,7 @@ class Recommender:
         self.codes = self.model.tokens.codes.numpy() if spec["codes_file"] else None
         self.cold = np.load(ingest / COLD) if (ingest / COLD).is_file() else np.zeros(len(self.ids) + 1, bool)
         self.new = np.zeros(len(self.cold), bool)
-        self.known = 0  # rows of --new-items files whose item the catalog already has: scored as trained
+        self.known = pa.array([], pa.string())  # --new-items ids the catalog or an earlier file has: kept as they were
         self.catalog_words = f"the run's catalog ({ingest / ITEMS})"
         for path in new_items:
             self._add(Path(path), spec)
@@ -106,12 +106,14 @@ class Recommender:
         table = read_codes(path, expected_version=spec["codebook_version"])
         if not table.num_rows:
             raise ValueError(f"--new-items {path}: the codes file holds no items")
-        rows, table = table.num_rows, table.filter(pc.invert(pc.is_in(table.column("item_id"), value_set=self.ids)))
-        self.known += rows - table.num_rows
+        codes = new_item_codes(path, table, self.codes.shape[1], spec["code_sizes"][:-1])
+        fresh = pc.invert(pc.is_in(table.column("item_id"), value_set=self.ids))
+        known = table.column("item_id").filter(pc.invert(fresh)).combine_chunks()
+        self.known = pc.unique(pa.concat_arrays([self.known, known]))
+        table, codes = table.filter(fresh), codes[fresh.to_numpy(zero_copy_only=False)]
         if not table.num_rows:
             raise ValueError(f"--new-items {path}: every item in it is already in the run's catalog or an earlier "
                              "--new-items file")
-        codes = new_item_codes(path, table, self.codes.shape[1], spec["code_sizes"][:-1])
         self.model = with_new_items(self.model, spec, codes)
         self.codes = self.model.tokens.codes.numpy()
         self.ids = pa.concat_arrays([self.ids, table.column("item_id").combine_chunks()])
@@ -152,7 +154,7 @@ class Recommender:
             items.append(entry)
         return {"stage": self.stage, "user": user, "history": [self.ids[i - 1].as_py() for i in past], "items": items,
                 "cold_left_out": unscored, "history_left_out": skipped, "new_items": int(self.new.sum()),
-                "new_items_known": self.known}
+                "new_items_known": len(self.known)}
 
     def _text(self, item: int) -> str | None:
         return self.catalog.column("text")[item - 1].as_py() if item <= self.catalog.num_rows else None

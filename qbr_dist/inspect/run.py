@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from pathlib import Path
@@ -66,8 +67,9 @@ def recommend_for(cfg: Config, *, stage: str, user: str | None, history: str | N
 
 def recommend_file(found: dict) -> str:
     """A file per model and user, or per model and given history, so that no answer overwrites another's; a user
-    id that is not a plain file name, and a history, go by a digest."""
-    who, named = ("user", found["user"]) if found["user"] is not None else ("history", "\n".join(found["history"]))
-    if who == "history" or not re.fullmatch(r"[\w.-]{1,64}", named):
-        named = hashlib.sha256(named.encode()).hexdigest()[:12]
-    return f"recommend-{found['stage']}-{who}-{named}.json"
+    id that is not a plain file name, and a history, go by a digest after a `~`, which no plain name holds."""
+    user = found["user"]
+    if user is not None and re.fullmatch(r"[\w.-]{1,64}", user) and user.strip("."):
+        return f"recommend-{found['stage']}-user-{user}.json"
+    who, named = ("user", user) if user is not None else ("history", json.dumps(found["history"]))
+    return f"recommend-{found['stage']}-{who}~{hashlib.sha256(named.encode()).hexdigest()[:12]}.json"

@@ -327,20 +327,25 @@ def assign_in_buckets(staged: list[Path], previous: list[Path], path: Path, vers
             changed = recoded_items(table.column("item_id"), column_matrix(table.column("codes"), np.int64),
                                     _previous(earlier_ids.read(bucket)))
             recoded += int(changed.sum())
-            recoded_shown += table.column("item_id").filter(pa.array(changed))[:RECODED_SHOWN - len(recoded_shown)
-                                                                               ].to_pylist()
+            recoded_shown = _first_ids(recoded_shown, table.column("item_id").filter(pa.array(changed)))
             items.add(table.select(["item_id", "codes"]), table.column("bucket").to_numpy())
     if rows and repeated == rows:
         listed = f"; listed in {quarantine.path}" if quarantine.path else ""
         raise DataError(f"{source}: every codable row ({rows}) repeats an item id; every item must appear "
                         f"once{listed}")
-    counts = _suffix_buckets(items, earlier, suffixed) | flagged | {"recoded": recoded,
-                                                                    "recoded_shown": sorted(recoded_shown)}
+    counts = _suffix_buckets(items, earlier, suffixed) | flagged | {"recoded": recoded, "recoded_shown": recoded_shown}
     with codes_writer(path, version, counts["suffix_table_size"]) as write:
         for _, table in suffixed.tables():
             write(table.column("item_id"), column_matrix(table.column("codes"), np.int64),
                   table.column("suffix").to_numpy())
     return counts
+
+
+def _first_ids(shown: list[str], found: pa.ChunkedArray) -> list[str]:
+    """The `RECODED_SHOWN` smallest of `shown` and `found`: the same ids however the rows came (Arrow and Python order
+    UTF-8 text alike)."""
+    found = found.combine_chunks()
+    return sorted([*shown, *found.take(pc.array_sort_indices(found)[:RECODED_SHOWN]).to_pylist()])[:RECODED_SHOWN]
 
 
 def _suffix_buckets(items: BucketFiles, earlier: BucketFiles, suffixed: BucketFiles) -> dict:

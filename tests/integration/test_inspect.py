@@ -136,6 +136,10 @@ def test_items_added_after_training_join_from_a_codes_file_of_the_run_s_codebook
     with pytest.raises(ValueError, match=r"items.parquet: not a codes file \(expected fields item_id: string and "
                                          r"codes: list<int32>; found item_id: string, text: string"):
         recommend(run, history=[warm_id], new_items=[run / CATALOG])
+    write_codes(tmp_path / "twice.parquet", [cold_id, cold_id, "fresh"], np.array([fresh[:-1]] * 3),
+                np.array([0, 1, 2]), codes_version(codes_file))  # a catalog item listed twice is a bad file too
+    with pytest.raises(ValueError, match=f"twice.parquet: field 'item_id' repeats '{cold_id}'"):
+        recommend(run, history=[warm_id], new_items=[tmp_path / "twice.parquet"])
     with pytest.raises(ValueError, match="bert4rec is an ID-only model, it cannot score items it never trained"):
         recommend(run, stage="bert4rec", history=[warm_id], new_items=[tmp_path / "new.parquet"])
 

@@ -39,10 +39,14 @@ def test_each_model_user_and_history_has_its_own_answer_file():
     assert recommend_file(found(user="196")) == "recommend-qbert4rec-user-196.json"
     assert recommend_file(found(user="196", stage="bert4rec")) == "recommend-bert4rec-user-196.json"
     given, other = recommend_file(found()), recommend_file(found(history=["a", "c"]))
-    assert given.startswith("recommend-qbert4rec-history-") and given != other
+    assert given.startswith("recommend-qbert4rec-history~") and given != other
     assert given == recommend_file(found())  # the same question, the same file
+    assert recommend_file(found(history=["a\nb"])) != recommend_file(found(history=["a", "b"]))
     odd = recommend_file(found(user="../a/b"))  # never a path out of inspect/
-    assert "/" not in odd and odd.startswith("recommend-qbert4rec-user-")
+    assert "/" not in odd and odd.startswith("recommend-qbert4rec-user~")
+    assert recommend_file(found(user="..")).startswith("recommend-qbert4rec-user~")
+    digest = odd.removeprefix("recommend-qbert4rec-user~").removesuffix(".json")
+    assert recommend_file(found(user=digest)) != odd  # a user named like another's digest
 
 
 def test_the_title_says_how_many_given_items_the_catalog_already_had():
