@@ -867,8 +867,7 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
     key = artifacts.stage_key("retokenize", cfg.section_settings(quant=cfg.quant.key()), inputs)
     stage_dir, current = _stage(stage, root, key)
     if current:
-        if quarantined := artifacts.read_manifest(stage_dir)["rows"].get("quarantined"):
-            log.info("retokenize: %d rows were quarantined (listed in %s)", quarantined, stage_dir / QUARANTINE)
+        _log_retokenized(artifacts.read_manifest(stage_dir)["rows"], stage_dir)
         return stage_dir
     start_ray(cfg, reads={f"the features {f.name}": f for f in files})
     (stage_dir / QUARANTINE).unlink(missing_ok=True)
@@ -879,23 +878,34 @@ def retokenize(cfg: Config, root: Path, features: Path, dirs: dict[str, Path], *
                                  actors=cfg.quant.retokenize_actors,
                                  cpus_per_actor=cfg.quant.retokenize_cpus_per_actor,
                                  chunk_size=cfg.quant.chunk_size, metrics=obs_serve.endpoint(cfg), stage=stage,
-                                 code_contentless=stage == "retokenize")
+                                 code_contentless=stage == "retokenize", trained=[*run_codes, quantize_dir / CODES])
     _count_records(cfg, stage, read=quarantine.read, quarantined=quarantine.total)
     _finish(stage_dir, key, outputs=[CODES] + ([QUARANTINE] if quarantine.total else []), rows=summary)
-    log.info("retokenize: %d items (%d with a content-predicted query) with codebook %s, actors busy %d, %.1f "
-             "items/s, collision rate %.4f, suffix table %d; %d rows quarantined%s", summary["items"],
-             summary["content_queries"], version, summary["actors_busy"], summary["items_per_s"],
-             summary["collision_rate"], summary["suffix_table_size"], quarantine.total,
-             f" (listed in {stage_dir / QUARANTINE})" if quarantine.total else "")
-    if summary["recoded"]:
-        log.warning("retokenize: %d items already coded with this codebook got other codes, as their features changed "
-                    "(%s%s); models trained with the earlier codes know them by those, and `qbr recommend --new-items` "
-                    "keeps a catalog item's", summary["recoded"], ", ".join(summary["recoded_shown"]),
-                    ", ..." if summary["recoded"] > len(summary["recoded_shown"]) else "")
-    if summary["contentless"]:
+    log.info("retokenize: %d items with codebook %s, actors busy %d, %.1f items/s, collision rate %.4f, suffix "
+             "table %d", summary["items"], version, summary["actors_busy"], summary["items_per_s"],
+             summary["collision_rate"], summary["suffix_table_size"])
+    _log_retokenized(summary, stage_dir)
+    return stage_dir
+
+
+def _log_retokenized(summary: dict, stage_dir: Path) -> None:
+    """What a retokenization found, said when it runs and again when a later command finds it done."""
+    def named(kind: str) -> str:
+        shown = summary.get(f"{kind}_shown", [])
+        return ", ".join(shown) + (", ..." if summary[kind] > len(shown) else "")
+
+    log.info("retokenize: %s: %d items (%d new to the run's codes%s; %d with a content-predicted query); %d rows "
+             "quarantined%s", stage_dir, summary["items"],
+             summary.get("new_items", 0), f": {named('new_items')}" if summary.get("new_items") else "",
+             summary["content_queries"], summary.get("quarantined", 0),
+             f" (listed in {stage_dir / QUARANTINE})" if summary.get("quarantined") else "")
+    if summary.get("recoded"):
+        log.warning("retokenize: %d items of the run's codes got other codes, as their features changed (%s); the "
+                    "run's models know them by their codes in the run, and `qbr recommend --new-items` scores catalog "
+                    "items with those", summary["recoded"], named("recoded"))
+    if summary.get("contentless"):
         log.warning("retokenize: %d catalog items have no content at all (no trained ID vector, no vector of any "
                     "modality, no structure token); they share the codes of that emptiness", summary["contentless"])
-    return stage_dir
 
 
 def _warn_without_structure_tokens(cfg: Config, files: list[Path], structure_dir: Path, *, own_catalog: bool) -> None:
@@ -942,14 +952,14 @@ def cli_retokenize_stage(features: Path) -> str:
 
 
 def check_keep_files(paths: list[Path], version: str | None = None, levels: int | None = None) -> None:
-    """Refuse codes files to keep suffixes from that are missing, not parquet, or (given the run's codebook
+    """Refuse codes files to keep suffixes from that are missing, not codes files, or (given the run's codebook
     `version` and its code `levels`) made with another codebook or of another length: one line naming the file."""
-    from qbr_dist.quant.codes import code_levels, parquet_schema, schema_version
+    from qbr_dist.quant.codes import code_levels, codes_schema, schema_version
 
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no codes file to keep suffixes from")
-        found = schema_version(parquet_schema(path))
+        found = schema_version(codes_schema(path))
         if version is not None and found != version:
             raise ValueError(f"{path}: codes of codebook {found or '(none)'}, but the run's codebook is {version}; "
                              "suffixes can only be kept from codes of the same codebook")

@@ -96,10 +96,10 @@ def _write_rows(arrays: dict[str, np.memmap], table: pa.Table, index: dict[str, 
 
 def vector_rows(table: pa.Table, column: str, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(n, width) float32 rows and which are present: valid and not flagged absent by a `has_<modality>`
-    column; absent rows are zeros. A missing or all-null column is a missing modality; vectors of another
-    width than expected are an error, never a silently missing modality."""
+    column; absent rows are zeros. A missing or all-null column is a missing modality, an empty list a missing
+    vector; vectors of another width than expected are an error, never a silently missing modality."""
     rows = table.num_rows
-    values = table.column(column).combine_chunks() if column in table.column_names else None
+    values = empty_as_null(table.column(column).combine_chunks()) if column in table.column_names else None
     if values is None or values.null_count == len(values):
         return np.zeros((rows, width), np.float32), np.zeros(rows, bool)
     values = fixed_width(values, column, width)
@@ -111,6 +111,14 @@ def vector_rows(table: pa.Table, column: str, width: int) -> tuple[np.ndarray, n
     matrix = column_matrix(filled).astype(np.float32)
     matrix[~present] = 0.0
     return matrix, present
+
+
+def empty_as_null(values: pa.Array) -> pa.Array:
+    """Vectors where an empty list stands for no vector (null), as a table may write an item without a modality."""
+    if not (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)):
+        return values
+    empty = pc.fill_null(pc.equal(pc.list_value_length(values), 0), False)
+    return pc.if_else(empty, pa.scalar(None, values.type), values) if pc.any(empty).as_py() else values
 
 
 def fixed_width(values: pa.Array, column: str, width: int) -> pa.Array:

@@ -47,6 +47,8 @@ def history_indexes(item_ids: pa.Array, wanted: list[str], catalog: str) -> list
     """Item index of each id of a given history (spaces around an id ignored); a one-line error names one that
     `catalog` (what `item_ids` hold, in words) lacks."""
     wanted = [item.strip() for item in wanted]
+    if "" in wanted:
+        raise ValueError("--history holds an empty item id (give ids separated by commas: i1,i2,...)")
     found = item_indexes(pa.array(wanted, pa.string()), item_ids)
     for item, index in zip(wanted, found):
         if index == 0:
@@ -89,7 +91,7 @@ class Recommender:
         self.cold = np.load(ingest / COLD) if (ingest / COLD).is_file() else np.zeros(len(self.ids) + 1, bool)
         self.new = np.zeros(len(self.cold), bool)
         self.known = pa.array([], pa.string())  # --new-items ids the catalog or an earlier file has: kept as they were
-        self.catalog_words = f"the run's catalog ({ingest / ITEMS})"
+        self.catalog_words = f"the run's catalog ({ingest / ITEMS}; items added since training join with --new-items)"
         for path in new_items:
             self._add(Path(path), spec)
 
@@ -236,13 +238,15 @@ def count(n: int, noun: str) -> str:
 
 
 def recommend_table(found: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["#", "item", "score", "codes shared with the history (items; words)", "text"]
+    """An ID-only model's items have no codes: their table has no column for them."""
+    coded = any("codes" in item for item in found["items"])
+    header = ["#", "item", "score", *["codes shared with the history (items; words)"] * coded, "text"]
     rows = []
     for rank, item in enumerate(found["items"], start=1):
         shared = "; ".join(f"{c['prefix']} ({c['history_items']}; {' '.join(c.get('words', []))})"
                            for c in item.get("shared", [])) or "none"
         mark = " (cold)" if item["cold"] else " (new)" if item.get("new") else ""
-        rows.append([str(rank), item["item_id"] + mark, str(item["score"]), shared,
+        rows.append([str(rank), item["item_id"] + mark, str(item["score"]), *[shared] * coded,
                      (item["text"] or "")[:60]])
     return header, rows
 

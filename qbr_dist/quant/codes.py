@@ -80,12 +80,8 @@ def parquet_schema(path: Path) -> pa.Schema:
         raise ValueError(f"{path}: not a parquet codes file ({err})") from None
 
 
-def read_codes(path: Path, *, expected_version: str | None = None) -> pa.Table:
-    """The codes table; refuses in one line a file that is not a codes file, or whose codebook version differs from
-    `expected_version`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: codes file not found")
+def codes_schema(path: Path) -> pa.Schema:
+    """The schema of a codes file; refuses in one line a file that is not parquet or lacks its fields."""
     schema = parquet_schema(path)
     fields = {field.name: field.type for field in schema}
     if not (pa.types.is_string(fields.get("item_id", pa.null())) and pa.types.is_list(fields.get("codes", pa.null()))
@@ -93,6 +89,16 @@ def read_codes(path: Path, *, expected_version: str | None = None) -> pa.Table:
         found = ", ".join(f"{name}: {kind}" for name, kind in fields.items())
         raise ValueError(f"{path}: not a codes file (expected fields item_id: string and codes: list<int32>; "
                          f"found {found})")
+    return schema
+
+
+def read_codes(path: Path, *, expected_version: str | None = None) -> pa.Table:
+    """The codes table; refuses in one line a file that is not a codes file, or whose codebook version differs from
+    `expected_version`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: codes file not found")
+    schema = codes_schema(path)
     version = schema_version(schema)
     if expected_version is not None and not version:
         raise CodebookMismatch(f"{path}: no codebook version in its metadata, so not codes that qbr quantize or "

@@ -43,18 +43,18 @@ from qbr_dist.data.buckets import BucketFiles, id_buckets, mix64
 from qbr_dist.data.quarantine import DataError, Quarantine
 from qbr_dist.data.tables import column_matrix, matrix_column, repeated_values
 from qbr_dist.fusion.export import ID_VECTOR, VECTOR_COLUMNS, fuse_batch, input_widths, load_model
-from qbr_dist.fusion.features import TOKENS_COLUMN, bad_vectors, fixed_width
+from qbr_dist.fusion.features import TOKENS_COLUMN, bad_vectors, empty_as_null, fixed_width
 from qbr_dist.obs.metrics import retokenized_items
 from qbr_dist.obs.serve import Endpoint
 from qbr_dist.quant import CODES
 from qbr_dist.quant.codes import codes_version, codes_writer
-from qbr_dist.quant.semantic_ids import Previous, assign_suffixes, recoded_items, shared_items
+from qbr_dist.quant.semantic_ids import Previous, assign_suffixes, code_changes, shared_items
 from qbr_dist.quant.tokenizer import Tokenizer
 from qbr_dist.quant.worker import row_count
 
 STREAM_ROWS = 65_536  # rows per batch when the driver streams a parquet file into buckets
 STAGED_FLAGS = {"content_query": "content_queries", "contentless": "contentless"}  # staged column: its count
-RECODED_SHOWN = 5  # ids of items given other codes than an earlier assignment, named in the summary
+SHOWN = 5  # ids of the items new to the trained codes, and of those given other codes, named in the summary
 
 
 @dataclass
@@ -135,7 +135,7 @@ def usable_rows(batch: pa.Table, widths: dict[str, int], *, vector_required: boo
         for row in _rows_with_tokens_outside(batch.column(TOKENS_COLUMN), vocab):
             problems.setdefault(row, (TOKENS_COLUMN, outside))
     for column in (c for c in widths if c in batch.column_names):
-        values = batch.column(column).combine_chunks()
+        values = empty_as_null(batch.column(column).combine_chunks())
         found = bad_vectors(values, widths[column])
         if vector_required:
             found |= {int(row): "no vector" for row in np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))}
@@ -208,10 +208,13 @@ def _width_seen(path: Path, column: str, kind: pa.DataType, width: int) -> bool:
 def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Path, *, previous: list[Path],
                quarantine: Quarantine, fusion: FusionInputs | None = None, batch_size: int = 4096, actors: int = 1,
                cpus_per_actor: float = 0.5, chunk_size: int = 65536, bucket_rows: int = 250_000,
-               metrics: Endpoint | None = None, stage: str = "retokenize", code_contentless: bool = False) -> dict:
+               metrics: Endpoint | None = None, stage: str = "retokenize", code_contentless: bool = False,
+               trained: list[Path] = ()) -> dict:
     """Write `out_dir/codes.parquet` for every usable row of `files` (their `column`, or their features
     through `fusion`), keeping the suffixes of the `previous` codes files made with the same codebook (the
-    first file's where they differ), and list every other row in `quarantine`; returns counts and throughput.
+    first file's where they differ), and list every other row in `quarantine`; returns counts and throughput,
+    with the items new to the `trained` codes files (those the run's models were trained with) and those they
+    coded otherwise.
     A fused row with no content at all is one of those, unless `code_contentless` (the run's own catalog, whose
     every item needs codes: counted as `contentless`). Items are counted for `metrics.run` and `stage` as they
     are coded."""
@@ -224,19 +227,22 @@ def retokenize(files: list[Path], column: str, codebooks_file: Path, out_dir: Pa
         raise ValueError(f"{files[0]}: no column '{column}' (quant.input) to retokenize")
     buckets = max(1, -(-row_count(files) // bucket_rows))
     quarantined_before = quarantine.total
-    staged, counted = _encode(files, column, tokenizer, staging / "encoded", fusion=fusion, buckets=buckets,
-                              batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
-                              chunk_size=chunk_size, run=metrics.run if metrics else "", stage=stage,
-                              quarantine=quarantine, code_contentless=code_contentless)
-    quarantined = quarantine.total - quarantined_before
-    if not staged and quarantined:
-        raise DataError(f"{_source(files)}: all {quarantined} rows were quarantined, none could be coded "
-                        f"(reasons: {dict(quarantine.counts)}; listed in {quarantine.path})")
-    encoded_s = time.perf_counter() - started
-    counts = assign_in_buckets(staged, _same_codebook(previous, version), Path(out_dir) / CODES, version, buckets,
-                               work=staging, source=_source(files), quarantine=quarantine)
+    try:
+        staged, counted = _encode(files, column, tokenizer, staging / "encoded", fusion=fusion, buckets=buckets,
+                                  batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
+                                  chunk_size=chunk_size, run=metrics.run if metrics else "", stage=stage,
+                                  quarantine=quarantine, code_contentless=code_contentless)
+        quarantined = quarantine.total - quarantined_before
+        if not staged and quarantined:
+            raise DataError(f"{_source(files)}: all {quarantined} rows were quarantined, none could be coded "
+                            f"(reasons: {dict(quarantine.counts)}; listed in {quarantine.path})")
+        encoded_s = time.perf_counter() - started
+        counts = assign_in_buckets(staged, _same_codebook(previous, version), Path(out_dir) / CODES, version,
+                                   buckets, work=staging, source=_source(files), quarantine=quarantine,
+                                   trained=_same_codebook(trained, version))
+    finally:  # a run begins with none, so nothing half-made is left behind
+        shutil.rmtree(staging, ignore_errors=True)
     counts |= counted | {"quarantined": quarantine.total - quarantined_before}
-    shutil.rmtree(staging)
     seconds = time.perf_counter() - started
     return counts | {"codebook_version": version, "encode_seconds": round(encoded_s, 2), "seconds": round(seconds, 2),
                      "items_per_s": round(counts["items"] / max(seconds, 1e-9), 1), "buckets": buckets}
@@ -286,37 +292,46 @@ def _read(files: list[Path], columns: list[str]):
     return ray.data.read_parquet([str(Path(f).resolve()) for f in files]).select_columns(wanted)
 
 
+STRUCTURE_PARTS = ([TOKENS_COLUMN], [VECTOR_COLUMNS["cooc"], "has_cooc"])  # each joined from the structure table as one
+
+
 def _fusion_inputs(files: list[Path], fusion: FusionInputs, *, partitions: int):
-    """The feature table left-joined by item id with the trained ID vectors, and with the
-    structure table's features when the table has none of its own."""
+    """The feature table left-joined by item id with the trained ID vectors, and with each part of the structure
+    table's features (field tokens; co-occurrence vectors) that the table lacks: a table that brings its new
+    items' tokens still takes the catalog items' co-occurrence vectors from the run."""
     features = _read(files, [*VECTOR_COLUMNS.values(), "has_image", "has_cooc", TOKENS_COLUMN])
     joined = features.join(_read(fusion.id_vectors, [ID_VECTOR]), join_type="left_outer",
                            num_partitions=partitions, on=("item_id",))
-    if fusion.structure is not None and TOKENS_COLUMN not in pq.read_schema(files[0]).names:
-        structure = _read([fusion.structure], [TOKENS_COLUMN, VECTOR_COLUMNS["cooc"], "has_cooc"])
-        joined = joined.join(structure, join_type="left_outer", num_partitions=partitions, on=("item_id",))
+    present = set(pq.read_schema(files[0]).names)
+    lacking = [column for part in STRUCTURE_PARTS if part[0] not in present for column in part if column not in present]
+    if fusion.structure is not None and lacking:
+        joined = joined.join(_read([fusion.structure], lacking), join_type="left_outer", num_partitions=partitions,
+                             on=("item_id",))
     return joined
 
 
 def assign_in_buckets(staged: list[Path], previous: list[Path], path: Path, version: str, buckets: int, *,
-                      work: Path, source: str, quarantine: Quarantine) -> dict:
+                      work: Path, source: str, quarantine: Quarantine, trained: list[Path] = ()) -> dict:
     """Suffixes for the staged rows (`with_buckets` columns and `STAGED_FLAGS`), a bucket at a time, into the codes
     file at `path`. Every row of an item id the table repeats goes to `quarantine` instead: which of them is meant
     is unknown; the flags are counted over the other rows.
     The rows go to buckets of item ids first, where each id's rows meet, so repeated ids are found and left out
-    one bucket at a time, as are the items an earlier assignment coded otherwise (`recoded`, a few named), and
-    then, by their codes, to the buckets suffixes are given in."""
-    ids, items, earlier, earlier_ids, suffixed = (BucketFiles(work / name, buckets) for name in (
-        "ids", "items", "previous", "previous_ids", "suffixed"))
-    with earlier, earlier_ids:
+    one bucket at a time, as are the items new to the `trained` codes and those they code otherwise (`new_items`,
+    `recoded`, a few of each named), and then, by their codes, to the buckets suffixes are given in."""
+    ids, items, earlier, known, suffixed = (BucketFiles(work / name, buckets) for name in (
+        "ids", "items", "previous", "trained", "suffixed"))
+    with earlier:
         for batch in _batches(previous, ["item_id", "codes"]):
             earlier.add(batch, code_buckets(column_matrix(batch.column("codes"), np.int64)[:, :-1], buckets))
-            earlier_ids.add(batch, id_buckets(batch.column("item_id"), buckets))
+    with known:
+        for batch in _batches(trained, ["item_id", "codes"]):
+            known.add(batch, id_buckets(batch.column("item_id"), buckets))
     with ids:
         for batch in _batches(staged, ["item_id", "codes", "bucket", "id_bucket", *STAGED_FLAGS]):
             ids.add(batch.drop_columns(["id_bucket"]), batch.column("id_bucket").to_numpy())
-    rows = repeated = recoded = 0
-    recoded_shown, flagged = [], dict.fromkeys(STAGED_FLAGS.values(), 0)
+    rows = repeated = 0
+    flagged = dict.fromkeys(STAGED_FLAGS.values(), 0)
+    changes = {"new_items": 0, "new_items_shown": [], "recoded": 0, "recoded_shown": []}
     with items:
         for bucket, table in ids.tables():
             rows += table.num_rows
@@ -324,16 +339,18 @@ def assign_in_buckets(staged: list[Path], previous: list[Path], path: Path, vers
             repeated += _quarantine_repeated(counts, quarantine, source)
             for flag, counted in STAGED_FLAGS.items():
                 flagged[counted] += int(table.column(flag).to_numpy().sum())
-            changed = recoded_items(table.column("item_id"), column_matrix(table.column("codes"), np.int64),
-                                    _previous(earlier_ids.read(bucket)))
-            recoded += int(changed.sum())
-            recoded_shown = _first_ids(recoded_shown, table.column("item_id").filter(pa.array(changed)))
+            found = code_changes(table.column("item_id"), column_matrix(table.column("codes"), np.int64),
+                                 _previous(known.read(bucket)))
+            for name, which in zip(("new_items", "recoded"), found):
+                changes[name] += int(which.sum())
+                changes[f"{name}_shown"] = _first_ids(changes[f"{name}_shown"],
+                                                      table.column("item_id").filter(pa.array(which)))
             items.add(table.select(["item_id", "codes"]), table.column("bucket").to_numpy())
     if rows and repeated == rows:
         listed = f"; listed in {quarantine.path}" if quarantine.path else ""
         raise DataError(f"{source}: every codable row ({rows}) repeats an item id; every item must appear "
                         f"once{listed}")
-    counts = _suffix_buckets(items, earlier, suffixed) | flagged | {"recoded": recoded, "recoded_shown": recoded_shown}
+    counts = _suffix_buckets(items, earlier, suffixed) | flagged | changes
     with codes_writer(path, version, counts["suffix_table_size"]) as write:
         for _, table in suffixed.tables():
             write(table.column("item_id"), column_matrix(table.column("codes"), np.int64),
@@ -342,10 +359,10 @@ def assign_in_buckets(staged: list[Path], previous: list[Path], path: Path, vers
 
 
 def _first_ids(shown: list[str], found: pa.ChunkedArray) -> list[str]:
-    """The `RECODED_SHOWN` smallest of `shown` and `found`: the same ids however the rows came (Arrow and Python order
-    UTF-8 text alike)."""
+    """The `SHOWN` smallest of `shown` and `found`: the same ids however the rows came (Arrow and Python order UTF-8
+    text alike)."""
     found = found.combine_chunks()
-    return sorted([*shown, *found.take(pc.array_sort_indices(found)[:RECODED_SHOWN]).to_pylist()])[:RECODED_SHOWN]
+    return sorted([*shown, *found.take(pc.array_sort_indices(found)[:SHOWN]).to_pylist()])[:SHOWN]
 
 
 def _suffix_buckets(items: BucketFiles, earlier: BucketFiles, suffixed: BucketFiles) -> dict:

@@ -79,18 +79,18 @@ def assign_suffixes(item_ids, codes: np.ndarray, previous: Previous | None = Non
     return suffixes
 
 
-def recoded_items(item_ids, codes: np.ndarray, previous: Previous | None) -> np.ndarray:
-    """(n,) whether `previous` lists the item, none of its rows with these codes: its features changed since, and a
-    model trained with the previous codes knows it by those."""
+def code_changes(item_ids, codes: np.ndarray, trained: Previous | None) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) each whether `trained` (the codes a model was trained with) lacks the item, and whether it lists the item
+    with none of its rows holding these codes: its features changed since, and the model knows it by the old ones."""
     ids = as_ids(item_ids)
-    if previous is None or not len(previous.item_ids) or not len(ids):
-        return np.zeros(len(ids), dtype=bool)
-    groups, _ = tuple_groups(np.vstack([np.asarray(codes), previous.codes]))
-    previous_ids = as_ids(previous.item_ids)
-    known = pc.is_in(ids, value_set=previous_ids).to_numpy(zero_copy_only=False)
+    if trained is None or not len(trained.item_ids) or not len(ids):
+        return np.ones(len(ids), dtype=bool), np.zeros(len(ids), dtype=bool)
+    groups, _ = tuple_groups(np.vstack([np.asarray(codes), trained.codes]))
+    trained_ids = as_ids(trained.item_ids)
+    known = pc.is_in(ids, value_set=trained_ids).to_numpy(zero_copy_only=False)
     same = pc.is_in(_item_and_tuple(ids, groups[:len(ids)]),
-                    value_set=_item_and_tuple(previous_ids, groups[len(ids):])).to_numpy(zero_copy_only=False)
-    return known & ~same
+                    value_set=_item_and_tuple(trained_ids, groups[len(ids):])).to_numpy(zero_copy_only=False)
+    return ~known, known & ~same
 
 
 def _kept_suffixes(ids: pa.Array, group: np.ndarray, previous_ids: pa.Array, previous_groups: np.ndarray,

@@ -125,7 +125,22 @@ def check_fused_retokenize(cfg, dirs: dict, tmp_path, *, cold_items: int) -> Non
     summary = artifacts.read_manifest(stage)["rows"]
     assert summary["items"] == ITEMS + 10 and summary["content_queries"] == cold_items + 10
     assert summary["recoded"] == 0  # the run's items, coded again, keep their codes
+    quantized = read_codes(dirs["quantize"] / CODES).num_rows  # the copies, and the cold items it did not code, are new
+    assert summary["new_items"] == ITEMS + 10 - quantized
     before = {r["item_id"]: r["codes"] for r in read_codes(dirs["retokenize"] / CODES).to_pylist()}
     after = {r["item_id"]: r["codes"] for r in read_codes(stage / CODES).to_pylist()}
     assert {i: after[i] for i in before} == before
     assert len({tuple(c) for c in after.values()}) == ITEMS + 10
+
+    # The same table bringing its items' structure tokens, as the README asks of new items: the catalog items
+    # still take their co-occurrence vectors from the run, so none is coded otherwise
+    table = pa.concat_tables(pq.read_table(part) for part in sorted(grown.iterdir()))
+    tokens = pq.read_table(dirs["structure"] / pipeline.STRUCTURE, columns=["item_id", "struct_tokens"])
+    rows = pc.index_in(table.column("item_id"), value_set=tokens.column("item_id"))  # null for the new items
+    pq.write_table(table.append_column("struct_tokens", tokens.column("struct_tokens").take(rows)),
+                   tmp_path / "with-tokens.parquet")
+    stage = pipeline.retokenize(cfg, tmp_path / "elsewhere", tmp_path / "with-tokens.parquet", dirs,
+                                stage="retokenize-with-tokens")
+    assert artifacts.read_manifest(stage)["rows"]["recoded"] == 0
+    with_tokens = {r["item_id"]: r["codes"] for r in read_codes(stage / CODES).to_pylist()}
+    assert {i: with_tokens[i] for i in before} == before

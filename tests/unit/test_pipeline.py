@@ -307,9 +307,12 @@ def test_suffixes_are_kept_only_from_codes_of_the_same_codebook(tmp_path):
     (tmp_path / "codebooks.safetensors").write_bytes(b"not parquet")
     with pytest.raises(ValueError, match="codebooks.safetensors: not a parquet codes file"):
         pipeline.check_keep_files([tmp_path / "codebooks.safetensors"])
-    pq.write_table(pa.table({"item_id": ["a"]}), tmp_path / "items.parquet")
-    with pytest.raises(ValueError, match="items.parquet: codes of codebook [(]none[)], but"):
+    pq.write_table(pa.table({"item_id": ["a"]}), tmp_path / "items.parquet")  # a feature table, say
+    with pytest.raises(ValueError, match="items.parquet: not a codes file [(]expected fields item_id: string and"):
         pipeline.check_keep_files([tmp_path / "items.parquet"], "v1")
+    pq.write_table(pa.table({"item_id": ["a"], "codes": [[1, 0]]}), tmp_path / "by-hand.parquet")
+    with pytest.raises(ValueError, match="by-hand.parquet: codes of codebook [(]none[)], but"):
+        pipeline.check_keep_files([tmp_path / "by-hand.parquet"], "v1")
 
 
 def test_a_stage_that_exports_no_weights_leaves_no_earlier_ones(tmp_path, interactions_file):

@@ -144,34 +144,38 @@ def test_the_bucketed_suffix_pass_gives_the_single_pass_assignment(tmp_path):
     assert len(set(staged.column("bucket").to_pylist())) == buckets
     pq.write_table(staged, tmp_path / "staged.parquet", row_group_size=500)
     counts = assign_in_buckets([tmp_path / "staged.parquet"], [tmp_path / "previous.parquet"], tmp_path / "codes.parquet",
-                               "v1", buckets, work=tmp_path / "work", source="features", quarantine=Quarantine(None))
+                               "v1", buckets, work=tmp_path / "work", source="features", quarantine=Quarantine(None),
+                               trained=[tmp_path / "previous.parquet"])
 
     table = read_codes(tmp_path / "codes.parquet", expected_version="v1")
     got = dict(zip(table.column("item_id").to_pylist(), map(tuple, table.column("codes").to_pylist())))
     assert got == {i: (*c, s) for i, c, s in zip(ids.tolist(), codes.tolist(), expected.tolist())}
     recoded = set(old_ids[:2000][(old_codes[:2000] != codes[old]).any(axis=1)].tolist())  # the moved ones
-    shown = counts.pop("recoded_shown")
+    new = set(ids.tolist()) - set(old_ids.tolist())
+    shown = {name: counts.pop(f"{name}_shown") for name in ("recoded", "new_items")}
     assert counts == {"items": n, "collision_rate": collision_rate(codes), "suffix_table_size": expected.max() + 1,
-                      "recoded": len(recoded), "content_queries": 0, "contentless": 0}
-    assert len(recoded) > 300 and shown == sorted(recoded)[:5]
+                      "recoded": len(recoded), "new_items": len(new), "content_queries": 0, "contentless": 0}
+    assert len(recoded) > 300 and shown == {"recoded": sorted(recoded)[:5], "new_items": sorted(new)[:5]}
     assert table.schema.metadata[SUFFIX_KEY] == str(expected.max() + 1).encode()
 
     shuffled = staged.take(pa.array(rng.permutation(n)))  # the Ray Data job's rows come in no fixed order
     pq.write_table(shuffled, tmp_path / "shuffled.parquet", row_group_size=500)
     again = assign_in_buckets([tmp_path / "shuffled.parquet"], [tmp_path / "previous.parquet"],
                               tmp_path / "again.parquet", "v1", buckets, work=tmp_path / "work-again",
-                              source="features", quarantine=Quarantine(None))
+                              source="features", quarantine=Quarantine(None), trained=[tmp_path / "previous.parquet"])
     assert (tmp_path / "again.parquet").read_bytes() == (tmp_path / "codes.parquet").read_bytes()
-    assert again == counts | {"recoded_shown": shown}
+    assert again == counts | {f"{name}_shown": ids for name, ids in shown.items()}
 
 
-def test_an_item_is_recoded_when_no_earlier_row_of_it_has_its_codes():
-    from qbr_dist.quant.semantic_ids import recoded_items
+def test_an_item_is_recoded_when_no_trained_row_of_it_has_its_codes_and_new_when_there_is_none():
+    from qbr_dist.quant.semantic_ids import code_changes
 
-    previous = Previous(np.array(["a", "b", "b", "c"]), np.array([[1, 2], [3, 4], [5, 6], [7, 8]]), np.zeros(4))
+    trained = Previous(np.array(["a", "b", "b", "c"]), np.array([[1, 2], [3, 4], [5, 6], [7, 8]]), np.zeros(4))
     ids, codes = np.array(["a", "b", "c", "new"]), np.array([[1, 2], [5, 6], [8, 7], [1, 2]])
-    assert recoded_items(ids, codes, previous).tolist() == [False, False, True, False]
-    assert recoded_items(ids, codes, None).tolist() == [False] * 4
+    new, recoded = code_changes(ids, codes, trained)
+    assert new.tolist() == [False, False, False, True] and recoded.tolist() == [False, False, True, False]
+    new, recoded = code_changes(ids, codes, None)
+    assert new.all() and not recoded.any()
 
 
 def test_suffixes_of_an_earlier_retokenization_are_kept_across_runs(tmp_path):
@@ -354,6 +358,20 @@ def test_usable_rows_leaves_out_and_lists_rows_without_an_id_or_with_a_bad_vecto
     assert usable_rows(untyped, {"text_emb": 2}, vector_required=False)[0].tolist() == [True, False, True, False, True]
     assert [r["reason"] for r in usable_rows(untyped, {"text_emb": 2}, vector_required=True)[1]] == \
         ["no vector", "no item id", "no vector", "no item id", "no vector"]
+
+
+def test_an_empty_vector_is_no_vector_a_missing_modality_for_fusion():
+    from qbr_dist.fusion.features import vector_rows
+    from qbr_dist.quant.retokenize import usable_rows
+
+    batch = pa.table({"item_id": ["a", "b"], "text_emb": pa.array([[1.0, 2.0], [3.0, 4.0]]),
+                      "image_emb": pa.array([[], [5.0]], pa.list_(pa.float32()))})
+    keep, records = usable_rows(batch, {"text_emb": 2, "image_emb": 1}, vector_required=False)
+    assert keep.tolist() == [True, True] and records == []
+    matrix, present = vector_rows(batch, "image_emb", 1)
+    assert present.tolist() == [False, True] and matrix.tolist() == [[0.0], [5.0]]
+    keep, records = usable_rows(batch, {"image_emb": 1}, vector_required=True)  # one column to code: needed
+    assert keep.tolist() == [False, True] and records[0]["reason"] == "no vector"
 
 
 def test_usable_rows_leaves_out_rows_with_a_structure_token_outside_the_fusion_vocabulary():

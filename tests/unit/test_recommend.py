@@ -55,3 +55,27 @@ def test_the_title_says_how_many_given_items_the_catalog_already_had():
     title = recommend_title(found(new_items=2, new_items_known=1))
     assert "2 new items from --new-items in the catalog; 1 item of --new-items already known" in title
     assert "already known" not in recommend_title(found(new_items=2))
+
+
+def test_an_id_only_models_table_has_no_codes_column():
+    from qbr_dist.inspect.recommend import recommend_table
+
+    plain = {"item_id": "i1", "score": 1.0, "cold": False, "new": False, "text": "t"}
+    header, rows = recommend_table(found(stage="bert4rec", items=[plain]))
+    assert header == ["#", "item", "score", "text"] and rows == [["1", "i1", "1.0", "t"]]
+    coded = plain | {"codes": [1, 2, 0], "shared": [{"prefix": "1", "history_items": 2, "words": ["w"]}]}
+    header, rows = recommend_table(found(items=[coded]))
+    assert len(header) == 5 and rows[0][3] == "1 (2; w)"
+
+
+def test_a_history_with_an_empty_id_is_refused_in_one_line():
+    import pyarrow as pa
+
+    from qbr_dist.inspect.recommend import history_indexes
+
+    ids = pa.array(["a", "b"])
+    assert history_indexes(ids, [" b", "a "], "the catalog") == [2, 1]
+    with pytest.raises(ValueError, match=r"^--history holds an empty item id"):
+        history_indexes(ids, ["", ""], "the catalog")
+    with pytest.raises(ValueError, match=r"^no item 'c' in the catalog$"):
+        history_indexes(ids, ["a", "c"], "the catalog")
