@@ -72,17 +72,12 @@ def code_levels(path: Path) -> int:
     return len(first[0].as_py()) - 1 if len(first) else 0
 
 
-def parquet_schema(path: Path) -> pa.Schema:
-    """The schema of what should be a codes file; refuses in one line a file that is not parquet."""
-    try:
-        return pq.read_schema(path)
-    except (pa.ArrowException, OSError) as err:
-        raise ValueError(f"{path}: not a parquet codes file ({err})") from None
-
-
 def codes_schema(path: Path) -> pa.Schema:
     """The schema of a codes file; refuses in one line a file that is not parquet or lacks its fields."""
-    schema = parquet_schema(path)
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{path}: not a parquet codes file ({err})") from None
     fields = {field.name: field.type for field in schema}
     if not (pa.types.is_string(fields.get("item_id", pa.null())) and pa.types.is_list(fields.get("codes", pa.null()))
             and pa.types.is_integer(fields["codes"].value_type)):
