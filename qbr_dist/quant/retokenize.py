@@ -320,12 +320,13 @@ def assign_in_buckets(staged: list[Path], previous: list[Path], path: Path, vers
     `recoded`, a few of each named), and then, by their codes, to the buckets suffixes are given in."""
     ids, items, earlier, known, suffixed = (BucketFiles(work / name, buckets) for name in (
         "ids", "items", "previous", "trained", "suffixed"))
-    with earlier:
-        for batch in _batches(previous, ["item_id", "codes"]):
-            earlier.add(batch, code_buckets(column_matrix(batch.column("codes"), np.int64)[:, :-1], buckets))
-    with known:
-        for batch in _batches(trained, ["item_id", "codes"]):
-            known.add(batch, id_buckets(batch.column("item_id"), buckets))
+    with earlier, known:  # a file in both lists (the run's codes) is read once
+        for codes_file in dict.fromkeys([*previous, *trained]):
+            for batch in _batches([codes_file], ["item_id", "codes"]):
+                if codes_file in previous:
+                    earlier.add(batch, code_buckets(column_matrix(batch.column("codes"), np.int64)[:, :-1], buckets))
+                if codes_file in trained:
+                    known.add(batch, id_buckets(batch.column("item_id"), buckets))
     with ids:
         for batch in _batches(staged, ["item_id", "codes", "bucket", "id_bucket", *STAGED_FLAGS]):
             ids.add(batch.drop_columns(["id_bucket"]), batch.column("id_bucket").to_numpy())
