@@ -91,6 +91,7 @@ class Recommender:
         self.cold = np.load(ingest / COLD) if (ingest / COLD).is_file() else np.zeros(len(self.ids) + 1, bool)
         self.new = np.zeros(len(self.cold), bool)
         self.known = pa.array([], pa.string())  # --new-items ids the catalog or an earlier file has: kept as they were
+        self.new_files: list[Path] = []
         self.catalog_words = f"the run's catalog ({ingest / ITEMS}; items added since training join with --new-items)"
         for path in new_items:
             self._add(Path(path), spec)
@@ -106,6 +107,7 @@ class Recommender:
                              "trained; use --model qbert4rec")
         path = path / CODES if path.is_dir() else path  # the folder `qbr retokenize` prints will do
         table = read_codes(path, expected_version=spec["codebook_version"])
+        self.new_files.append(path)
         if not table.num_rows:
             raise ValueError(f"--new-items {path}: the codes file holds no items")
         codes = new_item_codes(path, table, self.codes.shape[1], spec["code_sizes"][:-1])
@@ -154,9 +156,10 @@ class Recommender:
                 entry |= {"codes": self.codes[item].tolist(), "shared": shared_prefixes(self.codes[item],
                                                                                         self.codes[past])}
             items.append(entry)
-        return {"stage": self.stage, "user": user, "history": [self.ids[i - 1].as_py() for i in past], "items": items,
-                "cold_left_out": unscored, "history_left_out": skipped, "new_items": int(self.new.sum()),
-                "new_items_known": len(self.known)}
+        return {"stage": self.stage, "user": user, "history": [self.ids[i - 1].as_py() for i in past], "k": k,
+                "items": items, "cold_left_out": unscored, "history_left_out": skipped,
+                "new_items": int(self.new.sum()), "new_items_known": len(self.known),
+                "new_items_files": [str(path) for path in self.new_files]}
 
     def _text(self, item: int) -> str | None:
         return self.catalog.column("text")[item - 1].as_py() if item <= self.catalog.num_rows else None

@@ -66,10 +66,19 @@ def recommend_for(cfg: Config, *, stage: str, user: str | None, history: str | N
 
 
 def recommend_file(found: dict) -> str:
-    """A file per model and user, or per model and given history, so that no answer overwrites another's; a user
-    id that is not a plain file name, and a history, go by a digest after a `~`, which no plain name holds."""
+    """A file per model, user or given history, k and --new-items files (by content), so that no answer overwrites
+    another's; a user id that is not a plain file name, a history and new items go by a digest after a
+    `~`, which no plain name holds."""
     user = found["user"]
     if user is not None and re.fullmatch(r"[\w.-]{1,64}", user) and user.strip("."):
-        return f"recommend-{found['stage']}-user-{user}.json"
-    who, named = ("user", user) if user is not None else ("history", json.dumps(found["history"]))
-    return f"recommend-{found['stage']}-{who}~{hashlib.sha256(named.encode()).hexdigest()[:12]}.json"
+        who = f"user-{user}"
+    else:
+        named = ("user", user) if user is not None else ("history", json.dumps(found["history"]))
+        who = f"{named[0]}~{_digest(named[1])}"
+    added = found["new_items_files"]
+    new = f"-new~{_digest(' '.join(artifacts.file_fingerprint(path) for path in added))}" if added else ""
+    return f"recommend-{found['stage']}-{who}-top{found['k']}{new}.json"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

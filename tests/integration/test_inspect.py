@@ -63,7 +63,7 @@ def test_the_command_writes_the_summary_and_lists_a_prefix(tokenized_run, capsys
     same = [arg for option in as_overrides(cfg) for arg in ("--set", option)]  # the config that trained the run
     assert main(["recommend", *same, "--user", user, "--k", "3"]) == 0
     assert f"Top 3 from qbert4rec after user {user}'s history" in capsys.readouterr().out
-    assert (run / "inspect" / f"recommend-qbert4rec-user-{user}.json").is_file()
+    assert (run / "inspect" / f"recommend-qbert4rec-user-{user}-top3.json").is_file()
     assert main(["recommend", *same, "--history", "no-such-item"]) == 2
     assert "no item 'no-such-item' in the run's catalog" in capsys.readouterr().err
     assert main(["recommend", *same, "--set", "model.hidden=32", "--user", user]) == 2

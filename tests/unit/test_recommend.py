@@ -29,15 +29,15 @@ def test_a_run_without_the_trained_stage_is_a_one_line_error(tmp_path):
 
 
 def found(**fields) -> dict:
-    return {"stage": "qbert4rec", "user": None, "history": ["a", "b"], "items": [], "cold_left_out": 0,
-            "history_left_out": [], "new_items": 0, "new_items_known": 0} | fields
+    return {"stage": "qbert4rec", "user": None, "history": ["a", "b"], "k": 10, "items": [], "cold_left_out": 0,
+            "history_left_out": [], "new_items": 0, "new_items_known": 0, "new_items_files": []} | fields
 
 
 def test_each_model_user_and_history_has_its_own_answer_file():
     from qbr_dist.inspect.run import recommend_file
 
-    assert recommend_file(found(user="196")) == "recommend-qbert4rec-user-196.json"
-    assert recommend_file(found(user="196", stage="bert4rec")) == "recommend-bert4rec-user-196.json"
+    assert recommend_file(found(user="196")) == "recommend-qbert4rec-user-196-top10.json"
+    assert recommend_file(found(user="196", stage="bert4rec")) == "recommend-bert4rec-user-196-top10.json"
     given, other = recommend_file(found()), recommend_file(found(history=["a", "c"]))
     assert given.startswith("recommend-qbert4rec-history~") and given != other
     assert given == recommend_file(found())  # the same question, the same file
@@ -47,6 +47,21 @@ def test_each_model_user_and_history_has_its_own_answer_file():
     assert recommend_file(found(user="..")).startswith("recommend-qbert4rec-user~")
     digest = odd.removeprefix("recommend-qbert4rec-user~").removesuffix(".json")
     assert recommend_file(found(user=digest)) != odd  # a user named like another's digest
+
+
+def test_another_k_or_other_new_items_get_their_own_answer_file(tmp_path):
+    from qbr_dist.inspect.run import recommend_file
+
+    first, second = tmp_path / "first.parquet", tmp_path / "second.parquet"
+    first.write_bytes(b"codes of some new items")
+    second.write_bytes(b"codes of other new items")
+    assert recommend_file(found(user="196", k=20)) == "recommend-qbert4rec-user-196-top20.json"
+    with_first = recommend_file(found(user="196", new_items_files=[str(first)]))
+    assert with_first.startswith("recommend-qbert4rec-user-196-top10-new~")
+    assert with_first != recommend_file(found(user="196", new_items_files=[str(second)]))
+    moved = tmp_path / "moved.parquet"
+    first.rename(moved)
+    assert with_first == recommend_file(found(user="196", new_items_files=[str(moved)]))  # by content, not by name
 
 
 def test_the_title_says_how_many_given_items_the_catalog_already_had():
