@@ -8,8 +8,12 @@ and recorded in the quarantine.
 
 Counts reconcile: each reader adds the rows it read to `quarantine.read`, and every row read is
 either returned or quarantined. A row is a non-blank line after the header of a text file (a
-line of bad bytes included; a CSV row quoted over several lines is one) or a row of a parquet file
-(numbered from 1; a text value in it whose bytes are not UTF-8 quarantines the row). A truncated
+line of bad bytes included; a CSV row quoted over several lines is one; a line ends at a line feed,
+a carriage return and line feed, or a carriage return alone) or a row of a parquet file (numbered
+from 1). A value the reader keeps whose bytes are not UTF-8 quarantines its row, naming its field
+(a CSV row's, its line); interactions keep only their three fields, so bad bytes elsewhere (a rating)
+do not count. A RecBole `.inter` file's columns are read by Arrow (`data.atomic`), a CSV file's a
+row at a time in Python (its quoting is Python's csv module's, which Arrow's differs from). A truncated
 or corrupt gzip counts the lines decoded before the break, and the break itself as one row read and
 one quarantine entry. Interactions are checked column by column once a file is read, so a text file's
 quarantine lists the lines that could not be split into fields first, then those whose fields fail.
@@ -21,7 +25,7 @@ import datetime
 import json
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from qbr_dist.data import amazon
+from qbr_dist.data.atomic import AtomicColumns, read_atomic_columns
 from qbr_dist.data.quarantine import DataError, Quarantine
 from qbr_dist.data.tables import INTERACTION_FIELDS, INTERACTIONS_SCHEMA, is_utf8, item_text
 
@@ -49,13 +54,27 @@ def read_interactions(path: str | Path, quarantine: Quarantine, renames: dict[st
         table = _read_parquet(path, INTERACTION_FIELDS, renames)
         quarantine.read += table.num_rows
         return _checked_interactions(path, table, quarantine, renames)
+    if path.suffix == ".inter":
+        names = _atomic_names(path, INTERACTION_FIELDS, renames)
+        return _checked_atomic(path, read_atomic_columns(path, names, list(INTERACTION_FIELDS)), len(names),
+                               quarantine, renames)
     rows, lines = {name: [] for name in INTERACTION_FIELDS}, []
     for where, record in _text_records(path, ".inter", "data.interactions", INTERACTION_FIELDS, quarantine, renames):
         lines.append(where)
         for name, values in rows.items():
             values.append(record[name])
     table = pa.table({name: pa.array(values, pa.string()) for name, values in rows.items()})
-    return _checked_interactions(path, table, quarantine, renames, lines)
+    return _checked_interactions(path, table, quarantine, renames, lines.__getitem__)
+
+
+def _checked_atomic(path: Path, columns: AtomicColumns, fields: int, quarantine: Quarantine,
+                    renames: dict[str, str]) -> pa.Table:
+    """The interactions of an atomic file read by Arrow, its rows that did not split quarantined first."""
+    quarantine.read += columns.table.num_rows + len(columns.unsplit)
+    for line, found in columns.unsplit:
+        quarantine.add(source=str(path), where=f"line {line}", field="*",
+                       reason=f"expected {fields} tab-separated fields, got {found}")
+    return _checked_interactions(path, columns.table, quarantine, renames, lambda row: f"line {columns.lines_of(row)}")
 
 
 def _text_records(path: Path, atomic_suffix: str, setting: str, required: tuple[str, ...], quarantine: Quarantine,
@@ -143,16 +162,21 @@ def _binary_image(name: str, rows: list[dict]) -> pa.DataType | None:
 
 
 def _checked_interactions(path: Path, table: pa.Table, quarantine: Quarantine, renames: dict[str, str],
-                          lines: list[str] | None = None) -> pa.Table:
+                          where: Callable[[int], str] | None = None) -> pa.Table:
     """The interactions of `table` (a file's user_id, item_id and timestamp columns, of any type) whose ids are
     present and UTF-8 and whose time is a finite number or an ISO 8601 time, checked column by column; every other
-    row quarantined with its first problem, where `lines` (a text file's) or its row number (parquet) places it."""
+    row quarantined with its first problem, placed by `where` (a text file's lines) or its row number (parquet)."""
     own = {field: renames.get(field, field) for field in INTERACTION_FIELDS}  # for messages
     users, users_utf8 = _text_array(path, table, "user_id", shown=own["user_id"])
     items, items_utf8 = _text_array(path, table, "item_id", shown=own["item_id"])
-    stamps = _timestamps(path, table, shown=own["timestamp"], typed=lines is None)
+    stamps_utf8 = np.ones(table.num_rows, bool)
+    if pa.types.is_binary(table.schema.field("timestamp").type):  # bytes that should be text, as Arrow reads text files
+        texts, stamps_utf8 = _text_array(path, table, "timestamp", shown=own["timestamp"])
+        table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", texts)
+    stamps = _timestamps(path, table, shown=own["timestamp"], typed=where is None)
     problems = [  # in the order a row's first problem is named
         ("user_id", "not UTF-8 text", ~users_utf8), ("item_id", "not UTF-8 text", ~items_utf8),
+        ("timestamp", "not UTF-8 text", ~stamps_utf8),
         ("user_id", "empty user id", _empty(users)), ("item_id", "empty item id", _empty(items)),
         ("timestamp", BAD_TIMESTAMP, ~np.isfinite(stamps))]
     first = np.full(table.num_rows, -1)  # per row, its first problem
@@ -161,7 +185,7 @@ def _checked_interactions(path: Path, table: pa.Table, quarantine: Quarantine, r
     for row in np.flatnonzero(first >= 0):
         field, reason, _ = problems[first[row]]
         found = table.column("timestamp")[int(row)].as_py() if field == "timestamp" else None
-        quarantine.add(source=str(path), where=lines[row] if lines is not None else f"row {row + 1}",
+        quarantine.add(source=str(path), where=where(int(row)) if where is not None else f"row {row + 1}",
                        field=own[field], reason=reason, value=None if found is None else str(found))
     keep = pa.array(first < 0)
     return pa.table({"user_id": users.filter(keep), "item_id": items.filter(keep),
@@ -226,30 +250,35 @@ BAD_TIMESTAMP = "timestamp is neither a finite number nor an ISO 8601 time"
 def _atomic_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, renames: dict[str, str],
                     text_fields: tuple[str, ...] = ()) -> Iterator[tuple[str, dict]]:
     """Rows of a RecBole atomic file (tab-separated, header `name:type`), as string dicts by field name (the
-    `renames`d fields under their own names)."""
-    with open(path, "rb") as handle:
-        try:
-            header = handle.readline().decode("utf-8").rstrip("\r\n").split("\t")
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: header is not UTF-8 text (expected fields {', '.join(required)})") from None
-        names = _own_names(path, [column.split(":", 1)[0] for column in header], required, renames, text_fields)
-        for line_no, raw in enumerate(handle, start=2):
-            if not raw.rstrip(b"\r\n"):
+    `renames`d fields under their own names; `NOT_UTF8` for a value that is not UTF-8); lines end as
+    `data.atomic` reads them."""
+    names = _atomic_names(path, required, renames, text_fields)
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        handle.readline()
+        for line_no, line in enumerate(handle, start=2):
+            values = line.rstrip("\r\n").split("\t")
+            if values == [""]:
                 continue  # a blank line is not a row
             quarantine.read += 1
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                quarantine.add(source=str(path), where=f"line {line_no}", field="*", reason="not UTF-8 text")
-                continue
-            values = line.rstrip("\r\n").split("\t")
             if len(values) != len(names):
                 quarantine.add(
                     source=str(path), where=f"line {line_no}", field="*",
                     reason=f"expected {len(names)} tab-separated fields, got {len(values)}",
                 )
                 continue
-            yield f"line {line_no}", dict(zip(names, values))
+            yield f"line {line_no}", {name: value if is_utf8(value) else NOT_UTF8 for name, value in zip(names, values)}
+
+
+def _atomic_names(path: Path, required: tuple[str, ...], renames: dict[str, str],
+                  text_fields: tuple[str, ...] = ()) -> list[str]:
+    """The field names of a RecBole atomic file's header line (`name:type`), as `_own_names` gives them."""
+    with open(path, "rb") as handle:
+        first = handle.readline().split(b"\r")[0].rstrip(b"\n")
+    try:
+        header = first.decode("utf-8").split("\t")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: header is not UTF-8 text (expected fields {', '.join(required)})") from None
+    return _own_names(path, [column.split(":", 1)[0] for column in header], required, renames, text_fields)
 
 
 CSV_DELIMITERS = ",;\t|"

@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -46,12 +48,44 @@ def test_bad_inter_rows_are_quarantined_and_reading_continues(tmp_path):
     records = quarantined(qpath)
     assert {r["source"] for r in records} == {str(inter)}
     assert [(r["where"], r["field"]) for r in records] == [  # lines that split badly, then fields that fail
-        ("line 3", "*"), ("line 6", "*"), ("line 4", "timestamp"), ("line 5", "user_id"),
+        ("line 3", "*"), ("line 4", "timestamp"), ("line 5", "user_id"), ("line 6", "item_id"),
     ]
-    assert [r["reason"] for r in records] == ["expected 4 tab-separated fields, got 3", "not UTF-8 text",
+    assert [r["reason"] for r in records] == ["expected 4 tab-separated fields, got 3",
                                               "timestamp is neither a finite number nor an ISO 8601 time",
-                                              "empty user id"]
+                                              "empty user id", "not UTF-8 text"]
     assert len(records) == quarantine.total
+
+
+# Line kinds of an .inter file and what reading one gives: a kept row, nothing, or a quarantine entry's field.
+INTER_KINDS = [
+    (b"u%d\ti%d\t5\t%d", "kept"), (b"", None), (b" ", "*"), (b"u%d\ti%d\t%d", "*"), (b"u%d\ti%d\t5\t%d\t9", "*"),
+    (b"\ti%d\t5\t%d%d", "user_id"), (b"u%d\t\xff%d\t5\t%d", "item_id"), (b"u%d\ti%d\t5\tsoon%d", "timestamp"),
+    (b"u%d\ti%d\t\xff\t%d", "kept"),  # bad bytes in a field the interactions do not read
+]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_line_of_an_inter_file_is_kept_skipped_or_quarantined_on_its_line(tmp_path, seed):
+    """Random lines ended by LF, CRLF or a lone CR (each one line, as universal newlines read them): the kept rows,
+    in order, and the quarantine's (line, field), as the lines were built."""
+    rng = np.random.default_rng(seed)
+    kinds = [INTER_KINDS[kind] for kind in rng.integers(0, len(INTER_KINDS), 500)]
+    body, kept, expected = [INTER_HEADER], [], []
+    for line_no, ((pattern, outcome), after) in enumerate(zip(kinds, kinds[1:] + [(b"end", None)]), start=2):
+        line = pattern % tuple(int(n) for n in rng.integers(0, 50, pattern.count(b"%d")))
+        ends = [b"\n", b"\r\n", b"\r"] if after[0] else [b"\n", b"\r\n"]  # a lone CR, then an empty line: a CRLF
+        body.append(line + ends[rng.integers(0, len(ends))])
+        if outcome == "kept":
+            kept.append(line.split(b"\t")[0].decode())
+        elif outcome:
+            expected.append((f"line {line_no}", outcome))
+    path = tmp_path / "x.inter"
+    path.write_bytes(b"".join(body))
+    with Quarantine(tmp_path / "q.jsonl") as quarantine:
+        table = read_interactions(path, quarantine)
+    assert table.column("user_id").to_pylist() == kept
+    assert sorted((r["where"], r["field"]) for r in quarantined(tmp_path / "q.jsonl")) == sorted(expected)
+    assert quarantine.read == len(kept) + len(expected)
 
 
 def test_header_without_timestamp_is_a_one_line_error(tmp_path):
@@ -140,6 +174,18 @@ def test_catalog_joins_text_fields_and_keeps_the_first_duplicate(tmp_path):
     assert catalog.column("text").to_pylist() == ["Toy Story. Animation", "Heat"]
     assert catalog.column("release_year").to_pylist() == ["1995", "1995"]
     assert [(r["field"], r["reason"]) for r in quarantined(qpath)] == [("item_id", "duplicate item id")]
+
+
+def test_an_item_file_names_the_field_that_is_not_utf8_and_ends_lines_as_an_inter_file_does(tmp_path):
+    item = tmp_path / "x.item"
+    item.write_bytes(b"item_id:token\ttitle:token_seq\r\n1\tMug\r2\tCa\xffp\r\n\r3\tHat\n")
+    qpath = tmp_path / "quarantine.jsonl"
+    with Quarantine(qpath) as quarantine:
+        catalog = read_catalog(item, ["title"], quarantine)
+    assert catalog.column("item_id").to_pylist() == ["1", "3"]
+    assert [(r["where"], r["field"], r["reason"]) for r in quarantined(qpath)] == [
+        ("line 3", "title", "not UTF-8 text")]
+    assert quarantine.read == 3
 
 
 def test_parquet_catalog_keeps_image_bytes_and_writes_nested_fields_as_json(tmp_path):
