@@ -2,11 +2,13 @@
 row placed on its line of the file for the quarantine.
 
 A line ends at a line feed, a carriage return and line feed, or a carriage return alone (as Arrow and Python's
-universal newlines read them). Arrow numbers the rows it cannot split among the non-blank lines and says nothing of
-the blank lines it skips, so those are found first, by a scan of the bytes.
+universal newlines read them). One scan of the bytes finds the blank lines (Arrow skips them without a word) and the
+lines with another number of fields than the header's, which Arrow is then never shown: its handler of such rows
+decodes them as UTF-8 and fails on a line of bad bytes.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,63 +16,107 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
-SCAN_BLOCK = 1 << 26  # bytes of the file compared at once when looking for blank lines
+SCAN_BLOCK = 1 << 26  # bytes of the file looked at at once
 
 
 @dataclass
 class AtomicColumns:
-    table: pa.Table  # the wanted columns, as binary, of every row that split into the header's number of fields
-    unsplit: list[tuple[int, int]]  # (line, fields found) of each row that did not, in file order
-    blank: np.ndarray  # line numbers (1-based; the header is line 1) of the blank lines
-    skipped: np.ndarray  # the header's and the unsplit rows' numbers among the non-blank lines, sorted
+    table: pa.Table  # the wanted columns, as binary, of every line with the header's number of fields
+    unsplit: list[tuple[int, int]]  # (line, fields found) of each line with another number, in file order
+    not_rows: np.ndarray  # the line numbers (1-based) that are no row of `table`: the header, blank and unsplit lines
 
     def lines_of(self, rows: np.ndarray) -> np.ndarray:
         """The lines of the file that rows `rows` (0-based) of `table` were read from."""
-        return _nth_outside(self.blank, _nth_outside(self.skipped, np.asarray(rows) + 1))
+        return _nth_outside(self.not_rows, np.asarray(rows) + 1)
 
 
 def read_atomic_columns(path: Path, names: list[str], wanted: list[str]) -> AtomicColumns:
     """The `wanted` fields of the file whose header line gives `names`."""
-    blank = _blank_lines(path)
+    scan = _scan(path, fields=len(names))
     positional = [f"f{at}" for at in range(len(names))]
-    numbers: list[tuple[int, int]] = []  # Arrow's: among the non-blank lines, the header 1
-
-    def unsplit(row) -> str:
-        numbers.append((row.number, row.actual_columns))
-        return "skip"
-
+    source = _Without(path, scan.unsplit_bytes) if len(scan.unsplit_bytes) else path
     table = pcsv.read_csv(
-        path,
-        read_options=pcsv.ReadOptions(use_threads=False, skip_rows=1, column_names=positional),  # threads: no numbers
+        source,
+        read_options=pcsv.ReadOptions(skip_rows=1, column_names=positional),
         parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False, newlines_in_values=False,
-                                        ignore_empty_lines=True, invalid_row_handler=unsplit),
+                                        ignore_empty_lines=True),
         convert_options=pcsv.ConvertOptions(column_types={name: pa.binary() for name in positional},
                                             include_columns=[positional[names.index(name)] for name in wanted],
                                             strings_can_be_null=False))
-    skipped = np.array([1] + [number for number, _ in numbers], dtype=np.int64)
-    return AtomicColumns(table.rename_columns(wanted), [(int(_nth_outside(blank, n)), found) for n, found in numbers],
-                         blank, skipped)
+    unsplit = list(zip(scan.unsplit.tolist(), scan.unsplit_fields.tolist()))
+    not_rows = np.unique(np.concatenate([[1], scan.blank, scan.unsplit]))
+    return AtomicColumns(table.rename_columns(wanted), unsplit, not_rows)
 
 
 def _nth_outside(excluded: np.ndarray, n):
-    """The `n`-th (1-based) positive whole number not in the sorted `excluded`: row numbers among kept lines to
-    line numbers."""
+    """The `n`-th (1-based) positive whole number not in the sorted `excluded`: row numbers to line numbers."""
     return n + np.searchsorted(excluded - np.arange(len(excluded)), n, side="right")
 
 
-def _blank_lines(path: Path) -> np.ndarray:
-    """Line numbers of the empty lines."""
+@dataclass
+class _Scan:
+    blank: np.ndarray  # line numbers of the empty lines
+    unsplit: np.ndarray  # line numbers of the non-empty lines with another number of fields
+    unsplit_fields: np.ndarray  # how many fields each of those has
+    unsplit_bytes: np.ndarray  # (n, 2): where each of those starts, and where the next line does
+
+
+def _scan(path: Path, fields: int) -> _Scan:
+    """Blank lines, and lines (the header's excepted) whose tab count is not `fields` - 1."""
     data = np.memmap(path, dtype=np.uint8, mode="r")
-    blank, previous_end, lines_before = [], -1, 0
-    for start in range(0, len(data), SCAN_BLOCK):
+    size = len(data)
+    found = {name: [] for name in ("blank", "unsplit", "unsplit_fields", "starts", "stops")}
+    previous_end, lines_before, pending_tabs = -1, 0, 0
+    for start in range(0, size, SCAN_BLOCK):
         block = data[start:start + SCAN_BLOCK]
-        feeds = start + np.flatnonzero(block == 10)
         returns = start + np.flatnonzero(block == 13)
-        alone = returns[(returns + 1 == len(data)) | (data[np.minimum(returns + 1, len(data) - 1)] != 10)]
-        ends = np.sort(np.concatenate([feeds, alone]))  # the last byte of each line's ending
-        after_return = (ends > 0) & (data[np.maximum(ends - 1, 0)] == 13) & (data[ends] == 10)
-        lengths = ends - after_return - np.concatenate([[previous_end], ends[:-1]]) - 1
-        blank.append(lines_before + 1 + np.flatnonzero(lengths == 0))
-        if len(ends):
-            previous_end, lines_before = ends[-1], lines_before + len(ends)
-    return np.concatenate(blank) if blank else np.zeros(0, np.int64)
+        alone = returns[(returns + 1 == size) | (data[np.minimum(returns + 1, size - 1)] != 10)]
+        ends = np.sort(np.concatenate([start + np.flatnonzero(block == 10), alone]))  # each line ending's last byte
+        if start + len(block) == size and (not len(ends) or ends[-1] < size - 1):
+            ends = np.append(ends, size)  # a last line with no ending
+        tabs = start + np.flatnonzero(block == 9)
+        per_line = np.bincount(np.searchsorted(ends, tabs), minlength=len(ends) + 1)
+        per_line[0] += pending_tabs
+        pending_tabs = int(per_line[-1])
+        if not len(ends):
+            continue  # a line longer than the block goes on
+        firsts = np.concatenate([[previous_end + 1], ends[:-1] + 1])
+        two_byte = (ends < size) & (ends > 0) & (data[np.clip(ends - 1, 0, size - 1)] == 13) & \
+            (data[np.minimum(ends, size - 1)] == 10)
+        lengths = ends - two_byte - firsts
+        numbers = lines_before + 1 + np.arange(len(ends))
+        bad = (lengths > 0) & (per_line[:-1] != fields - 1) & (numbers > 1)
+        for name, values in (("blank", numbers[lengths == 0]), ("unsplit", numbers[bad]),
+                             ("unsplit_fields", per_line[:-1][bad] + 1), ("starts", firsts[bad]),
+                             ("stops", np.minimum(ends[bad] + 1, size))):
+            found[name].append(values)
+        previous_end, lines_before = ends[-1], lines_before + len(ends)
+    joined = {name: np.concatenate(parts) if parts else np.zeros(0, np.int64) for name, parts in found.items()}
+    return _Scan(joined["blank"], joined["unsplit"], joined["unsplit_fields"],
+                 np.stack([joined["starts"], joined["stops"]], axis=1))
+
+
+class _Without(io.RawIOBase):
+    """The file's bytes without the given (start, stop) ranges, for Arrow to read as a file."""
+
+    def __init__(self, path: Path, ranges: np.ndarray):
+        self.data = np.memmap(path, dtype=np.uint8, mode="r")
+        stops, starts = np.append(ranges[:, 0], len(self.data)), np.concatenate([[0], ranges[:, 1]])
+        self.parts = [(int(a), int(b)) for a, b in zip(starts, stops) if b > a]
+        self.part, self.at = 0, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        """Fills `buffer` across the kept parts: Arrow takes a short read for the end of the file."""
+        filled = 0
+        while filled < len(buffer) and self.part < len(self.parts):
+            start, stop = self.parts[self.part]
+            self.at = max(self.at, start)
+            count = min(len(buffer) - filled, stop - self.at)
+            buffer[filled:filled + count] = self.data[self.at:self.at + count].tobytes()
+            filled, self.at = filled + count, self.at + count
+            if self.at >= stop:
+                self.part += 1
+        return filled

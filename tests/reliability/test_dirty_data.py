@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import tarfile
 import tempfile
 from pathlib import Path
@@ -41,7 +42,8 @@ users = st.sampled_from(["u1", "u2", "ü3", "4"])
 items = st.sampled_from(["i1", "i2", "i.3", "17"])
 seconds = st.integers(0, 2 * 10**9)
 titles = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=8)
-junk_bytes = st.binary(max_size=6).map(lambda b: b"\xff" + b.replace(b"\n", b""))  # never UTF-8, never a newline
+junk_bytes = st.binary(max_size=6).map(  # never UTF-8, never a line break
+    lambda b: b"\xff" + b.replace(b"\n", b"").replace(b"\r", b""))
 splice_bytes = st.one_of(st.sampled_from([b"\n", b"\t", b"\r", b"\xff", b"\x00", b"\xc3"]),
                          st.binary(min_size=1, max_size=4))
 
@@ -92,9 +94,14 @@ def first_per_id(labelled: list) -> list[tuple]:
     return kept
 
 
+def atomic_lines(data: bytes) -> list[bytes]:
+    """The lines of a RecBole atomic file, each ended by LF, CRLF or a lone CR."""
+    return re.split(rb"\r\n|\r|\n", data)
+
+
 def atomic_rows(data: bytes) -> int:
     """Rows of a RecBole atomic file: lines after the header that are more than a line ending."""
-    return sum(bool(line.rstrip(b"\r")) for line in data.split(b"\n")[1:])
+    return sum(bool(line) for line in atomic_lines(data)[1:])
 
 
 def splice(data: bytes, cuts: list[tuple[int, bytes]]) -> bytes:
@@ -136,7 +143,10 @@ def inter_line(draw) -> tuple[bytes, object]:
         bad = draw(st.sampled_from(["abc", "", "nan", "inf", "-inf", "1e999", "None", "0x10", "1,5"]))
         return f"{user}\t{item}\t5\t{bad}".encode(), None
     at = draw(st.integers(0, len(good)))
-    return good[:at] + draw(junk_bytes) + good[at:], None
+    line = good[:at] + draw(junk_bytes) + good[at:]
+    fields, read = line.split(b"\t"), good.split(b"\t")
+    untouched = len(fields) == 4 and [fields[i] for i in (0, 1, 3)] == [read[i] for i in (0, 1, 3)]
+    return line, (user, item, float(stamp)) if untouched else None  # bad bytes in the rating, never read, keep a row
 
 
 @FAST
@@ -159,7 +169,7 @@ def test_inter_file_keeps_every_good_row_and_quarantines_the_rest(lines, eol):
 
 def header_finds(data: bytes, required) -> bool:
     try:
-        names = [c.split(":", 1)[0] for c in data.split(b"\n", 1)[0].decode("utf-8").rstrip("\r\n").split("\t")]
+        names = [c.split(":", 1)[0] for c in atomic_lines(data)[0].decode("utf-8").split("\t")]
     except UnicodeDecodeError:
         return False
     return all(field in names for field in required)

@@ -61,13 +61,19 @@ INTER_KINDS = [
     (b"u%d\ti%d\t5\t%d", "kept"), (b"", None), (b" ", "*"), (b"u%d\ti%d\t%d", "*"), (b"u%d\ti%d\t5\t%d\t9", "*"),
     (b"\ti%d\t5\t%d%d", "user_id"), (b"u%d\t\xff%d\t5\t%d", "item_id"), (b"u%d\ti%d\t5\tsoon%d", "timestamp"),
     (b"u%d\ti%d\t\xff\t%d", "kept"),  # bad bytes in a field the interactions do not read
+    (b"\xffu%d\ti%d", "*"),  # bad bytes and too few fields: Arrow is never shown it
 ]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_every_line_of_an_inter_file_is_kept_skipped_or_quarantined_on_its_line(tmp_path, seed):
+@pytest.mark.parametrize("seed, scan_block", [(0, 1 << 26), (1, 1 << 26), (2, 7)])
+def test_every_line_of_an_inter_file_is_kept_skipped_or_quarantined_on_its_line(tmp_path, monkeypatch, seed,
+                                                                                 scan_block):
     """Random lines ended by LF, CRLF or a lone CR (each one line, as universal newlines read them): the kept rows,
-    in order, and the quarantine's (line, field), as the lines were built."""
+    in order, and the quarantine's (line, field), as the lines were built; also when the file is scanned a few
+    bytes at a time, so lines cross the blocks."""
+    from qbr_dist.data import atomic
+
+    monkeypatch.setattr(atomic, "SCAN_BLOCK", scan_block)
     rng = np.random.default_rng(seed)
     kinds = [INTER_KINDS[kind] for kind in rng.integers(0, len(INTER_KINDS), 500)]
     body, kept, expected = [INTER_HEADER], [], []
@@ -79,6 +85,8 @@ def test_every_line_of_an_inter_file_is_kept_skipped_or_quarantined_on_its_line(
             kept.append(line.split(b"\t")[0].decode())
         elif outcome:
             expected.append((f"line {line_no}", outcome))
+    if scan_block == 7:  # and the last line has no ending
+        body[-1] = body[-1].rstrip(b"\r\n")
     path = tmp_path / "x.inter"
     path.write_bytes(b"".join(body))
     with Quarantine(tmp_path / "q.jsonl") as quarantine:
