@@ -66,6 +66,15 @@ def write_json(path: str | Path, payload) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+def save_array(path: str | Path, array) -> None:
+    """`np.save` under a temporary name: never into the file itself, which another run's stage may share by a hard
+    link (`pipeline._reuse`)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
+
+
 def file_fingerprint(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

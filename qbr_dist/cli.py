@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--items", type=_count, required=True, help="number of items")
     synth.add_argument("--users", type=_count, required=True, help="number of users")
     synth.add_argument("--out", type=Path, help="output folder (default .cache/data/synth-<items>x<users>-s<seed>)")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=int, default=0, help="seed of every random draw: the same seed, the same files "
+                       "(default 0)")
     synth.add_argument("--image-side", type=_count, default=64,
                        help="image width and height in pixels, at least 16 (default 64)")
     synth.add_argument("--text-attribute-prob", type=float, default=0.5,

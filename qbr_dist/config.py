@@ -43,7 +43,7 @@ def _without(section, resources: tuple[str, ...]) -> dict:
 
 @dataclass
 class RunConfig:
-    name: str = "default"  # the run directory's name, also the Ray Train run and metrics label
+    name: str = "default"  # the run directory's name, also the metrics' `run` label
     root: str = "runs"  # run directory is <root>/<name>
     seed: int = 0  # seeds structure, fusion, quantization and training; `qbr run --seeds N` adds 1 per seed
     cache_dir: str = ".cache/data"  # where named datasets are fetched to and verified

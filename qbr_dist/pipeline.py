@@ -444,8 +444,7 @@ def ingest(cfg: Config, root: Path) -> Path:
     if cfg.data.cold_fraction:
         cold = choose_cold_items(catalog.num_rows, cfg.data.cold_fraction, cfg.data.cold_seed)
         sequences, dropped = remove_cold(sequences, cold)
-        with artifacts.atomic_path(stage_dir / COLD) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, cold)
+        artifacts.save_array(stage_dir / COLD, cold)
         outputs.append(COLD)
         rows |= {"users": sequences.num_rows, "cold_items": int(cold.sum()), "users_dropped_by_cold_split": dropped,
                  "interactions": int(pc.sum(pc.list_value_length(sequences.column("items"))).as_py() or 0),
@@ -730,7 +729,7 @@ def fusion(cfg: Config, root: Path, ingest_dir: Path, encode_dir: Path, structur
     item_ids = load_item_ids(ingest_dir)
     features.assemble(stage_dir / "features", item_ids=item_ids, encode_files=feature_files(encode_dir),
                       structure_file=structure_dir / STRUCTURE, max_tokens=cfg.fusion.max_tokens)
-    np.save(stage_dir / "seen.npy", paired_items(load_sequences(ingest_dir), items))
+    artifacts.save_array(stage_dir / "seen.npy", paired_items(load_sequences(ingest_dir), items))
     for stale in stage_dir.glob("fused-rank*.parquet"):
         stale.unlink()
     start_ray(cfg)
@@ -1196,8 +1195,7 @@ def _semantic_codes(ingest_dir: Path, quantize_dir: Path, codes_dir: Path, stage
     by_row = column_matrix(table.column("codes"), np.int64)
     codes = np.zeros((len(item_ids) + 1, by_row.shape[1]), dtype=np.int64)
     codes[1:] = by_row[rows.to_numpy()]
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    np.save(stage_dir / CODES_FILE, codes)
+    artifacts.save_array(stage_dir / CODES_FILE, codes)
     return {"codes_file": str((stage_dir / CODES_FILE).resolve()), "codebook_version": version,
             "code_sizes": [len(level["counts"]) for level in stats["levels"]] + [suffix_table_size(codes_dir / CODES)]}
 
@@ -1210,7 +1208,7 @@ def _level_rows(quantize_dir: Path, version: str, hidden: int, stage_dir: Path) 
 
     tensors, _, _ = load_codebooks(quantize_dir / CODEBOOKS, expected_version=version)
     path = stage_dir / "level_rows.npy"
-    np.save(path, codebook_rows(tensors["codebooks"], hidden).numpy())
+    artifacts.save_array(path, codebook_rows(tensors["codebooks"], hidden).numpy())
     return str(path.resolve())
 
 
@@ -1219,8 +1217,7 @@ def _item_counts(sequences, items: int, stage_dir: Path) -> dict:
     from qbr_dist.seqrec.popularity import batch_counts, summed_counts
 
     counts = summed_counts(sequences.map_batches(batch_counts).iter_batches(batch_format="numpy"), items)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    np.save(stage_dir / "item_counts.npy", counts)
+    artifacts.save_array(stage_dir / "item_counts.npy", counts)
     return {"counts_file": str((stage_dir / "item_counts.npy").resolve())}
 
 

@@ -9,6 +9,7 @@ worker touches only the rows of its batches. A modality an item lacks is a zero 
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,11 @@ ARRAYS = ("text", "text_present", "image", "image_present", "cooc", "cooc_presen
 
 def assemble(folder: Path, *, item_ids: list[str], encode_files: list[Path], structure_file: Path,
              max_tokens: int) -> dict[str, tuple]:
-    """Write the arrays into `folder`; returns {name: shape}."""
+    """Write the arrays into `folder`, each under a temporary name until complete (never into a file another run's
+    stage may share by a hard link); returns {name: shape}."""
     folder.mkdir(parents=True, exist_ok=True)
+    for leftover in folder.glob(".*.tmp-*"):  # of a killed run
+        leftover.unlink()
     index = {item_id: i + 1 for i, item_id in enumerate(item_ids)}
     rows = len(item_ids) + 1
     text_dim, image_dim = vector_width(encode_files, "text_emb"), vector_width(encode_files, "image_emb")
@@ -53,6 +57,7 @@ def assemble(folder: Path, *, item_ids: list[str], encode_files: list[Path], str
     for name, array in arrays.items():
         array.flush()
         shapes[name] = array.shape
+        os.replace(array.filename, folder / f"{name}.npy")
     return shapes
 
 
@@ -67,7 +72,7 @@ def batch_features(arrays: dict[str, np.ndarray], items: np.ndarray) -> dict[str
 
 
 def _open(folder: Path, name: str, shape: tuple, dtype) -> np.memmap:
-    return np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+    return np.lib.format.open_memmap(folder / f".{name}.npy.tmp-{os.getpid()}", mode="w+", dtype=dtype, shape=shape)
 
 
 def vector_width(files: list[Path], column: str) -> int:

@@ -18,10 +18,13 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from qbr_dist import artifacts, pipeline
+from qbr_dist.data.tables import column_matrix
 from qbr_dist.fusion import STATS as FUSION_STATS
 from qbr_dist.quant import CODES
 from qbr_dist.train.export import WEIGHTS, load_weights
@@ -82,6 +85,9 @@ def test_a_run_survives_killed_drivers_and_a_dead_worker(tmp_path, synth_catalog
 
     fusion_expected = json.loads((straight / "fusion" / FUSION_STATS).read_text())
     assert without_run_facts(fusion_stats) == without_run_facts(fusion_expected)  # loss curve included
+    fused = [pq.read_table(pipeline.feature_files(run / "fusion")) for run in (straight, crashed)]
+    assert fused[0].column("item_id") == fused[1].column("item_id")
+    assert np.allclose(column_matrix(fused[0].column("fused")), column_matrix(fused[1].column("fused")), atol=1e-5)
 
     expected, resumed = metrics(straight, "qbert4rec"), metrics(crashed, "qbert4rec")
     assert expected["resumed_at"] == [] and len(resumed["resumed_at"]) == 1

@@ -40,6 +40,17 @@ def test_atomic_path_keeps_the_old_file_when_the_block_raises(tmp_path):
     assert list(tmp_path.iterdir()) == [target]
 
 
+def test_save_array_never_writes_into_a_file_another_stage_shares_by_a_hard_link(tmp_path):
+    import numpy as np
+
+    artifacts.save_array(tmp_path / "a" / "codes.npy", np.arange(3))
+    (tmp_path / "b").mkdir()
+    os.link(tmp_path / "a" / "codes.npy", tmp_path / "b" / "codes.npy")
+    artifacts.save_array(tmp_path / "a" / "codes.npy", np.arange(5))
+    assert np.load(tmp_path / "b" / "codes.npy").tolist() == [0, 1, 2]
+    assert np.load(tmp_path / "a" / "codes.npy").tolist() == [0, 1, 2, 3, 4]
+
+
 def test_write_json_round_trips(tmp_path):
     payload = {"b": [1, 2.5, None], "a": {"nested": "ü"}}
     write_json(tmp_path / "x.json", payload)
