@@ -99,13 +99,18 @@ class Recommender:
     def _add(self, path: Path, spec: dict) -> None:
         """The items of a `qbr retokenize` codes file that the catalog (and earlier --new-items) lacks join it, scored
         from their codes."""
+        from qbr_dist.artifacts import MANIFEST, read_manifest
         from qbr_dist.quant.codes import read_codes
         from qbr_dist.seqrec.trained import with_new_items
 
         if self.codes is None:
             raise ValueError(f"--new-items {path}: {self.stage} is an ID-only model, it cannot score items it never "
                              "trained; use --model qbert4rec")
-        path = path / CODES if path.is_dir() else path  # the folder `qbr retokenize` prints will do
+        if path.is_dir():  # the folder `qbr retokenize` prints will do, once that run finished
+            if read_manifest(path) is None:
+                raise ValueError(f"--new-items {path}: no finished `qbr retokenize` in this folder (no {MANIFEST}: "
+                                 "its last run stopped before the end); run it again")
+            path = path / CODES
         table = read_codes(path, expected_version=spec["codebook_version"])
         self.new_files.append(path)
         if not table.num_rows:

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import tempfile
 import threading
 import warnings
@@ -150,18 +151,42 @@ def recorded_checkpoints(run_folder: Path) -> set[str] | None:
 
 @contextlib.contextmanager
 def ctrl_c_as_keyboard_interrupt():
-    """Ray Train's fit() answers Ctrl-C by aborting the run and calling sys.exit, and leaves its handler installed;
-    here Ctrl-C ends as a KeyboardInterrupt, as everywhere else in a stage, and later ones reach Python again."""
+    """Ray Train's fit() answers Ctrl-C by aborting the run, then returning or calling sys.exit (whose code reaches
+    here as 1 when Ray's core worker passes it on), and leaves its handler installed; here a Ctrl-C during the block
+    ends as a KeyboardInterrupt, as everywhere else in a stage, and later ones reach Python again. Whether one came
+    is read from the wakeup descriptor, to which Python writes every handled signal's number, whoever handles it."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
     previous = signal.getsignal(signal.SIGINT)
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    reader.setblocking(False)
+    earlier_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
     try:
         yield
-    except SystemExit as done:
-        if done.code not in (0, None) or signal.getsignal(signal.SIGINT) is previous:  # not Ray Train's handler's
-            raise
-        raise KeyboardInterrupt from None
+    except SystemExit:
+        if _received(reader, signal.SIGINT):
+            raise KeyboardInterrupt from None
+        raise
+    else:
+        if _received(reader, signal.SIGINT):
+            raise KeyboardInterrupt
     finally:
-        if threading.current_thread() is threading.main_thread() and previous is not None:
+        signal.set_wakeup_fd(earlier_fd)
+        reader.close()
+        writer.close()
+        if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def _received(reader: socket.socket, signum: int) -> bool:
+    """Whether the wakeup descriptor's other end holds `signum`."""
+    seen = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := reader.recv(4096):
+            seen += chunk
+    return signum in seen
 
 
 def _serving(loop: Callable[[dict], None], metrics: Endpoint | None) -> Callable[[dict], None]:

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from qbr_dist import pipeline
+from qbr_dist import artifacts, pipeline
 from qbr_dist.cli import main
 from qbr_dist.inspect.codes import summarize_codes
 from qbr_dist.inspect.recommend import recommend
@@ -125,6 +125,9 @@ def test_items_added_after_training_join_from_a_codes_file_of_the_run_s_codebook
     (tmp_path / "later").mkdir()  # a second batch, given as the folder `qbr retokenize` prints
     write_codes(tmp_path / "later" / "codes.parquet", ["fresh", "fresher"], np.array([fresh[:-1]] * 2),
                 np.array([fresh[-1], fresh[-1] + 1]), codes_version(codes_file))
+    with pytest.raises(ValueError, match=r"later: no finished `qbr retokenize` in this folder \(no manifest.json"):
+        recommend(run, history=["fresh"], new_items=[tmp_path / "new.parquet", tmp_path / "later"])
+    artifacts.write_manifest(tmp_path / "later", {}, outputs=["codes.parquet"], rows={})
     both = recommend(run, history=["fresh", " fresher"], new_items=[tmp_path / "new.parquet", tmp_path / "later"])
     assert both["new_items"] == 2 and both["history"] == ["fresh", "fresher"]  # the first file's "fresh" is kept
     assert both["new_items_known"] == 2  # the catalog's item in the first file, "fresh" in the second

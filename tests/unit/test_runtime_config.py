@@ -65,20 +65,31 @@ def test_checkpoints_ray_train_never_recorded_are_removed_before_a_run_resumes(t
 
 
 def test_ray_trains_exit_on_ctrl_c_becomes_a_keyboard_interrupt_and_its_handler_is_undone():
+    """A real SIGINT to this process, handled as Ray Train's handler does: by exiting (the code arrives as 1 through
+    Ray's core worker) or by aborting the run and returning."""
+    import os
     import signal
+    import sys
+    import time
 
     import pytest
 
     from qbr_dist.train.runtime import ctrl_c_as_keyboard_interrupt
 
+    def ctrl_c(handler) -> None:
+        signal.signal(signal.SIGINT, handler)  # as fit() installs its own
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # Python runs the handler between bytecodes
+
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt), ctrl_c_as_keyboard_interrupt():
-        signal.signal(signal.SIGINT, lambda *_: None)  # as fit() installs its own
-        raise SystemExit(0)  # what that handler does on Ctrl-C
+        ctrl_c(lambda *_: sys.exit(1))
     assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt), ctrl_c_as_keyboard_interrupt():
+        ctrl_c(lambda *_: None)  # the run aborted, fit() returns
     with pytest.raises(SystemExit), ctrl_c_as_keyboard_interrupt():
         signal.signal(signal.SIGINT, lambda *_: None)
-        raise SystemExit(1)  # any other exit stays one
-    with pytest.raises(SystemExit), ctrl_c_as_keyboard_interrupt():
-        raise SystemExit(0)  # without Ray Train's handler, too
+        raise SystemExit(1)  # an exit with no Ctrl-C stays one
     assert signal.getsignal(signal.SIGINT) is before
+    with ctrl_c_as_keyboard_interrupt():
+        pass  # and no Ctrl-C carries over from the blocks before
