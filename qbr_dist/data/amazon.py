@@ -24,7 +24,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from qbr_dist.data.quarantine import Quarantine
-from qbr_dist.data.tables import INTERACTIONS_SCHEMA, is_utf8, item_text
+from qbr_dist.data.tables import INTERACTIONS_SCHEMA, MILLISECONDS_AFTER, is_utf8, item_text
 
 # Source field names, in order of preference, for each field of ours.
 REVIEW_FIELDS = {
@@ -42,7 +42,6 @@ META_FIELDS = {
     "images": ("imageURLHighRes", "imageURL", "imUrl", "images"),
 }
 TEXT_FIELDS = ("title", "description", "features", "categories", "brand")  # what data.text_fields may name
-MILLISECONDS_AFTER = 10**11  # 2023 timestamps are in ms; seconds stay below this until year 5138
 
 
 def is_amazon_file(path: Path) -> bool:

@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 from qbr_dist.data import amazon
 from qbr_dist.data.atomic import AtomicColumns, read_atomic_columns
 from qbr_dist.data.quarantine import DataError, Quarantine
-from qbr_dist.data.tables import INTERACTION_FIELDS, INTERACTIONS_SCHEMA, is_utf8, item_text
+from qbr_dist.data.tables import (INTERACTION_FIELDS, INTERACTIONS_SCHEMA, LATEST_TIME, MILLISECONDS_AFTER, is_utf8,
+                                  item_text)
 
 log = logging.getLogger("qbr.data")
 
@@ -173,12 +174,13 @@ def _checked_interactions(path: Path, table: pa.Table, quarantine: Quarantine, r
     if pa.types.is_binary(table.schema.field("timestamp").type):  # bytes that should be text, as Arrow reads text files
         texts, stamps_utf8 = _text_array(path, table, "timestamp", shown=own["timestamp"])
         table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", texts)
-    stamps = _timestamps(path, table, shown=own["timestamp"], typed=where is None)
+    stamps, numbers = _timestamps(path, table, shown=own["timestamp"], typed=where is None)
     problems = [  # in the order a row's first problem is named
         ("user_id", "not UTF-8 text", ~users_utf8), ("item_id", "not UTF-8 text", ~items_utf8),
         ("timestamp", "not UTF-8 text", ~stamps_utf8),
         ("user_id", "empty user id", _empty(users)), ("item_id", "empty item id", _empty(items)),
-        ("timestamp", BAD_TIMESTAMP, ~np.isfinite(stamps))]
+        ("timestamp", BAD_TIMESTAMP, ~np.isfinite(stamps)),
+        ("timestamp", TIME_OUT_OF_RANGE, numbers & np.isfinite(stamps) & ((stamps < 0) | (stamps >= LATEST_TIME)))]
     first = np.full(table.num_rows, -1)  # per row, its first problem
     for number, (_, _, rows) in reversed(list(enumerate(problems))):
         first[rows] = number
@@ -188,8 +190,19 @@ def _checked_interactions(path: Path, table: pa.Table, quarantine: Quarantine, r
         quarantine.add(source=str(path), where=where(int(row)) if where is not None else f"row {row + 1}",
                        field=own[field], reason=reason, value=None if found is None else str(found))
     keep = pa.array(first < 0)
+    _warn_of_mixed_units(path, stamps[(first < 0) & numbers], own["timestamp"])
     return pa.table({"user_id": users.filter(keep), "item_id": items.filter(keep),
                      "timestamp": pa.array(stamps).filter(keep)}, schema=INTERACTIONS_SCHEMA)
+
+
+def _warn_of_mixed_units(path: Path, stamps: np.ndarray, shown: str) -> None:
+    """Times in seconds and in milliseconds in one file are ordered as numbers, so the events of a user who has
+    both are out of order: said, with how many of each."""
+    later = int((stamps >= MILLISECONDS_AFTER).sum())
+    if 0 < later < len(stamps):
+        log.warning("%s: field '%s': %d of %d times are past 1e11, which only milliseconds since 1970 reach, and the "
+                    "others below (seconds?); times are ordered as numbers, so mixed units put events out of order",
+                    path, shown, later, len(stamps))
 
 
 def _empty(texts: pa.Array) -> np.ndarray:
@@ -197,13 +210,15 @@ def _empty(texts: pa.Array) -> np.ndarray:
     return pc.fill_null(pc.equal(pc.binary_length(texts), 0), True).to_numpy(zero_copy_only=False)
 
 
-def _timestamps(path: Path, table: pa.Table, shown: str, typed: bool) -> np.ndarray:
-    """The `timestamp` column as seconds (NaN where a row has none): a timestamp or date type in its own unit,
-    numbers as they are, text as numbers, or else a row at a time as a number or an ISO 8601 date and time (UTC
-    unless it says otherwise). In a `typed` file (parquet), a column that cannot be read as numbers, or text with
-    no time at all, is the wrong field: a DataError (a text file's rows are quarantined, and ingest then refuses
-    a file none of whose rows could be read, with an example)."""
+def _timestamps(path: Path, table: pa.Table, shown: str, typed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The `timestamp` column as seconds (NaN where a row has none), and which rows gave a bare number (of no
+    stated unit, unlike a time type or ISO 8601 text): a timestamp or date type in its own unit, numbers as they
+    are, text as numbers, or else a row at a time as a number or an ISO 8601 date and time (UTC unless it says
+    otherwise). In a `typed` file (parquet), a column that cannot be read as numbers, or text with no time at all,
+    is the wrong field: a DataError (a text file's rows are quarantined, and ingest then refuses a file none of
+    whose rows could be read, with an example)."""
     column = table.column("timestamp")
+    numbers = np.ones(len(column), bool)
     if pa.types.is_date(column.type):
         column = column.cast(pa.timestamp("ms"))
     if pa.types.is_timestamp(column.type):
@@ -214,18 +229,19 @@ def _timestamps(path: Path, table: pa.Table, shown: str, typed: bool) -> np.ndar
         beyond = np.abs(whole) > 2**53
         seconds[beyond] = (whole[beyond] // per_second).astype(np.float64) + (whole[beyond] % per_second) / per_second
         seconds[ticks.is_null().to_numpy()] = np.nan
-        return seconds
+        return seconds, ~numbers
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        return _floats(_cast(path, column, pa.float64(), shown=shown))
+        return _floats(_cast(path, column, pa.float64(), shown=shown)), numbers
     try:
-        return _floats(column.cast(pa.float64()))
+        return _floats(column.cast(pa.float64())), numbers
     except pa.ArrowInvalid:  # not all numbers: ISO 8601 times, or text that is no time, a row at a time
         values = column.to_pylist()
     stamps = [None if value is None else _as_seconds(value) for value in values]
     if typed and any(value is not None for value in values) and all(stamp is None for stamp in stamps):
         raise DataError(f"{path}: field '{shown}' holds no time (expected seconds since 1970 as numbers or text, "
                         "ISO 8601 text such as 2024-01-31T12:00:00Z, or a timestamp or date type)")
-    return np.array([np.nan if stamp is None else stamp for stamp in stamps], dtype=np.float64)
+    numbers = np.array([value is not None and _as_float(value) is not None for value in values], dtype=bool)
+    return np.array([np.nan if stamp is None else stamp for stamp in stamps], dtype=np.float64), numbers
 
 
 def _floats(column: pa.ChunkedArray) -> np.ndarray:
@@ -245,6 +261,7 @@ def _as_seconds(value: str) -> float | None:
 
 
 BAD_TIMESTAMP = "timestamp is neither a finite number nor an ISO 8601 time"
+TIME_OUT_OF_RANGE = "timestamp is a number before 1970 or past 1e13 (the year 2286 in milliseconds since 1970)"
 
 
 def _atomic_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, renames: dict[str, str],

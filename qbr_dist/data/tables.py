@@ -5,6 +5,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 INTERACTION_FIELDS = ("user_id", "item_id", "timestamp")
+MILLISECONDS_AFTER = 10**11  # a time since 1970 past this is in milliseconds: in seconds it would be past year 5138
+LATEST_TIME = 10**13  # past this, a time since 1970 is none, in seconds or milliseconds (the year 2286)
 INTERACTIONS_SCHEMA = pa.schema(
     [("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.float64())]
 )

@@ -126,7 +126,7 @@ def encoded_line(draw, record: dict, kind: str, expected):
 def inter_line(draw) -> tuple[bytes, object]:
     """(line, expected row | None for a bad line | BLANK)."""
     user, item = draw(users), draw(items)
-    stamp = draw(st.one_of(seconds, st.floats(-1e12, 1e12, allow_nan=False)))
+    stamp = draw(st.one_of(seconds, st.floats(0, 1e12, allow_nan=False)))
     good = f"{user}\t{item}\t5\t{stamp!r}".encode()
     kind = draw(st.sampled_from(["good", "good", "good", "blank", "fields", "user", "item", "stamp", "bytes"]))
     if kind == "good":
@@ -140,7 +140,7 @@ def inter_line(draw) -> tuple[bytes, object]:
     if kind == "item":
         return f"{user}\t\t5\t{stamp!r}".encode(), None
     if kind == "stamp":
-        bad = draw(st.sampled_from(["abc", "", "nan", "inf", "-inf", "1e999", "None", "0x10", "1,5"]))
+        bad = draw(st.sampled_from(["abc", "", "nan", "inf", "-inf", "1e999", "None", "0x10", "1,5", "-5", "1e30"]))
         return f"{user}\t{item}\t5\t{bad}".encode(), None
     at = draw(st.integers(0, len(good)))
     line = good[:at] + draw(junk_bytes) + good[at:]
@@ -294,7 +294,7 @@ def parquet_interactions(draw) -> tuple[pa.Table, list, str | None]:
     item = draw(st.lists(item_values, min_size=n, max_size=n))
     stamp_type = draw(st.sampled_from(["float", "int", "string"]))
     odd_floats = st.sampled_from([float("nan"), float("inf"), -float("inf"), None])
-    stamp_values = {"float": st.one_of(st.floats(-1e12, 1e12), odd_floats), "int": st.one_of(seconds, st.none()),
+    stamp_values = {"float": st.one_of(st.floats(-1e12, 1e14), odd_floats), "int": st.one_of(seconds, st.none()),
                     "string": st.one_of(seconds.map(str), st.none())}[stamp_type]
     stamp = draw(st.lists(stamp_values, min_size=n, max_size=n))
     stamp_arrow = {"float": pa.float64(), "int": pa.int64(), "string": pa.string()}[stamp_type]
@@ -303,7 +303,7 @@ def parquet_interactions(draw) -> tuple[pa.Table, list, str | None]:
                "timestamp": pa.array(stamp, stamp_arrow)}
     expected = [
         (u, str(i), float(t)) for u, i, t in zip(user, item, stamp)
-        if u and i is not None and i != "" and t is not None and float(t) == float(t) and abs(float(t)) != float("inf")
+        if u and i is not None and i != "" and t is not None and 0 <= float(t) < 1e13  # a number of no stated unit
     ]
     fault = draw(st.sampled_from([None, None, "drop", "list", "text"]))
     field = draw(st.sampled_from(INTER_FIELDS))

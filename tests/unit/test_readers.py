@@ -152,6 +152,21 @@ def test_parquet_timestamps_of_a_timestamp_type_or_text_with_a_bad_row(tmp_path)
     assert quarantine.counts == {"timestamp is neither a finite number nor an ISO 8601 time": 1}  # one bad row
 
 
+def test_a_bare_number_before_1970_or_past_1e13_is_no_time_but_a_dated_one_is(tmp_path, caplog):
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,timestamp\nu1,a,1e30\nu1,b,-5\nu1,c,1965-01-01T00:00:00Z\nu1,d,1600000000\n"
+                      "u2,a,1600000000000\n")
+    qpath = tmp_path / "q.jsonl"
+    with Quarantine(qpath) as quarantine, caplog.at_level("WARNING", logger="qbr.data"):
+        table = read_interactions(events, quarantine)
+    assert table.column("item_id").to_pylist() == ["c", "d", "a"]
+    assert table.column("timestamp").to_pylist()[0] == -157766400.0  # an ISO 8601 time states its date
+    assert [(r["where"], r["value"], r["reason"]) for r in quarantined(qpath)] == [
+        ("line 2", "1e30", "timestamp is a number before 1970 or past 1e13 (the year 2286 in milliseconds since 1970)"),
+        ("line 3", "-5", "timestamp is a number before 1970 or past 1e13 (the year 2286 in milliseconds since 1970)")]
+    assert "field 'timestamp': 1 of 2 times are past 1e11, which only milliseconds since 1970 reach" in caplog.text
+
+
 def test_parquet_timestamps_of_a_date_type_or_iso_8601_text_as_shop_exports_write_them(tmp_path):
     import datetime
 
