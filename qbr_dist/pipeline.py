@@ -141,7 +141,7 @@ def grid_points(grid: list[str]) -> list[list[str]]:
     at the commas outside brackets and quotes, so a list value is one value: `train.mask_weights=[1,0],[0,1]`."""
     import itertools
 
-    axes = []
+    axes, keys = [], set()
     for spec in grid:
         key, _, values = spec.partition("=")
         if not key or not values:
@@ -149,6 +149,10 @@ def grid_points(grid: list[str]) -> list[list[str]]:
         if key.strip() in ("run.name", "run.root"):
             raise ValueError(f"--grid {spec!r}: every grid point has its own run folder already (<run.name>-<its "
                              f"settings>); set {key.strip()} with --set")
+        if key.strip() in keys:
+            raise ValueError(f"--grid {spec!r}: {key.strip()} is in an earlier --grid too; give its values in one: "
+                             f"--grid {key.strip()}=V1,V2,...")
+        keys.add(key.strip())
         axes.append([f"{key}={value}" for value in _top_level_items(values)])
     return [list(point) for point in itertools.product(*axes)]
 
@@ -436,6 +440,7 @@ def ingest(cfg: Config, root: Path) -> Path:
         sequences, summary = build_sequences(
             interactions, catalog_ids, k_core=cfg.data.k_core, quarantine=quarantine,
             source=str(inputs["interactions"]), max_history=cfg.data.max_history,
+            item_field=cfg.data.field_names().get("item_id", "item_id"),
         )
         check_item_ids_match(summary, interactions, catalog_ids, inputs)
     _count_records(cfg, "ingest", read=read, quarantined=quarantine.total)

@@ -51,18 +51,19 @@ def item_indexes(item_ids: pa.Array | pa.ChunkedArray, catalog_ids: pa.Array | p
 
 def build_sequences(
     interactions: pa.Table, catalog_ids: pa.Array | pa.ChunkedArray, *, k_core: int, quarantine: Quarantine,
-    source: str, max_history: int = 0,
+    source: str, max_history: int = 0, item_field: str = "item_id",
 ) -> tuple[pa.Table, SplitSummary]:
     """Table (user_id: string, items: list<int32>, cold_target: bool) of time-ordered item indices (`item_indexes`
     of the catalog's item ids), one row per user in user id order; each the user's newest `max_history` items when
-    that is > 0 (after the k-core filter). Ids are matched and ordered by Arrow, not row by row in Python."""
+    that is > 0 (after the k-core filter). Ids are matched and ordered by Arrow, not row by row in Python. An
+    interaction of an item the catalog lacks is quarantined under `item_field`, the file's own name of the field."""
     items = item_indexes(interactions.column("item_id"), catalog_ids)
     unknown = np.flatnonzero(items == 0)
     if len(unknown):  # named by user and time: the readers' accepted rows are not the file's lines
         picked = interactions.take(pa.array(unknown))
         for user, item, stamp in zip(*(picked.column(name).to_pylist() for name in ("user_id", "item_id",
                                                                                      "timestamp"))):
-            quarantine.add(source=source, where=f"user {user!r} at timestamp {stamp!r}", field="item_id",
+            quarantine.add(source=source, where=f"user {user!r} at timestamp {stamp!r}", field=item_field,
                            reason=UNKNOWN_ITEM, value=item)
     known = items > 0
     users, user_codes = _sorted_codes(interactions.column("user_id").filter(pa.array(known)))

@@ -123,6 +123,9 @@ def test_grid_points_and_each_model_choosing_its_point_on_validation_only():
         ["train.lr=3e-4", "model.tokens=semantic"], ["train.lr=3e-4", "model.tokens=hybrid"]]
     with pytest.raises(ValueError, match="expected SECTION.KEY=VALUE1,VALUE2"):
         grid_points(["train.lr"])
+    with pytest.raises(ValueError, match=r"--grid 'train.lr=2e-3': train.lr is in an earlier --grid too; give its "
+                                         r"values in one: --grid train.lr=V1,V2"):
+        grid_points(["train.lr=1e-3", "model.hidden=32", "train.lr=2e-3"])
 
     def report(valid_a, test_a, valid_b, test_b):
         def metrics(value):

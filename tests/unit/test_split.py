@@ -52,6 +52,10 @@ def test_unknown_items_are_quarantined_and_counted(tmp_path):
     assert records == [{"source": "test", "where": "user 'u' at timestamp 1600000002.0", "field": "item_id",
                         "reason": "item id not in the catalog (or its catalog row was quarantined)", "value": "zzz"}]
     assert dict(quarantine.counts) == {"item id not in the catalog (or its catalog row was quarantined)": 1}
+    renamed = tmp_path / "renamed.jsonl"
+    with Quarantine(renamed) as quarantine:  # a file that calls the field otherwise is named as it does
+        build_sequences(interactions(rows), INDEX, k_core=0, quarantine=quarantine, source="test", item_field="sku")
+    assert [json.loads(line)["field"] for line in renamed.read_text().splitlines()] == ["sku"]
 
 
 def test_rows_repeating_user_item_and_time_are_kept_and_counted():
