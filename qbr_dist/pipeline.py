@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Iterator
@@ -26,7 +27,7 @@ from qbr_dist import artifacts
 from qbr_dist.config import Config
 from qbr_dist.data.fetch import fetch, pinned_sha256
 from qbr_dist.data.quarantine import DataError, Quarantine
-from qbr_dist.data.readers import read_catalog, read_interactions
+from qbr_dist.data.readers import NOT_UTF8_TEXT, read_catalog, read_interactions
 from qbr_dist.data.split import (EVALUATIONS, MIN_SPLIT_LENGTH, SplitSummary, build_sequences, choose_cold_items,
                                  remove_cold)
 from qbr_dist.data.tables import column_matrix
@@ -495,6 +496,7 @@ def _read_inputs(cfg: Config, inputs: dict[str, Path], quarantine: Quarantine) -
         quarantine.require_some(str(inputs[kind]), table.num_rows, since)
         by_file[kind] = {"file": inputs[kind].name, "read": quarantine.read - since[0],
                          "quarantined": quarantine.total - sum(since[1].values())}
+        _hint_at_encoding(inputs[kind], quarantine.counts[NOT_UTF8_TEXT] - since[1][NOT_UTF8_TEXT])
         return table
 
     interactions = read("interactions", read_interactions)
@@ -503,6 +505,14 @@ def _read_inputs(cfg: Config, inputs: dict[str, Path], quarantine: Quarantine) -
     seen = pc.unique(interactions.column("item_id"))  # in the order of first appearance
     catalog = pa.table({"item_id": seen, "text": pa.nulls(len(seen), pa.string())})
     return interactions, catalog, by_file
+
+
+def _hint_at_encoding(path: Path, rows: int) -> None:
+    """Rows quarantined for bytes that are not UTF-8 most often come from a file exported in another encoding."""
+    if rows:
+        log.warning("%s: %d rows hold bytes that are not UTF-8, and are quarantined; if the file was exported as "
+                    "Latin-1 or Windows-1252, convert it and run again: iconv -f cp1252 -t utf-8 %s > %s", path, rows,
+                    shlex.quote(str(path)), shlex.quote(str(path.with_name(f"{path.stem}.utf8{path.suffix}"))))
 
 
 def _sequences_fingerprint(ingest_dir: Path) -> str:

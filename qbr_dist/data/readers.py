@@ -120,7 +120,7 @@ def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantin
         item_id, bad_text = record["item_id"], next((name for name, value in record.items() if value is NOT_UTF8), None)
         if bad_text:
             quarantine.add(source=str(path), where=where, field=id_field if bad_text == "item_id" else bad_text,
-                           reason="not UTF-8 text")
+                           reason=NOT_UTF8_TEXT)
             continue
         if not item_id:
             quarantine.add(source=str(path), where=where, field=id_field, reason="empty item id")
@@ -176,8 +176,8 @@ def _checked_interactions(path: Path, table: pa.Table, quarantine: Quarantine, r
         table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", texts)
     stamps, numbers = _timestamps(path, table, shown=own["timestamp"], typed=where is None)
     problems = [  # in the order a row's first problem is named
-        ("user_id", "not UTF-8 text", ~users_utf8), ("item_id", "not UTF-8 text", ~items_utf8),
-        ("timestamp", "not UTF-8 text", ~stamps_utf8),
+        ("user_id", NOT_UTF8_TEXT, ~users_utf8), ("item_id", NOT_UTF8_TEXT, ~items_utf8),
+        ("timestamp", NOT_UTF8_TEXT, ~stamps_utf8),
         ("user_id", "empty user id", _empty(users)), ("item_id", "empty item id", _empty(items)),
         ("timestamp", BAD_TIMESTAMP, ~np.isfinite(stamps)),
         ("timestamp", TIME_OUT_OF_RANGE, numbers & np.isfinite(stamps) & ((stamps < 0) | (stamps >= LATEST_TIME)))]
@@ -336,7 +336,7 @@ def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, 
                 continue  # a blank line is not a row
             quarantine.read += 1
             if values is not None:
-                problem = (None if is_utf8(delimiter.join(values)) else "not UTF-8 text") or (
+                problem = (None if is_utf8(delimiter.join(values)) else NOT_UTF8_TEXT) or (
                     None if len(values) == len(names) else
                     f"expected {len(names)} {delimiter!r}-separated fields, got {len(values)}") or next(
                     (f"a line break inside field '{found[at]}', which holds an id or a time" for at in single_line
@@ -426,6 +426,7 @@ def _cast(path: Path, column: pa.ChunkedArray, type_: pa.DataType, shown: str) -
 
 
 NOT_UTF8 = object()  # a text value whose bytes are not UTF-8: its row is quarantined
+NOT_UTF8_TEXT = "not UTF-8 text"  # the quarantine reason for one
 
 
 def _text_array(path: Path, table: pa.Table, name: str, shown: str | None = None) -> tuple[pa.Array, np.ndarray]:

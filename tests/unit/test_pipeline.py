@@ -123,6 +123,18 @@ def test_ingest_reads_a_shop_exports_own_field_names(tmp_path):
     assert artifacts.read_manifest(pipeline.ingest(cfg, pipeline.run_dir(cfg)))["rows"]["users"] == 48
 
 
+def test_ingest_names_the_likely_encoding_of_a_catalog_with_rows_that_are_not_utf8(tmp_path, caplog):
+    events, items = tmp_path / "events.csv", tmp_path / "items.csv"
+    events.write_text("user_id,item_id,timestamp\n" + "".join(f"u{i % 4},i{i % 6},{i}\n" for i in range(48)))
+    items.write_bytes(b"item_id,title\n" + b"".join(f"i{i},Caf\xe9 {i}\n".encode("latin-1") if i < 2 else
+                                                    f"i{i},Tea {i}\n".encode() for i in range(6)))
+    cfg = config(tmp_path, events, f"data.catalog='{items}'", "data.text_fields=['title']")
+    with caplog.at_level("WARNING", logger="qbr"):
+        pipeline.ingest(cfg, pipeline.run_dir(cfg))
+    assert ("items.csv: 2 rows hold bytes that are not UTF-8, and are quarantined; if the file was exported as "
+            "Latin-1 or Windows-1252, convert it and run again: iconv -f cp1252 -t utf-8") in caplog.text
+
+
 def test_ingest_refuses_a_file_whose_every_row_is_bad_with_the_reason_and_an_example(tmp_path):
     events = tmp_path / "events.csv"
     events.write_text("customer_id;sku;event_time\n" + "".join(f"c{i % 3};s{i};0{i % 9 + 1}.01.2024 14:23\n"
