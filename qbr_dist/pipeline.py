@@ -27,7 +27,7 @@ from qbr_dist import artifacts
 from qbr_dist.config import Config
 from qbr_dist.data.fetch import fetch, pinned_sha256
 from qbr_dist.data.quarantine import DataError, Quarantine
-from qbr_dist.data.readers import NOT_UTF8_TEXT, read_catalog, read_interactions
+from qbr_dist.data.readers import NOT_UTF8_TEXT, existing_file, read_catalog, read_interactions
 from qbr_dist.data.split import (EVALUATIONS, MIN_SPLIT_LENGTH, SplitSummary, build_sequences, choose_cold_items,
                                  remove_cold)
 from qbr_dist.data.tables import column_matrix
@@ -387,18 +387,13 @@ def raw_inputs(cfg: Config) -> dict[str, Path]:
         return {kind: folder / name for kind, name in _named_files(cfg.data.dataset).items()}
     inputs = _configured_files(cfg)
     for path in inputs.values():
-        _require_file(path)
+        existing_file(path)
     return inputs
 
 
 def _configured_files(cfg: Config) -> dict[str, Path]:
     inputs = {"interactions": Path(cfg.data.interactions)}
     return inputs | ({"catalog": Path(cfg.data.catalog)} if cfg.data.catalog else {})
-
-
-def _require_file(path: Path) -> None:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
 
 
 def _named_files(dataset: str) -> dict[str, str]:
@@ -423,8 +418,7 @@ def _raw_fingerprint(cfg: Config, kind: str, path: Path) -> str:
     if kind in recorded:
         log.warning("%s: not found, so not checked; the report takes the fingerprint the ingest stage recorded", path)
         return recorded[kind]
-    _require_file(path)
-    return artifacts.file_fingerprint(path)
+    return artifacts.file_fingerprint(existing_file(path))
 
 
 def ingest(cfg: Config, root: Path) -> Path:

@@ -47,7 +47,7 @@ FIELD_SETTINGS = {field: f"data.{field}_field" for field in INTERACTION_FIELDS}
 def read_interactions(path: str | Path, quarantine: Quarantine, renames: dict[str, str] | None = None) -> pa.Table:
     """Interactions from a RecBole `.inter`, CSV, parquet or Amazon reviews file, by extension. `renames`: the file's
     own name for those of user_id, item_id and timestamp it calls otherwise (`DataConfig.field_names`)."""
-    path, renames = _existing(path), renames or {}
+    path, renames = existing_file(path), renames or {}
     if amazon.is_amazon_file(path):
         _no_renames(path, renames)
         return amazon.read_amazon_interactions(path, quarantine)
@@ -95,7 +95,7 @@ def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantin
                  renames: dict[str, str] | None = None) -> pa.Table:
     """Catalog from a RecBole `.item`, CSV, parquet or Amazon metadata file; `text` joins the named fields. `renames`:
     as for `read_interactions` (the catalog's item id)."""
-    path, renames = _existing(path), {key: name for key, name in (renames or {}).items() if key == "item_id"}
+    path, renames = existing_file(path), {key: name for key, name in (renames or {}).items() if key == "item_id"}
     if amazon.is_amazon_file(path):
         _no_renames(path, renames)
         unknown = [name for name in text_fields if name not in amazon.TEXT_FIELDS]
@@ -294,7 +294,7 @@ def _atomic_names(path: Path, required: tuple[str, ...], renames: dict[str, str]
     try:
         header = first.decode("utf-8").split("\t")
     except UnicodeDecodeError:
-        raise DataError(f"{path}: header is not UTF-8 text (expected fields {', '.join(required)})") from None
+        raise DataError(f"{path}: header is not UTF-8 text (expected fields {_own(required, renames)})") from None
     return _own_names(path, [column.split(":", 1)[0] for column in header], required, renames, text_fields)
 
 
@@ -314,9 +314,9 @@ def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, 
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         header = handle.readline()
         if not header.strip():
-            raise DataError(f"{path}: no header line (expected fields {', '.join(required)})")
+            raise DataError(f"{path}: no header line (expected fields {_own(required, renames)})")
         if not is_utf8(header):
-            raise DataError(f"{path}: header is not UTF-8 text (expected fields {', '.join(required)})")
+            raise DataError(f"{path}: header is not UTF-8 text (expected fields {_own(required, renames)})")
         delimiter = max(CSV_DELIMITERS, key=header.count)
         found = [name.strip() for name in next(csv.reader([header], delimiter=delimiter), [])]
         names = _own_names(path, found, required, renames, text_fields)
@@ -391,7 +391,8 @@ def _read_parquet(path: Path, required: tuple[str, ...], renames: dict[str, str]
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
-        raise DataError(f"{path}: not a readable parquet file (expected fields {', '.join(required)}; {err})") from None
+        raise DataError(f"{path}: not a readable parquet file (expected fields {_own(required, renames)}; "
+                        f"{err})") from None
     return table.rename_columns(_own_names(path, table.schema.names, required, renames, text_fields))
 
 
@@ -409,6 +410,11 @@ def _own_names(path: Path, names: list[str], required: tuple[str, ...], renames:
                         f"names as the {clash[0]}: drop or rename one of them")
     own = {name: field for field, name in renames.items()}
     return [own.get(name, name) for name in names]
+
+
+def _own(required: tuple[str, ...], renames: dict[str, str]) -> str:
+    """The required fields as the file calls them, for messages."""
+    return ", ".join(renames.get(field, field) for field in required)
 
 
 def _no_renames(path: Path, renames: dict[str, str]) -> None:
@@ -473,8 +479,11 @@ def _require(path: Path, names, required, named_by: dict[str, str] | None = None
         )
 
 
-def _existing(path: str | Path) -> Path:
+def existing_file(path: str | Path) -> Path:
+    """`path`, or a DataError saying it is missing or a folder."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a folder; expected a file (.inter, .item, .csv, .parquet or Amazon .json(l))")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     return path

@@ -11,6 +11,7 @@ import pytest
 
 from qbr_dist import pipeline
 from qbr_dist.config import config_from_dict
+from qbr_dist.data.quarantine import DataError
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +66,7 @@ def test_report_of_a_run_whose_raw_files_are_gone_takes_them_as_ingest_recorded(
         with caplog.at_level("WARNING", logger=pipeline.log.name):
             assert pipeline.report_only(cfg)["models"] == tokenized_run.report["models"]
         assert f"{interactions}: not found, so not checked" in caplog.text
-        with pytest.raises(FileNotFoundError, match="file not found"):
+        with pytest.raises(DataError, match="file not found"):
             pipeline.raw_fingerprints(cfg)  # only a report takes the record: a run needs the file
         interactions.write_bytes(b"another file")
         with pytest.raises(pipeline.StageNotCurrent, match="ingest: computed with another 'interactions' input"):

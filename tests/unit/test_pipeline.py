@@ -242,7 +242,7 @@ def test_bad_rows_are_quarantined_and_reported(tmp_path):
 
 def test_missing_input_file_is_a_clear_error(tmp_path):
     cfg = config(tmp_path, tmp_path / "absent.parquet")
-    with pytest.raises(FileNotFoundError, match="absent.parquet: file not found"):
+    with pytest.raises(DataError, match="absent.parquet: file not found"):
         pipeline.ingest(cfg, pipeline.run_dir(cfg))
 
 

@@ -96,6 +96,16 @@ def test_every_line_of_an_inter_file_is_kept_skipped_or_quarantined_on_its_line(
     assert quarantine.read == len(kept) + len(expected)
 
 
+def test_an_empty_file_names_the_fields_as_the_config_renames_them_and_a_folder_is_no_file(tmp_path):
+    events = tmp_path / "events.csv"
+    events.write_text("")
+    renames = {"user_id": "customer_id", "item_id": "sku"}
+    with pytest.raises(DataError, match=r"events.csv: no header line \(expected fields customer_id, sku, timestamp\)"):
+        read_interactions(events, Quarantine(), renames)
+    with pytest.raises(DataError, match=r": a folder; expected a file \(.inter, .item, .csv, .parquet"):
+        read_catalog(tmp_path, [], Quarantine())
+
+
 def test_header_without_timestamp_is_a_one_line_error(tmp_path):
     inter = write_lines(tmp_path / "x.inter", b"user_id:token\titem_id:token\trating:float\n", [b"u1\ti1\t5"])
     with pytest.raises(DataError) as err:
