@@ -10,6 +10,7 @@ from pathlib import Path
 
 from qbr_dist.config import ConfigError, load_config
 from qbr_dist.seqrec import TRAINED_MODELS
+from qbr_dist.train import Terminated
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -191,11 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"qbr: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
         resumes = args.command in STAGE_COMMANDS
-        print("qbr: interrupted" + ("; the same command resumes: finished stages are skipped and training continues "
-                                    "from its latest checkpoint" if resumes else ""), file=sys.stderr)
-        return 130
+        print("qbr: " + ("stopped by SIGTERM" if terminated else "interrupted") + (
+            "; the same command resumes: finished stages are skipped and training continues from its latest "
+            "checkpoint" if resumes else ""), file=sys.stderr)
+        return 143 if terminated else 130
 
 
 def _dispatch(args) -> int:

@@ -100,8 +100,9 @@ def serve_driver(cfg: Config) -> None:
 
 def _run_stages(cfg: Config) -> dict:
     root = run_dir(cfg)
-    tokenizer = tokenize(cfg, root) if cfg.run.tokenize else {}
-    ingest_dir = tokenizer.get("ingest") or ingest(cfg, root)
+    ingest_dir = ingest(cfg, root)
+    check_batch_fits(cfg, ingest_dir)
+    tokenizer = tokenize(cfg, root, ingest_dir) if cfg.run.tokenize else {}
     model_dirs = {"popularity": popularity(cfg, root, ingest_dir)}
     if tokenizer and artifacts.read_manifest(tokenizer["encode"])["rows"]["with_text"]:
         model_dirs["content-knn"] = content_knn(cfg, root, ingest_dir, tokenizer["encode"])
@@ -698,12 +699,30 @@ def feature_files(stage_dir: Path) -> list[Path]:
     return sorted(stage_dir.glob("*.parquet"))
 
 
-def tokenize(cfg: Config, root: Path) -> dict[str, Path]:
-    """ingest -> structure -> shards -> encode -> fusion (when quant.input = 'fused') -> quantize, fitted on
-    warm items only under a cold-item split, then retokenize to give the cold items their codes. Structure comes
-    first of the content stages: it is quick, and a field it names that the catalog lacks stops the run before
-    hours of encoding."""
-    dirs = {"ingest": ingest(cfg, root)}
+def check_batch_fits(cfg: Config, ingest_dir: Path) -> None:
+    """A `train.batch_size` larger than a training phase's windows is refused from the sequences' lengths: `qbr run`
+    asks right after ingest, before the tokenizer's hours, and each training stage again."""
+    from qbr_dist.seqrec.examples import window_count
+
+    lengths = pc.list_value_length(pq.read_table(ingest_dir / SEQUENCES, columns=["items"]).column("items"))
+    lengths = lengths.to_numpy(zero_copy_only=False)
+    window = dict(max_len=cfg.model.max_len)
+    counts = {"pretrain": window_count(lengths, stride=cfg.train.window_stride, **window),
+              "finetune": window_count(lengths, stride=cfg.train.finetune_stride, every_prefix=True, **window)}
+    fits = min(counts.values())
+    if fits < cfg.train.batch_size:
+        hint = (f"set it to at most {fits}" if fits >= max(1, cfg.runtime.num_workers) else
+                "too few for any batch of the configured workers: a phase needs users with longer histories")
+        raise ValueError(f"config key 'train.batch_size': {cfg.train.batch_size} exceeds the training windows "
+                         f"of a phase ({counts}); {hint}")
+
+
+def tokenize(cfg: Config, root: Path, ingest_dir: Path | None = None) -> dict[str, Path]:
+    """ingest (unless given) -> structure -> shards -> encode -> fusion (when quant.input = 'fused') -> quantize,
+    fitted on warm items only under a cold-item split, then retokenize to give the cold items their codes.
+    Structure comes first of the content stages: it is quick, and a field it names that the catalog lacks stops
+    the run before hours of encoding."""
+    dirs = {"ingest": ingest_dir or ingest(cfg, root)}
     dirs["structure"] = structure(cfg, root, dirs["ingest"])
     dirs["shards"] = shards(cfg, dirs["ingest"])
     dirs["encode"] = encode(cfg, root, dirs["shards"])
@@ -1108,6 +1127,7 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
         if model.codebook_init:
             semantic["level_rows_file"] = _level_rows(quantize_dir, semantic["codebook_version"], model.hidden,
                                                       stage_dir)
+    check_batch_fits(cfg, ingest_dir)
     start_ray(cfg)
     sequences = ray.data.read_parquet(str((ingest_dir / SEQUENCES).resolve()))
     history_len = _longest_sequence(ingest_dir) if cfg.eval.exclude_history else 0
@@ -1126,13 +1146,6 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     # worker then reads blocks instead of re-running the read-and-window pipeline.
     datasets = {name: dataset.materialize() for name, dataset in datasets.items()}
     steps_per_epoch = {phase: datasets[phase].count() // cfg.train.batch_size for phase in ("pretrain", "finetune")}
-    if not all(steps_per_epoch.values()):
-        counts = {phase: datasets[phase].count() for phase in steps_per_epoch}
-        fits = min(counts.values())
-        hint = (f"set it to at most {fits}" if fits >= max(1, cfg.runtime.num_workers) else
-                "too few for any batch of the configured workers: a phase needs users with longer histories")
-        raise ValueError(f"config key 'train.batch_size': {cfg.train.batch_size} exceeds the training windows "
-                         f"of a phase ({counts}); {hint}")
     sampled = _item_counts(sequences, items, stage_dir) if items > cfg.train.sampled_softmax_above else {}
     loop_config = {
         "model": model.__dict__, "train": cfg.train.__dict__, "eval": cfg.eval.__dict__, "stage": stage,

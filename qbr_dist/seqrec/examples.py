@@ -33,6 +33,13 @@ def window_ends(length: int, max_len: int, stride: int, *, every_prefix: bool = 
     return ends
 
 
+def window_count(lengths: np.ndarray, *, max_len: int, stride: int, every_prefix: bool = False) -> int:
+    """How many windows `training_windows` makes of sequences of these lengths, without making them."""
+    values, users = np.unique(np.asarray(lengths), return_counts=True)
+    return int(sum(len(window_ends(len(train_part(np.arange(length))), max_len, stride, every_prefix=every_prefix))
+                   * count for length, count in zip(values.tolist(), users.tolist())))
+
+
 def training_windows(batch: dict, *, max_len: int, stride: int, every_prefix: bool = False) -> dict:
     rows = []
     for items in batch["items"]:

@@ -29,7 +29,7 @@ import torch
 
 from qbr_dist.config import RuntimeConfig
 from qbr_dist.obs.serve import Endpoint, retire, serve, unregister
-from qbr_dist.train import collective
+from qbr_dist.train import Terminated, collective
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +64,22 @@ def start_ray(runtime: RuntimeConfig) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
-        return
-    use_embedded_environment()
-    ray.init(
-        num_cpus=runtime.ray_num_cpus or os.cpu_count(),
-        object_store_memory=runtime.object_store_mb * 1024**2,
-        include_dashboard=runtime.dashboard,
-        dashboard_host="127.0.0.1",
-        log_to_driver=True,
-    )
+    else:
+        use_embedded_environment()
+        ray.init(
+            num_cpus=runtime.ray_num_cpus or os.cpu_count(),
+            object_store_memory=runtime.object_store_mb * 1024**2,
+            include_dashboard=runtime.dashboard,
+            dashboard_host="127.0.0.1",
+            log_to_driver=True,
+        )
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum, frame) -> None:
+    """Set once Ray runs, whose core worker otherwise answers SIGTERM with a stack dump and an abort."""
+    raise Terminated
 
 
 @dataclass

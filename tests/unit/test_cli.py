@@ -113,6 +113,30 @@ def test_ctrl_c_ends_the_command_with_one_line_and_exit_130(monkeypatch, capsys)
     assert capsys.readouterr().err.strip() == "qbr: interrupted"  # nothing to resume
 
 
+def test_sigterm_once_ray_runs_ends_the_command_with_one_line_and_exit_143(monkeypatch, capsys):
+    import os
+    import signal
+    import time
+
+    from qbr_dist import cli
+    from qbr_dist.train import runtime
+
+    def terminated(args):
+        signal.signal(signal.SIGTERM, runtime._terminated)  # as runtime.start_ray sets it
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        pytest.fail("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(cli, "_dispatch", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        assert main(["run"]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qbr: stopped by SIGTERM; the same command resumes") and "\n" not in err
+
+
 def test_a_bad_grid_point_is_named_by_its_option_before_any_point_runs(monkeypatch, tmp_path, capsys):
     from qbr_dist import pipeline
 

@@ -1,6 +1,8 @@
 import numpy as np
 
-from qbr_dist.seqrec.examples import eval_inputs, left_pad, training_windows, window_ends
+import pytest
+
+from qbr_dist.seqrec.examples import eval_inputs, left_pad, training_windows, window_count, window_ends
 
 
 def batch(*seqs):
@@ -20,6 +22,15 @@ def test_windows_cover_every_training_item():
     assert set(out[out > 0].tolist()) == train
     assert out.shape[1] == 10
     assert out[0, -1] == items[-3]  # the newest window ends at the newest training item
+
+
+@pytest.mark.parametrize("stride, every_prefix", [(10, False), (3, False), (2, True), (1, True)])
+def test_window_count_is_the_number_of_windows_made(stride, every_prefix):
+    rng = np.random.default_rng(stride)
+    seqs = [np.arange(1, n + 1) for n in rng.integers(1, 90, 60)]
+    made = training_windows(batch(*seqs), max_len=20, stride=stride, every_prefix=every_prefix)["seq"]
+    assert window_count(np.array([len(s) for s in seqs]), max_len=20, stride=stride,
+                        every_prefix=every_prefix) == len(made) > 0
 
 
 def test_window_ends():

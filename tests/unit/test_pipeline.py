@@ -115,6 +115,15 @@ def test_interactions_whose_item_ids_the_catalog_lacks_are_named_with_an_id_from
         pipeline.ingest(cfg, pipeline.run_dir(cfg))
 
 
+def test_a_batch_larger_than_a_phases_windows_stops_a_run_right_after_ingest(tmp_path, interactions_file, monkeypatch):
+    cfg = config(tmp_path, interactions_file, "train.batch_size=5000", "run.tokenize=true")
+    monkeypatch.setattr(pipeline, "structure", lambda *args: pytest.fail("the tokenizer ran"))
+    with pytest.raises(ValueError, match=r"config key 'train.batch_size': 5000 exceeds the training windows of a "
+                                         r"phase \(\{'pretrain': \d+, 'finetune': \d+\}\); set it to at most \d+"):
+        pipeline.run_pipeline(cfg)
+    assert artifacts.read_manifest(pipeline.run_dir(cfg) / "ingest") is not None
+
+
 def test_ingest_reads_a_shop_exports_own_field_names(tmp_path):
     events = tmp_path / "events.parquet"
     pq.write_table(synthetic_interactions().rename_columns(["customer_id", "sku", "event_time"]), events)
@@ -371,7 +380,9 @@ def test_content_knn_runs_only_when_some_item_has_text(tmp_path, monkeypatch, ca
     artifacts.write_manifest(encode, artifacts.stage_key("encode", {}, {}), outputs=[],
                              rows={"items": 3, "with_text": with_text, "with_image": 0})
     dirs = {"ingest": tmp_path / "ingest", "encode": encode, "quantize": tmp_path / "quantize"}
-    monkeypatch.setattr(pipeline, "tokenize", lambda cfg, root: dirs)
+    monkeypatch.setattr(pipeline, "ingest", lambda cfg, root: dirs["ingest"])
+    monkeypatch.setattr(pipeline, "check_batch_fits", lambda cfg, ingest_dir: None)
+    monkeypatch.setattr(pipeline, "tokenize", lambda cfg, root, ingest_dir: dirs)
     monkeypatch.setattr(pipeline, "popularity", lambda cfg, root, ingest_dir: tmp_path / "popularity")
     monkeypatch.setattr(pipeline, "content_knn", lambda cfg, root, ingest_dir, encode_dir: encode_dir)
     monkeypatch.setattr(pipeline, "bert4rec", lambda cfg, root, ingest_dir, **codes: tmp_path / "bert4rec")
