@@ -28,7 +28,7 @@ def write_report(cfg: Config, root: Path, model_dirs: dict[str, Path], ingest_di
         "quarantined": {stage: {"records": _lines(path), "file": str(path)} for stage, path in quarantines.items()},
         "models": {
             name: {key: m.get(key) for key in ("valid", "test", "test_cold", "train_wall_s", "epochs", "steps", "best",
-                                               "mask_mixture") if key in m}
+                                               "mask_mixture", "resumed_at") if key in m}
             | {"stage_key": artifacts.key_digest(artifacts.read_manifest(model_dirs[name])["key"])}
             for name, m in models.items()
         },
@@ -176,12 +176,21 @@ def markdown(report: dict) -> str:
         cells = [f"{m['test'][k]:.4f}" for k in METRIC_NAMES]
         cells += [f"{m['valid']['NDCG@10']:.4f}", str(m.get("epochs", 0)), f"{m.get('train_wall_s', 0):.0f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += quarantine_markdown(report) + short_users_markdown(report["data"]) + cold_markdown(report)
+    lines += resumed_markdown(report) + quarantine_markdown(report) + short_users_markdown(report["data"])
+    lines += cold_markdown(report)
     mixtures = [f"{name} " + ", ".join(f"{k} {v:.0%}" for k, v in m["mask_mixture"].items())
                 for name, m in report["models"].items() if m.get("mask_mixture")]
     if mixtures:
         lines += ["", "Pretraining masks (share of sequences per strategy): " + "; ".join(mixtures) + "."]
     return "\n".join(lines + tokenizer_markdown(report.get("tokenizer", {}))) + "\n"
+
+
+def resumed_markdown(report: dict) -> list[str]:
+    """A training stage resumed from checkpoints: its train s counts the last process only."""
+    resumed = [f"{name} at steps {', '.join(map(str, m['resumed_at']))}" for name, m in report["models"].items()
+               if m.get("resumed_at")]
+    return ["", "Resumed from checkpoints after a stop (train s is the last process's alone): " + "; ".join(resumed)
+            + "."] if resumed else []
 
 
 def quarantine_markdown(report: dict) -> list[str]:

@@ -60,6 +60,13 @@ def test_the_masking_mixture_is_reported():
         REPORT | {"models": models, "tokenizer": {}})
 
 
+def test_a_resumed_training_says_so_beside_its_train_seconds():
+    models = {name: m | {"resumed_at": [15, 45]} for name, m in REPORT["models"].items()}
+    assert ("Resumed from checkpoints after a stop (train s is the last process's alone): popularity at steps 15, "
+            "45.") in markdown(REPORT | {"models": models, "tokenizer": {}})
+    assert "Resumed" not in markdown(REPORT | {"tokenizer": {}})
+
+
 def test_without_tokenizer_stages_the_table_stands_alone():
     assert "Semantic IDs" not in markdown(REPORT | {"tokenizer": {}})
 
