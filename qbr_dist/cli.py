@@ -10,7 +10,7 @@ from pathlib import Path
 
 from qbr_dist.config import ConfigError, load_config
 from qbr_dist.seqrec import TRAINED_MODELS
-from qbr_dist.train import Terminated
+from qbr_dist.train import SIGTERM_RECEIVED, Terminated
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qbr: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:
-        terminated = isinstance(stop, Terminated)
+        terminated = isinstance(stop, Terminated) or SIGTERM_RECEIVED.is_set()
         resumes = args.command in STAGE_COMMANDS
         print("qbr: " + ("stopped by SIGTERM" if terminated else "interrupted") + (
             "; the same command resumes: finished stages are skipped and training continues from its latest "

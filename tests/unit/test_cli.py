@@ -118,7 +118,7 @@ def test_sigterm_once_ray_runs_ends_the_command_with_one_line_and_exit_143(monke
     import signal
     import time
 
-    from qbr_dist import cli
+    from qbr_dist import cli, train
     from qbr_dist.train import runtime
 
     def terminated(args):
@@ -127,14 +127,22 @@ def test_sigterm_once_ray_runs_ends_the_command_with_one_line_and_exit_143(monke
         time.sleep(5)
         pytest.fail("SIGTERM did not stop the command")
 
-    monkeypatch.setattr(cli, "_dispatch", terminated)
+    def interrupted(args):
+        raise KeyboardInterrupt  # what reaches the driver when the handler's exception came inside a Ray call
+
     before = signal.getsignal(signal.SIGTERM)
     try:
+        monkeypatch.setattr(cli, "_dispatch", terminated)
+        assert main(["run"]) == 143
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("qbr: stopped by SIGTERM; the same command resumes") and "\n" not in err
+        monkeypatch.setattr(cli, "_dispatch", interrupted)
         assert main(["run"]) == 143
     finally:
         signal.signal(signal.SIGTERM, before)
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("qbr: stopped by SIGTERM; the same command resumes") and "\n" not in err
+        train.SIGTERM_RECEIVED.clear()
+    assert main(["run"]) == 130  # with no SIGTERM, an interrupt is Ctrl-C's
+    capsys.readouterr()
 
 
 def test_a_bad_grid_point_is_named_by_its_option_before_any_point_runs(monkeypatch, tmp_path, capsys):
