@@ -186,11 +186,11 @@ def markdown(report: dict) -> str:
 
 
 def resumed_markdown(report: dict) -> list[str]:
-    """A training stage resumed from checkpoints: its train s counts the last process only."""
+    """A training stage resumed from checkpoints: its train s counts the last `qbr run` that trained it."""
     resumed = [f"{name} at steps {', '.join(map(str, m['resumed_at']))}" for name, m in report["models"].items()
                if m.get("resumed_at")]
-    return ["", "Resumed from checkpoints after a stop (train s is the last process's alone): " + "; ".join(resumed)
-            + "."] if resumed else []
+    return ["", "Resumed from checkpoints after a stop or a failed worker (train s counts only the last command that "
+            "trained it): " + "; ".join(resumed) + "."] if resumed else []
 
 
 def quarantine_markdown(report: dict) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from qbr_dist.data.quarantine import Quarantine
-from qbr_dist.data.tables import INTERACTIONS_SCHEMA, MILLISECONDS_AFTER, is_utf8, item_text
+from qbr_dist.data.tables import INTERACTIONS_SCHEMA, LATEST_TIME, MILLISECONDS_AFTER, is_utf8, item_text
 
 # Source field names, in order of preference, for each field of ours.
 REVIEW_FIELDS = {
@@ -153,14 +153,15 @@ def _id(value) -> str | None:
 
 
 def _seconds(value) -> float | None:
-    """Seconds since the epoch from a number or numeric string (ms above MILLISECONDS_AFTER); else None."""
+    """Seconds since the epoch from a number or numeric string (ms above MILLISECONDS_AFTER); else None, as for a
+    number before 1970 or past LATEST_TIME, which is no time in either unit."""
     if isinstance(value, bool):
         return None
     try:
         stamp = float(value)
     except (TypeError, ValueError, OverflowError):
         return None
-    if not math.isfinite(stamp):
+    if not math.isfinite(stamp) or not 0 <= stamp < LATEST_TIME:
         return None
     return stamp / 1000.0 if stamp > MILLISECONDS_AFTER else stamp
 

@@ -19,38 +19,38 @@ import pyarrow.csv as pcsv
 SCAN_BLOCK = 1 << 26  # bytes of the file looked at at once
 
 
-@dataclass
 class AtomicColumns:
-    table: pa.Table  # the wanted columns, as binary, of every line with the header's number of fields
-    unsplit: list[tuple[int, int]]  # (line, fields found) of each line with another number, in file order
-    not_rows: np.ndarray  # the line numbers (1-based) that are no row of `table`: the header, blank and unsplit lines
+    def __init__(self, table: pa.Table, unsplit: list[tuple[int, int]], not_rows: np.ndarray):
+        self.table = table  # the wanted columns, as binary, of every line with the header's number of fields
+        self.unsplit = unsplit  # (line, fields found) of each line with another number, in file order
+        self._shifted = not_rows - np.arange(len(not_rows))  # of the sorted lines that are no row of `table`
 
     def lines_of(self, rows: np.ndarray) -> np.ndarray:
         """The lines of the file that rows `rows` (0-based) of `table` were read from."""
-        return _nth_outside(self.not_rows, np.asarray(rows) + 1)
+        nth = np.asarray(rows) + 1
+        return nth + np.searchsorted(self._shifted, nth, side="right")
 
 
 def read_atomic_columns(path: Path, names: list[str], wanted: list[str]) -> AtomicColumns:
     """The `wanted` fields of the file whose header line gives `names`."""
     scan = _scan(path, fields=len(names))
     positional = [f"f{at}" for at in range(len(names))]
+    unsplit = list(zip(scan.unsplit.tolist(), scan.unsplit_fields.tolist()))
+    not_rows = np.unique(np.concatenate([[1], scan.blank, scan.unsplit]))
+    if scan.lines <= len(not_rows):  # no row to read (Arrow cannot skip the header of a file that is only that)
+        empty = pa.table({name: pa.array([], pa.binary()) for name in wanted})
+        return AtomicColumns(empty, unsplit, not_rows)
     source = _Without(path, scan.unsplit_bytes) if len(scan.unsplit_bytes) else path
     table = pcsv.read_csv(
         source,
-        read_options=pcsv.ReadOptions(skip_rows=1, column_names=positional),
+        read_options=pcsv.ReadOptions(skip_rows=1, column_names=positional,
+                                      block_size=max(1 << 20, 2 * scan.longest + 2)),  # a row within one block
         parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False, newlines_in_values=False,
                                         ignore_empty_lines=True),
         convert_options=pcsv.ConvertOptions(column_types={name: pa.binary() for name in positional},
                                             include_columns=[positional[names.index(name)] for name in wanted],
                                             strings_can_be_null=False))
-    unsplit = list(zip(scan.unsplit.tolist(), scan.unsplit_fields.tolist()))
-    not_rows = np.unique(np.concatenate([[1], scan.blank, scan.unsplit]))
     return AtomicColumns(table.rename_columns(wanted), unsplit, not_rows)
-
-
-def _nth_outside(excluded: np.ndarray, n):
-    """The `n`-th (1-based) positive whole number not in the sorted `excluded`: row numbers to line numbers."""
-    return n + np.searchsorted(excluded - np.arange(len(excluded)), n, side="right")
 
 
 @dataclass
@@ -59,6 +59,8 @@ class _Scan:
     unsplit: np.ndarray  # line numbers of the non-empty lines with another number of fields
     unsplit_fields: np.ndarray  # how many fields each of those has
     unsplit_bytes: np.ndarray  # (n, 2): where each of those starts, and where the next line does
+    lines: int  # how many lines the file has
+    longest: int  # bytes of its longest line
 
 
 def _scan(path: Path, fields: int) -> _Scan:
@@ -66,7 +68,7 @@ def _scan(path: Path, fields: int) -> _Scan:
     data = np.memmap(path, dtype=np.uint8, mode="r")
     size = len(data)
     found = {name: [] for name in ("blank", "unsplit", "unsplit_fields", "starts", "stops")}
-    previous_end, lines_before, pending_tabs = -1, 0, 0
+    previous_end, lines_before, pending_tabs, longest = -1, 0, 0, 0
     for start in range(0, size, SCAN_BLOCK):
         block = data[start:start + SCAN_BLOCK]
         returns = start + np.flatnonzero(block == 13)
@@ -84,6 +86,7 @@ def _scan(path: Path, fields: int) -> _Scan:
         two_byte = (ends < size) & (ends > 0) & (data[np.clip(ends - 1, 0, size - 1)] == 13) & \
             (data[np.minimum(ends, size - 1)] == 10)
         lengths = ends - two_byte - firsts
+        longest = max(longest, int(lengths.max()))
         numbers = lines_before + 1 + np.arange(len(ends))
         bad = (lengths > 0) & (per_line[:-1] != fields - 1) & (numbers > 1)
         for name, values in (("blank", numbers[lengths == 0]), ("unsplit", numbers[bad]),
@@ -93,7 +96,7 @@ def _scan(path: Path, fields: int) -> _Scan:
         previous_end, lines_before = ends[-1], lines_before + len(ends)
     joined = {name: np.concatenate(parts) if parts else np.zeros(0, np.int64) for name, parts in found.items()}
     return _Scan(joined["blank"], joined["unsplit"], joined["unsplit_fields"],
-                 np.stack([joined["starts"], joined["stops"]], axis=1))
+                 np.stack([joined["starts"], joined["stops"]], axis=1), lines_before, longest)
 
 
 class _Without(io.RawIOBase):

@@ -190,14 +190,15 @@ def _checked_interactions(path: Path, table: pa.Table, quarantine: Quarantine, r
         quarantine.add(source=str(path), where=where(int(row)) if where is not None else f"row {row + 1}",
                        field=own[field], reason=reason, value=None if found is None else str(found))
     keep = pa.array(first < 0)
-    _warn_of_mixed_units(path, stamps[(first < 0) & numbers], own["timestamp"])
+    _warn_of_mixed_units(path, stamps[first < 0], own["timestamp"])
     return pa.table({"user_id": users.filter(keep), "item_id": items.filter(keep),
                      "timestamp": pa.array(stamps).filter(keep)}, schema=INTERACTIONS_SCHEMA)
 
 
 def _warn_of_mixed_units(path: Path, stamps: np.ndarray, shown: str) -> None:
     """Times in seconds and in milliseconds in one file are ordered as numbers, so the events of a user who has
-    both are out of order: said, with how many of each."""
+    both are out of order: said, with how many of each. Only a bare number reaches 1e11; a time type or ISO 8601
+    text is read as seconds."""
     later = int((stamps >= MILLISECONDS_AFTER).sum())
     if 0 < later < len(stamps):
         log.warning("%s: field '%s': %d of %d times are past 1e11, which only milliseconds since 1970 reach, and the "
@@ -290,7 +291,7 @@ def _atomic_names(path: Path, required: tuple[str, ...], renames: dict[str, str]
                   text_fields: tuple[str, ...] = ()) -> list[str]:
     """The field names of a RecBole atomic file's header line (`name:type`), as `_own_names` gives them."""
     with open(path, "rb") as handle:
-        first = handle.readline().split(b"\r")[0].rstrip(b"\n")
+        first = handle.readline(HEADER_BYTES).split(b"\r")[0].rstrip(b"\n")
     try:
         header = first.decode("utf-8").split("\t")
     except UnicodeDecodeError:
@@ -299,6 +300,7 @@ def _atomic_names(path: Path, required: tuple[str, ...], renames: dict[str, str]
 
 
 CSV_DELIMITERS = ",;\t|"
+HEADER_BYTES = 1 << 20  # read for an atomic file's header line: a file of lone-CR line ends has no line feed
 
 
 def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, renames: dict[str, str],

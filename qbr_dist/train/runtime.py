@@ -174,11 +174,11 @@ def ctrl_c_as_keyboard_interrupt():
     try:
         yield
     except SystemExit:
-        if _received(reader, signal.SIGINT):
+        if signal.SIGINT in _signals(reader, earlier_fd):
             raise KeyboardInterrupt from None
         raise
     else:
-        if _received(reader, signal.SIGINT):
+        if signal.SIGINT in _signals(reader, earlier_fd):
             raise KeyboardInterrupt
     finally:
         signal.set_wakeup_fd(earlier_fd)
@@ -188,13 +188,16 @@ def ctrl_c_as_keyboard_interrupt():
             signal.signal(signal.SIGINT, previous)
 
 
-def _received(reader: socket.socket, signum: int) -> bool:
-    """Whether the wakeup descriptor's other end holds `signum`."""
+def _signals(reader: socket.socket, earlier_fd: int) -> bytes:
+    """The signal numbers the wakeup descriptor took during the block, passed on to the one set before it, if any."""
     seen = b""
     with contextlib.suppress(BlockingIOError):
         while chunk := reader.recv(4096):
             seen += chunk
-    return signum in seen
+    if seen and earlier_fd >= 0:
+        with contextlib.suppress(OSError):
+            os.write(earlier_fd, seen)
+    return seen
 
 
 def _serving(loop: Callable[[dict], None], metrics: Endpoint | None) -> Callable[[dict], None]:

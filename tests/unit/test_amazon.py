@@ -71,6 +71,15 @@ def test_2014_reviews(tmp_path):
     assert quarantine.total == 2
 
 
+def test_a_review_time_before_1970_or_past_1e13_is_quarantined(tmp_path):
+    lines = [json.dumps({"reviewerID": user, "asin": "B1", "unixReviewTime": stamp})
+             for user, stamp in (("U1", -5), ("U2", 1e30), ("U3", 1400000000))]
+    quarantine = Quarantine()
+    assert read_interactions(write(tmp_path, "reviews.json", lines, compress=False), quarantine).column(
+        "user_id").to_pylist() == ["U3"]
+    assert quarantine.counts == {"missing or invalid timestamp": 2}
+
+
 def test_2023_jsonl_catalog_and_millisecond_reviews(tmp_path):
     catalog = read_catalog(write(tmp_path, "meta_Sports.jsonl", META_2023, compress=False), TEXT_FIELDS, Quarantine())
     rows = {r["item_id"]: r for r in catalog.to_pylist()}

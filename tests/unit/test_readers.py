@@ -106,6 +106,15 @@ def test_an_empty_file_names_the_fields_as_the_config_renames_them_and_a_folder_
         read_catalog(tmp_path, [], Quarantine())
 
 
+def test_an_inter_file_of_only_its_header_or_with_a_row_longer_than_arrows_block_is_read(tmp_path):
+    header_only = tmp_path / "header.inter"
+    header_only.write_bytes(INTER_HEADER.rstrip(b"\n"))  # and no line end
+    assert read_interactions(header_only, Quarantine()).num_rows == 0
+    long_row = write_lines(tmp_path / "long.inter", INTER_HEADER, [b"u1\ti1\t" + b"5" * 3_000_000 + b"\t100",
+                                                                   b"u2\ti2\t4\t101"])
+    assert read_interactions(long_row, Quarantine()).column("user_id").to_pylist() == ["u1", "u2"]
+
+
 def test_header_without_timestamp_is_a_one_line_error(tmp_path):
     inter = write_lines(tmp_path / "x.inter", b"user_id:token\titem_id:token\trating:float\n", [b"u1\ti1\t5"])
     with pytest.raises(DataError) as err:
@@ -174,7 +183,7 @@ def test_a_bare_number_before_1970_or_past_1e13_is_no_time_but_a_dated_one_is(tm
     assert [(r["where"], r["value"], r["reason"]) for r in quarantined(qpath)] == [
         ("line 2", "1e30", "timestamp is a number before 1970 or past 1e13 (the year 2286 in milliseconds since 1970)"),
         ("line 3", "-5", "timestamp is a number before 1970 or past 1e13 (the year 2286 in milliseconds since 1970)")]
-    assert "field 'timestamp': 1 of 2 times are past 1e11, which only milliseconds since 1970 reach" in caplog.text
+    assert "field 'timestamp': 1 of 3 times are past 1e11, which only milliseconds since 1970 reach" in caplog.text
 
 
 def test_parquet_timestamps_of_a_date_type_or_iso_8601_text_as_shop_exports_write_them(tmp_path):

@@ -62,8 +62,8 @@ def test_the_masking_mixture_is_reported():
 
 def test_a_resumed_training_says_so_beside_its_train_seconds():
     models = {name: m | {"resumed_at": [15, 45]} for name, m in REPORT["models"].items()}
-    assert ("Resumed from checkpoints after a stop (train s is the last process's alone): popularity at steps 15, "
-            "45.") in markdown(REPORT | {"models": models, "tokenizer": {}})
+    assert ("Resumed from checkpoints after a stop or a failed worker (train s counts only the last command that "
+            "trained it): popularity at steps 15, 45.") in markdown(REPORT | {"models": models, "tokenizer": {}})
     assert "Resumed" not in markdown(REPORT | {"tokenizer": {}})
 
 

@@ -93,3 +93,21 @@ def test_ray_trains_exit_on_ctrl_c_becomes_a_keyboard_interrupt_and_its_handler_
     assert signal.getsignal(signal.SIGINT) is before
     with ctrl_c_as_keyboard_interrupt():
         pass  # and no Ctrl-C carries over from the blocks before
+
+    import socket  # a wakeup descriptor set before the block (an event loop's) still hears of the signals in it
+
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    reader.settimeout(2)  # a failure, not a hang
+    earlier = signal.set_wakeup_fd(writer.fileno())
+    usr1 = signal.signal(signal.SIGUSR1, lambda *_: None)
+    try:
+        with ctrl_c_as_keyboard_interrupt():
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.05)
+        assert reader.recv(16) == bytes([signal.SIGUSR1])
+        assert signal.set_wakeup_fd(earlier) == writer.fileno()
+    finally:
+        signal.signal(signal.SIGUSR1, usr1)
+        reader.close()
+        writer.close()
