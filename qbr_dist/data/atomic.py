@@ -73,11 +73,12 @@ def _scan(path: Path, fields: int) -> _Scan:
         block = data[start:start + SCAN_BLOCK]
         returns = start + np.flatnonzero(block == 13)
         alone = returns[(returns + 1 == size) | (data[np.minimum(returns + 1, size - 1)] != 10)]
-        ends = np.sort(np.concatenate([start + np.flatnonzero(block == 10), alone]))  # each line ending's last byte
+        feeds = start + np.flatnonzero(block == 10)
+        ends = np.sort(np.concatenate([feeds, alone])) if len(alone) else feeds  # each line ending's last byte
         if start + len(block) == size and (not len(ends) or ends[-1] < size - 1):
             ends = np.append(ends, size)  # a last line with no ending
         tabs = start + np.flatnonzero(block == 9)
-        per_line = np.bincount(np.searchsorted(ends, tabs), minlength=len(ends) + 1)
+        per_line = np.diff(np.concatenate([[0], np.searchsorted(tabs, ends), [len(tabs)]]))  # the last: a line going on
         per_line[0] += pending_tabs
         pending_tabs = int(per_line[-1])
         if not len(ends):
