@@ -605,10 +605,12 @@ def check_structure_fields(cfg: Config, ingest_dir: Path) -> Path:
     present = pq.read_schema(items_file).names
     source = cfg.data.catalog or (f"the {cfg.data.dataset} catalog" if cfg.data.dataset != "files" else
                                   "the catalog made from data.interactions (no data.catalog)")
+    own = cfg.data.field_names().get("item_id", "item_id")
     for name in cfg.structure.fields:
         if name not in present:
+            fields = [own if field == "item_id" else field for field in present if field != "text"]  # text: joined
             raise ValueError(f"{source}: structure.fields names '{name}', which the catalog does not have "
-                             f"(fields: {', '.join(present)})")
+                             f"(fields: {', '.join(fields)})")
     return items_file
 
 

@@ -124,6 +124,18 @@ def test_a_batch_larger_than_a_phases_windows_stops_a_run_right_after_ingest(tmp
     assert artifacts.read_manifest(pipeline.run_dir(cfg) / "ingest") is not None
 
 
+def test_a_structure_field_the_catalog_lacks_is_named_beside_the_fields_it_has_as_the_file_calls_them(tmp_path):
+    events, items = tmp_path / "events.parquet", tmp_path / "items.parquet"
+    pq.write_table(synthetic_interactions().rename_columns(["user_id", "sku", "timestamp"]), events)
+    ids = pq.read_table(events).column("sku").unique()
+    pq.write_table(pa.table({"sku": ids, "title": ids, "brand": ids}), items)
+    cfg = config(tmp_path, events, f"data.catalog='{items}'", "data.item_id_field=sku", "data.text_fields=['title']",
+                 "structure.fields=['category']")
+    with pytest.raises(ValueError, match=r"items.parquet: structure.fields names 'category', which the catalog does "
+                                         r"not have \(fields: sku, title, brand\)"):
+        pipeline.check_structure_fields(cfg, pipeline.ingest(cfg, pipeline.run_dir(cfg)))
+
+
 def test_ingest_reads_a_shop_exports_own_field_names(tmp_path):
     events = tmp_path / "events.parquet"
     pq.write_table(synthetic_interactions().rename_columns(["customer_id", "sku", "event_time"]), events)
