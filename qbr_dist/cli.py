@@ -3,9 +3,12 @@ fetch data, look into a finished run (inspect codes, recommend, report), show th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 from qbr_dist.config import ConfigError, load_config
@@ -19,6 +22,7 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
                         help="override one config value; repeatable (e.g. --set train.lr=3e-4)")
 
 
+LOG_FORMAT = "%(asctime)s %(name)s %(message)s"
 STAGE_COMMANDS = ("run", "shards", "encode", "quantize", "retokenize")  # those that write stages of a run
 
 
@@ -186,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         return _dispatch(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
@@ -213,11 +217,17 @@ def _dispatch(args) -> int:
         else:
             print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    if args.command in ("inspect", "recommend"):
+        return _inspect(args, cfg)
+    with _log_file(cfg) if args.command in STAGE_COMMANDS else contextlib.nullcontext():
+        return _stages(args, cfg)
+
+
+def _stages(args, cfg) -> int:
+    """The commands that run stages, and `qbr report`."""
     from qbr_dist import pipeline
     from qbr_dist.report import check_readme, grid_markdown, markdown, seeds_markdown, update_readme
 
-    if args.command in ("inspect", "recommend"):
-        return _inspect(args, cfg)
     if args.command in ("quantize", "retokenize", "shards", "encode"):
         if args.command == "retokenize":  # before any tokenizer stage runs
             from qbr_dist.quant.retokenize import check_feature_files
@@ -245,6 +255,30 @@ def _dispatch(args) -> int:
     if args.readme:
         update_readme(args.readme, table)
     return 0
+
+
+@contextlib.contextmanager
+def _log_file(cfg):
+    """The command's log, as the console shows it, also in <run.root>/logs/<run.name>-<UTC time>-<pid>.log (made
+    with its first record, so a command refused before any writes nothing): the console scrolls away and a
+    terminal closes."""
+    name = f"{cfg.run.name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
+    handler = _FolderMakingFileHandler(Path(cfg.run.root) / "logs" / name, encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+        if Path(handler.baseFilename).is_file():
+            logging.getLogger("qbr").info("log: %s", handler.baseFilename)
+
+
+class _FolderMakingFileHandler(logging.FileHandler):
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
 
 
 def _stage_command(args, cfg, pipeline) -> Path:

@@ -145,6 +145,27 @@ def test_sigterm_once_ray_runs_ends_the_command_with_one_line_and_exit_143(monke
     capsys.readouterr()
 
 
+def test_a_stage_command_logs_to_a_file_under_the_run_root_too(monkeypatch, tmp_path, capsys, caplog):
+    import logging
+
+    from qbr_dist import cli
+
+    def stages(args, cfg):
+        logging.getLogger("qbr").info("stage ingest: running")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_stages", stages)
+    handlers = list(logging.getLogger().handlers)
+    with caplog.at_level("INFO"):
+        assert main(["run", "--set", f"run.root='{tmp_path}'", "--set", "run.name=shop"]) == 130
+    (log,) = (tmp_path / "logs").glob("shop-*.log")
+    assert "qbr stage ingest: running" in log.read_text() and f"log: {log}" in caplog.text
+    assert logging.getLogger().handlers == handlers  # the file is let go when the command ends
+    assert main(["config", "--set", f"run.root='{tmp_path}'", "--set", "run.name=other"]) == 0
+    assert not list((tmp_path / "logs").glob("other-*"))  # a command that runs no stage writes none
+    capsys.readouterr()
+
+
 def test_a_bad_grid_point_is_named_by_its_option_before_any_point_runs(monkeypatch, tmp_path, capsys):
     from qbr_dist import pipeline
 
