@@ -13,7 +13,7 @@ from pathlib import Path
 
 from qbr_dist.config import ConfigError, load_config
 from qbr_dist.seqrec import TRAINED_MODELS
-from qbr_dist.train import SIGTERM_RECEIVED, Terminated
+from qbr_dist.train import SIGTERM_RECEIVED
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"qbr: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as stop:
-        terminated = isinstance(stop, Terminated) or SIGTERM_RECEIVED.is_set()
+    except KeyboardInterrupt:
+        terminated = SIGTERM_RECEIVED.is_set()
         resumes = args.command in STAGE_COMMANDS
         print("qbr: " + ("stopped by SIGTERM" if terminated else "interrupted") + (
             "; the same command resumes: finished stages are skipped and training continues from its latest "

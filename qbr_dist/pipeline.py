@@ -703,7 +703,7 @@ def feature_files(stage_dir: Path) -> list[Path]:
 
 def check_batch_fits(cfg: Config, ingest_dir: Path) -> None:
     """A `train.batch_size` larger than a training phase's windows is refused from the sequences' lengths: `qbr run`
-    asks right after ingest, before the tokenizer's hours, and each training stage again."""
+    asks right after ingest, before the tokenizer's hours, for both training stages that follow."""
     from qbr_dist.seqrec.examples import window_count
 
     lengths = pc.list_value_length(pq.read_table(ingest_dir / SEQUENCES, columns=["items"]).column("items"))
@@ -1129,7 +1129,6 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
         if model.codebook_init:
             semantic["level_rows_file"] = _level_rows(quantize_dir, semantic["codebook_version"], model.hidden,
                                                       stage_dir)
-    check_batch_fits(cfg, ingest_dir)
     start_ray(cfg)
     sequences = ray.data.read_parquet(str((ingest_dir / SEQUENCES).resolve()))
     history_len = _longest_sequence(ingest_dir) if cfg.eval.exclude_history else 0
