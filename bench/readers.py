@@ -1,6 +1,7 @@
 """Interaction readers: rows/s of `read_interactions` on the same random interactions written as a RecBole
-`.inter` file, a CSV file (quoted as pyarrow writes it) and a parquet file, against two CSV readers that check
-nothing row by row (pyarrow.csv and pandas), in one run, one process.
+`.inter` file, a CSV file (quoted as pyarrow writes it: read by Arrow), the same CSV file with one more row whose
+quoted user id holds a comma (read a row at a time by Python's csv module) and a parquet file, against two CSV
+readers that check nothing row by row (pyarrow.csv and pandas), in one run, one process.
 
     python bench/readers.py [--rows N] [--quick]
 
@@ -33,11 +34,13 @@ def write_files(table, folder: Path) -> dict[str, Path]:
     import pyarrow.parquet as pq
 
     files = {name: folder / f"events.{name}" for name in ("inter", "csv", "parquet")}
+    files["csv, a row at a time"] = folder / "events-quoted-comma.csv"
     with open(files["inter"], "w") as handle:
         handle.write("user_id:token\titem_id:token\ttimestamp:float\n")
         for user, item, stamp in zip(*(table.column(n).to_pylist() for n in table.column_names)):
             handle.write(f"{user}\t{item}\t{stamp!r}\n")
     pa_csv.write_csv(table, files["csv"])
+    files["csv, a row at a time"].write_bytes(files["csv"].read_bytes() + b'"u,0","i0",1600000000\n')
     pq.write_table(table, files["parquet"])
     return files
 

@@ -7,7 +7,9 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -219,6 +221,10 @@ def _dispatch(args) -> int:
         return 0
     if args.command in ("inspect", "recommend"):
         return _inspect(args, cfg)
+    if args.command in STAGE_COMMANDS and args.config is None:  # before the log file, which a refusal leaves unmade
+        logging.getLogger("qbr").warning(
+            "no --config: running the built-in defaults (run.name %r, data.dataset %r; `qbr config` shows them all, "
+            "launch/configs/ has complete configs)", cfg.run.name, cfg.data.dataset)
     with _log_file(cfg) if args.command in STAGE_COMMANDS else contextlib.nullcontext():
         return _stages(args, cfg)
 
@@ -259,20 +265,64 @@ def _stages(args, cfg) -> int:
 
 @contextlib.contextmanager
 def _log_file(cfg):
-    """The command's log, as the console shows it, also in <run.root>/logs/<run.name>-<UTC time>-<pid>.log (made
-    with its first record, so a command refused before any writes nothing): the console scrolls away and a
-    terminal closes."""
+    """The command's log, as the console shows it (with the lines Ray prints for its workers, and what ended the
+    command early), also in <run.root>/logs/<run.name>-<UTC time>-<pid>.log (made with its first record, so a command
+    refused before any writes nothing): the console scrolls away and a terminal closes."""
     name = f"{cfg.run.name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
     handler = _FolderMakingFileHandler(Path(cfg.run.root) / "logs" / name, encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.getLogger().addHandler(handler)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = copies = [_ConsoleCopy(stream, handler) for stream in streams]
     try:
         yield
+    except BaseException as err:
+        if handler.stream is not None:  # a command that did some work: its log says how it ended
+            handler.handle(_console_record(f"ended by {type(err).__name__}: {err}"))
+        raise
     finally:
+        sys.stdout, sys.stderr = streams
+        for copy in copies:
+            copy.stop()
         logging.getLogger().removeHandler(handler)
         handler.close()
         if Path(handler.baseFilename).is_file():
             logging.getLogger("qbr").info("log: %s", handler.baseFilename)
+
+
+def _console_record(line: str) -> logging.LogRecord:
+    return logging.LogRecord("console", logging.INFO, "", 0, line, None, None)
+
+
+class _ConsoleCopy:
+    """sys.stdout or sys.stderr that also hands each line written to `handler`: Ray prints its workers' lines (their
+    epochs and validation scores) to these streams, not through logging. Colour codes are left out of the copy, and
+    of a line a progress bar rewrote in place, its last state."""
+
+    COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, stream, handler: logging.Handler):
+        self._stream, self._handler, self._pending, self._lock = stream, handler, "", threading.Lock()
+
+    def write(self, text: str) -> int:
+        written = self._stream.write(text)
+        with self._lock:
+            if self._handler is None:
+                return written
+            *lines, self._pending = (self._pending + text).split("\n")
+            self._pending = self._pending.rsplit("\r", 1)[-1]
+            for line in (self.COLOUR.sub("", line.rsplit("\r", 1)[-1]).rstrip() for line in lines):
+                if line:
+                    self._handler.handle(_console_record(line))
+        return written
+
+    def stop(self) -> None:
+        """No more copies (a thread may still hold this stream): the log file is closed."""
+        with self._lock:
+            self._handler = None
+
+    def __getattr__(self, name):  # flush, isatty, fileno, encoding: the stream's own
+        return getattr(self._stream, name)
 
 
 class _FolderMakingFileHandler(logging.FileHandler):

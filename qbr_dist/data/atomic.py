@@ -1,5 +1,5 @@
-"""Columns of a RecBole atomic file (tab-separated, no quoting, a header line) read by Arrow's C++ CSV reader, each
-row placed on its line of the file for the quarantine.
+"""Columns of a delimited text file that quotes nothing (a RecBole atomic file: tab-separated, a header line; or a CSV
+file with no quote in it) read by Arrow's C++ CSV reader, each row placed on its line of the file for the quarantine.
 
 A line ends at a line feed, a carriage return and line feed, or a carriage return alone (as Arrow and Python's
 universal newlines read them). One scan of the bytes finds the blank lines (Arrow skips them without a word) and the
@@ -31,9 +31,11 @@ class AtomicColumns:
         return nth + np.searchsorted(self._shifted, nth, side="right")
 
 
-def read_atomic_columns(path: Path, names: list[str], wanted: list[str]) -> AtomicColumns:
-    """The `wanted` fields of the file whose header line gives `names`."""
-    scan = _scan(path, fields=len(names))
+def read_atomic_columns(path: Path, names: list[str], wanted: list[str], delimiter: str = "\t",
+                        scan: Scan | None = None, quoted: bool = False) -> AtomicColumns:
+    """The `wanted` fields of the file whose header line gives `names`; `scan`, when given, is its `scan_lines`;
+    `quoted`: a field may be quoted whole (as `splits_as_written` allows), the quotes not part of its value."""
+    scan = scan or scan_lines(path, fields=len(names), delimiter=delimiter)
     positional = [f"f{at}" for at in range(len(names))]
     unsplit = list(zip(scan.unsplit.tolist(), scan.unsplit_fields.tolist()))
     not_rows = np.unique(np.concatenate([[1], scan.blank, scan.unsplit]))
@@ -45,8 +47,8 @@ def read_atomic_columns(path: Path, names: list[str], wanted: list[str]) -> Atom
         source,
         read_options=pcsv.ReadOptions(skip_rows=1, column_names=positional,
                                       block_size=max(1 << 20, 2 * scan.longest + 2)),  # a row within one block
-        parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False, newlines_in_values=False,
-                                        ignore_empty_lines=True),
+        parse_options=pcsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoted else False, escape_char=False,
+                                        newlines_in_values=False, ignore_empty_lines=True),
         convert_options=pcsv.ConvertOptions(column_types={name: pa.binary() for name in positional},
                                             include_columns=[positional[names.index(name)] for name in wanted],
                                             strings_can_be_null=False))
@@ -54,7 +56,7 @@ def read_atomic_columns(path: Path, names: list[str], wanted: list[str]) -> Atom
 
 
 @dataclass
-class _Scan:
+class Scan:
     blank: np.ndarray  # line numbers of the empty lines
     unsplit: np.ndarray  # line numbers of the non-empty lines with another number of fields
     unsplit_fields: np.ndarray  # how many fields each of those has
@@ -63,8 +65,8 @@ class _Scan:
     longest: int  # bytes of its longest line
 
 
-def _scan(path: Path, fields: int) -> _Scan:
-    """Blank lines, and lines (the header's excepted) whose tab count is not `fields` - 1."""
+def scan_lines(path: Path, fields: int, delimiter: str = "\t") -> Scan:
+    """Blank lines, and lines (the header's excepted) whose count of `delimiter` is not `fields` - 1."""
     data = np.memmap(path, dtype=np.uint8, mode="r")
     size = len(data)
     found = {name: [] for name in ("blank", "unsplit", "unsplit_fields", "starts", "stops")}
@@ -77,7 +79,7 @@ def _scan(path: Path, fields: int) -> _Scan:
         ends = np.sort(np.concatenate([feeds, alone])) if len(alone) else feeds  # each line ending's last byte
         if start + len(block) == size and (not len(ends) or ends[-1] < size - 1):
             ends = np.append(ends, size)  # a last line with no ending
-        tabs = start + np.flatnonzero(block == 9)
+        tabs = start + np.flatnonzero(block == ord(delimiter))
         per_line = np.diff(np.concatenate([[0], np.searchsorted(tabs, ends), [len(tabs)]]))  # the last: a line going on
         per_line[0] += pending_tabs
         pending_tabs = int(per_line[-1])
@@ -96,8 +98,41 @@ def _scan(path: Path, fields: int) -> _Scan:
             found[name].append(values)
         previous_end, lines_before = ends[-1], lines_before + len(ends)
     joined = {name: np.concatenate(parts) if parts else np.zeros(0, np.int64) for name, parts in found.items()}
-    return _Scan(joined["blank"], joined["unsplit"], joined["unsplit_fields"],
+    return Scan(joined["blank"], joined["unsplit"], joined["unsplit_fields"],
                  np.stack([joined["starts"], joined["stops"]], axis=1), lines_before, longest)
+
+
+def splits_as_written(path: Path, delimiter: str) -> bool:
+    """True when Arrow's CSV reader and Python's csv module (strict, skipping spaces at the start of a field) split
+    every line of the file alike and keep each field's text alike: no NUL, no space starting a field, and every quote
+    one of a pair around a whole field that holds no delimiter, line break or quote."""
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    breaks = np.zeros(256, dtype=bool)  # what ends a field
+    breaks[[ord(delimiter), 10, 13]] = True
+    opened = np.zeros(0, np.int64)  # a quote left open at the end of the block before
+    for start in range(0, len(data), SCAN_BLOCK):
+        block = data[start:start + SCAN_BLOCK]
+        if (block == 0).any():
+            return False
+        spaces = start + np.flatnonzero(block == 32)
+        if len(spaces) and (spaces[0] == 0 or breaks[data[np.maximum(spaces - 1, 0)]].any()):
+            return False
+        quotes = np.concatenate([opened, start + np.flatnonzero(block == ord('"'))])
+        quotes, opened = (quotes[:-1], quotes[-1:]) if len(quotes) % 2 else (quotes, opened[:0])
+        if len(quotes) and not _whole_fields(data, quotes[0::2], quotes[1::2], breaks):
+            return False
+    return not len(opened)
+
+
+def _whole_fields(data: np.ndarray, opens: np.ndarray, closes: np.ndarray, breaks: np.ndarray) -> bool:
+    """Each (open, close) pair of quotes encloses a whole field with no field break inside."""
+    size = len(data)
+    whole = (opens == 0) | breaks[data[np.maximum(opens - 1, 0)]]
+    whole &= (closes == size - 1) | breaks[data[np.minimum(closes + 1, size - 1)]]
+    first = int(opens[0])
+    found = first + np.flatnonzero(breaks[data[first:int(closes[-1]) + 1]])  # the breaks from the first open on
+    after_open = np.append(found, size)[np.searchsorted(found, opens)]  # the first break after each open quote
+    return bool(whole.all()) and bool((after_open > closes).all())
 
 
 class _Without(io.RawIOBase):

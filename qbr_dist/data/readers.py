@@ -12,8 +12,10 @@ line of bad bytes included; a CSV row quoted over several lines is one; a line e
 a carriage return and line feed, or a carriage return alone) or a row of a parquet file (numbered
 from 1). A value the reader keeps whose bytes are not UTF-8 quarantines its row, naming its field
 (a CSV row's, its line); interactions keep only their three fields, so bad bytes elsewhere (a rating)
-do not count. A RecBole `.inter` file's columns are read by Arrow (`data.atomic`), a CSV file's a
-row at a time in Python (its quoting is Python's csv module's, which Arrow's differs from). A truncated
+do not count. A RecBole `.inter` file's columns are read by Arrow (`data.atomic`), and so are a CSV file of
+interactions' where Arrow splits its lines as Python's csv module does (no quote but around a whole field with no
+delimiter, line break or quote in it, no space starting a field, no line past csv's field limit); any other CSV file
+is read a row at a time by the csv module. A truncated
 or corrupt gzip counts the lines decoded before the break, and the break itself as one row read and
 one quarantine entry. Interactions are checked column by column once a file is read, so a text file's
 quarantine lists the lines that could not be split into fields first, then those whose fields fail.
@@ -33,10 +35,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from qbr_dist.data import amazon
-from qbr_dist.data.atomic import AtomicColumns, read_atomic_columns
+from qbr_dist.data.atomic import AtomicColumns, read_atomic_columns, scan_lines, splits_as_written
 from qbr_dist.data.quarantine import DataError, Quarantine
 from qbr_dist.data.tables import (INTERACTION_FIELDS, INTERACTIONS_SCHEMA, LATEST_TIME, MILLISECONDS_AFTER, is_utf8,
-                                  item_text)
+                                  item_text, utf8_values)
 
 log = logging.getLogger("qbr.data")
 
@@ -59,13 +61,9 @@ def read_interactions(path: str | Path, quarantine: Quarantine, renames: dict[st
         names = _atomic_names(path, INTERACTION_FIELDS, renames)
         return _checked_atomic(path, read_atomic_columns(path, names, list(INTERACTION_FIELDS)), len(names),
                                quarantine, renames)
-    rows, lines = {name: [] for name in INTERACTION_FIELDS}, []
-    for where, record in _text_records(path, ".inter", "data.interactions", INTERACTION_FIELDS, quarantine, renames):
-        lines.append(where)
-        for name, values in rows.items():
-            values.append(record[name])
-    table = pa.table({name: pa.array(values, pa.string()) for name, values in rows.items()})
-    return _checked_interactions(path, table, quarantine, renames, lines.__getitem__)
+    if path.suffix == ".csv":
+        return _csv_interactions(path, quarantine, renames)
+    raise _unsupported(path, ".inter", "data.interactions")
 
 
 def _checked_atomic(path: Path, columns: AtomicColumns, fields: int, quarantine: Quarantine,
@@ -85,10 +83,13 @@ def _text_records(path: Path, atomic_suffix: str, setting: str, required: tuple[
     if path.suffix == ".csv":
         return _csv_records(path, required, quarantine, renames, text_fields)
     if path.suffix != atomic_suffix:
-        raise DataError(f"{path}: {setting} of an unsupported type '{path.suffix or path.name}' (expected a RecBole "
-                        f"atomic {atomic_suffix} file, .csv, .parquet, or Amazon .json/.jsonl, those two optionally "
-                        ".gz)")
+        raise _unsupported(path, atomic_suffix, setting)
     return _atomic_records(path, required, quarantine, renames, text_fields)
+
+
+def _unsupported(path: Path, atomic_suffix: str, setting: str) -> DataError:
+    return DataError(f"{path}: {setting} of an unsupported type '{path.suffix or path.name}' (expected a RecBole "
+                     f"atomic {atomic_suffix} file, .csv, .parquet, or Amazon .json/.jsonl, those two optionally .gz)")
 
 
 def read_catalog(path: str | Path, text_fields: list[str], quarantine: Quarantine,
@@ -313,15 +314,8 @@ def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, 
     lines (a quote never closed, which would make the rest of the file one field; csv's limit bounds it) quarantines
     its first line only, and the lines after it are read again; so does a row whose quote, closed lines later, put
     a line break into an id or a time (only text fields hold one)."""
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        header = handle.readline()
-        if not header.strip():
-            raise DataError(f"{path}: no header line (expected fields {_own(required, renames)})")
-        if not is_utf8(header):
-            raise DataError(f"{path}: header is not UTF-8 text (expected fields {_own(required, renames)})")
-        delimiter = max(CSV_DELIMITERS, key=header.count)
-        found = [name.strip() for name in next(csv.reader([header], delimiter=delimiter), [])]
-        names = _own_names(path, found, required, renames, text_fields)
+    with _csv_file(path) as handle:
+        delimiter, found, names = _csv_header(handle, path, required, renames, text_fields)
         single_line = [at for at, name in enumerate(names) if name in required and name not in text_fields]
         lines = _CsvLines(handle)
         reader = csv.reader(lines, delimiter=delimiter, skipinitialspace=True, strict=True)
@@ -338,9 +332,9 @@ def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, 
                 continue  # a blank line is not a row
             quarantine.read += 1
             if values is not None:
+                counted = len(values) == len(names)
                 problem = (None if is_utf8(delimiter.join(values)) else NOT_UTF8_TEXT) or (
-                    None if len(values) == len(names) else
-                    f"expected {len(names)} {delimiter!r}-separated fields, got {len(values)}") or next(
+                    None if counted else _csv_field_count(len(names), delimiter, len(values))) or next(
                     (f"a line break inside field '{found[at]}', which holds an id or a time" for at in single_line
                      if "\n" in values[at] or "\r" in values[at]), None)
             if problem and lines.number > first:
@@ -351,6 +345,62 @@ def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, 
                 quarantine.add(source=str(path), where=where, field="*", reason=problem)
                 continue
             yield where, dict(zip(names, values))
+
+
+def _csv_file(path: Path):
+    return open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
+
+
+def _csv_header(handle, path: Path, required: tuple[str, ...], renames: dict[str, str],
+                text_fields: tuple[str, ...] = ()) -> tuple[str, list[str], list[str]]:
+    """The delimiter, the field names as the header line gives them and as `_own_names` does."""
+    header = handle.readline()
+    if not header.strip():
+        raise DataError(f"{path}: no header line (expected fields {_own(required, renames)})")
+    if not is_utf8(header):
+        raise DataError(f"{path}: header is not UTF-8 text (expected fields {_own(required, renames)})")
+    delimiter = max(CSV_DELIMITERS, key=header.count)
+    found = [name.strip() for name in next(csv.reader([header], delimiter=delimiter), [])]
+    return delimiter, found, _own_names(path, found, required, renames, text_fields)
+
+
+def _csv_field_count(fields: int, delimiter: str, got: int) -> str:
+    return f"expected {fields} {delimiter!r}-separated fields, got {got}"
+
+
+def _csv_interactions(path: Path, quarantine: Quarantine, renames: dict[str, str]) -> pa.Table:
+    """Interactions of a CSV file: read by Arrow (`data.atomic`) where its rules and csv's give the same rows
+    (`splits_as_written`, and no line past csv's field limit), else a row at a time by `_csv_records`."""
+    with _csv_file(path) as handle:
+        delimiter, _, names = _csv_header(handle, path, INTERACTION_FIELDS, renames)
+    scan = scan_lines(path, len(names), delimiter) if splits_as_written(path, delimiter) else None
+    if scan is None or scan.longest > csv.field_size_limit():
+        return _csv_interactions_by_row(path, quarantine, renames)
+    positional = [f"f{at}" for at in range(len(names))]
+    columns = read_atomic_columns(path, positional, positional, delimiter, scan, quoted=True)
+    quarantine.read += columns.table.num_rows + len(columns.unsplit)
+    split_bad = ~np.logical_and.reduce([utf8_values(column) for column in columns.table.columns])
+    data = np.memmap(path, dtype=np.uint8, mode="r")  # an unsplit line's bytes, to tell bad bytes from bad counts
+    problems = [(line, _csv_field_count(len(names), delimiter, found)
+                 if _decoded(data[start:stop].tobytes()) is not NOT_UTF8 else NOT_UTF8_TEXT)
+                for (line, found), (start, stop) in zip(columns.unsplit, scan.unsplit_bytes)]
+    problems += [(int(line), NOT_UTF8_TEXT) for line in columns.lines_of(np.flatnonzero(split_bad))]
+    for line, reason in sorted(problems):  # in line order, as a row at a time finds them
+        quarantine.add(source=str(path), where=f"line {line}", field="*", reason=reason)
+    kept = np.flatnonzero(~split_bad)
+    last = {name: len(names) - 1 - names[::-1].index(name) for name in INTERACTION_FIELDS}  # csv's dict keeps the last
+    table = pa.table({name: columns.table.column(at).take(pa.array(kept)) for name, at in last.items()})
+    return _checked_interactions(path, table, quarantine, renames, lambda row: f"line {columns.lines_of(kept[row])}")
+
+
+def _csv_interactions_by_row(path: Path, quarantine: Quarantine, renames: dict[str, str]) -> pa.Table:
+    rows, lines = {name: [] for name in INTERACTION_FIELDS}, []
+    for where, record in _csv_records(path, INTERACTION_FIELDS, quarantine, renames):
+        lines.append(where)
+        for name, values in rows.items():
+            values.append(record[name])
+    table = pa.table({name: pa.array(values, pa.string()) for name, values in rows.items()})
+    return _checked_interactions(path, table, quarantine, renames, lines.__getitem__)
 
 
 class _CsvLines:
@@ -451,10 +501,10 @@ def _text_array(path: Path, table: pa.Table, name: str, shown: str | None = None
         texts = column.cast(pa.string()).combine_chunks()
         texts.validate(full=True)  # a string column is not checked by the cast, only by this
         return texts, np.ones(len(column), bool)
-    except (pa.ArrowInvalid, UnicodeDecodeError):  # the rows at fault are found one by one
-        values = [None if value is None else _decoded(value) for value in column.cast(pa.binary()).to_pylist()]
-        utf8 = np.array([value is not NOT_UTF8 for value in values], dtype=bool)
-        return pa.array([value if ok else None for value, ok in zip(values, utf8)], pa.string()), utf8
+    except (pa.ArrowInvalid, UnicodeDecodeError):  # the values at fault are null in the text
+        binary = column.cast(pa.binary()).combine_chunks()
+        utf8 = utf8_values(binary)
+        return pc.if_else(pa.array(utf8), binary, pa.scalar(None, pa.binary())).cast(pa.string()), utf8
 
 
 def _text_column(path: Path, table: pa.Table, name: str) -> list:

@@ -73,6 +73,7 @@ def start_ray(runtime: RuntimeConfig) -> None:
             dashboard_host="127.0.0.1",
             log_to_driver=True,
         )
+    quiet_ray_info_on_console()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
 
@@ -91,6 +92,27 @@ class TrainJob:
     loop_config: dict
     datasets: dict
     metrics: Endpoint | None = None  # where the workers serve and register their metrics
+
+
+class RayInfoFilter(logging.Filter):
+    """Drops the INFO records of Ray's own code from a console: Ray Train's line per report and per checkpoint and
+    Ray Data's three per dataset run (the driver's evaluation inputs, each worker's shards; a worker's console reaches
+    the driver's) bury the stages' own; warnings and errors pass, and Ray's session log files keep everything."""
+
+    package = str(Path(ray.__file__).parent) + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.pathname.startswith(self.package)
+
+
+def quiet_ray_info_on_console() -> None:
+    """`RayInfoFilter` on the console handlers this process's loggers write through (Ray names some of its loggers by
+    file path, so a level set on the `ray` logger would miss them)."""
+    loggers = [logging.getLogger(), *logging.root.manager.loggerDict.values()]
+    for handler in {handler for logger in loggers if isinstance(logger, logging.Logger) for handler in logger.handlers}:
+        console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if console and not any(isinstance(f, RayInfoFilter) for f in handler.filters):
+            handler.addFilter(RayInfoFilter())
 
 
 def fit(job: TrainJob, runtime: RuntimeConfig):
@@ -220,8 +242,9 @@ def worker_runtime(loop_config: dict) -> RuntimeConfig:
 
 
 def prepare_worker(runtime: RuntimeConfig) -> None:
-    """Thread count and DeepSpeed accelerator; must run before DeepSpeed is imported."""
+    """Thread count, console and DeepSpeed accelerator; must run before DeepSpeed is imported."""
     torch.set_num_threads(runtime.threads_per_worker)
+    quiet_ray_info_on_console()
     # DeepSpeed's ZeRO-2 gathers with a collective this torch marks deprecated: one FutureWarning per step
     # and rank (hundreds a run) that says nothing a user can act on.
     warnings.filterwarnings("ignore", message="`torch.distributed.all_gather_into_tensor` is deprecated",

@@ -152,17 +152,43 @@ def test_a_stage_command_logs_to_a_file_under_the_run_root_too(monkeypatch, tmp_
 
     def stages(args, cfg):
         logging.getLogger("qbr").info("stage ingest: running")
+        print("\x1b[36m(RayTrainWorker pid=7)\x1b[0m pretrain epoch 1: loss 9.1", file=sys.stderr)  # as Ray prints
+        print("encode:  10%\rencode:  50%\rencode: 100%")  # a progress bar that rewrites its line
         raise KeyboardInterrupt
 
+    def refused(args, cfg):
+        raise ValueError("--grid with --seeds")
+
     monkeypatch.setattr(cli, "_stages", stages)
-    handlers = list(logging.getLogger().handlers)
+    handlers, streams = list(logging.getLogger().handlers), (sys.stdout, sys.stderr)
     with caplog.at_level("INFO"):
         assert main(["run", "--set", f"run.root='{tmp_path}'", "--set", "run.name=shop"]) == 130
     (log,) = (tmp_path / "logs").glob("shop-*.log")
-    assert "qbr stage ingest: running" in log.read_text() and f"log: {log}" in caplog.text
+    lines = [line.split(" ", 2)[2] for line in log.read_text().splitlines()]  # past the date and time
+    assert lines == ["qbr stage ingest: running", "console (RayTrainWorker pid=7) pretrain epoch 1: loss 9.1",
+                     "console encode: 100%", "console ended by KeyboardInterrupt: "]
+    assert f"log: {log}" in caplog.text and (sys.stdout, sys.stderr) == streams
+    monkeypatch.setattr(cli, "_stages", refused)
+    assert main(["run", "--set", f"run.root='{tmp_path}'", "--set", "run.name=refused"]) == 2
+    assert not list((tmp_path / "logs").glob("refused-*"))  # a command refused before any work writes none
     assert logging.getLogger().handlers == handlers  # the file is let go when the command ends
     assert main(["config", "--set", f"run.root='{tmp_path}'", "--set", "run.name=other"]) == 0
     assert not list((tmp_path / "logs").glob("other-*"))  # a command that runs no stage writes none
+    capsys.readouterr()
+
+
+def test_a_stage_command_without_a_config_says_it_runs_the_defaults(monkeypatch, tmp_path, capsys, caplog):
+    from qbr_dist import cli
+
+    monkeypatch.setattr(cli, "_stages", lambda args, cfg: 0)
+    config = tmp_path / "shop.toml"
+    config.write_text(f"[run]\nroot = '{tmp_path}'\nname = 'shop'\n")
+    with caplog.at_level("INFO"):
+        assert main(["run", "--set", f"run.root='{tmp_path}'"]) == 0
+        assert "no --config: running the built-in defaults (run.name 'default'" in caplog.text
+        caplog.clear()
+        assert main(["run", "--config", str(config)]) == 0
+    assert "no --config" not in caplog.text
     capsys.readouterr()
 
 

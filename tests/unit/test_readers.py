@@ -96,6 +96,63 @@ def test_every_line_of_an_inter_file_is_kept_skipped_or_quarantined_on_its_line(
     assert quarantine.read == len(kept) + len(expected)
 
 
+CSV_KINDS = [  # each line as it may come in a CSV file that quotes only whole fields free of delimiters
+    b"u%d,i%d,5,%d", b"", b"u%d,i%d,%d", b"u%d,i%d,5,%d,9", b"u%d,i%d,5,%d,", b",i%d,5,%d%d", b"u%d,\xff%d,5,%d",
+    b"u%d,i%d,5,soon%d", b"u%d,i%d,\xff,%d", b"\xffu%d,i%d", b"u%d,i%d,5,%d.5 ", b"u%d\ti%d,5,%d", b"u%d,i%d,5,1e%d3",
+    b"u%d,i%d,5,2020-01-0%dT10:00:00%d", b'"u%d","i%d",5,%d', b'"u%d",i%d,"",%d', b'u%d,"i%d",5,"%d"',
+    b'"u%d","\xff%d",5,%d', b'"",i%d,5,%d',
+]
+
+
+@pytest.mark.parametrize("seed, scan_block", [(0, 1 << 26), (1, 1 << 26), (2, 7)])
+def test_a_csv_file_that_quotes_whole_fields_only_reads_by_arrow_as_row_by_row(tmp_path, monkeypatch, seed,
+                                                                               scan_block):
+    """Random lines of every kind, ended by LF, CRLF or a lone CR: Arrow's read gives the same table, the same
+    quarantine records in the same order and the same count of rows read as csv's row at a time."""
+    from qbr_dist.data import atomic, readers
+
+    monkeypatch.setattr(atomic, "SCAN_BLOCK", scan_block)
+    rng = np.random.default_rng(seed)
+    kinds = [CSV_KINDS[kind] for kind in rng.integers(0, len(CSV_KINDS), 800)]
+    body = [b"user_id,item_id,rating,timestamp,user_id\n" if seed == 1 else b"\xef\xbb\xbfuser_id,item_id,rating,"
+            b"timestamp\n"]  # a repeated field (csv keeps its last value) or a byte-order mark
+    for pattern, after in zip(kinds, kinds[1:] + [b"end"]):
+        line = pattern % tuple(int(n) for n in rng.integers(0, 9, pattern.count(b"%d")))
+        ends = [b"\n", b"\r\n", b"\r"] if after else [b"\n", b"\r\n"]  # a lone CR, then an empty line: a CRLF
+        body.append(line + ends[rng.integers(0, len(ends))])
+    path = tmp_path / "events.csv"
+    path.write_bytes(b"".join(body).rstrip(b"\r\n") if scan_block == 7 else b"".join(body))
+
+    def read(name: str):
+        with Quarantine(tmp_path / name) as quarantine:
+            table = read_interactions(path, quarantine)
+        return table, quarantined(tmp_path / name), quarantine.read
+
+    monkeypatch.setattr(readers, "_csv_records", lambda *args, **kwargs: pytest.fail("read a row at a time"))
+    by_arrow = read("arrow.jsonl")
+    monkeypatch.undo()
+    monkeypatch.setattr(readers, "splits_as_written", lambda path, delimiter: False)
+    by_row = read("rows.jsonl")
+    assert by_arrow[0].equals(by_row[0]) and by_arrow[1:] == by_row[1:]
+    assert by_arrow[0].num_rows > 20 and len(by_arrow[1]) > 100  # both kinds of line were there
+
+
+@pytest.mark.parametrize("line", [b'"u1,x",i1,5', b'"u1""x",i1,5', b'u"1,i1,5', b'"u1"x,i1,5', b'"u1\n",i1,5',
+                                  b'"u1,i1,5', b'u1,i1,5"', b"u1, i1,5", b" u1,i1,5", b"u1,i1,\x005",
+                                  b"u1,i1,5" + b"9" * 131073])
+def test_a_csv_file_arrow_would_split_otherwise_is_read_a_row_at_a_time(tmp_path, monkeypatch, line):
+    """A quote that does not enclose a whole field free of delimiters, line breaks and quotes, a space starting a
+    field, a NUL or a line past csv's field limit: csv's rules, not Arrow's."""
+    from qbr_dist.data import readers
+
+    path = tmp_path / "events.csv"
+    path.write_bytes(b"user_id,item_id,timestamp\nu0,i0,7\n" + line + b"\n")
+    records = []
+    monkeypatch.setattr(readers, "_csv_records", lambda *args: records.append(args) or iter(()))
+    read_interactions(path, Quarantine())
+    assert records
+
+
 def test_an_empty_file_names_the_fields_as_the_config_renames_them_and_a_folder_is_no_file(tmp_path):
     events = tmp_path / "events.csv"
     events.write_text("")

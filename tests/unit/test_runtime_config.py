@@ -111,3 +111,41 @@ def test_ray_trains_exit_on_ctrl_c_becomes_a_keyboard_interrupt_and_its_handler_
         signal.signal(signal.SIGUSR1, usr1)
         reader.close()
         writer.close()
+
+
+def test_a_workers_console_drops_rays_own_info_records_but_not_its_warnings_nor_the_loops_records(tmp_path):
+    import io
+    import logging
+    from pathlib import Path
+
+    import ray
+
+    from qbr_dist.train.runtime import RayInfoFilter, quiet_ray_info_on_console
+
+    console, log_file = io.StringIO(), tmp_path / "session.log"
+    logger = logging.getLogger("ray-like-by-path-" + str(tmp_path))  # Ray names some loggers by file path
+    handlers = [logging.StreamHandler(console), logging.FileHandler(log_file)]
+    for handler in handlers:
+        logger.addHandler(handler)
+    logger.propagate = False
+    ray_file = str(Path(ray.__file__).parent / "train" / "x.py")
+
+    def emit(level: int, pathname: str, message: str) -> None:
+        logger.handle(logging.LogRecord(logger.name, level, pathname, 1, message, None, None))
+
+    try:
+        quiet_ray_info_on_console()
+        quiet_ray_info_on_console()  # once more changes nothing
+        assert len(handlers[0].filters) == 1 and not handlers[1].filters
+        emit(logging.INFO, ray_file, "Reporting training result 3")
+        emit(logging.WARNING, ray_file, "worker group restarted")
+        emit(logging.INFO, __file__, "pretrain epoch 1: loss 9.1")
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+        for other in {h for each in [logging.getLogger(), *logging.root.manager.loggerDict.values()]
+                      for h in getattr(each, "handlers", [])}:  # this process's other handlers, as they were
+            other.filters = [f for f in other.filters if not isinstance(f, RayInfoFilter)]
+    assert console.getvalue().splitlines() == ["worker group restarted", "pretrain epoch 1: loss 9.1"]
+    assert "Reporting training result 3" in log_file.read_text()  # files keep everything
