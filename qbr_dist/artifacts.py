@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -205,6 +206,15 @@ def begin_stage(stage_dir: str | Path) -> None:
     (stage_dir / MANIFEST).unlink(missing_ok=True)
     for leftover in stage_dir.glob(".*.tmp-*"):
         leftover.unlink()
+
+
+def empty_folder(folder: str | Path) -> None:
+    """Everything in `folder` removed, the folder kept (a stage computed again from nothing, its checkpoints too)."""
+    for child in Path(folder).iterdir() if Path(folder).is_dir() else ():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def write_manifest(stage_dir: str | Path, key: dict, *, outputs: list[str], rows: dict,

@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=_count, default=1,
                      help="run the pipeline once per seed (run.seed, run.seed + 1, ...), each in <run.name>-seed<s>, "
                           "and report the mean and spread (<run.name>/seeds.md)")
+    run.add_argument("--rerun", action="append", default=[], metavar="STAGE",
+                     help="compute this stage again though its manifest matches (after a code change: a stage's key "
+                          "holds its settings and inputs, not the code), from an empty folder, and the stages after "
+                          "it whose inputs then differ (all, except after an ingest that wrote the same tables); "
+                          "repeatable (e.g. --rerun qbert4rec)")
     run.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
                      help="hyperparameter grid (repeatable: every combination; values split at the commas outside "
                           "brackets and quotes, so [1,0],[0,1] is two values), one run per point in "
@@ -250,13 +255,14 @@ def _stages(args, cfg) -> int:
         check_readme(args.readme)  # before hours of work, not after
     if args.command == "run" and args.grid and args.seeds > 1:
         raise ValueError("--grid with --seeds: run the grid with one seed and rerun its chosen point with --seeds")
-    if args.command == "run" and args.grid:
-        table = grid_markdown(pipeline.run_grid(lambda extra: load_config(args.config, args.overrides, grid=extra),
-                                                args.grid))
-    elif args.command == "run" and args.seeds > 1:
-        table = seeds_markdown(pipeline.run_seeds(cfg, args.seeds))
-    else:
-        table = markdown(pipeline.run_pipeline(cfg) if args.command == "run" else pipeline.report_only(cfg))
+    with pipeline.rerunning(args.rerun) if args.command == "run" else contextlib.nullcontext():
+        if args.command == "run" and args.grid:
+            table = grid_markdown(pipeline.run_grid(lambda extra: load_config(args.config, args.overrides, grid=extra),
+                                                    args.grid))
+        elif args.command == "run" and args.seeds > 1:
+            table = seeds_markdown(pipeline.run_seeds(cfg, args.seeds))
+        else:
+            table = markdown(pipeline.run_pipeline(cfg) if args.command == "run" else pipeline.report_only(cfg))
     print(table)
     if args.readme:
         update_readme(args.readme, table)

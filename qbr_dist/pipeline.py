@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import hashlib
 import json
 import logging
@@ -49,6 +50,36 @@ MADE_CATALOG = "made from the interactions, version 2"
 # Set by `report_only` alone: every stage then checks that it is current, computing its key as a run would,
 # and nothing runs.
 _REPORT_ONLY = contextvars.ContextVar("report_only", default=False)
+
+# The stages of `qbr run`, as `--rerun` names them.
+STAGES = ("ingest", "structure", "shards", "encode", "fusion", "quantize", "retokenize", "popularity", "content-knn",
+          "bert4rec", "qbert4rec")
+
+
+@dataclasses.dataclass
+class _Rerun:
+    """Set by `rerunning`: the stages to compute again though their manifest matches, and the stage folders the
+    command has finished since (current again, and free to reuse)."""
+    stages: frozenset
+    done: set = dataclasses.field(default_factory=set)
+
+
+_RERUN: contextvars.ContextVar[_Rerun | None] = contextvars.ContextVar("rerun", default=None)
+
+
+@contextlib.contextmanager
+def rerunning(stages: list[str]) -> Iterator[None]:
+    """`qbr run --rerun`: each of `stages`, in every run the command makes, computed again from an empty folder
+    (training from step 0), since a stage key holds settings and inputs, not the code that made the outputs. The
+    stages after it run again as after any recompute of it (docs/architecture.md, "Manifests")."""
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"--rerun {unknown[0]}: no such stage (expected one of {', '.join(STAGES)})")
+    token = _RERUN.set(_Rerun(frozenset(stages)))
+    try:
+        yield
+    finally:
+        _RERUN.reset(token)
 
 
 class StageNotCurrent(RuntimeError):
@@ -132,8 +163,6 @@ def member_config(cfg: Config, base_name: str, **run_changes) -> Config:
     """`cfg` for one seed or grid point of the runs named `base_name`: its own run directory, but the
     shards of `base_name` (unless shards.name is set), since a catalog's shards rarely change with a
     seed or a grid point; their manifest still has them rewritten when the shards settings differ."""
-    import dataclasses
-
     shards = cfg.shards if cfg.shards.name else dataclasses.replace(cfg.shards, name=base_name)
     return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **run_changes), shards=shards)
 
@@ -321,13 +350,38 @@ def _open_stage(name: str, stage_dir: Path, key: dict, *, run: str, reuse: bool,
     under the same root, linked in; a stage that must run is begun. Under `report_only`: True, or StageNotCurrent."""
     if _checked_for_report(stage_dir, key, hint):
         return stage_dir, True
+    rerun = _RERUN.get()
+    rerun = rerun is not None and name in rerun.stages
     reason = artifacts.why_not_current(stage_dir, key)
-    current = reason is None or (reuse and _reuse(stage_dir, key))
-    log.info("stage %s: %s", name, "up to date, skipped" if current else f"running{_because(reason)}")
+    if reason is None and rerun and not _rerun_done(stage_dir):
+        reason = "--rerun"
+    current = reason is None or (reuse and _reuse(stage_dir, key, fresh_only=rerun))
+    log.info("stage %s: %s", name, _skipped(name, stage_dir) if current else f"running{_because(reason)}")
+    if reason == "--rerun" and not current:
+        artifacts.empty_folder(stage_dir)
     if not current:
         artifacts.begin_stage(stage_dir)
     obs_metrics.stage_began(run, name, skipped=current)
     return stage_dir, current
+
+
+def _finished_now(stage_dir: Path) -> None:
+    if _RERUN.get() is not None:
+        _RERUN.get().done.add(stage_dir.resolve())
+
+
+def _rerun_done(stage_dir: Path) -> bool:
+    """Whether this command (under `rerunning`) has finished the stage in `stage_dir`."""
+    return _RERUN.get() is not None and stage_dir.resolve() in _RERUN.get().done
+
+
+def _skipped(name: str, stage_dir: Path) -> str:
+    """'up to date, skipped', with the commit that computed it where that is not the code's now."""
+    made = ((artifacts.read_manifest(stage_dir) or {}).get("code_version") or {}).get("git")
+    now = artifacts.code_version().get("git")
+    if not made or not now or made == now:
+        return "up to date, skipped"
+    return f"up to date, skipped (computed at commit {made[:10]}, the code is at {now[:10]}: --rerun {name} redoes it)"
 
 
 def _because(reason: str) -> str:
@@ -345,10 +399,11 @@ def _checked_for_report(stage_dir: Path, key: dict, hint: str = "") -> bool:
     return True
 
 
-def _reuse(stage_dir: Path, key: dict) -> bool:
-    """Take a finished stage with the same key from another run under the same root (grid points and
-    seeds then share the stages their settings do not change): hard links where possible, copied into
-    place under a temporary name, so an interrupted copy is never mistaken for a finished stage."""
+def _reuse(stage_dir: Path, key: dict, fresh_only: bool = False) -> bool:
+    """Take a finished stage with the same key (with `fresh_only`, one this command finished) from another run
+    under the same root (grid points and seeds then share the stages their settings do not change): hard links
+    where possible, copied into place under a temporary name, so an interrupted copy is never mistaken for a
+    finished stage."""
     import os
     import shutil
 
@@ -359,12 +414,15 @@ def _reuse(stage_dir: Path, key: dict) -> bool:
             shutil.copy2(source, target)
 
     for other in sorted(stage_dir.parent.parent.glob(f"*/{stage_dir.name}")):
-        if other.parent != stage_dir.parent and artifacts.stage_is_current(other, key):
+        if other.parent != stage_dir.parent and artifacts.stage_is_current(other, key) and \
+                (_rerun_done(other) or not fresh_only):
             staging = stage_dir.with_name(stage_dir.name + ".reusing")
             shutil.rmtree(staging, ignore_errors=True)
             shutil.copytree(other, staging, copy_function=link_or_copy)
             shutil.rmtree(stage_dir, ignore_errors=True)
             staging.rename(stage_dir)
+            if fresh_only:
+                _finished_now(stage_dir)
             log.info("stage %s: same inputs and settings as %s, reused", stage_dir.name, other)
             return True
     return False
@@ -373,6 +431,7 @@ def _reuse(stage_dir: Path, key: dict) -> bool:
 def _finish(stage_dir: Path, key: dict, **manifest) -> None:
     """A stage ends when its manifest is written."""
     artifacts.write_manifest(stage_dir, key, **manifest)
+    _finished_now(stage_dir)
     obs_metrics.stage_ended(stage_dir.parent.name, stage_dir.name)
 
 
@@ -583,6 +642,7 @@ def shards(cfg: Config, ingest_dir: Path) -> Path:
     outputs = [INDEX] + [s["file"] for s in index["shards"]] + ([QUARANTINE] if quarantine.total else [])
     artifacts.write_manifest(folder, key, outputs=outputs,
                              rows={k: index[k] for k in ("items", "with_image", "quarantined")})
+    _finished_now(folder)
     obs_metrics.stage_ended(cfg.run.name, "shards")
     log.info("shards: %d items (%d with an image) in %d shards in %s, %d quarantined",
              index["items"], index["with_image"], len(index["shards"]), folder, index["quarantined"])
@@ -1097,8 +1157,6 @@ def bert4rec(cfg: Config, root: Path, ingest_dir: Path, *, quantize_dir: Path | 
     `qbert4rec`, tokens from `model.tokens`): the quantize stage's codebooks, and the codes of
     `codes_dir` (the quantize or retokenize stage); the same training and evaluation. The ID-only
     model is not evaluated on cold test targets: their ID vectors were never trained."""
-    import dataclasses
-
     import ray.data
 
     from qbr_dist.seqrec.examples import eval_inputs, training_windows

@@ -192,6 +192,16 @@ def test_a_stage_command_without_a_config_says_it_runs_the_defaults(monkeypatch,
     capsys.readouterr()
 
 
+def test_rerun_of_a_stage_that_does_not_exist_is_refused_before_any_stage_runs(monkeypatch, tmp_path, capsys):
+    from qbr_dist import pipeline
+
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg: pytest.fail("a stage ran"))
+    assert main(["run", "--set", f"run.root='{tmp_path}'", "--rerun", "bert4rec", "--rerun", "qbert"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qbr: error: --rerun qbert: no such stage (expected one of ingest, ") and err.count("\n") == 1
+    assert not list(tmp_path.glob("logs/*"))
+
+
 def test_a_bad_grid_point_is_named_by_its_option_before_any_point_runs(monkeypatch, tmp_path, capsys):
     from qbr_dist import pipeline
 

@@ -437,3 +437,42 @@ def test_new_items_without_structure_tokens_are_said_to_be_fused_without_them(tm
         assert not caplog.records
         pipeline._warn_without_structure_tokens(cfg, [tmp_path / "new.parquet"], tmp_path, own_catalog=False)
     assert "new.parquet has no struct_tokens column" in caplog.text and "structure_vocab.json" in caplog.text
+
+
+def test_rerun_computes_a_current_stage_again_from_an_empty_folder_once_per_command(tmp_path, interactions_file,
+                                                                                       monkeypatch, caplog):
+    cfg, second = config(tmp_path, interactions_file), config(tmp_path, interactions_file, "run.name=t2")
+    ingest = pipeline.ingest(cfg, pipeline.run_dir(cfg))
+    popularity = pipeline.popularity(cfg, pipeline.run_dir(cfg), ingest)
+    before = {stage: (stage / artifacts.MANIFEST).read_text() for stage in (ingest, popularity)}
+    (ingest / "left-by-old-code.ckpt").write_text("stale")
+    with caplog.at_level("INFO", logger="qbr"), pipeline.rerunning(["ingest"]):
+        assert pipeline.ingest(cfg, pipeline.run_dir(cfg)) == ingest
+        rerun = (ingest / artifacts.MANIFEST).read_text()
+        pipeline.ingest(cfg, pipeline.run_dir(cfg))  # the same command again: done already
+        pipeline.popularity(cfg, pipeline.run_dir(cfg), ingest)
+        reused = pipeline.ingest(second, pipeline.run_dir(second))  # a seed or grid point: this command's, linked
+    assert "stage ingest: running (--rerun)" in caplog.text and caplog.text.count("running (--rerun)") == 1
+    assert not (ingest / "left-by-old-code.ckpt").exists() and (ingest / artifacts.MANIFEST).read_text() == rerun
+    # ingest wrote the same tables: the stages after it key on their content, and stay current
+    assert (popularity / artifacts.MANIFEST).read_text() == before[popularity]
+    assert (reused / pipeline.SEQUENCES).stat().st_ino == (ingest / pipeline.SEQUENCES).stat().st_ino
+    caplog.clear()
+    pipeline.ingest(cfg, pipeline.run_dir(cfg))
+    assert (ingest / artifacts.MANIFEST).read_text() == rerun  # outside the command: current, skipped
+    with pytest.raises(ValueError, match="--rerun ingset: no such stage"), pipeline.rerunning(["ingset"]):
+        pass
+
+
+def test_a_stage_skipped_says_which_commit_computed_it_when_the_code_has_moved_on(tmp_path, interactions_file,
+                                                                                  monkeypatch, caplog):
+    cfg = config(tmp_path, interactions_file)
+    monkeypatch.setattr(artifacts, "code_version", lambda: {"package": "0.1.0", "git": "a" * 40})
+    pipeline.ingest(cfg, pipeline.run_dir(cfg))
+    with caplog.at_level("INFO", logger="qbr"):
+        pipeline.ingest(cfg, pipeline.run_dir(cfg))
+        assert "stage ingest: up to date, skipped\n" in caplog.text + "\n"
+        monkeypatch.setattr(artifacts, "code_version", lambda: {"package": "0.1.0", "git": "b" * 40})
+        pipeline.ingest(cfg, pipeline.run_dir(cfg))
+    assert ("stage ingest: up to date, skipped (computed at commit aaaaaaaaaa, the code is at bbbbbbbbbb: --rerun "
+            "ingest redoes it)") in caplog.text
