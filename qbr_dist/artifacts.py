@@ -201,11 +201,26 @@ def _flat(settings: dict | None, prefix: str = "") -> dict:
 
 def begin_stage(stage_dir: str | Path) -> None:
     """Before a stage (re)computes: drop its old manifest, so outputs half replaced by this run can never
-    pass for the old finished stage, and the temporary files of writes a killed process left behind."""
+    pass for the old finished stage, and the temporary files of writes a killed process left behind; make the
+    files it shares with another run its own."""
     stage_dir = Path(stage_dir)
     (stage_dir / MANIFEST).unlink(missing_ok=True)
     for leftover in stage_dir.glob(".*.tmp-*"):
         leftover.unlink()
+    _own_copies(stage_dir)
+
+
+def _own_copies(stage_dir: Path) -> None:
+    """Each file of the stage that is hard-linked with another run's (a stage reused from it, then run again under the
+    same key, its outputs lost) replaced by a copy of its own: DeepSpeed and Ray Train rewrite some checkpoint files
+    in place, which would change the other run's too."""
+    for path in list(stage_dir.rglob("*")) if stage_dir.is_dir() else ():
+        if path.name.endswith(".tmp-own"):  # a copy a killed process left
+            path.unlink()
+        elif not path.is_symlink() and path.is_file() and path.stat().st_nlink > 1:
+            private = path.with_name(f".{path.name}.tmp-own")
+            shutil.copy2(path, private)
+            os.replace(private, path)
 
 
 def empty_folder(folder: str | Path) -> None:

@@ -409,7 +409,8 @@ def _reuse(stage_dir: Path, key: dict, fresh_only: bool = False) -> bool:
 
     def link_or_copy(source, target):
         try:
-            os.link(source, target)  # safe to share: every artifact is replaced by rename, never edited
+            os.link(source, target)  # safe to share: artifacts are replaced by rename, and a stage run again
+            # first makes its checkpoint files (some rewritten in place) its own (`artifacts.begin_stage`)
         except OSError:
             shutil.copy2(source, target)
 

@@ -116,3 +116,22 @@ def test_a_run_directory_held_by_another_process_is_refused_until_that_process_e
         holder.wait()
     with artifacts.exclusive(tmp_path):  # the kernel dropped the killed holder's lock
         assert (tmp_path / artifacts.LOCK).read_text().startswith(f"pid {os.getpid()} ")
+
+
+def test_a_stage_run_again_makes_the_files_it_shares_with_another_run_its_own(tmp_path):
+    """A stage reused by hard links, then run again under the same key: in-place writes (DeepSpeed's) must not reach
+    the run it was reused from."""
+    first, second = tmp_path / "a" / "bert4rec", tmp_path / "b" / "bert4rec"
+    (first / "ckpt").mkdir(parents=True)
+    (first / "ckpt" / "mp_rank_00_model_states.pt").write_bytes(b"trained")
+    (first / "metrics.json").write_text("{}")
+    (second / "ckpt").mkdir(parents=True)
+    for name in ("ckpt/mp_rank_00_model_states.pt", "metrics.json"):
+        os.link(first / name, second / name)
+    (second / "ckpt" / ".x.tmp-own").write_bytes(b"half a copy")  # left by a killed process
+    artifacts.begin_stage(second)
+    with open(second / "ckpt" / "mp_rank_00_model_states.pt", "r+b") as handle:  # written in place
+        handle.write(b"RETRAIN")
+    assert (first / "ckpt" / "mp_rank_00_model_states.pt").read_bytes() == b"trained"
+    assert (second / "metrics.json").read_text() == "{}" and (first / "metrics.json").stat().st_nlink == 1
+    assert sorted(p.name for p in second.rglob("*")) == ["ckpt", "metrics.json", "mp_rank_00_model_states.pt"]
