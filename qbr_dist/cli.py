@@ -284,7 +284,7 @@ def _log_file(cfg):
         yield
     except BaseException as err:
         if handler.stream is not None:  # a command that did some work: its log says how it ended
-            handler.handle(_console_record(f"ended by {type(err).__name__}: {err}"))
+            handler.handle(_console_record(_ending(err)))
         raise
     finally:
         sys.stdout, sys.stderr = streams
@@ -294,6 +294,12 @@ def _log_file(cfg):
         handler.close()
         if Path(handler.baseFilename).is_file():
             logging.getLogger("qbr").info("log: %s", handler.baseFilename)
+
+
+def _ending(err: BaseException) -> str:
+    if isinstance(err, KeyboardInterrupt):
+        return "stopped by SIGTERM" if SIGTERM_RECEIVED.is_set() else "interrupted (SIGINT, Ctrl-C)"
+    return f"ended by {type(err).__name__}" + (f": {err}" if str(err) else "")
 
 
 def _console_record(line: str) -> logging.LogRecord:

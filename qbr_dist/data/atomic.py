@@ -1,5 +1,6 @@
-"""Columns of a delimited text file that quotes nothing (a RecBole atomic file: tab-separated, a header line; or a CSV
-file with no quote in it) read by Arrow's C++ CSV reader, each row placed on its line of the file for the quarantine.
+"""Columns of a delimited text file with a header line (a RecBole atomic file: tab-separated, no quoting; or a CSV
+file that quotes only whole fields, `splits_as_written`) read by Arrow's C++ CSV reader, each row placed on its line
+of the file for the quarantine.
 
 A line ends at a line feed, a carriage return and line feed, or a carriage return alone (as Arrow and Python's
 universal newlines read them). One scan of the bytes finds the blank lines (Arrow skips them without a word) and the

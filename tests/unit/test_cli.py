@@ -166,7 +166,7 @@ def test_a_stage_command_logs_to_a_file_under_the_run_root_too(monkeypatch, tmp_
     (log,) = (tmp_path / "logs").glob("shop-*.log")
     lines = [line.split(" ", 2)[2] for line in log.read_text().splitlines()]  # past the date and time
     assert lines == ["qbr stage ingest: running", "console (RayTrainWorker pid=7) pretrain epoch 1: loss 9.1",
-                     "console encode: 100%", "console ended by KeyboardInterrupt: "]
+                     "console encode: 100%", "console interrupted (SIGINT, Ctrl-C)"]
     assert f"log: {log}" in caplog.text and (sys.stdout, sys.stderr) == streams
     monkeypatch.setattr(cli, "_stages", refused)
     assert main(["run", "--set", f"run.root='{tmp_path}'", "--set", "run.name=refused"]) == 2
