@@ -51,9 +51,14 @@ def read_atomic_columns(path: Path, names: list[str], wanted: list[str], delimit
         parse_options=pcsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoted else False, escape_char=False,
                                         newlines_in_values=False, ignore_empty_lines=True),
         convert_options=pcsv.ConvertOptions(column_types={name: pa.binary() for name in positional},
-                                            include_columns=[positional[names.index(name)] for name in wanted],
+                                            include_columns=[positional[_last(names, name)] for name in wanted],
                                             strings_can_be_null=False))
     return AtomicColumns(table.rename_columns(wanted), unsplit, not_rows)
+
+
+def _last(names: list[str], name: str) -> int:
+    """Where a field named twice is taken from: its last place, as a row read into a dict by name keeps."""
+    return len(names) - 1 - names[::-1].index(name)
 
 
 @dataclass

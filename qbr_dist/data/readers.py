@@ -11,11 +11,11 @@ either returned or quarantined. A row is a non-blank line after the header of a 
 line of bad bytes included; a CSV row quoted over several lines is one; a line ends at a line feed,
 a carriage return and line feed, or a carriage return alone) or a row of a parquet file (numbered
 from 1). A value the reader keeps whose bytes are not UTF-8 quarantines its row, naming its field
-(a CSV row's, its line); interactions keep only their three fields, so bad bytes elsewhere (a rating)
-do not count. A RecBole `.inter` file's columns are read by Arrow (`data.atomic`), and so are a CSV file of
-interactions' where Arrow splits its lines as Python's csv module does (no quote but around a whole field with no
-delimiter, line break or quote in it, no space starting a field, no line past csv's field limit); any other CSV file
-is read a row at a time by the csv module. A truncated
+(a CSV catalog row with such bytes anywhere: its line); interactions keep only their three fields, so bad
+bytes elsewhere (a rating) do not count. A RecBole `.inter` file's columns are read by Arrow (`data.atomic`),
+and so are a CSV file of interactions' where Arrow splits its lines as Python's csv module does (no quote but
+around a whole field with no delimiter, line break or quote in it, no space starting a field, no line past
+csv's field limit); any other CSV file is read a row at a time by the csv module. A truncated
 or corrupt gzip counts the lines decoded before the break, and the break itself as one row read and
 one quarantine entry. Interactions are checked column by column once a file is read, so a text file's
 quarantine lists the lines that could not be split into fields first, then those whose fields fail.
@@ -59,20 +59,20 @@ def read_interactions(path: str | Path, quarantine: Quarantine, renames: dict[st
         return _checked_interactions(path, table, quarantine, renames)
     if path.suffix == ".inter":
         names = _atomic_names(path, INTERACTION_FIELDS, renames)
-        return _checked_atomic(path, read_atomic_columns(path, names, list(INTERACTION_FIELDS)), len(names),
-                               quarantine, renames)
+        return _checked_atomic(path, read_atomic_columns(path, names, list(INTERACTION_FIELDS)), quarantine, renames,
+                               lambda got: f"expected {len(names)} tab-separated fields, got {got}")
     if path.suffix == ".csv":
         return _csv_interactions(path, quarantine, renames)
     raise _unsupported(path, ".inter", "data.interactions")
 
 
-def _checked_atomic(path: Path, columns: AtomicColumns, fields: int, quarantine: Quarantine,
-                    renames: dict[str, str]) -> pa.Table:
-    """The interactions of an atomic file read by Arrow, its rows that did not split quarantined first."""
+def _checked_atomic(path: Path, columns: AtomicColumns, quarantine: Quarantine, renames: dict[str, str],
+                    miscount: Callable[[int], str]) -> pa.Table:
+    """The interactions of a file read by Arrow, its rows that did not split quarantined first (`miscount` of the
+    number of fields found says why)."""
     quarantine.read += columns.table.num_rows + len(columns.unsplit)
     for line, found in columns.unsplit:
-        quarantine.add(source=str(path), where=f"line {line}", field="*",
-                       reason=f"expected {fields} tab-separated fields, got {found}")
+        quarantine.add(source=str(path), where=f"line {line}", field="*", reason=miscount(found))
     return _checked_interactions(path, columns.table, quarantine, renames, lambda row: f"line {columns.lines_of(row)}")
 
 
@@ -305,11 +305,12 @@ HEADER_BYTES = 1 << 20  # read for an atomic file's header line: a file of lone-
 
 
 def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, renames: dict[str, str],
-                 text_fields: tuple[str, ...] = ()) -> Iterator[tuple[str, dict]]:
+                 text_fields: tuple[str, ...] = (), all_utf8: bool = True) -> Iterator[tuple[str, dict]]:
     """Rows of a CSV file with a header line, quoted as spreadsheets and pandas write them (a quoted field may hold
     the delimiter, doubled quotes or line breaks), as string dicts by field name. The delimiter is the one of
     `CSV_DELIMITERS` the header holds most (`;` in many European exports; a comma on a tie); a byte-order mark and
-    spaces after a delimiter are ignored. A row with bad bytes, the wrong number of fields, quotes out of place
+    spaces after a delimiter are ignored. A row with bad bytes (unless not `all_utf8`: the reader then checks the
+    values it keeps, undecodable bytes coming as surrogate escapes), the wrong number of fields, quotes out of place
     (`"Weird" Al`) or a field past csv's limit (131,072 characters) is quarantined. A row that fails over several
     lines (a quote never closed, which would make the rest of the file one field; csv's limit bounds it) quarantines
     its first line only, and the lines after it are read again; so does a row whose quote, closed lines later, put
@@ -333,7 +334,7 @@ def _csv_records(path: Path, required: tuple[str, ...], quarantine: Quarantine, 
             quarantine.read += 1
             if values is not None:
                 counted = len(values) == len(names)
-                problem = (None if is_utf8(delimiter.join(values)) else NOT_UTF8_TEXT) or (
+                problem = (None if not all_utf8 or is_utf8(delimiter.join(values)) else NOT_UTF8_TEXT) or (
                     None if counted else _csv_field_count(len(names), delimiter, len(values))) or next(
                     (f"a line break inside field '{found[at]}', which holds an id or a time" for at in single_line
                      if "\n" in values[at] or "\r" in values[at]), None)
@@ -376,31 +377,23 @@ def _csv_interactions(path: Path, quarantine: Quarantine, renames: dict[str, str
     scan = scan_lines(path, len(names), delimiter) if splits_as_written(path, delimiter) else None
     if scan is None or scan.longest > csv.field_size_limit():
         return _csv_interactions_by_row(path, quarantine, renames)
-    positional = [f"f{at}" for at in range(len(names))]
-    columns = read_atomic_columns(path, positional, positional, delimiter, scan, quoted=True)
-    quarantine.read += columns.table.num_rows + len(columns.unsplit)
-    split_bad = ~np.logical_and.reduce([utf8_values(column) for column in columns.table.columns])
-    data = np.memmap(path, dtype=np.uint8, mode="r")  # an unsplit line's bytes, to tell bad bytes from bad counts
-    problems = [(line, _csv_field_count(len(names), delimiter, found)
-                 if _decoded(data[start:stop].tobytes()) is not NOT_UTF8 else NOT_UTF8_TEXT)
-                for (line, found), (start, stop) in zip(columns.unsplit, scan.unsplit_bytes)]
-    problems += [(int(line), NOT_UTF8_TEXT) for line in columns.lines_of(np.flatnonzero(split_bad))]
-    for line, reason in sorted(problems):  # in line order, as a row at a time finds them
-        quarantine.add(source=str(path), where=f"line {line}", field="*", reason=reason)
-    kept = np.flatnonzero(~split_bad)
-    last = {name: len(names) - 1 - names[::-1].index(name) for name in INTERACTION_FIELDS}  # csv's dict keeps the last
-    table = pa.table({name: columns.table.column(at).take(pa.array(kept)) for name, at in last.items()})
-    return _checked_interactions(path, table, quarantine, renames, lambda row: f"line {columns.lines_of(kept[row])}")
+    columns = read_atomic_columns(path, names, list(INTERACTION_FIELDS), delimiter, scan, quoted=True)
+    return _checked_atomic(path, columns, quarantine, renames, lambda got: _csv_field_count(len(names), delimiter, got))
 
 
 def _csv_interactions_by_row(path: Path, quarantine: Quarantine, renames: dict[str, str]) -> pa.Table:
     rows, lines = {name: [] for name in INTERACTION_FIELDS}, []
-    for where, record in _csv_records(path, INTERACTION_FIELDS, quarantine, renames):
+    for where, record in _csv_records(path, INTERACTION_FIELDS, quarantine, renames, all_utf8=False):
         lines.append(where)
         for name, values in rows.items():
             values.append(record[name])
-    table = pa.table({name: pa.array(values, pa.string()) for name, values in rows.items()})
+    table = pa.table({name: _as_bytes(values) for name, values in rows.items()})
     return _checked_interactions(path, table, quarantine, renames, lines.__getitem__)
+
+
+def _as_bytes(values: list[str]) -> pa.Array:
+    """Text read with `errors="surrogateescape"` as the file's bytes, which `_checked_interactions` checks."""
+    return pa.array([value.encode("utf-8", "surrogateescape") for value in values], pa.binary())
 
 
 class _CsvLines:
@@ -511,13 +504,6 @@ def _text_column(path: Path, table: pa.Table, name: str) -> list:
     """The column as Python text (nulls stay None), with `NOT_UTF8` for a value that is not UTF-8."""
     texts, utf8 = _text_array(path, table, name)
     return [value if ok else NOT_UTF8 for value, ok in zip(texts.to_pylist(), utf8)]
-
-
-def _decoded(value: bytes):
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return NOT_UTF8
 
 
 def _require(path: Path, names, required, named_by: dict[str, str] | None = None) -> None:

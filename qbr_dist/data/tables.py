@@ -20,18 +20,26 @@ def item_text(record: dict, text_fields: list[str]) -> str | None:
 
 def utf8_values(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Which values of a binary column are UTF-8 (a null is): only those holding a byte past ASCII are decoded, so a
-    column of ASCII text costs one numpy pass over its bytes."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    valid = np.ones(len(column), bool)
-    _, offsets, data = column.buffers()
-    if data is None or not len(column):
+    column of ASCII text costs a numpy pass over its bytes, a chunk at a time."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    return np.concatenate([_utf8_in_chunk(chunk) for chunk in chunks]) if chunks else np.ones(0, bool)
+
+
+def _utf8_in_chunk(chunk: pa.Array) -> np.ndarray:
+    valid = np.ones(len(chunk), bool)
+    _, offsets, data = chunk.buffers()
+    if data is None or not len(chunk):
         return valid
-    offsets = np.frombuffer(offsets, np.int64 if pa.types.is_large_binary(column.type) else np.int32)
-    offsets = offsets[column.offset:column.offset + len(column) + 1]
-    high = offsets[0] + np.flatnonzero(np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]] >= 0x80)
-    for row in np.unique(np.searchsorted(offsets, high, side="right") - 1):
+    offsets = np.frombuffer(offsets, np.int64 if pa.types.is_large_binary(chunk.type) else np.int32)
+    offsets = offsets[chunk.offset:chunk.offset + len(chunk) + 1]
+    high = np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]] >= 0x80
+    filled = np.flatnonzero(offsets[1:] > offsets[:-1])  # values of one byte or more: reduceat needs them
+    has_high = np.zeros(len(chunk), bool)
+    if len(filled):
+        has_high[filled] = np.logical_or.reduceat(high, offsets[filled] - offsets[0])
+    for row in np.flatnonzero(has_high):
         try:
-            column[int(row)].as_py().decode("utf-8")
+            chunk[int(row)].as_py().decode("utf-8")
         except UnicodeDecodeError:
             valid[row] = False
     return valid
