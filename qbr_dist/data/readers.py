@@ -374,8 +374,8 @@ def _csv_interactions(path: Path, quarantine: Quarantine, renames: dict[str, str
     (`splits_as_written`, and no line past csv's field limit), else a row at a time by `_csv_records`."""
     with _csv_file(path) as handle:
         delimiter, _, names = _csv_header(handle, path, INTERACTION_FIELDS, renames)
-    scan = scan_lines(path, len(names), delimiter) if splits_as_written(path, delimiter) else None
-    if scan is None or scan.longest > csv.field_size_limit():
+    scan = scan_lines(path, len(names), delimiter)  # the faster pass first: it finds the longest line
+    if scan.longest > csv.field_size_limit() or not splits_as_written(path, delimiter):
         return _csv_interactions_by_row(path, quarantine, renames)
     columns = read_atomic_columns(path, names, list(INTERACTION_FIELDS), delimiter, scan, quoted=True)
     return _checked_atomic(path, columns, quarantine, renames, lambda got: _csv_field_count(len(names), delimiter, got))
