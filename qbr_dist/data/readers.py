@@ -480,24 +480,31 @@ NOT_UTF8 = object()  # a text value whose bytes are not UTF-8: its row is quaran
 NOT_UTF8_TEXT = "not UTF-8 text"  # the quarantine reason for one
 
 
-def _text_array(path: Path, table: pa.Table, name: str, shown: str | None = None) -> tuple[pa.Array, np.ndarray]:
+def _text_array(path: Path, table: pa.Table, name: str,
+                shown: str | None = None) -> tuple[pa.ChunkedArray, np.ndarray]:
     """The column as text (nulls stay null) and which values are UTF-8 (parquet writers need not check their
     strings; a value that is not is null in the text); a column of another type that cannot be cast is a
-    DataError."""
+    DataError. The chunks stay apart: a column of more than 2 GiB of text fits no single one."""
     column = table.column(name)
     if pa.types.is_dictionary(column.type):  # decoded first, so its text is checked as any other's
         column = column.cast(column.type.value_type)
     if not any(check(column.type) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
                                                  pa.types.is_large_binary)):
-        return _cast(path, column, pa.string(), shown or name).combine_chunks(), np.ones(len(column), bool)
+        return _cast(path, column, pa.string(), shown or name), np.ones(len(column), bool)
     try:
-        texts = column.cast(pa.string()).combine_chunks()
+        texts = column.cast(pa.string())
         texts.validate(full=True)  # a string column is not checked by the cast, only by this
         return texts, np.ones(len(column), bool)
     except (pa.ArrowInvalid, UnicodeDecodeError):  # the values at fault are null in the text
-        binary = column.cast(pa.binary()).combine_chunks()
+        binary = column.cast(pa.binary())
         utf8 = utf8_values(binary)
-        return pc.if_else(pa.array(utf8), binary, pa.scalar(None, pa.binary())).cast(pa.string()), utf8
+        return pc.if_else(pa.chunked_array(_split_like(utf8, binary)), binary,
+                          pa.scalar(None, pa.binary())).cast(pa.string()), utf8
+
+
+def _split_like(values: np.ndarray, column: pa.ChunkedArray) -> list[pa.Array]:
+    """`values`, one per row of `column`, as arrays cut where its chunks are."""
+    return [pa.array(part) for part in np.split(values, np.cumsum([len(chunk) for chunk in column.chunks])[:-1])]
 
 
 def _text_column(path: Path, table: pa.Table, name: str) -> list:
