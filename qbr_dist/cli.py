@@ -60,13 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(run)
     run.add_argument("--readme", type=Path, help="also write the results table into this README between its markers")
     run.add_argument("--seeds", type=_count, default=1,
-                     help="run the pipeline once per seed (run.seed, run.seed + 1, ...), each in <run.name>-seed<s>, "
-                          "and report the mean and spread (<run.name>/seeds.md)")
+                     help="with 2 or more, run the pipeline once per seed (run.seed, run.seed + 1, ...), each in "
+                          "<run.name>-seed<s>, and report the mean and spread (<run.name>/seeds.md); 1 (the default) "
+                          "runs run.seed in <run.name>")
     run.add_argument("--rerun", action="append", default=[], metavar="STAGE",
                      help="compute this stage again though its manifest matches (after a code change: a stage's key "
-                          "holds its settings and inputs, not the code), from an empty folder, and the stages after "
-                          "it whose inputs then differ (all, except after an ingest that wrote the same tables); "
-                          "repeatable (e.g. --rerun qbert4rec)")
+                          "holds its settings and inputs, not the code), from an empty folder; a stage after it runs "
+                          "again where its inputs changed (one keyed on their content, as encode on the shards' and "
+                          "the stages after ingest on its tables', stays current when that is the same); repeatable "
+                          "(e.g. --rerun qbert4rec)")
     run.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
                      help="hyperparameter grid (repeatable: every combination; values split at the commas outside "
                           "brackets and quotes, so [1,0],[0,1] is two values), one run per point in "

@@ -100,8 +100,8 @@ def bert4rec_worker(loop_config: dict) -> None:
                                f"are version {loop_config.get('codebook_version')}")
     if restored:
         state.resumed_at.append(state.step)
-        log.info("resumed from the checkpoint at step %d (phase %d, epoch %d, batch %d)",
-                 state.step, state.phase, state.epoch, state.batch)
+        log.info("%s resumed from the checkpoint at step %d (phase %d, epoch %d, batch %d)",
+                 loop_config["stage"], state.step, state.phase, state.epoch, state.batch)
     meter = TrainMeter(stage=loop_config["stage"], rank=rank, run=loop_config["run_name"], epoch=state.epoch)
     shards = {name: ray.train.get_dataset_shard(name) for name in ("pretrain", "finetune", *loop_config["evaluations"])}
     sampler = _sampler(loop_config, train_cfg, engine.device, excluded=model.excluded)
@@ -123,7 +123,8 @@ def bert4rec_worker(loop_config: dict) -> None:
             state.epoch, state.epochs = state.epoch + 1, state.epochs + 1
             meter.epoch.set(state.epoch)
             if state.epoch % phase.eval_every == 0 or state.epoch == phase.epochs:
-                _select(state, evaluate, phase.name, meter, tests=loop_config["evaluations"][1:], rank=rank)
+                _select(state, evaluate, phase.name, meter, tests=loop_config["evaluations"][1:], rank=rank,
+                        stage=loop_config["stage"])
                 if state.bad_evals == 0:
                     state.best |= {"tag": rt.save_best(engine, loop_config, state.step),
                                    "params_sha256": rt.parameter_digest(engine.module)}
@@ -205,8 +206,8 @@ def _train_epoch(engine, model, shard, state: LoopState, cfg: TrainConfig, runti
         state.train_loss = totals["loss"] / totals["masked"]
     if rank == 0 and steps:
         seconds = time.perf_counter() - epoch_started
-        log.info("%s epoch %d: %d steps, loss %.4f, %.0f sequences/s", phase.name, state.epoch + 1, steps,
-                 state.train_loss, steps * cfg.batch_size / seconds)
+        log.info("%s %s epoch %d: %d steps, loss %.4f, %.0f sequences/s", loop_config["stage"], phase.name,
+                 state.epoch + 1, steps, state.train_loss, steps * cfg.batch_size / seconds)
 
 
 def learning_rate(cfg: TrainConfig, phase: Phase, phase_step: int, steps_per_epoch: int) -> float:
@@ -244,12 +245,12 @@ def _checkpoint(engine, state: LoopState, meter, phase: str, loss: float, loop_c
     rt.prune_best(loop_config, keep=state.best.get("tag"))  # a restart resumes from here: older bests are unused
 
 
-def _select(state: LoopState, evaluate, phase: str, meter, *, tests: list[str], rank: int) -> None:
+def _select(state: LoopState, evaluate, phase: str, meter, *, tests: list[str], rank: int, stage: str) -> None:
     """Validation decides: a new best also records the test metrics (warm, and cold) of these same weights."""
     valid = evaluate("valid")
     meter.validated(valid["NDCG@10"])
-    if rank == 0:  # every rank holds the same all-reduced metrics
-        log.info("%s epoch %d step %d: valid NDCG@10 %.4f HR@10 %.4f", phase, state.epoch, state.step,
+    if rank == 0:  # every rank holds the same all-reduced metrics; a stage's lines can reach the driver late
+        log.info("%s %s epoch %d step %d: valid NDCG@10 %.4f HR@10 %.4f", stage, phase, state.epoch, state.step,
                  valid["NDCG@10"], valid["HR@10"])
     state.curve.append({"phase": phase, "epoch": state.epoch, "step": state.step, "valid_NDCG@10": valid["NDCG@10"],
                         "train_loss": state.train_loss})
