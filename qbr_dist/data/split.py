@@ -83,7 +83,7 @@ def build_sequences(
     kept = long_enough[owner] & (np.arange(len(items)) - starts[owner] >= cut[owner])  # a user's newest rows
     offsets = np.r_[0, np.cumsum(lengths[long_enough])].astype(np.int32)
     table = pa.table({
-        "user_id": users.take(pa.array(user_codes[starts[long_enough]])),
+        "user_id": _text_in_chunks(users.take(pa.array(user_codes[starts[long_enough]]))),
         "items": pa.ListArray.from_arrays(pa.array(offsets), pa.array(items[kept].astype(np.int32))),
         "cold_target": pa.array(np.zeros(int(long_enough.sum()), dtype=bool)),
     })
@@ -104,10 +104,18 @@ def build_sequences(
 
 def _sorted_codes(values: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     """(the distinct values in sorted order, each value's position among them): np.unique's answer for text,
-    without a Python object per row (UTF-8 byte order is code point order, so the order is Python's too)."""
+    without a Python object per row (UTF-8 byte order is code point order, so the order is Python's too). Worked on
+    as large text: the distinct ids of tens of millions of users can pass the 2 GiB one text array holds."""
+    values = values.cast(pa.large_string())
     distinct = pc.unique(values)
     distinct = distinct.take(pc.sort_indices(distinct))
     return distinct, pc.index_in(values, value_set=distinct).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _text_in_chunks(texts: pa.Array, rows: int = 1 << 20) -> pa.ChunkedArray:
+    """Large text as text, a million values a chunk (each well within 2 GiB)."""
+    return pa.chunked_array([texts.slice(at, rows).cast(pa.string()) for at in range(0, len(texts), rows)],
+                            pa.string())
 
 
 def _repeated_rows(users: np.ndarray, items: np.ndarray, stamps: np.ndarray) -> int:

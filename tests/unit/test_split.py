@@ -174,3 +174,16 @@ def test_sequences_and_the_cold_split_equal_a_plain_python_reference(seed):
     got = {user: (items, target) for user, items, target in zip(*(table.column(c).to_pylist() for c in
                                                                    ("user_id", "items", "cold_target")))}
     assert got == reference_split(rows, max_history, cold, skip_first_user=sliced)
+
+
+def test_user_ids_are_sorted_as_large_text_and_come_back_as_text_in_chunks():
+    """The distinct ids of tens of millions of users can pass the 2 GiB one Arrow text array holds (seen at 30M
+    users of 72-byte ids), so they are worked on as large text and handed on in chunks of text."""
+    from qbr_dist.data.split import _sorted_codes, _text_in_chunks
+
+    distinct, codes = _sorted_codes(pa.chunked_array([["b", "a"], ["c", "a", "é"]]))
+    assert distinct.type == pa.large_string() and distinct.to_pylist() == ["a", "b", "c", "é"]
+    assert codes.tolist() == [1, 0, 2, 0, 3]
+    chunked = _text_in_chunks(distinct, rows=3)
+    assert chunked.type == pa.string() and [len(c) for c in chunked.chunks] == [3, 1]
+    assert chunked.to_pylist() == ["a", "b", "c", "é"] and _text_in_chunks(distinct[:0]).to_pylist() == []
