@@ -355,8 +355,10 @@ def _open_stage(name: str, stage_dir: Path, key: dict, *, run: str, reuse: bool,
     reason = artifacts.why_not_current(stage_dir, key)
     if reason is None and rerun and not _rerun_done(stage_dir):
         reason = "--rerun"
-    current = reason is None or (reuse and _reuse(stage_dir, key, fresh_only=rerun))
-    log.info("stage %s: %s", name, _skipped(name, stage_dir) if current else f"running{_because(reason)}")
+    reused = reason is not None and reuse and _reuse(stage_dir, key, fresh_only=rerun)  # says so itself
+    current = reason is None or reused
+    if not reused:
+        log.info("stage %s: %s", name, _skipped(name, stage_dir) if current else f"running{_because(reason)}")
     if reason == "--rerun" and not current:
         artifacts.empty_folder(stage_dir)
     if not current:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 SCAN_BLOCK = 1 << 26  # bytes of the file looked at at once
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark, which Arrow and the csv reader (utf-8-sig) both skip
 
 
 class AtomicColumns:
@@ -133,7 +134,8 @@ def splits_as_written(path: Path, delimiter: str) -> bool:
 def _whole_fields(data: np.ndarray, opens: np.ndarray, closes: np.ndarray, breaks: np.ndarray) -> bool:
     """Each (open, close) pair of quotes encloses a whole field with no field break inside."""
     size = len(data)
-    whole = (opens == 0) | breaks[data[np.maximum(opens - 1, 0)]]
+    line_start = 3 if bytes(data[:3]) == BOM else 0  # a byte-order mark is no part of the first field
+    whole = (opens == line_start) | breaks[data[np.maximum(opens - 1, 0)]]
     whole &= (closes == size - 1) | breaks[data[np.minimum(closes + 1, size - 1)]]
     first = int(opens[0])
     found = first + np.flatnonzero(breaks[data[first:int(closes[-1]) + 1]])  # the breaks from the first open on

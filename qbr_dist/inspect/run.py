@@ -15,7 +15,7 @@ from qbr_dist.pipeline import ITEMS, codes_stage, finished_model, run_dir
 from qbr_dist.quant import CODES
 from qbr_dist.quant.codes import code_levels
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("qbr.inspect")
 
 CATALOG = Path("ingest") / ITEMS
 

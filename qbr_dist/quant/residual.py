@@ -17,7 +17,7 @@ from qbr_dist.quant.codebook import verify_identical
 from qbr_dist.quant.kmeans import kmeans, nearest
 from qbr_dist.train import collective
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("qbr.quant")
 
 
 @dataclass

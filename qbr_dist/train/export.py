@@ -15,7 +15,7 @@ import torch
 
 from qbr_dist import artifacts
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("qbr.train")
 
 WEIGHTS = "model.safetensors"
 

@@ -31,7 +31,7 @@ from qbr_dist.config import RuntimeConfig
 from qbr_dist.obs.serve import Endpoint, retire, serve, unregister
 from qbr_dist.train import SIGTERM_RECEIVED, collective
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("qbr.train")
 
 CHECKPOINT_TAG = "state"
 CHECKPOINT_ROOT = "checkpoint_root"  # loop-config key: the only folder this run's workers restore from

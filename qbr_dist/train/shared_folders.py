@@ -21,7 +21,7 @@ from pathlib import Path
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("qbr.train")
 
 FINGERPRINT_BYTES = 64 * 1024  # read from each end of a file (a parquet footer is at its end)
 FULLY_READ = 16  # files of a stage's inputs whose ends are read, spread over the list; the rest by size alone

@@ -114,8 +114,9 @@ def test_a_csv_file_that_quotes_whole_fields_only_reads_by_arrow_as_row_by_row(t
     monkeypatch.setattr(atomic, "SCAN_BLOCK", scan_block)
     rng = np.random.default_rng(seed)
     kinds = [CSV_KINDS[kind] for kind in rng.integers(0, len(CSV_KINDS), 800)]
-    body = [b"user_id,item_id,rating,timestamp,user_id\n" if seed == 1 else b"\xef\xbb\xbfuser_id,item_id,rating,"
-            b"timestamp\n"]  # a repeated field (csv keeps its last value) or a byte-order mark
+    body = [{0: b"\xef\xbb\xbfuser_id,item_id,rating,timestamp\n", 1: b"user_id,item_id,rating,timestamp,user_id\n",
+             2: b'\xef\xbb\xbf"user_id","item_id","rating","timestamp"\n'}[seed]]
+    # a byte-order mark, a repeated field (csv keeps its last value), a byte-order mark before a quote
     for pattern, after in zip(kinds, kinds[1:] + [b"end"]):
         line = pattern % tuple(int(n) for n in rng.integers(0, 9, pattern.count(b"%d")))
         ends = [b"\n", b"\r\n", b"\r"] if after else [b"\n", b"\r\n"]  # a lone CR, then an empty line: a CRLF
