@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from qbr_dist.config import ConfigError, load_config
 from qbr_dist.seqrec import TRAINED_MODELS
-from qbr_dist.train import SIGTERM_RECEIVED
+from qbr_dist.train import INTERRUPTED, SIGTERM_RECEIVED
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -201,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
-        return _dispatch(args)
+        with _recording_sigint():
+            return _dispatch(args)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"qbr: error: {err}", file=sys.stderr)
         return 2
@@ -212,6 +214,25 @@ def main(argv: list[str] | None = None) -> int:
             "; the same command resumes: finished stages are skipped and training continues from its latest "
             "checkpoint" if resumes else ""), file=sys.stderr)
         return 143 if terminated else 130
+
+
+@contextlib.contextmanager
+def _recording_sigint():
+    """Ctrl-C raises KeyboardInterrupt as ever, and is also recorded (`INTERRUPTED`) for the next stage to honour;
+    the record lasts as long as the command."""
+    def interrupted(signum, frame):
+        INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGINT, interrupted) if main_thread else None
+    INTERRUPTED.clear()
+    try:
+        yield
+    finally:
+        INTERRUPTED.clear()
+        if before is not None:  # None: the handler before was not Python's to give back
+            signal.signal(signal.SIGINT, before)
 
 
 def _dispatch(args) -> int:

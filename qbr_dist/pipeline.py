@@ -35,6 +35,7 @@ from qbr_dist.data.tables import column_matrix
 from qbr_dist.obs import metrics as obs_metrics
 from qbr_dist.obs import serve as obs_serve
 from qbr_dist.report import write_report
+from qbr_dist.train import INTERRUPTED
 
 log = logging.getLogger("qbr")
 
@@ -348,6 +349,8 @@ def _stage(name: str, root: Path, key: dict) -> tuple[Path, bool]:
 def _open_stage(name: str, stage_dir: Path, key: dict, *, run: str, reuse: bool, hint: str = "") -> tuple[Path, bool]:
     """(stage_dir, whether it holds the stage's finished output for `key`): its own, or with `reuse` another run's
     under the same root, linked in; a stage that must run is begun. Under `report_only`: True, or StageNotCurrent."""
+    if INTERRUPTED.is_set():  # a Ctrl-C or SIGTERM that could not be raised where it landed
+        raise KeyboardInterrupt
     if _checked_for_report(stage_dir, key, hint):
         return stage_dir, True
     rerun = _RERUN.get()

@@ -29,7 +29,7 @@ import torch
 
 from qbr_dist.config import RuntimeConfig
 from qbr_dist.obs.serve import Endpoint, retire, serve, unregister
-from qbr_dist.train import SIGTERM_RECEIVED, collective
+from qbr_dist.train import INTERRUPTED, SIGTERM_RECEIVED, collective
 
 log = logging.getLogger("qbr.train")
 
@@ -81,6 +81,7 @@ def start_ray(runtime: RuntimeConfig) -> None:
 def _terminated(signum, frame) -> None:
     """Set once Ray runs, whose core worker otherwise answers SIGTERM with a stack dump and an abort."""
     SIGTERM_RECEIVED.set()
+    INTERRUPTED.set()
     raise KeyboardInterrupt
 
 

@@ -202,6 +202,29 @@ def test_rerun_of_a_stage_that_does_not_exist_is_refused_before_any_stage_runs(m
     assert not list(tmp_path.glob("logs/*"))
 
 
+def test_a_ctrl_c_lost_where_it_landed_stops_the_command_when_the_next_stage_begins(monkeypatch, tmp_path, capsys):
+    import os
+    import signal
+    import time
+
+    from qbr_dist import cli, pipeline
+
+    def stages(args, cfg):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises in here
+        except KeyboardInterrupt:
+            pass  # as where Python cannot raise it: "Exception ignored in ..." (an import's clean-up)
+        pipeline._stage("ingest", pipeline.run_dir(cfg), {"stage": "ingest"})
+        pytest.fail("the next stage began")
+
+    monkeypatch.setattr(cli, "_stages", stages)
+    before = signal.getsignal(signal.SIGINT)
+    assert main(["run", "--set", f"run.root='{tmp_path}'"]) == 130
+    assert capsys.readouterr().err.splitlines()[-1].startswith("qbr: interrupted; the same command resumes")
+    assert signal.getsignal(signal.SIGINT) is before and not (tmp_path / "default" / "ingest").exists()
+
+
 def test_a_bad_grid_point_is_named_by_its_option_before_any_point_runs(monkeypatch, tmp_path, capsys):
     from qbr_dist import pipeline
 
