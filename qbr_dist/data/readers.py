@@ -498,13 +498,8 @@ def _text_array(path: Path, table: pa.Table, name: str,
     except (pa.ArrowInvalid, UnicodeDecodeError):  # the values at fault are null in the text
         binary = column.cast(pa.binary())
         utf8 = utf8_values(binary)
-        return pc.if_else(pa.chunked_array(_split_like(utf8, binary)), binary,
-                          pa.scalar(None, pa.binary())).cast(pa.string()), utf8
-
-
-def _split_like(values: np.ndarray, column: pa.ChunkedArray) -> list[pa.Array]:
-    """`values`, one per row of `column`, as arrays cut where its chunks are."""
-    return [pa.array(part) for part in np.split(values, np.cumsum([len(chunk) for chunk in column.chunks])[:-1])]
+        # Arrow cuts the one-array mask where the column's chunks are, so no chunk is joined to another
+        return pc.if_else(pa.array(utf8), binary, pa.scalar(None, pa.binary())).cast(pa.string()), utf8
 
 
 def _text_column(path: Path, table: pa.Table, name: str) -> list:
